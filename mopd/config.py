@@ -1,0 +1,246 @@
+"""Typed configuration of ``actor_rollout_ref.actor.self_distillation``.
+
+Every field of the public MOPD release exists here with the defaults its README states (primary peer
+on, another/failure off, ``when_no_solution``, alpha 0.5, top-k 100, threshold 1.0, no self-reprompt);
+fields the README is silent on take the release's YAML value, except ``reprompt_truncation`` whose
+release default (``right``) can cut the assistant header off the teacher prompt: ours is ``left``.
+
+``SelfDistillationConfig.from_dict`` is the one entry point used by the trainer (Hydra/OmegaConf
+node -> plain dict -> validated dataclass). A bad value raises :class:`ConfigError` with one line that
+names the full key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import string
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+CONFIG_PREFIX = "actor_rollout_ref.actor.self_distillation"
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the message names the field and what is allowed."""
+
+
+# Templates: leading newline, no trailing newline, as the release's YAML block scalars render them.
+DEFAULT_REPROMPT_TEMPLATE = (
+    "{prompt}{solution}{solution_summaries}{another_solution}{failure}{feedback}"
+    "\n\nCorrectly solve the original question."
+)
+DEFAULT_SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}"
+DEFAULT_ANOTHER_SOLUTION_TEMPLATE = "\nAnother successful solution:\n\n{another_successful_attempt}"
+DEFAULT_FAILURE_SOLUTION_TEMPLATE = (
+    "\nA known failed solution (avoid repeating this mistake):\n\n{failed_attempt}"
+)
+DEFAULT_FEEDBACK_TEMPLATE = (
+    "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}"
+)
+DEFAULT_SUMMARY_INSTRUCTION = (
+    "\n\nAfter your answer, briefly summarize your key approach in one sentence inside "
+    "<summary> tags, e.g. <summary>...</summary>."
+)
+DEFAULT_SUMMARY_ITEM_TEMPLATE = "\nSummary of another successful solution:\n\n{summary_text}\n\n"
+DEFAULT_SUMMARY_ITEM_TEMPLATE_FAILED = (
+    "\nSummary of another unsuccessful solution:\n\n{summary_text}\n\n"
+)
+
+# Placeholders each template must contain (all of them) and may contain (nothing else).
+TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
+    "reprompt_template": (
+        "prompt", "solution", "solution_summaries", "another_solution", "failure", "feedback",
+    ),
+    "solution_template": ("successful_previous_attempt",),
+    "another_solution_template": ("another_successful_attempt",),
+    "failure_solution_template": ("failed_attempt",),
+    "feedback_template": ("feedback_raw",),
+    "summary_item_template": ("summary_text",),
+    "summary_item_template_failed": ("summary_text",),
+}
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "failure_solution_condition": ("when_no_solution", "always"),
+    "teacher_regularization": ("ema", "trust-region"),
+    "reprompt_truncation": ("left", "right", "error"),
+    "summary_source": ("success", "all", "failure"),
+    "peer_control_mode": ("none", "random_peer", "unrelated_prompt", "success_only_matched"),
+    "peer_control_match": ("block", "token"),
+}
+
+
+@dataclass
+class SelfDistillationConfig:
+    # --- which peers enter the teacher context -------------------------------------------------
+    include_primary_solution: bool = True  # first successful peer of the same prompt
+    include_another_solution: bool = False  # second successful peer
+    include_failure_solution: bool = False  # one failed peer, drawn with the seeded generator
+    failure_solution_condition: str = "when_no_solution"  # or "always" (MOPD's 2S1F context)
+    success_reward_threshold: float = 1.0  # sequence reward >= threshold is a success
+    dont_reprompt_on_self_success: bool = True  # never show a rollout its own response
+    remove_thinking_from_demonstration: bool = False  # strip <think>...</think> from success texts
+    # --- environment feedback (the sample's own verifier feedback) ------------------------------
+    include_environment_feedback: bool = True
+    environment_feedback_only_without_solution: bool = True
+    # --- summaries of peers, written by the policy inside <summary> tags --------------------------
+    summarize_solutions: bool = False
+    summary_k: int = 1
+    summary_tag: str = "summary"
+    summary_source: str = "success"  # pool: success | all | failure
+    summary_from_all: bool = False  # shorthand for summary_source=all
+    summary_instruction: str = DEFAULT_SUMMARY_INSTRUCTION
+    summary_item_template: str = DEFAULT_SUMMARY_ITEM_TEMPLATE
+    summary_item_template_failed: str = DEFAULT_SUMMARY_ITEM_TEMPLATE_FAILED
+    summary_fallback_chars: int = 300  # a peer without a tag contributes its first N characters
+    # --- matched-budget peer-control ablations --------------------------------------------------
+    peer_control_mode: str = "none"
+    peer_control_match: str = "block"  # block: same number of blocks; token: same demo token budget
+    # --- templates ------------------------------------------------------------------------------
+    reprompt_template: str = DEFAULT_REPROMPT_TEMPLATE
+    solution_template: str = DEFAULT_SOLUTION_TEMPLATE
+    another_solution_template: str = DEFAULT_ANOTHER_SOLUTION_TEMPLATE
+    failure_solution_template: str = DEFAULT_FAILURE_SOLUTION_TEMPLATE
+    feedback_template: str = DEFAULT_FEEDBACK_TEMPLATE
+    # --- teacher prompt length ------------------------------------------------------------------
+    max_reprompt_len: int = 10240
+    reprompt_truncation: str = "left"  # left/right: drop peer context from that end; error: raise
+    # --- the divergence -------------------------------------------------------------------------
+    alpha: float = 0.5  # 0: KL(teacher||student), 1: KL(student||teacher), between: generalized JSD
+    distillation_topk: int | None = 100  # None: full vocabulary
+    distillation_add_tail: bool = True
+    full_logit_distillation: bool = True  # False: sampled-token reverse-KL estimator (alpha must be 1)
+    is_clip: float | None = 2.0  # cap on the detached pi_theta/pi_old weight; None disables
+    # --- the teacher ----------------------------------------------------------------------------
+    teacher_regularization: str = "ema"
+    teacher_update_rate: float = 0.05
+    # --- step-level averaging -------------------------------------------------------------------
+    step_level_kl: bool = False
+    step_separator: str = "\n\n"
+
+    # ------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def effective_summary_source(self) -> str:
+        return "all" if self.summary_from_all else self.summary_source
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None, prefix: str = CONFIG_PREFIX) -> "SelfDistillationConfig":
+        """Build from a plain mapping (e.g. ``OmegaConf.to_container``); unknown keys are errors."""
+        values = dict(values or {})
+        known = set(cls.field_names())
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"{prefix}.{key} is not a known field.{hint}")
+        try:
+            return cls(**values)
+        except ConfigError as err:
+            if prefix != CONFIG_PREFIX:
+                raise ConfigError(str(err).replace(CONFIG_PREFIX, prefix)) from None
+            raise
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        def fail(name: str, message: str) -> None:
+            raise ConfigError(f"{CONFIG_PREFIX}.{name} {message}, got {getattr(self, name)!r}")
+
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = f.type if isinstance(f.type, str) else f.type.__name__
+            if expected == "bool" and not isinstance(value, bool):
+                fail(f.name, "must be true or false")
+            if expected == "str" and not isinstance(value, str):
+                fail(f.name, "must be a string")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                fail(name, f"must be one of {list(allowed)}")
+
+        for name in ("alpha", "teacher_update_rate", "success_reward_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                fail(name, "must be a number")
+        if not 0.0 <= self.alpha <= 1.0:
+            fail("alpha", "must be in [0, 1] (0 = KL(teacher||student), 1 = KL(student||teacher))")
+        if not 0.0 <= self.teacher_update_rate <= 1.0:
+            fail("teacher_update_rate", "must be in [0, 1]")
+        if self.distillation_topk is not None and (
+            isinstance(self.distillation_topk, bool) or not isinstance(self.distillation_topk, int)
+            or self.distillation_topk < 1
+        ):
+            fail("distillation_topk", "must be a positive integer or null (full vocabulary)")
+        if self.is_clip is not None and (
+            isinstance(self.is_clip, bool) or not isinstance(self.is_clip, (int, float)) or self.is_clip <= 0
+        ):
+            fail("is_clip", "must be a positive number or null (no clipping)")
+        for name in ("max_reprompt_len", "summary_k", "summary_fallback_chars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(name, "must be a positive integer")
+        if not self.full_logit_distillation and self.alpha != 1.0:
+            fail(
+                "alpha",
+                "must be 1.0 when full_logit_distillation=false (the sampled-token estimator is "
+                "reverse KL only)",
+            )
+        if not self.step_separator:
+            fail("step_separator", "must be a non-empty string")
+        if not self.summary_tag or not self.summary_tag.replace("_", "").replace("-", "").isalnum():
+            fail("summary_tag", "must be a tag name of letters, digits, '-' or '_'")
+        for name, allowed in TEMPLATE_FIELDS.items():
+            required = self._required_reprompt_fields() if name == "reprompt_template" else allowed
+            _check_template(name, getattr(self, name), allowed, required)
+
+    def _required_reprompt_fields(self) -> tuple[str, ...]:
+        """The outer template must hold a slot for every section the flags can produce."""
+        control = self.peer_control_mode != "none"
+        wanted = {
+            "prompt": True,
+            "solution": self.include_primary_solution or control,
+            "solution_summaries": self.summarize_solutions,
+            "another_solution": self.include_another_solution or control,
+            "failure": self.include_failure_solution or control,
+            "feedback": self.include_environment_feedback,
+        }
+        return tuple(name for name, on in wanted.items() if on)
+
+
+def _check_template(name: str, template: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
+    try:
+        used = [fname for _, fname, _, _ in string.Formatter().parse(template) if fname is not None]
+    except ValueError as err:  # unbalanced braces
+        raise ConfigError(
+            f"{CONFIG_PREFIX}.{name} is not a valid template ({err}); write literal braces as '{{{{' and '}}}}'"
+        ) from None
+    unknown = sorted(set(used) - set(allowed))
+    missing = [r for r in required if r not in used]
+    if unknown:
+        raise ConfigError(
+            f"{CONFIG_PREFIX}.{name} uses unknown placeholder(s) {unknown}; allowed: {list(allowed)} "
+            "(write literal braces as '{{' and '}}')"
+        )
+    if missing:
+        raise ConfigError(
+            f"{CONFIG_PREFIX}.{name} must contain the placeholder(s) {missing} (the enabled flags fill them)"
+        )
+
+
+def policy_loss_defaults() -> dict[str, Any]:
+    """Extra ``actor.policy_loss`` fields of the release's preference/SFT losses."""
+    return dict(
+        dpo_beta=0.1, simpo_beta=2.0, simpo_gamma=1.0, pref_label_smoothing=0.0,
+        sft_success_threshold=1.0, sft_length_normalize=True,
+    )
+
+
+__all__ = ["SelfDistillationConfig", "ConfigError", "CONFIG_PREFIX", "CHOICES", "policy_loss_defaults"]

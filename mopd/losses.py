@@ -1,0 +1,465 @@
+"""Losses: top-k distillation divergences, the self-distillation loss, PPO-clip, preference and SFT losses.
+
+All tensors are at response positions: ``[B, T]`` per token, ``[B, T, V]`` logits already divided by the
+rollout temperature. The exact formulas are in ``docs/algorithm_core.md`` §4.
+
+Memory. A naive implementation holds a float32 log-softmax over ``T x V`` for both models (5 GB at
+4,096 tokens and Qwen's 151,936-token vocabulary) plus its autograd copies. Here the vocabulary-sized
+work runs in chunks of positions inside a custom autograd function: each chunk is upcast, reduced to the
+small ``[n, k+1]`` bucket distributions and differentiated locally, and its input gradient is written
+into one preallocated buffer that backward only rescales. Peak extra memory is one gradient buffer in
+the logits' dtype plus ``chunk x V`` float32 temporaries (``benchmarks/distill_loss_memory.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mopd.config import SelfDistillationConfig
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+# Bytes of float32 temporaries one chunk may hold per vocabulary-sized tensor.
+_CHUNK_BYTES = 64 * 1024 * 1024
+# The top-k log-mass is clamped below 0 so the tail bucket's log-probability stays finite.
+_TAIL_LOG_MASS_CAP = -1e-7
+# Log-probabilities of exactly-zero probabilities are floored here so 0 * log 0 terms give 0, not NaN.
+_LOG_FLOOR = -1e30
+
+
+def _auto_chunk(num_positions: int, vocab: int, chunk_size: int | None) -> int:
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size}")
+        return chunk_size
+    return max(1, min(num_positions, _CHUNK_BYTES // (4 * max(vocab, 1))))
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bucket distributions and divergences on small tensors
+# ----------------------------------------------------------------------------------------------------
+def _bucket_log_probs(
+    student: torch.Tensor, teacher: torch.Tensor, topk: int | None, add_tail: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher log-probabilities on the student's top-k support (+ tail), ``[n, k(+1)]``."""
+    vocab = student.shape[-1]
+    student_lse = torch.logsumexp(student, dim=-1, keepdim=True)
+    teacher_lse = torch.logsumexp(teacher, dim=-1, keepdim=True)
+    if topk is None or topk >= vocab:
+        return student - student_lse, teacher - teacher_lse
+    index = student.detach().topk(topk, dim=-1).indices
+    s = student.gather(-1, index) - student_lse
+    t = teacher.gather(-1, index) - teacher_lse
+    if not add_tail:
+        return torch.log_softmax(s, dim=-1), torch.log_softmax(t, dim=-1)
+    return torch.cat([s, _tail_log_prob(s)], dim=-1), torch.cat([t, _tail_log_prob(t)], dim=-1)
+
+
+def _tail_log_prob(log_probs: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum(exp(log_probs))), computed stably; the mass outside the support."""
+    log_mass = torch.logsumexp(log_probs, dim=-1, keepdim=True).clamp(max=_TAIL_LOG_MASS_CAP)
+    return torch.log(-torch.expm1(log_mass))
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p||q) over the last dim, with 0 * log 0 = 0."""
+    log_p = log_p.clamp(min=_LOG_FLOOR)
+    log_q = log_q.clamp(min=_LOG_FLOOR)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+def bucket_divergence(s: torch.Tensor, t: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Generalized JSD between two log-distributions over the last dim (see module docs)."""
+    s, t = s.clamp(min=_LOG_FLOOR), t.clamp(min=_LOG_FLOOR)
+    if alpha == 0.0:
+        return _kl(t, s)
+    if alpha == 1.0:
+        return _kl(s, t)
+    mixture = torch.logsumexp(
+        torch.stack([s + math.log(1.0 - alpha), t + math.log(alpha)]), dim=0
+    )
+    return alpha * _kl(t, mixture) + (1.0 - alpha) * _kl(s, mixture)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Chunked, memory-bounded autograd function
+# ----------------------------------------------------------------------------------------------------
+class _ChunkedDivergence(torch.autograd.Function):
+    """Per-position divergence; the student's gradient is formed chunk by chunk in forward.
+
+    Each position's divergence depends only on that position's logits, so d(loss)/d(logits) is the
+    per-position gradient (computed here) times the incoming per-position gradient (applied in backward).
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, alpha, topk, add_tail, chunk_size):  # noqa: D401
+        vocab = student.shape[-1]
+        flat_s = student.reshape(-1, vocab)
+        flat_t = teacher.reshape(-1, vocab)
+        n = flat_s.shape[0]
+        dtype = _compute_dtype(student.dtype)
+        out = torch.empty(n, dtype=dtype, device=student.device)
+        needs_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(flat_s) if needs_grad else None
+        chunk = _auto_chunk(n, vocab, chunk_size)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            t_chunk = flat_t[start:stop].detach().to(dtype)
+            with torch.enable_grad():
+                s_chunk = flat_s[start:stop].detach().to(dtype).requires_grad_(needs_grad)
+                s_buckets, t_buckets = _bucket_log_probs(s_chunk, t_chunk, topk, add_tail)
+                value = bucket_divergence(s_buckets, t_buckets, alpha)
+                if needs_grad:
+                    (g,) = torch.autograd.grad(value.sum(), s_chunk)
+                    grad[start:stop] = g.to(grad.dtype)
+            out[start:stop] = value.detach()
+        ctx.save_for_backward(grad if needs_grad else torch.empty(0))
+        ctx.out_shape = student.shape
+        return out.reshape(student.shape[:-1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        # In place: the buffer is used once, and a second copy would double the peak memory.
+        grad = grad.view(ctx.out_shape)
+        grad.mul_(grad_out.unsqueeze(-1).to(grad.dtype))
+        return grad, None, None, None, None, None
+
+
+def topk_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    alpha: float,
+    topk: int | None,
+    add_tail: bool = True,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Per-position divergence ``[B, T]`` on the student's top-k support (``topk=None``: full vocabulary).
+
+    alpha 0 = KL(teacher||student), 1 = KL(student||teacher), between = generalized JSD with
+    M = (1-alpha) S + alpha T. With ``add_tail`` a (k+1)-th bucket holds each side's remaining mass,
+    otherwise both sides renormalise over the k. Gradient flows to the student only.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher logits must have the same shape, got {tuple(student_logits.shape)} "
+            f"and {tuple(teacher_logits.shape)} (a teacher with a different vocabulary cannot be distilled)"
+        )
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if topk is not None and topk < 1:
+        raise ValueError(f"topk must be positive or None, got {topk}")
+    return _ChunkedDivergence.apply(
+        student_logits, teacher_logits.detach(), float(alpha), topk, add_tail, chunk_size
+    )
+
+
+class _ChunkedTokenLogProbs(torch.autograd.Function):
+    """log softmax(logits)[label] in chunks, gradient (onehot - softmax) formed in forward."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, chunk_size):
+        vocab = logits.shape[-1]
+        flat = logits.reshape(-1, vocab)
+        flat_labels = labels.reshape(-1, 1)
+        n = flat.shape[0]
+        dtype = _compute_dtype(logits.dtype)
+        out = torch.empty(n, dtype=dtype, device=logits.device)
+        needs_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(flat) if needs_grad else None
+        chunk = _auto_chunk(n, vocab, chunk_size)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            log_probs = torch.log_softmax(flat[start:stop].to(dtype), dim=-1)
+            label = flat_labels[start:stop]
+            out[start:stop] = log_probs.gather(-1, label).squeeze(-1)
+            if needs_grad:
+                g = log_probs.exp_().neg_()
+                g.scatter_add_(-1, label, torch.ones_like(label, dtype=g.dtype))
+                grad[start:stop] = g.to(grad.dtype)
+        ctx.save_for_backward(grad if needs_grad else torch.empty(0))
+        ctx.out_shape = logits.shape
+        return out.reshape(logits.shape[:-1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        grad = grad.view(ctx.out_shape)
+        grad.mul_(grad_out.unsqueeze(-1).to(grad.dtype))
+        return grad, None, None
+
+
+def token_log_probs(logits: torch.Tensor, labels: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
+    """``log_softmax(logits)[labels]`` per position, ``[B, T]``, differentiable, chunked over positions."""
+    return _ChunkedTokenLogProbs.apply(logits, labels.long(), chunk_size)
+
+
+@torch.no_grad()
+def entropy_from_logits(logits: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
+    """Entropy of softmax(logits) per position, ``[B, T]`` (for logging; no gradient)."""
+    vocab = logits.shape[-1]
+    flat = logits.reshape(-1, vocab)
+    dtype = _compute_dtype(logits.dtype)
+    out = torch.empty(flat.shape[0], dtype=dtype, device=logits.device)
+    chunk = _auto_chunk(flat.shape[0], vocab, chunk_size)
+    for start in range(0, flat.shape[0], chunk):
+        log_probs = torch.log_softmax(flat[start : start + chunk].to(dtype), dim=-1)
+        out[start : start + chunk] = -(log_probs.exp() * log_probs.clamp(min=_LOG_FLOOR)).sum(-1)
+    return out.reshape(logits.shape[:-1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Aggregation and weights
+# ----------------------------------------------------------------------------------------------------
+def agg_loss(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    *,
+    normalizer: float | None = None,
+    horizon: int | None = None,
+) -> torch.Tensor:
+    """Reduce a ``[B, T]`` loss matrix to a scalar (formulas in ``docs/algorithm_core.md`` §4).
+
+    ``normalizer`` replaces the local token / sequence / row count so that a mini-batch split across
+    micro-batches and ranks is normalised by its global count. An all-masked input gives exactly 0.
+    """
+    mask = mask.to(values.dtype)
+    # where(), not multiplication, so that inf/NaN at masked positions cannot leak into the sum.
+    masked = torch.where(mask > 0, values * mask, torch.zeros_like(values))
+    if mode == "token-mean":
+        denom = normalizer if normalizer is not None else mask.sum().clamp(min=1.0)
+        return masked.sum() / denom
+    if mode in ("seq-mean-token-mean", "seq-mean-token-sum"):
+        seq = masked.sum(-1)
+        if mode == "seq-mean-token-mean":
+            seq = seq / mask.sum(-1).clamp(min=1.0)
+        denom = normalizer if normalizer is not None else (mask.sum(-1) > 0).sum().clamp(min=1).to(values.dtype)
+        return seq.sum() / denom
+    if mode == "seq-mean-token-sum-norm":
+        rows = normalizer if normalizer is not None else max(values.shape[0], 1)
+        return masked.sum() / (rows * (horizon if horizon is not None else values.shape[-1]))
+    raise ValueError(f"loss_agg_mode must be one of {list(LOSS_AGG_MODES)}, got {mode!r}")
+
+
+def importance_weights(log_probs: torch.Tensor, old_log_probs: torch.Tensor, clip: float) -> torch.Tensor:
+    """Detached ``min(pi_theta / pi_old, clip)`` per token."""
+    ratio = torch.exp((log_probs.detach() - old_log_probs.detach()).clamp(-20.0, 20.0))
+    return ratio.clamp(max=clip)
+
+
+def step_mean(values: torch.Tensor, mask: torch.Tensor, step_ids: torch.Tensor) -> torch.Tensor:
+    """Replace each valid token's value by the mean over the valid tokens of its step (same row)."""
+    rows, width = values.shape
+    valid = (mask > 0) & (step_ids >= 0)
+    # One bucket per (row, step); step ids are < width. Invalid tokens go to a scratch bucket.
+    bucket = torch.where(valid, step_ids + torch.arange(rows, device=values.device).unsqueeze(1) * width,
+                         torch.full_like(step_ids, rows * width))
+    flat_bucket = bucket.reshape(-1)
+    weights = valid.to(values.dtype).reshape(-1)
+    sums = torch.zeros(rows * width + 1, dtype=values.dtype, device=values.device)
+    sums = sums.index_add(0, flat_bucket, torch.where(valid, values, torch.zeros_like(values)).reshape(-1))
+    counts = torch.zeros_like(sums).index_add(0, flat_bucket, weights)
+    means = (sums / counts.clamp(min=1.0)).gather(0, flat_bucket).reshape(rows, width)
+    return torch.where(valid, means, values)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The self-distillation loss
+# ----------------------------------------------------------------------------------------------------
+def self_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    distillation_mask: torch.Tensor,
+    config: SelfDistillationConfig,
+    *,
+    old_log_probs: torch.Tensor | None = None,
+    rollout_is_weights: torch.Tensor | None = None,
+    step_ids: torch.Tensor | None = None,
+    loss_agg_mode: str = "token-mean",
+    normalizer: float | None = None,
+    horizon: int | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """MOPD/SDPO loss: teacher-to-student divergence on the student's own tokens (docs §4)."""
+    mask = response_mask.to(torch.float32) * distillation_mask.to(torch.float32).reshape(-1, 1)
+    need_token_logp = (not config.full_logit_distillation) or (
+        old_log_probs is not None and config.is_clip is not None
+    )
+    student_logp = None
+    if need_token_logp:
+        student_logp = token_log_probs(
+            student_logits if not config.full_logit_distillation else student_logits.detach(),
+            responses,
+            chunk_size=chunk_size,
+        )
+    metrics: dict[str, float] = {}
+    if config.full_logit_distillation:
+        per_token = topk_divergence(
+            student_logits, teacher_logits, alpha=config.alpha, topk=config.distillation_topk,
+            add_tail=config.distillation_add_tail, chunk_size=chunk_size,
+        )
+    else:
+        with torch.no_grad():
+            teacher_logp = token_log_probs(teacher_logits.detach(), responses, chunk_size=chunk_size)
+        # REINFORCE-style reverse-KL estimator: value (s - t) * s, gradient (s - t) * ds.
+        per_token = (student_logp - teacher_logp).detach() * student_logp
+        metrics["self_distillation/teacher_minus_student_logp"] = _masked_mean_float(
+            teacher_logp - student_logp.detach(), mask
+        )
+    metrics["self_distillation/divergence_mean"] = _masked_mean_float(per_token.detach(), mask)
+
+    weighted = per_token
+    if old_log_probs is not None and config.is_clip is not None:
+        weights = importance_weights(student_logp, old_log_probs, config.is_clip)
+        weighted = weighted * weights.to(weighted.dtype)
+        metrics["self_distillation/is_weight_mean"] = _masked_mean_float(weights, mask)
+        metrics["self_distillation/is_clip_fraction"] = _masked_mean_float(
+            (weights >= config.is_clip).to(torch.float32), mask
+        )
+    if rollout_is_weights is not None:
+        weighted = weighted * rollout_is_weights.detach().to(weighted.dtype)
+    if config.step_level_kl:
+        if step_ids is None:
+            raise ValueError("step_level_kl=true needs step_ids (mopd.reprompt.compute_step_ids)")
+        weighted = step_mean(weighted, mask, step_ids)
+        rows = mask.sum(-1) > 0
+        steps_per_row = [
+            int(torch.unique(step_ids[i][(mask[i] > 0) & (step_ids[i] >= 0)]).numel())
+            for i in range(mask.shape[0]) if rows[i]
+        ]
+        metrics["self_distillation/avg_steps_per_sample"] = (
+            sum(steps_per_row) / len(steps_per_row) if steps_per_row else 0.0
+        )
+    loss = agg_loss(weighted, mask, loss_agg_mode, normalizer=normalizer, horizon=horizon)
+    metrics["self_distillation/empty_target_batch"] = float(mask.sum().item() == 0)
+    metrics["self_distillation/loss"] = float(loss.detach().item())
+    return loss, metrics
+
+
+def _masked_mean_float(values: torch.Tensor, mask: torch.Tensor) -> float:
+    mask = mask.to(values.dtype)
+    total = mask.sum()
+    if total.item() == 0:
+        return 0.0
+    return float((torch.where(mask > 0, values, torch.zeros_like(values)).sum() / total).item())
+
+
+# ----------------------------------------------------------------------------------------------------
+# PPO clipped policy loss
+# ----------------------------------------------------------------------------------------------------
+def ppo_policy_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    clip_ratio_low: float = 0.2,
+    clip_ratio_high: float = 0.28,
+    clip_ratio_c: float | None = 3.0,
+    loss_agg_mode: str = "token-mean",
+    rollout_is_weights: torch.Tensor | None = None,
+    normalizer: float | None = None,
+    horizon: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO-clip with asymmetric ratio bounds and dual clip for negative advantages."""
+    if clip_ratio_c is not None and clip_ratio_c <= 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 (dual clip), got {clip_ratio_c}")
+    mask = response_mask.to(log_probs.dtype)
+    log_ratio = (log_probs - old_log_probs.detach()).clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+    loss = torch.maximum(unclipped, clipped)
+    metrics = {
+        "actor/pg_clipfrac": _masked_mean_float((clipped > unclipped).to(mask.dtype), mask),
+        "actor/ppo_kl": _masked_mean_float(-log_ratio.detach(), mask),
+        "actor/pg_clipfrac_lower": 0.0,
+    }
+    if clip_ratio_c is not None:
+        lower_bound = -advantages * clip_ratio_c
+        dual = torch.minimum(loss, lower_bound)
+        metrics["actor/pg_clipfrac_lower"] = _masked_mean_float(
+            ((loss > lower_bound) & (advantages < 0)).to(mask.dtype), mask
+        )
+        loss = torch.where(advantages < 0, dual, loss)
+    if rollout_is_weights is not None:
+        loss = loss * rollout_is_weights.detach()
+    return agg_loss(loss, mask, loss_agg_mode, normalizer=normalizer, horizon=horizon), metrics
+
+
+# ----------------------------------------------------------------------------------------------------
+# Preference and SFT losses over rollouts of the same prompt
+# ----------------------------------------------------------------------------------------------------
+def preference_pairs(uids: Sequence, rewards: Sequence[float]) -> list[tuple[int, int]]:
+    """Every (chosen, rejected) pair of rollouts with the same uid and a strictly higher reward."""
+    pairs = []
+    for i, (uid_i, r_i) in enumerate(zip(uids, rewards)):
+        for j, (uid_j, r_j) in enumerate(zip(uids, rewards)):
+            if i != j and uid_i == uid_j and float(r_i) > float(r_j):
+                pairs.append((i, j))
+    return pairs
+
+
+def _pairwise_logistic(
+    scores: torch.Tensor, uids, rewards, beta: float, margin: float, label_smoothing: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    pairs = preference_pairs(uids, [float(r) for r in rewards])
+    if not pairs:
+        return scores.sum() * 0.0, {"actor/pref_pairs": 0.0, "actor/pref_accuracy": 0.0}
+    chosen = torch.tensor([c for c, _ in pairs], device=scores.device)
+    rejected = torch.tensor([r for _, r in pairs], device=scores.device)
+    z = beta * (scores[chosen] - scores[rejected]) - margin
+    loss = -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    return loss.mean(), {
+        "actor/pref_pairs": float(len(pairs)),
+        "actor/pref_accuracy": float((z.detach() > 0).float().mean().item()),
+        "actor/pref_margin": float(z.detach().mean().item()),
+    }
+
+
+def dpo_loss(
+    seq_log_probs: torch.Tensor, ref_seq_log_probs: torch.Tensor, uids, rewards, *,
+    beta: float = 0.1, label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO over all within-prompt pairs; h = sum log pi - sum log pi_ref."""
+    return _pairwise_logistic(seq_log_probs - ref_seq_log_probs.detach(), uids, rewards, beta, 0.0, label_smoothing)
+
+
+def simpo_loss(
+    seq_log_probs: torch.Tensor, lengths: torch.Tensor, uids, rewards, *,
+    beta: float = 2.0, gamma: float = 1.0, label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """SimPO over all within-prompt pairs; h = sum log pi / |y|, target margin gamma."""
+    lengths = lengths.to(seq_log_probs.dtype).clamp(min=1.0)
+    return _pairwise_logistic(seq_log_probs / lengths, uids, rewards, beta, gamma, label_smoothing)
+
+
+def verified_sft_loss(
+    token_log_probs: torch.Tensor, response_mask: torch.Tensor, rewards, *,
+    success_threshold: float = 1.0, length_normalize: bool = True,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """NLL of the successful rollouts only (rejection-sampling fine-tuning)."""
+    rewards = torch.as_tensor(rewards, dtype=token_log_probs.dtype, device=token_log_probs.device)
+    success = (rewards >= success_threshold).to(token_log_probs.dtype)
+    mask = response_mask.to(token_log_probs.dtype) * success.unsqueeze(-1)
+    mode = "seq-mean-token-mean" if length_normalize else "seq-mean-token-sum"
+    loss = agg_loss(-token_log_probs, mask, mode)
+    return loss, {"actor/sft_success_count": float(success.sum().item())}

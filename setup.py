@@ -1,0 +1,30 @@
+"""MOPD: Multi-Rollout On-Policy Distillation for LLM post-training."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+# torch is left unpinned here: GPU users bring their CUDA build; requirements.txt pins the CPU one.
+REQUIRES = [
+    line.split("#")[0].strip().replace("torch==2.13.0", "torch>=2.4")
+    for line in (ROOT / "requirements.txt").read_text().splitlines()
+    if line.split("#")[0].strip()
+]
+
+setup(
+    name="mopd",
+    version="0.1.0",
+    description="Multi-Rollout On-Policy Distillation (MOPD), SDPO and GRPO post-training on Ray + FSDP2",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["mopd", "workers", "trainer"],
+    package_data={"mopd": ["assets/tiny_tokenizer/*"]},
+    include_package_data=True,
+    install_requires=REQUIRES,
+    extras_require={
+        "gpu": ["vllm>=0.8", "flash-attn>=2.6"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+)
