@@ -53,7 +53,8 @@ class PeerContext:
 
     @property
     def shows_success(self) -> bool:
-        return self.primary is not None or any(b.label == "success" for b in self.control_blocks)
+        return (self.primary is not None or self.another is not None
+                or any(b.label == "success" for b in self.control_blocks))
 
 
 @dataclass

@@ -284,13 +284,13 @@ def test_topk_divergence_support_is_the_students_topk():
     t = torch.tensor([[[0.0, 5.0, 0.0, 0.0]]], dtype=torch.float64)
     # without tail: both distributions are a point mass on token 0 -> 0
     out = topk_divergence(s, t, alpha=0.0, topk=1, add_tail=False)
-    assert abs(float(out)) < 1e-12
+    assert abs(out.item()) < 1e-12
     # with tail: P_S = (p_s0, 1-p_s0), P_T = (p_t0, 1-p_t0)
     ps = torch.softmax(s[0, 0], -1)[0]
     pt = torch.softmax(t[0, 0], -1)[0]
     expected = pt * torch.log(pt / ps) + (1 - pt) * torch.log((1 - pt) / (1 - ps))
     out = topk_divergence(s, t, alpha=0.0, topk=1, add_tail=True)
-    assert abs(float(out) - float(expected)) < 1e-9
+    assert abs(out.item() - float(expected)) < 1e-9
 
 
 @pytest.mark.parametrize("add_tail", [True, False])
@@ -502,7 +502,7 @@ def test_agg_loss_all_masked(mode, normalizer):
     v = torch.randn(3, 4, generator=_gen(53), dtype=torch.float64).requires_grad_(True)
     m = torch.zeros(3, 4, dtype=torch.float64)
     out = agg_loss(v, m, mode, normalizer=normalizer)
-    assert float(out) == 0.0
+    assert out.item() == 0.0
     assert not torch.isnan(out)
     out.backward()
     assert v.grad is not None
@@ -621,7 +621,7 @@ def test_self_distillation_sampled_token_value_and_gradient_explicit():
                                      torch.ones(2, dtype=torch.float64), cfg, loss_agg_mode="token-mean")
     s_y = ref_token_log_probs(s.detach(), batch["responses"])
     t_y = ref_token_log_probs(batch["teacher"], batch["responses"])
-    assert float(loss) == pytest.approx(float(((s_y - t_y) * s_y).mean()), rel=1e-10)
+    assert loss.item() == pytest.approx(float(((s_y - t_y) * s_y).mean()), rel=1e-10)
     g = _grad(loss, s)
     # d s_y / d logits = onehot(y) - softmax
     onehot = torch.nn.functional.one_hot(batch["responses"], V).double()
@@ -645,7 +645,7 @@ def test_self_distillation_is_weight_explicit():
                                      loss_agg_mode="seq-mean-token-sum")
     d = ref_divergence(batch["student"], batch["teacher"], 1.0, None)
     w = torch.tensor([[1.0, 1.5, 2.0, 0.25]], dtype=torch.float64)
-    assert float(loss) == pytest.approx(float((d * w).sum()), rel=1e-9)
+    assert loss.item() == pytest.approx(float((d * w).sum()), rel=1e-9)
     s2 = batch["student"].clone().requires_grad_(True)
     d2 = ref_divergence(s2, batch["teacher"], 1.0, None)
     _assert_close(_grad(loss, s), _grad((d2 * w).sum(), s2), rtol=1e-8, atol=1e-12)
@@ -670,7 +670,7 @@ def test_self_distillation_step_level_explicit():
     row0 = 2 * d[0, 0:2].mean() + 2 * step1
     row1 = d[1, 0] + 2 * d[1, 1:3].mean() + d[1, 3]
     expected = float(row0 + row1) / 2
-    assert float(loss) == pytest.approx(expected, rel=1e-9)
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
 
     # (b) fractional mask: unweighted step mean, then the masked token-mean
     fmask = torch.tensor([[1, 0.5, 1, 0.25, 1, 0], [1, 1, 0.5, 1, 0, 0]], dtype=torch.float64)
@@ -681,9 +681,9 @@ def test_self_distillation_step_level_explicit():
     d_ref = ref_divergence(s_ref, batch["teacher"], 0.0, None)
     stepped = ref_step_mean(d_ref, fmask, step_ids)
     ref = (stepped * fmask).sum() / fmask.sum()
-    assert float(loss) == pytest.approx(float(ref), rel=1e-9)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-9)
     no_step = float((d * fmask).sum() / fmask.sum())
-    assert abs(float(ref) - no_step) > 1e-4  # the step mean is observable here
+    assert abs(ref.item() - no_step) > 1e-4  # the step mean is observable here
     _assert_close(_grad(loss, s), _grad(ref, s_ref), rtol=1e-8, atol=1e-12)
 
 
@@ -708,7 +708,7 @@ def test_self_distillation_all_masked(full_logit, step_level, mode):
         step_ids=batch["step_ids"] if step_level else None, loss_agg_mode=mode,
     )
     assert isinstance(metrics, dict)
-    assert float(loss) == 0.0 and not torch.isnan(loss)
+    assert loss.item() == 0.0 and not torch.isnan(loss)
     loss.backward()
     assert s.grad is not None
     assert torch.equal(s.grad, torch.zeros_like(s.grad))

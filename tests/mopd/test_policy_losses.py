@@ -175,22 +175,22 @@ def test_ppo_dual_clip_negative_advantage_big_ratio():
     # token 0: max(10, 1.28) = 10 -> dual clip min(10, 3) = 3 (no gradient)
     # token 1: max(2, 1.28) = 2 (< 3) -> 2, gradient -A*r = 2
     # token 2: r = 1.1 inside the clip range -> 1.1, gradient 1.1
-    assert float(loss) == pytest.approx(3.0 + 2.0 + 1.1, rel=1e-12)
+    assert loss.item() == pytest.approx(3.0 + 2.0 + 1.1, rel=1e-12)
     _assert_close(_grad(loss, lp), torch.tensor([[0.0, 2.0, 1.1]], dtype=torch.float64))
     # dual clip disabled
     loss2, _ = ppo_policy_loss(lp, old, adv, mask, clip_ratio_c=None, loss_agg_mode="seq-mean-token-sum")
-    assert float(loss2) == pytest.approx(10.0 + 2.0 + 1.1, rel=1e-12)
+    assert loss2.item() == pytest.approx(10.0 + 2.0 + 1.1, rel=1e-12)
     _assert_close(_grad(loss2, lp), torch.tensor([[10.0, 2.0, 1.1]], dtype=torch.float64))
     # positive advantage with a big ratio: clipped at 1+high, no gradient; small ratio: unclipped side
     lp3 = torch.tensor([[math.log(10.0), math.log(0.5), math.log(0.9)]], dtype=torch.float64,
                        requires_grad=True)
     loss3, _ = ppo_policy_loss(lp3, old, -adv, mask, loss_agg_mode="seq-mean-token-sum")
-    assert float(loss3) == pytest.approx(-1.28 - 0.5 - 0.9, rel=1e-12)
+    assert loss3.item() == pytest.approx(-1.28 - 0.5 - 0.9, rel=1e-12)
     _assert_close(_grad(loss3, lp3), torch.tensor([[0.0, -0.5, -0.9]], dtype=torch.float64))
     # negative advantage with a small ratio: max(-A r, -A clip) = -A (1-low) = 0.8, no gradient
     lp4 = torch.tensor([[math.log(0.5)]], dtype=torch.float64, requires_grad=True)
     loss4, _ = ppo_policy_loss(lp4, old[:, :1], adv[:, :1], mask[:, :1], loss_agg_mode="token-mean")
-    assert float(loss4) == pytest.approx(0.8, rel=1e-12)
+    assert loss4.item() == pytest.approx(0.8, rel=1e-12)
     _assert_close(_grad(loss4, lp4), torch.zeros(1, 1, dtype=torch.float64))
 
 
@@ -200,7 +200,7 @@ def test_ppo_ratio_is_clamped_at_20():
     adv = torch.full((1, 1), -2.0, dtype=torch.float64)
     mask = torch.ones(1, 1, dtype=torch.float64)
     loss, _ = ppo_policy_loss(lp, old, adv, mask, clip_ratio_c=None, loss_agg_mode="token-mean")
-    assert float(loss) == pytest.approx(2.0 * math.exp(20.0), rel=1e-12)
+    assert loss.item() == pytest.approx(2.0 * math.exp(20.0), rel=1e-12)
     assert torch.isfinite(loss)
 
 
@@ -209,14 +209,14 @@ def test_ppo_on_policy_metrics_and_all_masked():
     lp = lp0.clone().requires_grad_(True)
     loss, metrics = ppo_policy_loss(lp, lp0.clone(), adv, mask, loss_agg_mode="token-mean")
     # ratio 1 everywhere: loss = -mean(A), nothing clipped, no KL
-    assert float(loss) == pytest.approx(-float((adv * mask).sum() / mask.sum()), rel=1e-12)
+    assert loss.item() == pytest.approx(-float((adv * mask).sum() / mask.sum()), rel=1e-12)
     assert float(metrics["actor/pg_clipfrac"]) == 0.0
     assert float(metrics["actor/pg_clipfrac_lower"]) == 0.0
     assert abs(float(metrics["actor/ppo_kl"])) < 1e-12
     for mode in AGG_MODES:
         lp = lp0.clone().requires_grad_(True)
         loss, metrics = ppo_policy_loss(lp, lp0 - 0.3, adv, torch.zeros_like(mask), loss_agg_mode=mode)
-        assert float(loss) == 0.0 and not torch.isnan(loss)
+        assert loss.item() == 0.0 and not torch.isnan(loss)
         loss.backward()
         assert lp.grad is not None and torch.equal(lp.grad, torch.zeros_like(lp))
 
@@ -321,10 +321,10 @@ def test_dpo_defaults_and_no_pairs():
     lp = lp0.clone().requires_grad_(True)
     loss, _ = dpo_loss(lp, ref, uids, rewards)
     # beta = 0.1, z = 0.1 * ((1) - (-1)) = 0.2
-    assert float(loss) == pytest.approx(-math.log(1 / (1 + math.exp(-0.2))), rel=1e-12)
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.2))), rel=1e-12)
     lp = lp0.clone().requires_grad_(True)
     loss, _ = dpo_loss(lp, ref, ["a", "b", "c"], rewards)
-    assert float(loss) == 0.0
+    assert loss.item() == 0.0
     loss.backward()
     assert lp.grad is None or torch.equal(lp.grad, torch.zeros_like(lp))
 
@@ -351,10 +351,10 @@ def test_simpo_defaults_and_no_pairs():
     lp = lp0.clone().requires_grad_(True)
     loss, _ = simpo_loss(lp, lengths, ["a", "a"], rewards)
     # beta 2, gamma 1: z = 2 * (-1 - (-2)) - 1 = 1
-    assert float(loss) == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))), rel=1e-12)
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))), rel=1e-12)
     lp = lp0.clone().requires_grad_(True)
     loss, _ = simpo_loss(lp, lengths, ["a", "b"], rewards)
-    assert float(loss) == 0.0
+    assert loss.item() == 0.0
     loss.backward()
     assert lp.grad is None or torch.equal(lp.grad, torch.zeros_like(lp))
 
@@ -388,9 +388,9 @@ def test_verified_sft_defaults_and_no_success():
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
     tlp = tlp0.clone().requires_grad_(True)
     loss, _ = verified_sft_loss(tlp, mask, torch.tensor([1.0, 1.0], dtype=torch.float64))
-    assert float(loss) == pytest.approx((1.5 + 5.0) / 2, rel=1e-12)  # threshold 1.0, length-normalised
+    assert loss.item() == pytest.approx((1.5 + 5.0) / 2, rel=1e-12)  # threshold 1.0, length-normalised
     tlp = tlp0.clone().requires_grad_(True)
     loss, _ = verified_sft_loss(tlp, mask, torch.tensor([0.9, 0.0], dtype=torch.float64))
-    assert float(loss) == 0.0 and not torch.isnan(loss)
+    assert loss.item() == 0.0 and not torch.isnan(loss)
     loss.backward()
     assert tlp.grad is None or torch.equal(tlp.grad, torch.zeros_like(tlp))
