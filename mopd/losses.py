@@ -24,7 +24,7 @@ from mopd.config import SelfDistillationConfig
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 # Bytes of float32 temporaries one chunk may hold per vocabulary-sized tensor.
-_CHUNK_BYTES = 64 * 1024 * 1024
+_CHUNK_BYTES = 16 * 1024 * 1024  # below glibc's mmap threshold cap: chunks reuse heap pages
 # The top-k log-mass is clamped below 0 so the tail bucket's log-probability stays finite.
 _TAIL_LOG_MASS_CAP = -1e-7
 # Log-probabilities of exactly-zero probabilities are floored here so 0 * log 0 terms give 0, not NaN.
@@ -46,18 +46,25 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------------
 # Bucket distributions and divergences on small tensors
 # ----------------------------------------------------------------------------------------------------
-def _bucket_log_probs(
-    student: torch.Tensor, teacher: torch.Tensor, topk: int | None, add_tail: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Student and teacher log-probabilities on the student's top-k support (+ tail), ``[n, k(+1)]``."""
-    vocab = student.shape[-1]
+def _support_log_probs(
+    student: torch.Tensor, teacher: torch.Tensor, topk: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Full-vocabulary log-probabilities of both sides on the student's top-k support ``[n, k]``.
+
+    Returns (student log-probs, teacher log-probs, support index or None for the full vocabulary,
+    the student's log-normaliser). Only ``[n, k]`` results are kept; the ``[n, V]`` work is transient.
+    """
     student_lse = torch.logsumexp(student, dim=-1, keepdim=True)
     teacher_lse = torch.logsumexp(teacher, dim=-1, keepdim=True)
-    if topk is None or topk >= vocab:
-        return student - student_lse, teacher - teacher_lse
-    index = student.detach().topk(topk, dim=-1).indices
-    s = student.gather(-1, index) - student_lse
-    t = teacher.gather(-1, index) - teacher_lse
+    if topk is None or topk >= student.shape[-1]:
+        return student - student_lse, teacher - teacher_lse, None, student_lse
+    index = student.topk(topk, dim=-1).indices
+    return student.gather(-1, index) - student_lse, teacher.gather(-1, index) - teacher_lse, index, student_lse
+
+
+def _buckets(s: torch.Tensor, t: torch.Tensor, full: bool, add_tail: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if full:
+        return s, t
     if not add_tail:
         return torch.log_softmax(s, dim=-1), torch.log_softmax(t, dim=-1)
     return torch.cat([s, _tail_log_prob(s)], dim=-1), torch.cat([t, _tail_log_prob(t)], dim=-1)
@@ -92,6 +99,43 @@ def bucket_divergence(s: torch.Tensor, t: torch.Tensor, alpha: float) -> torch.T
 # ----------------------------------------------------------------------------------------------------
 # Chunked, memory-bounded autograd function
 # ----------------------------------------------------------------------------------------------------
+def _scale_grad_buffer(ctx, grad_out: torch.Tensor) -> torch.Tensor | None:
+    """Per-position gradient (formed in forward) times the incoming per-position gradient, in place.
+
+    In place because a second logits-sized copy would double the peak memory; the price is that the
+    graph can be differentiated once (as every training step does). Recompute the loss to go again.
+    """
+    if getattr(ctx, "consumed", False):
+        raise RuntimeError(
+            "mopd.losses: this loss reuses its gradient buffer in place, so its graph can be "
+            "differentiated only once; recompute the loss to differentiate again"
+        )
+    ctx.consumed = True
+    grad = ctx.grad_buffer
+    if grad is None:
+        return None
+    ctx.grad_buffer = None  # freed with the returned gradient, not held by the graph
+    grad = grad.view(ctx.out_shape)
+    return grad.mul_(grad_out.unsqueeze(-1).to(grad.dtype))
+
+
+def _chain_through_log_softmax(logits, lse, index, g_support, out) -> None:
+    """Write d/dlogits into ``out`` given g = d/d(log-probs on the support).
+
+    log p_j = z_j - logsumexp(z), so d/dz = scatter(g) - softmax(z) * sum(g). Done in place in the
+    output slice: no autograd graph (and no temporaries) over the vocabulary.
+    """
+    buf = out if out.dtype == logits.dtype else torch.empty_like(logits)
+    torch.sub(logits, lse, out=buf)
+    buf.exp_().mul_(-g_support.sum(dim=-1, keepdim=True))
+    if index is None:
+        buf.add_(g_support)
+    else:
+        buf.scatter_add_(-1, index, g_support)
+    if buf is not out:
+        out.copy_(buf)
+
+
 class _ChunkedDivergence(torch.autograd.Function):
     """Per-position divergence; the student's gradient is formed chunk by chunk in forward.
 
@@ -112,29 +156,25 @@ class _ChunkedDivergence(torch.autograd.Function):
         chunk = _auto_chunk(n, vocab, chunk_size)
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            t_chunk = flat_t[start:stop].detach().to(dtype)
+            z_s = flat_s[start:stop].detach().to(dtype)
+            z_t = flat_t[start:stop].detach().to(dtype)
+            s, t, index, lse = _support_log_probs(z_s, z_t, topk)
             with torch.enable_grad():
-                s_chunk = flat_s[start:stop].detach().to(dtype).requires_grad_(needs_grad)
-                s_buckets, t_buckets = _bucket_log_probs(s_chunk, t_chunk, topk, add_tail)
-                value = bucket_divergence(s_buckets, t_buckets, alpha)
+                s = s.requires_grad_(needs_grad)
+                value = bucket_divergence(*_buckets(s, t, index is None, add_tail), alpha)
                 if needs_grad:
-                    (g,) = torch.autograd.grad(value.sum(), s_chunk)
-                    grad[start:stop] = g.to(grad.dtype)
+                    (g_support,) = torch.autograd.grad(value.sum(), s)
+            if needs_grad:
+                _chain_through_log_softmax(z_s, lse, index, g_support, grad[start:stop])
             out[start:stop] = value.detach()
-        ctx.save_for_backward(grad if needs_grad else torch.empty(0))
+        ctx.grad_buffer = grad
         ctx.out_shape = student.shape
         return out.reshape(student.shape[:-1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
-        # In place: the buffer is used once, and a second copy would double the peak memory.
-        grad = grad.view(ctx.out_shape)
-        grad.mul_(grad_out.unsqueeze(-1).to(grad.dtype))
-        return grad, None, None, None, None, None
+        return (_scale_grad_buffer(ctx, grad_out),) + (None,) * 5
 
 
 def topk_divergence(
@@ -189,19 +229,14 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
                 g = log_probs.exp_().neg_()
                 g.scatter_add_(-1, label, torch.ones_like(label, dtype=g.dtype))
                 grad[start:stop] = g.to(grad.dtype)
-        ctx.save_for_backward(grad if needs_grad else torch.empty(0))
+        ctx.grad_buffer = grad
         ctx.out_shape = logits.shape
         return out.reshape(logits.shape[:-1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        grad = grad.view(ctx.out_shape)
-        grad.mul_(grad_out.unsqueeze(-1).to(grad.dtype))
-        return grad, None, None
+        return _scale_grad_buffer(ctx, grad_out), None, None
 
 
 def token_log_probs(logits: torch.Tensor, labels: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
@@ -261,6 +296,30 @@ def importance_weights(log_probs: torch.Tensor, old_log_probs: torch.Tensor, cli
     """Detached ``min(pi_theta / pi_old, clip)`` per token."""
     ratio = torch.exp((log_probs.detach() - old_log_probs.detach()).clamp(-20.0, 20.0))
     return ratio.clamp(max=clip)
+
+
+def rollout_is_weights(
+    old_log_probs: torch.Tensor,
+    rollout_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    level: str = "token",
+    threshold: float = 2.0,
+) -> torch.Tensor:
+    """Truncated importance weights correcting for the rollout engine's numerics (``rollout_is``).
+
+    ``token``: w_t = min(pi_old / pi_rollout, threshold) per token; ``sequence``: one weight per
+    sequence from the summed log-ratio over its valid tokens. Detached, zero at padding.
+    """
+    mask = response_mask.to(old_log_probs.dtype)
+    log_ratio = (old_log_probs.detach() - rollout_log_probs.detach()) * mask
+    if level == "token":
+        weights = torch.exp(log_ratio.clamp(-20.0, 20.0))
+    elif level == "sequence":
+        weights = torch.exp(log_ratio.sum(-1, keepdim=True).clamp(-20.0, 20.0)).expand_as(log_ratio)
+    else:
+        raise ValueError(f"algorithm.rollout_correction.rollout_is must be 'token' or 'sequence', got {level!r}")
+    return weights.clamp(max=threshold) * mask
 
 
 def step_mean(values: torch.Tensor, mask: torch.Tensor, step_ids: torch.Tensor) -> torch.Tensor:
