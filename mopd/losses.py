@@ -322,20 +322,27 @@ def rollout_is_weights(
     return weights.clamp(max=threshold) * mask
 
 
-def step_mean(values: torch.Tensor, mask: torch.Tensor, step_ids: torch.Tensor) -> torch.Tensor:
-    """Replace each valid token's value by the mean over the valid tokens of its step (same row)."""
+def step_level_values(values: torch.Tensor, mask: torch.Tensor, step_ids: torch.Tensor) -> torch.Tensor:
+    """Re-weight token values so that every reasoning step counts equally within its row.
+
+    A valid token (mask > 0, step id >= 0) of a step with n_s tokens, in a row with T valid tokens and S
+    steps, gets ``mean_s * T / (S * n_s)``: the row still sums to T times a mean, but that mean is now the
+    mean over steps of the step means. (The release replaced each token by its step mean, which leaves
+    every row sum, hence the loss and its gradient, unchanged: ``step_level_kl`` had no effect.)
+    """
     rows, width = values.shape
     valid = (mask > 0) & (step_ids >= 0)
     # One bucket per (row, step); step ids are < width. Invalid tokens go to a scratch bucket.
-    bucket = torch.where(valid, step_ids + torch.arange(rows, device=values.device).unsqueeze(1) * width,
-                         torch.full_like(step_ids, rows * width))
-    flat_bucket = bucket.reshape(-1)
-    weights = valid.to(values.dtype).reshape(-1)
-    sums = torch.zeros(rows * width + 1, dtype=values.dtype, device=values.device)
-    sums = sums.index_add(0, flat_bucket, torch.where(valid, values, torch.zeros_like(values)).reshape(-1))
-    counts = torch.zeros_like(sums).index_add(0, flat_bucket, weights)
-    means = (sums / counts.clamp(min=1.0)).gather(0, flat_bucket).reshape(rows, width)
-    return torch.where(valid, means, values)
+    offsets = torch.arange(rows, device=values.device).unsqueeze(1) * width
+    bucket = torch.where(valid, step_ids + offsets, torch.full_like(step_ids, rows * width)).reshape(-1)
+    zeros = torch.zeros(rows * width + 1, dtype=values.dtype, device=values.device)
+    sums = zeros.index_add(0, bucket, torch.where(valid, values, torch.zeros_like(values)).reshape(-1))
+    counts = zeros.index_add(0, bucket, valid.to(values.dtype).reshape(-1))
+    step_size = counts.gather(0, bucket).reshape(rows, width).clamp(min=1.0)
+    step_avg = (sums / counts.clamp(min=1.0)).gather(0, bucket).reshape(rows, width)
+    row_tokens = valid.sum(-1, keepdim=True).to(values.dtype)
+    row_steps = (counts[:-1].reshape(rows, width) > 0).sum(-1, keepdim=True).to(values.dtype).clamp(min=1.0)
+    return torch.where(valid, step_avg * row_tokens / (row_steps * step_size), values)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -398,7 +405,7 @@ def self_distillation_loss(
     if config.step_level_kl:
         if step_ids is None:
             raise ValueError("step_level_kl=true needs step_ids (mopd.reprompt.compute_step_ids)")
-        weighted = step_mean(weighted, mask, step_ids)
+        weighted = step_level_values(weighted, mask, step_ids)
         rows = mask.sum(-1) > 0
         steps_per_row = [
             int(torch.unique(step_ids[i][(mask[i] > 0) & (step_ids[i] >= 0)]).numel())

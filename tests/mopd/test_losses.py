@@ -116,17 +116,19 @@ def ref_agg(values, mask, mode, normalizer=None, horizon=None):
 
 
 def ref_step_mean(values, mask, step_ids):
+    """Every step of a row counts equally: token value = step mean * T_row / (S_row * n_step)."""
     out = values.clone()
     rows, length = values.shape
     for i in range(rows):
         groups: dict[int, list[int]] = {}
         for t in range(length):
-            if float(mask[i, t]) > 0:
+            if float(mask[i, t]) > 0 and int(step_ids[i, t]) >= 0:
                 groups.setdefault(int(step_ids[i, t]), []).append(t)
+        total = sum(len(p) for p in groups.values())
         for positions in groups.values():
             mean = sum(values[i, t] for t in positions) / len(positions)
             for t in positions:
-                out[i, t] = mean
+                out[i, t] = mean * total / (len(groups) * len(positions))
     return out
 
 
@@ -669,10 +671,9 @@ def test_self_distillation_is_weight_explicit():
 
 
 def test_self_distillation_step_level_explicit():
-    """Each valid token's value becomes the mean over the valid tokens (mask > 0) of its step.
-
-    With row-constant aggregation weights this preserves row sums, so to be observable the test uses a
-    masked token inside a step (it must not enter the mean) and a fractional mask (token-mean)."""
+    """Every step counts equally within its row: a valid token's value becomes its step's mean times
+    T_row / (S_row * n_step). Checked with a masked token inside a step (it must not enter the mean),
+    unequal step lengths, and a fractional mask (token-mean)."""
     cfg = SelfDistillationConfig(alpha=0.0, distillation_topk=None, step_level_kl=True, is_clip=None)
     batch = _sd_batch(64, rows=2, length=6)
     d = ref_divergence(batch["student"], batch["teacher"], 0.0, None)
@@ -685,9 +686,11 @@ def test_self_distillation_step_level_explicit():
                                      cfg, step_ids=step_ids, loss_agg_mode="seq-mean-token-sum")
     step1 = (d[0, 2] + d[0, 4]) / 2
     row0 = 2 * d[0, 0:2].mean() + 2 * step1
-    row1 = d[1, 0] + 2 * d[1, 1:3].mean() + d[1, 3]
+    row1 = 4 / 3 * (d[1, 0] + d[1, 1:3].mean() + d[1, 3])  # 4 tokens, 3 steps of 1, 2, 1 tokens
     expected = float(row0 + row1) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-9)
+    plain = float(2 * d[0, 0:2].mean() + 2 * step1 + d[1, 0:4].sum()) / 2
+    assert abs(expected - plain) > 1e-6  # unequal steps: step-level weighting is observable
 
     # (b) fractional mask: unweighted step mean, then the masked token-mean
     fmask = torch.tensor([[1, 0.5, 1, 0.25, 1, 0], [1, 1, 0.5, 1, 0, 0]], dtype=torch.float64)
