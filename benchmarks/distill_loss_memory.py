@@ -62,8 +62,9 @@ def child(args) -> dict:
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
     shape = (1, args.tokens, args.vocab)
-    student = (torch.randn(shape, device=device) * 3).to(dtype).requires_grad_(True)
-    teacher = (torch.randn(shape, device=device) * 3).to(dtype)
+    # Made in place in the target dtype: no transient copy may raise the process's peak before the run.
+    student = torch.randn(shape, device=device, dtype=dtype).mul_(3).requires_grad_(True)
+    teacher = torch.randn(shape, device=device, dtype=dtype).mul_(3)
     logits_bytes = student.numel() * student.element_size()
 
     def run():
