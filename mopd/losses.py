@@ -136,6 +136,27 @@ def _chain_through_log_softmax(logits, lse, index, g_support, out) -> None:
         out.copy_(buf)
 
 
+def _run_chunks(ctx, logits: torch.Tensor, chunk_size: int | None, compute) -> torch.Tensor:
+    """Drive ``compute(rows, z, grad_out)`` over chunks of positions of ``logits`` ``[..., V]``.
+
+    ``z`` is the chunk upcast for computing; ``grad_out`` is the chunk's slice of one logits-sized
+    gradient buffer (None when no gradient is needed) that ``compute`` fills with d(value)/d(z).
+    """
+    vocab = logits.shape[-1]
+    flat = logits.reshape(-1, vocab)
+    n = flat.shape[0]
+    dtype = _compute_dtype(logits.dtype)
+    out = torch.empty(n, dtype=dtype, device=logits.device)
+    grad = torch.empty_like(flat) if ctx.needs_input_grad[0] else None
+    chunk = _auto_chunk(n, vocab, chunk_size)
+    for start in range(0, n, chunk):
+        rows = slice(start, min(start + chunk, n))
+        out[rows] = compute(rows, flat[rows].detach().to(dtype), None if grad is None else grad[rows])
+    ctx.grad_buffer = grad
+    ctx.out_shape = logits.shape
+    return out.reshape(logits.shape[:-1])
+
+
 class _ChunkedDivergence(torch.autograd.Function):
     """Per-position divergence; the student's gradient is formed chunk by chunk in forward.
 
@@ -144,32 +165,21 @@ class _ChunkedDivergence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, alpha, topk, add_tail, chunk_size):  # noqa: D401
-        vocab = student.shape[-1]
-        flat_s = student.reshape(-1, vocab)
-        flat_t = teacher.reshape(-1, vocab)
-        n = flat_s.shape[0]
-        dtype = _compute_dtype(student.dtype)
-        out = torch.empty(n, dtype=dtype, device=student.device)
-        needs_grad = ctx.needs_input_grad[0]
-        grad = torch.empty_like(flat_s) if needs_grad else None
-        chunk = _auto_chunk(n, vocab, chunk_size)
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            z_s = flat_s[start:stop].detach().to(dtype)
-            z_t = flat_t[start:stop].detach().to(dtype)
+    def forward(ctx, student, teacher, alpha, topk, add_tail, chunk_size):
+        flat_t = teacher.reshape(-1, teacher.shape[-1])
+
+        def compute(rows, z_s, grad_out):
+            z_t = flat_t[rows].detach().to(z_s.dtype)
             s, t, index, lse = _support_log_probs(z_s, z_t, topk)
             with torch.enable_grad():
-                s = s.requires_grad_(needs_grad)
+                s = s.requires_grad_(grad_out is not None)
                 value = bucket_divergence(*_buckets(s, t, index is None, add_tail), alpha)
-                if needs_grad:
+                if grad_out is not None:
                     (g_support,) = torch.autograd.grad(value.sum(), s)
-            if needs_grad:
-                _chain_through_log_softmax(z_s, lse, index, g_support, grad[start:stop])
-            out[start:stop] = value.detach()
-        ctx.grad_buffer = grad
-        ctx.out_shape = student.shape
-        return out.reshape(student.shape[:-1])
+                    _chain_through_log_softmax(z_s, lse, index, g_support, grad_out)
+            return value.detach()
+
+        return _run_chunks(ctx, student, chunk_size, compute)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -211,27 +221,16 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, chunk_size):
-        vocab = logits.shape[-1]
-        flat = logits.reshape(-1, vocab)
         flat_labels = labels.reshape(-1, 1)
-        n = flat.shape[0]
-        dtype = _compute_dtype(logits.dtype)
-        out = torch.empty(n, dtype=dtype, device=logits.device)
-        needs_grad = ctx.needs_input_grad[0]
-        grad = torch.empty_like(flat) if needs_grad else None
-        chunk = _auto_chunk(n, vocab, chunk_size)
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            log_probs = torch.log_softmax(flat[start:stop].to(dtype), dim=-1)
-            label = flat_labels[start:stop]
-            out[start:stop] = log_probs.gather(-1, label).squeeze(-1)
-            if needs_grad:
-                g = log_probs.exp_().neg_()
-                g.scatter_add_(-1, label, torch.ones_like(label, dtype=g.dtype))
-                grad[start:stop] = g.to(grad.dtype)
-        ctx.grad_buffer = grad
-        ctx.out_shape = logits.shape
-        return out.reshape(logits.shape[:-1])
+
+        def compute(rows, z, grad_out):
+            label = flat_labels[rows]
+            lse = torch.logsumexp(z, dim=-1, keepdim=True)
+            if grad_out is not None:
+                _chain_through_log_softmax(z, lse, label, torch.ones(label.shape, dtype=z.dtype, device=z.device), grad_out)
+            return (z.gather(-1, label) - lse).squeeze(-1)
+
+        return _run_chunks(ctx, logits, chunk_size, compute)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
