@@ -415,7 +415,6 @@ def self_distillation_loss(
         )
     loss = agg_loss(weighted, mask, loss_agg_mode, normalizer=normalizer, horizon=horizon)
     metrics["self_distillation/empty_target_batch"] = float(mask.sum().item() == 0)
-    metrics["self_distillation/loss"] = float(loss.detach().item())
     return loss, metrics
 
 

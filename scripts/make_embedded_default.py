@@ -1,0 +1,378 @@
+#!/usr/bin/env python
+"""Build the embedded default: the arithmetic task's parquet splits and a tiny Qwen3 base model.
+
+    python scripts/make_embedded_default.py            # writes datasets/embedded/
+
+Deterministic (fixed seeds, deterministic torch algorithms, 2 threads) and CPU-only; about 3-5 minutes
+on 2 cores. Steps:
+
+1. ``datasets/embedded/{train,test}.parquet`` from ``mopd.embedded_task`` (2000 / 256 problems).
+2. A ~1 M parameter Qwen3 (random init, the project's byte-level tokenizer) trained by supervised
+   fine-tuning on chat-templated examples, loss on the answer tokens + ``<|im_end|>`` only, mixing
+   (a) plain questions and (b) MOPD teacher prompts: simulated groups of 8 rollouts (some correct, some
+   plausible wrong answers) go through ``mopd.peers.select_peers`` and ``mopd.reprompt.
+   render_teacher_messages`` with the 2-success-1-failure configuration, exactly as training renders
+   them, and the target is always the correct answer -- so the model learns to read peer evidence
+   (copy a correct peer, avoid the failed one) the way a pretrained LLM reads demonstrations.
+3. Training stops at the first evaluation where the model reads peer context well and its sampled
+   (T=1) accuracy on the held-out split *without* context has reached the target band; that
+   checkpoint is saved to ``datasets/embedded/base_model`` (HF format + tokenizer) together with
+   ``embedded_stats.json`` (the measured numbers, re-measured on the saved model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from mopd.config import SelfDistillationConfig  # noqa: E402
+from mopd.embedded_task import (  # noqa: E402
+    DATA_SOURCE, compute_score, make_problem, make_problems, problem_space, prompt_messages, to_verl_row,
+)
+from mopd.peers import Rollout, select_peers  # noqa: E402
+from mopd.reprompt import render_teacher_messages  # noqa: E402
+from mopd.tiny_tokenizer import load_tiny_tokenizer  # noqa: E402
+
+OUT_DIR = REPO / "datasets" / "embedded"
+N_TRAIN, N_TEST = 2000, 256
+DATA_SEED_TRAIN, DATA_SEED_TEST = 1, 2
+TORCH_SEED = 1234
+SFT_SEED = 4321
+EVAL_SEED = 777
+THREADS = 2
+
+MODEL = dict(
+    vocab_size=264, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=32, max_position_embeddings=512, tie_word_embeddings=True,
+    rope_theta=10000.0, rms_norm_eps=1e-6, initializer_range=0.02,
+)
+GROUP_SIZE = 8
+MAX_NEW_TOKENS = 6
+
+
+def peer_config() -> SelfDistillationConfig:
+    return SelfDistillationConfig(include_another_solution=True, include_failure_solution=True,
+                                  failure_solution_condition="always")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------
+def write_parquet(rows: list[dict], path: Path) -> None:
+    import pandas as pd
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame(rows).to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_json(data: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written directory into place (rename is atomic; the old copy is removed after)."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# ----------------------------------------------------------------------------------------------------
+# SFT examples
+# ----------------------------------------------------------------------------------------------------
+def wrong_answer(a: int, b: int, rng: random.Random) -> str:
+    """A plausible wrong answer, like the ones a weak student produces."""
+    s = a + b
+    while True:
+        kind = rng.random()
+        if kind < 0.30:
+            w = s + rng.choice([-1, 1, -2, 2])
+        elif kind < 0.50:
+            w = s + rng.choice([-10, 10, -9, 9, -11, 11])
+        elif kind < 0.60:  # forgot the carry
+            w = (a // 10 + b // 10) * 10 + (a + b) % 10
+        elif kind < 0.70:  # digits swapped
+            w = int(str(s)[::-1])
+        elif kind < 0.80:  # one operand misread
+            w = s + rng.choice([-1, 1]) * rng.randint(1, 9) * rng.choice([1, 10])
+        else:
+            w = rng.randint(20, 198)
+        if w != s and w >= 0:
+            return str(w)
+
+
+def context_messages(problem: dict, rng: random.Random, cfg: SelfDistillationConfig, *,
+                     n_correct: int | None = None, with_feedback: bool | None = None) -> list[dict]:
+    """Teacher messages for one simulated rollout of a simulated group of ``GROUP_SIZE`` rollouts."""
+    answer = problem["answer"]
+    k = rng.randint(0, GROUP_SIZE) if n_correct is None else n_correct
+    texts = [answer] * k + [wrong_answer(problem["a"], problem["b"], rng) for _ in range(GROUP_SIZE - k)]
+    rng.shuffle(texts)
+    if with_feedback is None:
+        with_feedback = rng.random() < 0.5
+    rollouts = []
+    for text in texts:
+        score = compute_score(text, answer)
+        rollouts.append(Rollout(uid="u", reward=score["score"], text=text,
+                                feedback=score["feedback"] if with_feedback else None))
+    selection = select_peers(rollouts, cfg, rng)
+    candidates = [i for i, ctx in enumerate(selection.contexts) if ctx.has_context]
+    i = rng.choice(candidates)
+    ctx = selection.contexts[i]
+    msgs, _ = render_teacher_messages(prompt_messages(problem), ctx, rollouts,
+                                      rollouts[i].feedback if ctx.use_feedback else None, cfg)
+    return msgs
+
+
+def eval_context_messages(problem: dict, rng: random.Random, cfg: SelfDistillationConfig) -> list[dict]:
+    """Held-out teacher prompt of a failed rollout: one or two correct peers and one failed peer."""
+    answer, (a, b) = problem["answer"], (problem["a"], problem["b"])
+    peers = [answer] * rng.choice([1, 2]) + [wrong_answer(a, b, rng)]
+    rng.shuffle(peers)
+    texts = [wrong_answer(a, b, rng)] + peers  # rollout 0 is the one being re-prompted
+    rollouts = [Rollout(uid="u", reward=compute_score(t, answer)["score"], text=t) for t in texts]
+    ctx = select_peers(rollouts, cfg, rng).contexts[0]
+    assert ctx.primary is not None and ctx.failure is not None
+    msgs, _ = render_teacher_messages(prompt_messages(problem), ctx, rollouts, None, cfg)
+    return msgs
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_examples(tokenizer, prompts: list[str], answers: list[str]):
+    """Right-padded ``input_ids`` and ``labels`` (-100 except the answer tokens and ``<|im_end|>``)."""
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer([a + tokenizer.eos_token for a in answers], add_special_tokens=False)["input_ids"]
+    width = max(len(p) + len(a) for p, a in zip(p_ids, a_ids))
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(prompts), width), -100, dtype=torch.long)
+    for r, (p, a) in enumerate(zip(p_ids, a_ids)):
+        ids[r, : len(p) + len(a)] = torch.tensor(p + a)
+        labels[r, len(p): len(p) + len(a)] = torch.tensor(a)
+    return ids, labels
+
+
+def lm_loss_sum(model, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    target = labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+    return loss, int((target != -100).sum())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[str], *, sample: bool, seed: int,
+                     batch_size: int = 256) -> list[str]:
+    model.eval()
+    torch.manual_seed(seed)
+    out_texts = []
+    for start in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[start:start + batch_size], add_special_tokens=False, padding=True,
+                        return_tensors="pt")
+        kwargs = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if sample else dict(do_sample=False)
+        out = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, **kwargs)
+        out_texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    model.train()
+    return out_texts
+
+
+def accuracy(texts: list[str], answers: list[str]) -> float:
+    return sum(compute_score(t, a)["score"] for t, a in zip(texts, answers)) / max(len(texts), 1)
+
+
+class Evaluator:
+    def __init__(self, tokenizer, test_problems: list[dict], cfg: SelfDistillationConfig):
+        self.tok = tokenizer
+        self.answers = [p["answer"] for p in test_problems]
+        rng = random.Random(EVAL_SEED)
+        self.plain = [chat_prompt(tokenizer, prompt_messages(p)) for p in test_problems]
+        self.ctx = [chat_prompt(tokenizer, eval_context_messages(p, rng, cfg)) for p in test_problems]
+        self.fail_only = [chat_prompt(tokenizer, context_messages(p, rng, cfg, n_correct=0, with_feedback=False))
+                          for p in test_problems]
+
+    def quick(self, model, seed: int) -> dict:
+        return {
+            "nc_sampled": accuracy(generate_answers(model, self.tok, self.plain * 2, sample=True, seed=seed),
+                                   self.answers * 2),
+            "ctx_sampled": accuracy(generate_answers(model, self.tok, self.ctx, sample=True, seed=seed + 1),
+                                    self.answers),
+        }
+
+    def full(self, model, samples: int = 8) -> dict:
+        n = len(self.answers)
+        sampled = generate_answers(model, self.tok, self.plain * samples, sample=True, seed=EVAL_SEED)
+        per_problem = [sum(compute_score(sampled[k * n + i], self.answers[i])["score"] for k in range(samples))
+                       for i in range(n)]
+        return {
+            "no_context_greedy_acc": accuracy(generate_answers(model, self.tok, self.plain, sample=False, seed=0),
+                                              self.answers),
+            "no_context_sampled_acc": sum(per_problem) / (n * samples),
+            "no_context_sampled_samples_per_problem": samples,
+            "no_context_pass_at_8": sum(c > 0 for c in per_problem) / n,
+            "no_context_problems_all_wrong_frac": sum(c == 0 for c in per_problem) / n,
+            "no_context_problems_all_right_frac": sum(c == samples for c in per_problem) / n,
+            "with_context_sampled_acc": accuracy(
+                generate_answers(model, self.tok, self.ctx * 2, sample=True, seed=EVAL_SEED + 1), self.answers * 2),
+            "with_context_greedy_acc": accuracy(generate_answers(model, self.tok, self.ctx, sample=False, seed=0),
+                                                self.answers),
+            "failure_only_context_sampled_acc": accuracy(
+                generate_answers(model, self.tok, self.fail_only * 2, sample=True, seed=EVAL_SEED + 2),
+                self.answers * 2),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", default=str(OUT_DIR))
+    parser.add_argument("--max-steps", type=int, default=600)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--plain-batch", type=int, default=128)
+    parser.add_argument("--ctx-batch", type=int, default=64)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--min-step", type=int, default=60)
+    parser.add_argument("--target-nc", type=float, default=0.25, help="stop once sampled no-context acc >= this")
+    parser.add_argument("--min-ctx", type=float, default=0.85, help="...and with-context acc >= this")
+    parser.add_argument("--no-stop", action="store_true", help="train all steps (for exploring the curve)")
+    args = parser.parse_args()
+
+    started = time.time()
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(TORCH_SEED)
+    torch.use_deterministic_algorithms(True)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # 1. data ------------------------------------------------------------------------------------
+    train = make_problems("train", N_TRAIN, DATA_SEED_TRAIN)
+    test = make_problems("test", N_TEST, DATA_SEED_TEST)
+    write_parquet([to_verl_row(p, "train", i) for i, p in enumerate(train)], out_dir / "train.parquet")
+    write_parquet([to_verl_row(p, "test", i) for i, p in enumerate(test)], out_dir / "test.parquet")
+    print(f"wrote {out_dir}/train.parquet ({len(train)}) and test.parquet ({len(test)}), data_source={DATA_SOURCE}")
+
+    # 2. model + SFT -------------------------------------------------------------------------------
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    tok = load_tiny_tokenizer()
+    cfg = peer_config()
+    config = Qwen3Config(**MODEL, bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config._attn_implementation = "sdpa"
+    model = Qwen3ForCausalLM(config)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.3f} M parameters, vocab {config.vocab_size} (tokenizer {len(tok)})")
+
+    sft_pool = [make_problem(a, b) for a, b in problem_space("train")]  # the whole train partition
+    plain_prompts = {(p["a"], p["b"]): chat_prompt(tok, prompt_messages(p)) for p in sft_pool}
+    evaluator = Evaluator(tok, test, cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
+    rng = random.Random(SFT_SEED)
+    history, chosen = [], None
+    train_time = 0.0
+    for step in range(1, args.max_steps + 1):
+        t0 = time.time()
+        plain = rng.sample(sft_pool, args.plain_batch)
+        ctx_problems = rng.sample(sft_pool, args.ctx_batch)
+        ctx_prompts = [chat_prompt(tok, context_messages(p, rng, cfg)) for p in ctx_problems]
+        ids_p, lab_p = encode_examples(tok, [plain_prompts[(p["a"], p["b"])] for p in plain],
+                                       [p["answer"] for p in plain])
+        ids_c, lab_c = encode_examples(tok, ctx_prompts, [p["answer"] for p in ctx_problems])
+        loss_p, n_p = lm_loss_sum(model, ids_p, lab_p)
+        loss_c, n_c = lm_loss_sum(model, ids_c, lab_c)
+        loss = 0.5 * loss_p / n_p + 0.5 * loss_c / n_c
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        train_time += time.time() - t0
+        if step % args.eval_every == 0 and step >= args.min_step:
+            t1 = time.time()
+            metrics = evaluator.quick(model, seed=EVAL_SEED + step)
+            history.append({"step": step, "loss_plain": round(float(loss_p) / n_p, 4),
+                            "loss_ctx": round(float(loss_c) / n_c, 4), **metrics})
+            print(f"step {step:4d}  loss plain {float(loss_p) / n_p:.3f} ctx {float(loss_c) / n_c:.3f}  "
+                  f"acc no-ctx sampled {metrics['nc_sampled']:.3f}  with-ctx sampled {metrics['ctx_sampled']:.3f}  "
+                  f"(train {train_time:.0f}s, eval {time.time() - t1:.1f}s, total {time.time() - started:.0f}s)",
+                  flush=True)
+            if (not args.no_stop and metrics["nc_sampled"] >= args.target_nc
+                    and metrics["ctx_sampled"] >= args.min_ctx):
+                chosen = step
+                break
+        elif step % 10 == 0:
+            print(f"step {step:4d}  loss plain {float(loss_p) / n_p:.3f} ctx {float(loss_c) / n_c:.3f}  "
+                  f"(train {train_time:.0f}s)", flush=True)
+    if chosen is None:
+        chosen = args.max_steps
+        print(f"warning: the stopping rule never fired; keeping the model after {chosen} steps")
+
+    # 3. save + final measurement on the saved model ---------------------------------------------------
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = out_dir / "base_model"
+    tmp = out_dir / ".base_model.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.generation_config = GenerationConfig(
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=config.bos_token_id,
+    )
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp), attn_implementation="sdpa")
+    loaded_tok = AutoTokenizer.from_pretrained(str(tmp))
+    stats = evaluator.full(loaded)
+    stats.update({
+        "task": DATA_SOURCE,
+        "n_train": len(train), "n_test": len(test),
+        "parameters": n_params,
+        "sft_steps": chosen,
+        "sft_train_seconds": round(train_time, 1),
+        "wall_seconds": round(time.time() - started, 1),
+        "threads": THREADS,
+        "eval": "held-out test split; sampled = T 1.0, top_k 0, top_p 1.0; no-context sampled acc is mean@8; "
+                "with-context prompts show 1-2 correct peers and 1 failed peer (2-success-1-failure config)",
+        "history": history,
+        "args": vars(args),
+    })
+    assert len(loaded_tok) == len(tok)
+    write_json(stats, tmp / "embedded_stats.json")
+    replace_dir(tmp, final)
+    print(json.dumps({k: v for k, v in stats.items() if k not in ("history", "args")}, indent=1))
+    print(f"saved {final} ({sum(f.stat().st_size for f in final.iterdir()) / 1e6:.1f} MB); "
+          f"wall time {stats['wall_seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

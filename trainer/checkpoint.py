@@ -1,0 +1,314 @@
+"""Crash-safe checkpoint directories: atomic file writes and a manager for `global_step_N` dirs.
+
+A checkpoint is written into a hidden temp directory under the checkpoint root, marked with a
+`COMPLETE` file and only then renamed to `global_step_N`. Readers (`latest()`, `resume_from_path`)
+accept only directories that carry the marker, so a run killed in the middle of a save leaves at
+worst an orphaned temp directory, never a half-written checkpoint that looks usable, and the
+previous checkpoint is untouched until the new one is in place.
+
+One process (rank 0 of the driver) drives a `CheckpointManager`; other ranks may write shards into
+the directory that `begin()` returned, but must have finished (barrier) before `commit()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+__all__ = [
+    "COMPLETE_MARKER",
+    "TRACKER_FILE",
+    "RESUME_MODES",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_torch_save",
+    "CheckpointManager",
+]
+
+COMPLETE_MARKER = "COMPLETE"
+# Same name as verl, so tooling that reads verl's tracker file works on our checkpoint roots.
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+RESUME_MODES = ("auto", "disable", "resume_path")
+
+_STEP_DIR_RE = re.compile(r"^global_step_(\d+)$")
+# Hidden working dirs: .tmp_ (being written), .old_ (a replaced final dir), .del_ (being pruned).
+_WORK_DIR_RE = re.compile(r"^\.(tmp|old|del)_global_step_(\d+)_\d+_[0-9a-f]+$")
+
+
+# ----------------------------------------------------------------------------- atomic file writes
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_file_mode() -> int:
+    # mkstemp creates 0600 files; give the result the mode a plain open() would have given it.
+    # Read the umask from /proc where possible: os.umask(0) briefly changes it for all threads.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write via `write(fileobj)` into a temp file next to `path`, fsync, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, _default_file_mode())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Replace `path` with `data` atomically: readers see the old content or the new, never a mix."""
+    return _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Text version of `atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """`torch.save(obj, path)` through a temp file, so a crash never leaves a truncated file."""
+    import torch  # local: keeps this module importable (and the tracker cheap) without torch
+
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+# ----------------------------------------------------------------------------- checkpoint manager
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under `root` to disk before the COMPLETE marker vouches for them.
+
+    Writers such as `save_pretrained` do not fsync; without this, a power loss right after commit
+    could leave a marked-complete directory with empty files.
+    """
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            try:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _check_step(step: int) -> int:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"checkpoint step must be a non-negative int, got {step!r}")
+    return step
+
+
+class CheckpointManager:
+    """Owns `root/global_step_N` checkpoint dirs and `root/latest_checkpointed_iteration.txt`.
+
+    Usage::
+
+        tmp = manager.begin(step)          # hidden dir under root
+        ... write model / optimizer / HF export into tmp ...
+        manager.commit(step, tmp)          # -> root/global_step_{step}; prunes old ones
+
+    `max_to_keep`: number of complete checkpoints kept after each commit; None or <= 0 keeps all.
+    """
+
+    def __init__(self, root: str | os.PathLike, max_to_keep: int | None = None):
+        self.root = Path(root)
+        self.max_to_keep = max_to_keep if (max_to_keep is not None and max_to_keep > 0) else None
+
+    # -- paths
+
+    def step_dir(self, step: int) -> Path:
+        return self.root / f"global_step_{_check_step(step)}"
+
+    @property
+    def tracker_path(self) -> Path:
+        return self.root / TRACKER_FILE
+
+    @staticmethod
+    def step_from_path(path: str | os.PathLike) -> int:
+        """The step number of a `.../global_step_N` directory (e.g. one given as resume_from_path)."""
+        match = _STEP_DIR_RE.match(Path(path).name)
+        if match is None:
+            raise ValueError(f"{str(path)!r} is not a checkpoint directory named global_step_<N>")
+        return int(match.group(1))
+
+    @staticmethod
+    def is_complete(path: str | os.PathLike) -> bool:
+        path = Path(path)
+        return path.is_dir() and (path / COMPLETE_MARKER).is_file()
+
+    def _work_dir_name(self, kind: str, step: int) -> str:
+        return f".{kind}_global_step_{step}_{os.getpid()}_{secrets.token_hex(4)}"
+
+    def _work_dirs(self, step: int | None = None, kinds: tuple[str, ...] = ("tmp", "old", "del")):
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in self.root.iterdir():
+            match = _WORK_DIR_RE.match(entry.name)
+            if match and match.group(1) in kinds and (step is None or int(match.group(2)) == step):
+                found.append(entry)
+        return found
+
+    # -- writing
+
+    def begin(self, step: int) -> Path:
+        """Create a fresh hidden temp dir for `step`, removing leftovers of earlier tries at it."""
+        _check_step(step)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self._work_dirs(step):
+            shutil.rmtree(stale, ignore_errors=True)
+        for trash in self._work_dirs(kinds=("del",)):  # interrupted prunes of any step
+            shutil.rmtree(trash, ignore_errors=True)
+        tmp = self.root / self._work_dir_name("tmp", step)
+        tmp.mkdir()
+        return tmp
+
+    def commit(self, step: int, tmp_dir: str | os.PathLike) -> Path:
+        """Mark `tmp_dir` complete, move it to `step_dir(step)`, update the tracker, prune.
+
+        Pruning keeps the `max_to_keep` newest complete checkpoints, except that the one just
+        committed is never deleted (it is kept even when newer steps exist, e.g. after resuming
+        from an older checkpoint with resume_path).
+        """
+        _check_step(step)
+        tmp_dir = self._own_work_dir(tmp_dir, "tmp")
+        if not tmp_dir.is_dir():
+            raise FileNotFoundError(f"checkpoint temp dir {str(tmp_dir)!r} does not exist (aborted twice?)")
+        _fsync_tree(tmp_dir)
+        atomic_write_text(tmp_dir / COMPLETE_MARKER, f"{step}\n")
+
+        final = self.step_dir(step)
+        aside = None
+        if final.exists():
+            aside = self.root / self._work_dir_name("old", step)
+            os.replace(final, aside)
+        os.replace(tmp_dir, final)
+        _fsync_dir(self.root)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+        atomic_write_text(self.tracker_path, f"{step}\n")
+        self._prune(keep=step)
+        return final
+
+    def abort(self, tmp_dir: str | os.PathLike) -> None:
+        """Discard an uncommitted temp dir (no-op if it is already gone)."""
+        shutil.rmtree(self._own_work_dir(tmp_dir, "tmp"), ignore_errors=True)
+
+    def _own_work_dir(self, path: str | os.PathLike, kind: str) -> Path:
+        # Guard: commit()/abort() must only ever move or delete a temp dir this manager made.
+        path = Path(path)
+        match = _WORK_DIR_RE.match(path.name)
+        if match is None or match.group(1) != kind or path.parent.resolve() != self.root.resolve():
+            raise ValueError(f"{str(path)!r} is not a checkpoint temp dir returned by begin() under {str(self.root)!r}")
+        return path
+
+    def _prune(self, keep: int) -> None:
+        if self.max_to_keep is None:
+            return
+        others = [s for s in self.complete_steps() if s != keep]
+        doomed = others[: max(0, len(others) - (self.max_to_keep - 1))]
+        for step in doomed:
+            # Rename first so a crash mid-delete never leaves a marked-complete, half-deleted dir.
+            trash = self.root / self._work_dir_name("del", step)
+            os.replace(self.step_dir(step), trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    # -- reading
+
+    def complete_steps(self) -> list[int]:
+        """Steps of `global_step_N` dirs that carry the COMPLETE marker, ascending."""
+        if not self.root.is_dir():
+            return []
+        steps = []
+        for entry in self.root.iterdir():
+            match = _STEP_DIR_RE.match(entry.name)
+            if match and self.is_complete(entry):
+                steps.append(int(match.group(1)))
+        return sorted(steps)
+
+    def latest(self) -> tuple[int, Path] | None:
+        """(step, path) of the checkpoint to resume from, or None when there is none.
+
+        The tracker file wins when it names a complete checkpoint (it records the last commit,
+        which may be older than other dirs after a resume_path restart); otherwise the highest
+        complete step.
+        """
+        try:
+            tracked = int(self.tracker_path.read_text().strip())
+        except (OSError, ValueError):
+            tracked = None
+        if tracked is not None and tracked >= 0 and self.is_complete(self.step_dir(tracked)):
+            return tracked, self.step_dir(tracked)
+        steps = self.complete_steps()
+        if not steps:
+            return None
+        return steps[-1], self.step_dir(steps[-1])
+
+    def resolve_resume(self, mode: str, resume_path: str | os.PathLike | None) -> Path | None:
+        """The checkpoint dir to resume from for `trainer.resume_mode`, or None to start fresh."""
+        if mode == "disable":
+            return None
+        if mode == "auto":
+            found = self.latest()
+            return None if found is None else found[1]
+        if mode == "resume_path":
+            if resume_path is None or str(resume_path) == "":
+                raise ValueError(
+                    "trainer.resume_from_path must be set when trainer.resume_mode=resume_path "
+                    "(a global_step_<N> directory)"
+                )
+            path = Path(resume_path)
+            if not path.is_dir():
+                raise ValueError(f"trainer.resume_from_path: {str(path)!r} does not exist or is not a directory")
+            if not (path / COMPLETE_MARKER).is_file():
+                raise ValueError(
+                    f"trainer.resume_from_path: {str(path)!r} has no {COMPLETE_MARKER} marker; "
+                    "the save was interrupted or the directory is not a checkpoint of this trainer"
+                )
+            return path
+        raise ValueError(f"trainer.resume_mode: unknown mode {mode!r}; allowed: {list(RESUME_MODES)}")

@@ -1,0 +1,365 @@
+"""The single-controller driver: one ``fit()`` loop for MOPD, SDPO, GRPO and the preference losses.
+
+The loop reads like DESIGN.md's list; each stage is timed as ``timing_s/<stage>``. Workers (Ray actors
+or one local object) hold the models; the driver holds the data, the verifier, peer selection (with a
+seeded generator) and the tokenized teacher inputs.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mopd.advantages import grpo_advantages
+from mopd.config import SelfDistillationConfig
+from mopd.losses import rollout_is_weights
+from mopd.peers import Rollout, UidSuccessTracker, select_peers
+from mopd.reprompt import build_teacher_inputs, compute_step_ids
+from trainer import rollout_io
+from workers.actor import DISTILLATION_MODES
+from workers.model_utils import EMBEDDED_DIR, load_tokenizer, resolve_model_path
+
+
+class Trainer:
+    def __init__(self, config: dict):
+        from mopd.rewards import RewardScorer, load_reward_fn
+        from trainer.checkpoint import CheckpointManager
+        from trainer.dataset import PromptDataset, StatefulSampler
+        from trainer.tracking import Tracking
+
+        self.config = cfg = config
+        data, trainer, rollout = cfg["data"], cfg["trainer"], cfg["actor_rollout_ref"]["rollout"]
+        actor = cfg["actor_rollout_ref"]["actor"]
+        self.loss_mode = actor["policy_loss"]["loss_mode"]
+        self.sd_cfg = SelfDistillationConfig.from_dict(actor["self_distillation"])
+        model_path = resolve_model_path(cfg["actor_rollout_ref"]["model"]["path"])
+        self.tokenizer = load_tokenizer(cfg["actor_rollout_ref"]["model"].get("tokenizer_path") or model_path,
+                                        cfg["actor_rollout_ref"]["model"]["trust_remote_code"])
+        chat_kwargs = dict(data.get("apply_chat_template_kwargs") or {})
+        self.chat_kwargs = chat_kwargs
+        dataset_args = dict(max_prompt_length=data["max_prompt_length"],
+                            filter_overlong_prompts=data["filter_overlong_prompts"], apply_chat_template_kwargs=chat_kwargs)
+        self.train_set = PromptDataset(_data_files(data["train_files"], "train"), self.tokenizer,
+                                       max_samples=data.get("max_samples"), key="data.train_files", **dataset_args)
+        self.val_set = (PromptDataset(_data_files(data["val_files"], "test"), self.tokenizer, key="data.val_files",
+                                      **dataset_args) if data.get("val_files") else None)
+        self.sampler = StatefulSampler(len(self.train_set), data["train_batch_size"], shuffle=data["shuffle"],
+                                       seed=data["seed"])
+        per_epoch = self.sampler.batches_per_epoch
+        self.total_steps = trainer.get("total_training_steps") or per_epoch * trainer["total_epochs"]
+        updates_per_step = data["train_batch_size"] // actor["ppo_mini_batch_size"] * actor["ppo_epochs"]
+        trainer["_total_optimizer_steps"] = self.total_steps * updates_per_step
+        self.off_policy = updates_per_step > 1
+        rc = cfg["algorithm"]["rollout_correction"]
+        self.rollout_is = rc.get("rollout_is")
+        self.reward_fn = load_reward_fn(cfg["custom_reward_function"]["path"], cfg["custom_reward_function"]["name"])
+        self.scorer = RewardScorer(self.reward_fn, num_workers=cfg["reward"]["num_workers"])
+        self.peer_rng = random.Random(trainer["seed"])
+        self.uid_tracker = UidSuccessTracker()
+        self.output_dir = Path(trainer["default_local_dir"])
+        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", trainer["max_actor_ckpt_to_keep"])
+        self.tracker = Tracking(trainer["project_name"], trainer["experiment_name"], trainer["logger"], cfg,
+                                str(self.output_dir), total_steps=self.total_steps)
+        self.group = _make_group(cfg)
+        info = self.group.init_model()
+        print(f"[mopd] {len(self.train_set)} training prompts ({self.train_set.num_filtered} filtered), "
+              f"{self.total_steps} steps, loss_mode={self.loss_mode}, {self.group.world_size} worker(s) on "
+              f"{info[0]['device']}, {info[0]['params'] / 1e6:.2f} M parameters", flush=True)
+        self.global_step = 0
+
+    # ------------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        trainer = self.config["trainer"]
+        self.global_step = self._load_checkpoint()
+        last_val: dict = {}
+        if self.val_set is not None and trainer["val_before_train"] and self.global_step == 0:
+            last_val = self._validate()
+            self.tracker.log(last_val, step=0)
+        batches = self._batches()
+        while self.global_step < self.total_steps:
+            self.global_step += 1
+            step = self.global_step
+            metrics, timing = {}, {}
+            with _timer("step", timing):
+                items = next(batches)
+                with _timer("gen", timing):
+                    batch = self._generate(items, step)
+                with _timer("reward", timing):
+                    self._score(batch, items, metrics)
+                with _timer("old_log_prob", timing):
+                    self._maybe_old_log_probs(batch)
+                with _timer("peers", timing):
+                    self._maybe_teacher_inputs(batch, items, metrics)
+                with _timer("adv", timing):
+                    batch["advantages"] = grpo_advantages(
+                        batch["scores"], batch["uid"], batch["response_mask"],
+                        norm_by_std=self.config["algorithm"]["norm_adv_by_std_in_grpo"])
+                with _timer("update_actor", timing):
+                    metrics.update(_reduce_worker_metrics(self.group.update_actor(batch)["metrics"]))
+                with _timer("teacher", timing):
+                    self.group.update_teacher()
+            is_last = step == self.total_steps
+            if self.val_set is not None and _due(trainer["test_freq"], step, is_last):
+                with _timer("testing", timing):
+                    last_val = self._validate()
+                metrics.update(last_val)
+            if _due(trainer["save_freq"], step, is_last):
+                with _timer("save_checkpoint", timing):
+                    self._save_checkpoint(step)
+            if trainer.get("rollout_data_dir"):
+                rollout_io.dump_rollouts(Path(trainer["rollout_data_dir"]) / f"{step}.jsonl", batch, items,
+                                         self.tokenizer, step, self.config["actor_rollout_ref"]["rollout"]["n"])
+            metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
+            tokens = int(batch["attention_mask"].sum().item())
+            metrics["perf/total_num_tokens"] = tokens
+            metrics["perf/throughput"] = tokens / max(timing["step"], 1e-9)
+            metrics["training/global_step"] = step
+            metrics["training/epoch"] = self.sampler.state_dict()["epoch"]
+            self.tracker.log(metrics, step=step)
+        self.tracker.close()
+        return last_val
+
+    def close(self) -> None:
+        self.group.shutdown()
+        self.scorer.close()
+
+    # ------------------------------------------------------------------------------------------
+    def _batches(self):
+        from trainer.dataset import collate_prompts
+
+        while True:
+            for indices in self.sampler:
+                yield collate_prompts([self.train_set[i] for i in indices], self.tokenizer.pad_token_id)
+
+    def _sampling(self, validate: bool) -> dict:
+        rollout = self.config["actor_rollout_ref"]["rollout"]
+        src = rollout["val_kwargs"] if validate else rollout
+        return dict(n=src["n"], temperature=src["temperature"], top_p=src["top_p"], top_k=src["top_k"],
+                    do_sample=src["do_sample"], max_new_tokens=self.config["data"]["max_response_length"])
+
+    def _generate(self, items: dict, step: int, validate: bool = False) -> dict:
+        sampling = self._sampling(validate)
+        self.group.sync_rollout_weights()
+        out = self.group.generate({
+            "input_ids": items["input_ids"], "attention_mask": items["attention_mask"], "uid": list(items["uid"]),
+            "meta": {"sampling": sampling, "step": step, "tag": "val" if validate else "gen"},
+        })
+        n = sampling["n"]
+        prompt_mask = out.pop("prompt_attention_mask")
+        batch = {
+            "input_ids": torch.cat([out.pop("prompt_input_ids"), out["responses"]], dim=1),
+            "attention_mask": torch.cat([prompt_mask, out["response_mask"]], dim=1),
+            **out,
+            "uid": [u for u in items["uid"] for _ in range(n)],
+            "meta": {"step": step, "temperature": sampling["temperature"] if sampling["do_sample"] else 1.0},
+        }
+        batch["position_ids"] = (batch["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
+        return batch
+
+    def _score(self, batch: dict, items: dict, metrics: dict | None, n: int | None = None) -> list[dict]:
+        n = n or self.config["actor_rollout_ref"]["rollout"]["n"]
+        texts = self.tokenizer.batch_decode(_valid_tokens(batch), skip_special_tokens=True)
+        batch["response_text"] = texts
+        requests = []
+        for i, text in enumerate(texts):
+            p = i // n
+            extra = dict(items["extra_info"][p] or {})
+            extra["truncated"] = bool(batch["response_mask"][i].all().item())  # no EOS within the budget
+            requests.append((items["data_source"][p], text, items["ground_truth"][p], extra))
+        results = self.scorer.score(requests)
+        batch["scores"] = torch.tensor([float(r["score"]) for r in results], dtype=torch.float32)
+        batch["reward_extra"] = results
+        if metrics is not None:
+            lengths = batch["response_mask"].sum(-1).float()
+            metrics.update({
+                "critic/score/mean": batch["scores"].mean().item(),
+                "critic/score/max": batch["scores"].max().item(),
+                "critic/score/min": batch["scores"].min().item(),
+                "response_length/mean": lengths.mean().item(),
+                "response_length/max": lengths.max().item(),
+                "response_length/clip_ratio": float(np.mean([r.get("truncated", False) for r in
+                                                             (q[3] for q in requests)])),
+            })
+            successes = (batch["scores"] >= self.sd_cfg.success_reward_threshold).tolist()
+            metrics.update(self.uid_tracker.update(batch["uid"], successes))
+        return results
+
+    def _maybe_old_log_probs(self, batch: dict) -> None:
+        if not (self.off_policy or self.rollout_is):
+            return  # on-policy single update: pi_old is pi_theta itself (IS weight exactly 1)
+        batch.update(self.group.compute_log_prob(batch))
+        if self.rollout_is:
+            rc = self.config["algorithm"]["rollout_correction"]
+            batch["rollout_is_weights"] = rollout_is_weights(
+                batch["old_log_probs"], batch["rollout_log_probs"], batch["response_mask"],
+                level=self.rollout_is, threshold=rc["rollout_is_threshold"])
+        if not self.off_policy:
+            del batch["old_log_probs"]
+
+    def _maybe_teacher_inputs(self, batch: dict, items: dict, metrics: dict) -> None:
+        if self.loss_mode not in DISTILLATION_MODES:
+            return
+        n = self.config["actor_rollout_ref"]["rollout"]["n"]
+        lengths = batch["response_mask"].sum(-1).tolist()
+        rollouts = [
+            Rollout(uid=batch["uid"][i], reward=float(batch["scores"][i]), text=batch["response_text"][i],
+                    feedback=batch["reward_extra"][i].get("feedback") or None, num_tokens=int(lengths[i]))
+            for i in range(len(lengths))
+        ]
+        selection = select_peers(rollouts, self.sd_cfg, self.peer_rng)
+        prompts = [items["messages"][i // n] for i in range(len(rollouts))]
+        teacher = build_teacher_inputs(self.tokenizer, prompts, rollouts, selection, batch["responses"],
+                                       batch["response_mask"], self.sd_cfg, chat_template_kwargs=self.chat_kwargs)
+        batch["teacher_input_ids"] = teacher.input_ids
+        batch["teacher_attention_mask"] = teacher.attention_mask
+        batch["teacher_position_ids"] = teacher.position_ids
+        batch["distillation_mask"] = torch.tensor(selection.distillation_mask)
+        if self.sd_cfg.step_level_kl:
+            batch["step_ids"] = compute_step_ids(batch["responses"], batch["response_mask"], self.tokenizer,
+                                                 self.sd_cfg.step_separator)
+        batch["teacher_messages"] = teacher.messages
+        metrics.update(selection.metrics)
+        metrics.update(teacher.metrics)
+
+    # ------------------------------------------------------------------------------------------
+    def _validate(self) -> dict:
+        from trainer.dataset import collate_prompts
+
+        val_n = self.config["actor_rollout_ref"]["rollout"]["val_kwargs"]["n"]
+        size = self.config["data"].get("val_batch_size") or len(self.val_set)
+        scores: dict[str, dict[str, list[float]]] = {}
+        lengths, dumps = [], []
+        for start in range(0, len(self.val_set), size):
+            items = collate_prompts([self.val_set[i] for i in range(start, min(start + size, len(self.val_set)))],
+                                    self.tokenizer.pad_token_id)
+            batch = self._generate(_pad_to_multiple(items, self.group.world_size), self.global_step, validate=True)
+            keep = len(items["uid"]) * val_n
+            batch = _truncate(batch, keep)
+            results = self._score(batch, items, None, n=val_n)
+            lengths += batch["response_mask"].sum(-1).tolist()
+            for i, result in enumerate(results):
+                p = i // val_n
+                group = scores.setdefault(items["data_source"][p], {})
+                group.setdefault(items["uid"][p], []).append(float(result["score"]))
+            dumps.append((batch, items))
+        metrics = {}
+        for source, groups in scores.items():
+            values = list(groups.values())
+            metrics[f"val-core/{source}/acc/mean@{val_n}"] = float(np.mean([np.mean(v) for v in values]))
+            metrics[f"val-core/{source}/acc/pass@{val_n}"] = float(np.mean(
+                [max(v) >= self.sd_cfg.success_reward_threshold for v in values]))
+        metrics["val/response_length/mean"] = float(np.mean(lengths)) if lengths else 0.0
+        out_dir = self.config["trainer"].get("validation_data_dir")
+        if out_dir:
+            rollout_io.dump_rollouts_multi(Path(out_dir) / f"{self.global_step}.jsonl", dumps, self.tokenizer,
+                                           self.global_step, val_n)
+        return metrics
+
+    # ------------------------------------------------------------------------------------------
+    def _save_checkpoint(self, step: int) -> None:
+        from trainer.checkpoint import atomic_torch_save
+
+        tmp = self.checkpoints.begin(step)
+        try:
+            self.group.save_checkpoint(str(tmp))
+            self.group.export_hf(str(tmp / "hf"))
+            atomic_torch_save({
+                "global_step": step, "sampler": self.sampler.state_dict(), "peer_rng": self.peer_rng.getstate(),
+                "uid_tracker": self.uid_tracker.state_dict(),
+            }, tmp / "driver_state.pt")
+        except BaseException:
+            self.checkpoints.abort(tmp)
+            raise
+        final = self.checkpoints.commit(step, tmp)
+        print(f"[mopd] checkpoint step {step}: {final}", flush=True)
+
+    def _load_checkpoint(self) -> int:
+        trainer = self.config["trainer"]
+        path = self.checkpoints.resolve_resume(trainer["resume_mode"], trainer.get("resume_from_path"))
+        if path is None:
+            return 0
+        self.group.load_checkpoint(str(path))
+        state = torch.load(Path(path) / "driver_state.pt", weights_only=False)
+        self.sampler.load_state_dict(state["sampler"])
+        self.peer_rng.setstate(state["peer_rng"])
+        self.uid_tracker.load_state_dict(state["uid_tracker"])
+        print(f"[mopd] resumed from {path} at step {state['global_step']}", flush=True)
+        return int(state["global_step"])
+
+
+# ----------------------------------------------------------------------------------------------
+def _make_group(cfg: dict):
+    from trainer.worker_group import LocalWorkerGroup, RayWorkerGroup
+    from workers.fsdp_worker import ActorRolloutRefWorker
+
+    trainer = cfg["trainer"]
+    backend = trainer["backend"]
+    if backend == "auto":
+        try:
+            import ray  # noqa: F401
+
+            backend = "ray"
+        except ImportError:
+            backend = "local"
+    world = trainer["n_gpus_per_node"] * trainer["nnodes"]
+    if backend == "local":
+        if world != 1:
+            raise ValueError(f"trainer.backend=local runs one worker; set trainer.n_gpus_per_node=1 (got {world} "
+                             "workers) or use trainer.backend=ray")
+        return LocalWorkerGroup(ActorRolloutRefWorker, cfg)
+    use_gpu = trainer["device"] == "cuda" or (trainer["device"] == "auto" and torch.cuda.is_available())
+    return RayWorkerGroup(ActorRolloutRefWorker, cfg, world, use_gpu=use_gpu)
+
+
+def _data_files(files, split: str):
+    if files == "embedded":
+        return str(EMBEDDED_DIR / f"{split}.parquet")
+    return files
+
+
+def _valid_tokens(batch: dict) -> list[list[int]]:
+    return [row[mask.bool()].tolist() for row, mask in zip(batch["responses"], batch["response_mask"])]
+
+
+def _due(freq: int | None, step: int, is_last: bool) -> bool:
+    return bool(freq) and freq > 0 and (step % freq == 0 or is_last)
+
+
+def _reduce_worker_metrics(per_rank: list[dict]) -> dict:
+    merged: dict[str, list[float]] = {}
+    for rank_metrics in per_rank:
+        for key, values in rank_metrics.items():
+            merged.setdefault(key, []).extend(values)
+    return {key: float(np.mean(values)) for key, values in merged.items() if values}
+
+
+def _pad_to_multiple(items: dict, parts: int) -> dict:
+    """Repeat the last prompt so a validation batch splits evenly over the workers."""
+    size = items["input_ids"].shape[0]
+    extra = (-size) % parts
+    if not extra:
+        return items
+    out = dict(items)
+    for key in ("input_ids", "attention_mask", "position_ids"):
+        out[key] = torch.cat([items[key], items[key][-1:].repeat(extra, 1)])
+    out["uid"] = list(items["uid"]) + [items["uid"][-1]] * extra
+    return out
+
+
+def _truncate(batch: dict, size: int) -> dict:
+    return {k: (v[:size] if isinstance(v, (torch.Tensor, list)) and k != "meta" else v) for k, v in batch.items()}
+
+
+@contextmanager
+def _timer(name: str, timing: dict):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
+

@@ -1,0 +1,332 @@
+"""One rank of the actor/rollout/teacher group: FSDP2 actor, teacher, HF rollout copy, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import zlib
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mopd.config import SelfDistillationConfig
+from mopd.teacher import ema_update_
+from workers import model_utils
+from workers.actor import DISTILLATION_MODES, TeacherForward, loss_normalizer_count, micro_batch_loss
+from workers.dispatch import Dispatch, register
+from workers.hf_rollout import HFRollout, SamplingParams
+
+
+class ActorRolloutRefWorker:
+    def __init__(self, config: dict, rank: int, world_size: int, master_addr: str, master_port: int):
+        self.config = config
+        self.rank, self.world_size = rank, world_size
+        self.master = (master_addr, master_port)
+
+    # ------------------------------------------------------------------------------------------
+    @register(Dispatch.ONE_TO_ALL)
+    def init_model(self) -> dict:
+        cfg, trainer = self.config, self.config["trainer"]
+        model_cfg = cfg["actor_rollout_ref"]["model"]
+        actor_cfg = cfg["actor_rollout_ref"]["actor"]
+        self.device = model_utils.pick_device(trainer["device"], self.rank)
+        if self.device.type == "cpu":
+            threads = trainer.get("num_threads") or max(1, (os.cpu_count() or 1) // self.world_size)
+            torch.set_num_threads(threads)
+        model_utils.init_distributed(self.rank, self.world_size, *self.master, self.device)
+        _seed_everything(trainer["seed"])  # identical initial weights on every rank
+        self.dtype = model_utils.pick_dtype(model_cfg["dtype"], self.device)
+        path = model_utils.resolve_model_path(model_cfg["path"])
+        self.tokenizer = model_utils.load_tokenizer(model_cfg.get("tokenizer_path") or path, model_cfg["trust_remote_code"])
+        load = dict(dtype=torch.float32 if self.device.type == "cpu" else self.dtype,
+                    attn_implementation=model_cfg["attn_implementation"],
+                    trust_remote_code=model_cfg["trust_remote_code"], device=self.device)
+        self.loss_mode = actor_cfg["policy_loss"]["loss_mode"]
+        self.sd_cfg = (SelfDistillationConfig.from_dict(actor_cfg["self_distillation"])
+                       if self.loss_mode in DISTILLATION_MODES else None)
+
+        actor = model_utils.load_causal_lm(path, **load)
+        if model_cfg["enable_gradient_checkpointing"]:
+            actor.gradient_checkpointing_enable()
+        rollout_copy = copy.deepcopy(actor)
+        self.actor = model_utils.fsdp2_wrap(actor, self.device, self.world_size)
+        self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], cfg)
+        self.rollout = HFRollout(rollout_copy, self.tokenizer, cfg["actor_rollout_ref"]["rollout"]["micro_batch_size"])
+
+        self.teacher_module, self.teacher, self.ref_module = None, None, None
+        ref_path = model_utils.resolve_model_path(cfg["actor_rollout_ref"]["ref"]["model"]["path"])
+        if self.sd_cfg is not None or self.loss_mode == "dpo":
+            frozen = model_utils.load_causal_lm(ref_path or path, **load)
+            if ref_path:
+                _check_same_vocabulary(frozen, actor, ref_path, path, self.tokenizer)
+            frozen.requires_grad_(False)
+            frozen = model_utils.fsdp2_wrap(frozen, self.device, self.world_size).eval()
+            if self.loss_mode == "dpo":
+                self.ref_module = frozen
+            else:
+                self.teacher_module = frozen
+                mode = self.sd_cfg.teacher_regularization
+                self.teacher = TeacherForward(frozen, mode, self.sd_cfg.teacher_update_rate, self.actor)
+        n_params = sum(p.numel() for p in actor.parameters())
+        return {"params": n_params, "device": str(self.device), "rank": self.rank}
+
+    # ------------------------------------------------------------------------------------------
+    @register(Dispatch.ONE_TO_ALL)
+    def sync_rollout_weights(self) -> None:
+        """Refresh this rank's rollout copy from the FSDP2 actor (a collective across ranks)."""
+        self.rollout.load_weights(model_utils.full_state_dict(self.actor))
+
+    @register(Dispatch.DP_COMPUTE)
+    def generate(self, batch: dict) -> dict:
+        meta = batch["meta"]
+        params = SamplingParams(**meta["sampling"])
+        n = params.n
+        seed, tag = self.config["trainer"]["seed"], meta.get("tag", "gen")
+        # One seed per sample from (run seed, step, prompt uid, sample index): rank-independent.
+        row_seeds = [_derive_seed(seed, meta["step"], j, f"{tag}:{uid}") for uid in batch["uid"] for j in range(n)]
+        out = self.rollout.generate(batch["input_ids"], batch["attention_mask"], params, row_seeds)
+        out["prompt_input_ids"] = batch["input_ids"].repeat_interleave(n, dim=0)
+        out["prompt_attention_mask"] = batch["attention_mask"].repeat_interleave(n, dim=0)
+        return out
+
+    @register(Dispatch.DP_COMPUTE)
+    @torch.no_grad()
+    def compute_log_prob(self, batch: dict) -> dict:
+        """π_old: the actor's log-probs of its responses before this step's updates."""
+        from mopd.losses import token_log_probs
+        from workers.actor import response_logits
+
+        temperature = batch["meta"]["temperature"]
+        size = self.config["actor_rollout_ref"]["rollout"]["log_prob_micro_batch_size_per_gpu"]
+        out = []
+        for start in range(0, batch["responses"].shape[0], size):
+            mb = _to_device(_slice(batch, start, start + size), self.device)
+            logits = response_logits(self.actor, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
+                                     mb["responses"].shape[1], temperature)
+            out.append(token_log_probs(logits, mb["responses"]).float().cpu())
+        return {"old_log_probs": torch.cat(out)}
+
+    # ------------------------------------------------------------------------------------------
+    @register(Dispatch.DP_COMPUTE)
+    def update_actor(self, batch: dict) -> dict:
+        """Mini-batches in order (shuffled if configured), micro-batches with gradient accumulation,
+        one optimizer step per mini-batch, ``ppo_epochs`` passes. Returns per-step metric lists."""
+        cfg = self.config["actor_rollout_ref"]
+        actor_cfg = cfg["actor"]
+        meta = batch["meta"]
+        n = cfg["rollout"]["n"]
+        local = batch["responses"].shape[0]
+        mini = actor_cfg["ppo_mini_batch_size"] * n // self.world_size
+        micro = min(actor_cfg["ppo_micro_batch_size_per_gpu"], mini)
+        agg_mode = actor_cfg["loss_agg_mode"]
+        horizon = self.config["data"]["max_response_length"]
+        metrics: dict[str, list[float]] = {}
+        self.actor.train()
+        generator = torch.Generator().manual_seed(_derive_seed(self.config["trainer"]["seed"], meta["step"], 0, "shuffle"))
+        finite_steps = 0
+        for _epoch in range(actor_cfg["ppo_epochs"]):
+            order = torch.randperm(local, generator=generator) if actor_cfg["shuffle"] else torch.arange(local)
+            for m_start in range(0, local, mini):
+                mini_batch = _index(batch, order[m_start : m_start + mini])
+                normalizer = None
+                if actor_cfg["global_token_normalization"]:
+                    count = torch.tensor(loss_normalizer_count(mini_batch, self.loss_mode, agg_mode), dtype=torch.float64)
+                    dist.all_reduce(count)
+                    # FSDP2 averages gradients over ranks, so each rank's loss is scaled by world size.
+                    normalizer = max(count.item(), 1.0) / self.world_size
+                self.optimizer.zero_grad(set_to_none=True)
+                steps = math.ceil(mini / micro)
+                mini_loss = 0.0
+                for u_start in range(0, mini, micro):
+                    mb = _to_device(_slice(mini_batch, u_start, u_start + micro), self.device)
+                    loss, mb_metrics = micro_batch_loss(
+                        mb, self.actor, loss_mode=self.loss_mode, actor_cfg=actor_cfg, sd_cfg=self.sd_cfg,
+                        teacher=self.teacher, ref_module=self.ref_module, temperature=meta["temperature"],
+                        normalizer=normalizer, horizon=horizon, entropy_coeff=actor_cfg["entropy_coeff"],
+                    )
+                    if normalizer is None:
+                        loss = loss / steps
+                    loss.backward()
+                    # Scaled micro-batch losses add up to this rank's share of the mini-batch loss;
+                    # the driver averages ranks (each rank's share is scaled by the world size).
+                    mini_loss += float(loss.detach().item())
+                    for k, v in mb_metrics.items():
+                        metrics.setdefault(k, []).append(v)
+                metrics.setdefault("actor/loss", []).append(mini_loss)
+                grad_norm = self._clip_grad(actor_cfg["grad_clip"])
+                if math.isfinite(grad_norm):
+                    self.optimizer.step()
+                    finite_steps += 1
+                else:
+                    self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                metrics.setdefault("actor/grad_norm", []).append(grad_norm)
+                metrics.setdefault("actor/lr", []).append(self.scheduler.get_last_lr()[0])
+        self._finite_steps = finite_steps
+        return {"metrics": [metrics]}
+
+    def _clip_grad(self, max_norm) -> float:
+        params = [p for p in self.actor.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        return float(norm.item())
+
+    @register(Dispatch.ONE_TO_ALL)
+    def update_teacher(self) -> dict:
+        """EMA teacher: θ_T ← (1−r)θ_T + rθ_S once per step, if the step made any finite update."""
+        if self.teacher is None or self.teacher.mode != "ema" or self.sd_cfg.teacher_update_rate == 0:
+            return {"updated": False}
+        if not getattr(self, "_finite_steps", 0):
+            return {"updated": False}
+        # A forward without backward leaves FSDP2's root parameters unsharded; compare shards to shards.
+        model_utils.reshard(self.teacher_module)
+        model_utils.reshard(self.actor)
+        ema_update_(model_utils.local_tensors(self.teacher_module.parameters()),
+                    model_utils.local_tensors(self.actor.parameters()), self.sd_cfg.teacher_update_rate)
+        return {"updated": True}
+
+    # ------------------------------------------------------------------------------------------
+    @register(Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, directory: str) -> None:
+        """Sharded model/optimizer/teacher state via torch.distributed.checkpoint + per-rank RNG and
+        scheduler state, into ``directory`` (a temp dir the driver commits atomically)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        for module in (self.actor, self.teacher_module, self.ref_module):
+            model_utils.reshard(module)
+        model_sd, optim_sd = get_state_dict(self.actor, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        if self.teacher_module is not None:
+            state["teacher"] = self.teacher_module.state_dict()
+        dcp.save(state, checkpoint_id=os.path.join(directory, "sharded"))
+        torch.save({"scheduler": self.scheduler.state_dict(), "rng": _rng_state()},
+                   os.path.join(directory, f"extra_rank{self.rank}.pt"))
+        dist.barrier()
+
+    @register(Dispatch.ONE_TO_ALL)
+    def load_checkpoint(self, directory: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        for module in (self.actor, self.teacher_module, self.ref_module):
+            model_utils.reshard(module)
+        model_sd, optim_sd = get_state_dict(self.actor, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        if self.teacher_module is not None:
+            state["teacher"] = self.teacher_module.state_dict()
+        dcp.load(state, checkpoint_id=os.path.join(directory, "sharded"))
+        set_state_dict(self.actor, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        if self.teacher_module is not None:
+            self.teacher_module.load_state_dict(state["teacher"])
+        extra = torch.load(os.path.join(directory, f"extra_rank{self.rank}.pt"), weights_only=False)
+        self.scheduler.load_state_dict(extra["scheduler"])
+        _set_rng_state(extra["rng"])
+        dist.barrier()
+
+    @register(Dispatch.ONE_TO_ALL)
+    def export_hf(self, directory: str) -> None:
+        """An HF-format copy that ``AutoModelForCausalLM.from_pretrained`` loads (rank 0 writes)."""
+        state = model_utils.full_state_dict(self.actor, rank0_only=True)
+        if self.rank == 0:
+            model = self.rollout.model  # same architecture, unsharded; borrow it to serialise
+            model.load_state_dict(state, strict=False)
+            model.save_pretrained(directory, safe_serialization=True)
+            self.tokenizer.save_pretrained(directory)
+        dist.barrier()
+
+    @register(Dispatch.ONE_TO_ALL)
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------
+def _build_optimizer(model, optim_cfg: dict, cfg: dict):
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=optim_cfg["lr"], betas=tuple(optim_cfg["betas"]),
+        eps=optim_cfg["eps"], weight_decay=optim_cfg["weight_decay"],
+    )
+    total = max(1, int(cfg["trainer"].get("_total_optimizer_steps") or 1))
+    warmup = optim_cfg["lr_warmup_steps"]
+    if warmup is None or warmup < 0:
+        warmup = int(optim_cfg["lr_warmup_steps_ratio"] * total)
+    style, floor = optim_cfg["warmup_style"], optim_cfg["min_lr_ratio"]
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if style == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _check_same_vocabulary(teacher, student, teacher_path, student_path, tokenizer) -> None:
+    from transformers import AutoTokenizer
+
+    t_vocab, s_vocab = teacher.get_output_embeddings().weight.shape[0], student.get_output_embeddings().weight.shape[0]
+    teacher_tok = AutoTokenizer.from_pretrained(teacher_path)
+    if t_vocab != s_vocab or teacher_tok.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"actor_rollout_ref.ref.model.path={teacher_path}: the teacher's vocabulary ({t_vocab} logits, "
+            f"{len(teacher_tok)} tokens) differs from the student's {student_path} ({s_vocab} logits, "
+            f"{len(tokenizer)} tokens); distillation needs the same tokenizer and vocabulary"
+        )
+
+
+def _derive_seed(seed: int, step: int, index: int, tag: str) -> int:
+    """A seed that depends only on (run seed, step, index, purpose): reproducible and resumable."""
+    return int(np.random.SeedSequence([seed, step, index, zlib.crc32(tag.encode())]).generate_state(1)[0])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _slice(batch: dict, start: int, stop: int) -> dict:
+    return {k: (v[start:stop] if isinstance(v, (torch.Tensor, list)) and k != "meta" else v) for k, v in batch.items()}
+
+
+def _index(batch: dict, index: torch.Tensor) -> dict:
+    idx = index.tolist()
+    out = {}
+    for k, v in batch.items():
+        if k == "meta":
+            out[k] = v
+        elif isinstance(v, torch.Tensor):
+            out[k] = v[index]
+        elif isinstance(v, list):
+            out[k] = [v[i] for i in idx]
+        else:
+            out[k] = v
+    return out
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
