@@ -22,6 +22,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from mopd.config import CONFIG_PREFIX, ConfigError, SelfDistillationConfig
 from mopd.losses import LOSS_AGG_MODES
 
@@ -355,12 +358,7 @@ def _cuda_available() -> bool:
 
 def _plain(cfg: Any) -> dict:
     """A resolved plain nested dict from a DictConfig or a mapping."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-        from omegaconf.errors import OmegaConfBaseException
-    except ImportError:  # pragma: no cover - omegaconf is a requirement
-        DictConfig = ()  # type: ignore[assignment]
-    if DictConfig and isinstance(cfg, DictConfig):
+    if isinstance(cfg, DictConfig):
         try:
             return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         except OmegaConfBaseException as err:

@@ -324,3 +324,13 @@ def test_missing_key_and_bad_interpolation_are_config_errors():
 def test_self_distillation_config_helper_returns_the_dataclass():
     sd = self_distillation_config(load("sdpo", [f"{SD}.alpha=1.0", f"{SD}.distillation_topk=null"]))
     assert isinstance(sd, SelfDistillationConfig) and sd.alpha == 1.0 and sd.distillation_topk is None
+
+
+def test_other_optional_packages_and_devices(monkeypatch):
+    monkeypatch.setattr(config_schema, "_module_available", lambda name: False)
+    assert error_of(["trainer.backend=ray"]).startswith("trainer.backend=ray but ray is not installed")
+    msg = error_of(["actor_rollout_ref.model.attn_implementation=flash_attention_2"])
+    assert "flash-attn is not installed" in msg and "attn_implementation=sdpa" in msg
+    assert error_of(["trainer.logger=[console,wandb]"]).startswith("trainer.logger contains wandb but wandb is not installed")
+    monkeypatch.setattr(config_schema, "_cuda_available", lambda: False)
+    assert error_of(["trainer.device=cuda"]).startswith("trainer.device=cuda but torch sees no CUDA device")
