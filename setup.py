@@ -23,6 +23,7 @@ setup(
     package_data={"mopd": ["assets/tiny_tokenizer/*"]},
     include_package_data=True,
     install_requires=REQUIRES,
+    entry_points={"console_scripts": ["mopd-train=trainer.main:main"]},
     extras_require={
         "gpu": ["vllm>=0.8", "flash-attn>=2.6"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],

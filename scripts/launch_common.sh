@@ -120,12 +120,7 @@ mopd_gpu_stack() {
   [ -n "${MOPD_GPU_STACK:-}" ] && return 0
   MOPD_GPU_STACK=1
   MOPD_GPU_COUNT="${N_GPUS_PER_NODE:-$(mopd_gpu_count)}"
-  MOPD_ROLLOUT=hf
-  if mopd_module_available vllm; then
-    MOPD_ROLLOUT=vllm
-  elif [ -z "${ROLLOUT_NAME:-}" ]; then
-    mopd_note "vllm is not installed: rollouts use rollout.name=hf (pip install -e .[gpu] for vLLM)"
-  fi
+  MOPD_ROLLOUT=hf  # the vLLM engine is not in this release yet
   MOPD_ATTN=""
   mopd_module_available flash_attn && MOPD_ATTN=flash_attention_2
   return 0

@@ -24,7 +24,8 @@ def run(cfg) -> dict:
     try:
         trainer = Trainer(container)
     except (FileNotFoundError, ValueError) as err:
-        print(f"[mopd] error: {err}", file=sys.stderr)
+        # A worker's error arrives wrapped by Ray; the user needs the cause, not two tracebacks.
+        print(f"[mopd] error: {getattr(err, 'cause', None) or err}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
         return trainer.fit()

@@ -120,7 +120,7 @@ class ActorRolloutRefWorker:
         n = cfg["rollout"]["n"]
         local = batch["responses"].shape[0]
         mini = actor_cfg["ppo_mini_batch_size"] * n // self.world_size
-        micro = min(actor_cfg["ppo_micro_batch_size_per_gpu"], mini)
+        micro = actor_cfg["ppo_micro_batch_size_per_gpu"]  # validated: divides the per-device mini-batch
         agg_mode = actor_cfg["loss_agg_mode"]
         horizon = self.config["data"]["max_response_length"]
         metrics: dict[str, list[float]] = {}

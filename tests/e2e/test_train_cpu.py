@@ -66,11 +66,15 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("config", ["grpo", "sdpo", "mopd"])
-def test_two_ray_workers_fsdp2(fixture_dir, tmp_path, config):
+@pytest.mark.parametrize("config,extra", [
+    ("grpo", ()),
+    ("sdpo", ("actor_rollout_ref.actor.self_distillation.teacher_regularization=trust-region",)),
+    ("mopd", ()),
+])
+def test_two_ray_workers_fsdp2(fixture_dir, tmp_path, config, extra):
     run = tmp_path / config
     train(fixture_dir, run, "trainer.backend=ray", "trainer.n_gpus_per_node=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-          f"trainer.rollout_data_dir={run / 'rollouts'}", config=config)
+          f"trainer.rollout_data_dir={run / 'rollouts'}", *extra, config=config)
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
@@ -139,3 +143,17 @@ def test_bad_config_and_missing_data_fail_clearly(fixture_dir, tmp_path):
                     check=False)
     assert missing.returncode == 2 and "data.train_files: no such file: /nonexistent/train.parquet" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_external_teacher_with_another_vocabulary_is_refused(fixture_dir, tmp_path):
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    other = tmp_path / "other_teacher"
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16)).save_pretrained(other)
+    AutoTokenizer.from_pretrained(fixture_dir / "model").save_pretrained(other)
+    result = train(fixture_dir, tmp_path / "run", "trainer.backend=local", f"actor_rollout_ref.ref.model.path={other}",
+                   config="sdpo", check=False)
+    assert result.returncode == 2
+    assert "actor_rollout_ref.ref.model.path" in result.stderr and "differs from the student's" in result.stderr
+    assert "Traceback" not in result.stderr
