@@ -1,0 +1,23 @@
+# GPU image (x86_64, Ampere/Hopper): CUDA 12.4 + torch + the project with its GPU extras.
+#   docker build . -f Dockerfile -t mopd
+FROM nvidia/cuda:12.4.1-devel-ubuntu22.04
+
+ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+RUN apt-get update && apt-get install -y --no-install-recommends \
+        python3.11 python3.11-venv python3.11-dev git build-essential ninja-build \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /workspace/mopd
+# CUDA torch first, so requirements.txt's CPU pin is already satisfied by a compatible build.
+RUN pip install --upgrade pip && pip install torch --index-url https://download.pytorch.org/whl/cu124
+COPY requirements.txt setup.py README.md ./
+COPY mopd mopd
+COPY workers workers
+COPY trainer trainer
+RUN sed -i 's/^torch==.*/torch/' requirements.txt && pip install -r requirements.txt && pip install -e .
+# flash-attn compiles against the installed torch; optional (attn_implementation=sdpa works without it).
+RUN pip install flash-attn --no-build-isolation || echo "flash-attn not built: use attn_implementation=sdpa"
+COPY . .
+CMD ["bash", "run_local_sdpo.sh"]
