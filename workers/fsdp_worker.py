@@ -41,8 +41,7 @@ class ActorRolloutRefWorker:
         self.dtype = model_utils.pick_dtype(model_cfg["dtype"], self.device)
         path = model_utils.resolve_model_path(model_cfg["path"])
         self.tokenizer = model_utils.load_tokenizer(model_cfg.get("tokenizer_path") or path, model_cfg["trust_remote_code"])
-        load = dict(dtype=torch.float32 if self.device.type == "cpu" else self.dtype,
-                    attn_implementation=model_cfg["attn_implementation"],
+        load = dict(dtype=torch.float32, attn_implementation=model_cfg["attn_implementation"],
                     trust_remote_code=model_cfg["trust_remote_code"], device=self.device)
         self.loss_mode = actor_cfg["policy_loss"]["loss_mode"]
         self.sd_cfg = (SelfDistillationConfig.from_dict(actor_cfg["self_distillation"])
@@ -51,8 +50,8 @@ class ActorRolloutRefWorker:
         actor = model_utils.load_causal_lm(path, **load)
         if model_cfg["enable_gradient_checkpointing"]:
             actor.gradient_checkpointing_enable()
-        rollout_copy = copy.deepcopy(actor)
-        self.actor = model_utils.fsdp2_wrap(actor, self.device, self.world_size)
+        rollout_copy = copy.deepcopy(actor).to(self.dtype)  # generation runs in the compute dtype
+        self.actor = model_utils.fsdp2_wrap(actor, self.device, self.world_size, self.dtype)
         self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], cfg)
         self.rollout = HFRollout(rollout_copy, self.tokenizer, cfg["actor_rollout_ref"]["rollout"]["micro_batch_size"])
 
@@ -63,7 +62,7 @@ class ActorRolloutRefWorker:
             if ref_path:
                 _check_same_vocabulary(frozen, actor, ref_path, path, self.tokenizer)
             frozen.requires_grad_(False)
-            frozen = model_utils.fsdp2_wrap(frozen, self.device, self.world_size).eval()
+            frozen = model_utils.fsdp2_wrap(frozen, self.device, self.world_size, self.dtype).eval()
             if self.loss_mode == "dpo":
                 self.ref_module = frozen
             else:
@@ -234,9 +233,8 @@ class ActorRolloutRefWorker:
         """An HF-format copy that ``AutoModelForCausalLM.from_pretrained`` loads (rank 0 writes)."""
         state = model_utils.full_state_dict(self.actor, rank0_only=True)
         if self.rank == 0:
-            model = self.rollout.model  # same architecture, unsharded; borrow it to serialise
-            model.load_state_dict(state, strict=False)
-            model.save_pretrained(directory, safe_serialization=True)
+            self.rollout.load_weights(state)  # same architecture, unsharded: borrow it to serialise
+            self.rollout.model.save_pretrained(directory, safe_serialization=True)
             self.tokenizer.save_pretrained(directory)
         dist.barrier()
 

@@ -35,6 +35,7 @@ class HFRollout:
 
     @torch.no_grad()
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        # load_state_dict copies into the existing (compute-dtype) tensors, casting as it goes.
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
         # Tied embeddings appear once in a gathered state dict; everything else must match.
         missing = [k for k in missing if not k.endswith("lm_head.weight")]

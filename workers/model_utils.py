@@ -90,15 +90,22 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return []
 
 
-def fsdp2_wrap(model, device: torch.device, world_size: int):
-    """``fully_shard`` every decoder layer and the root over a 1-D mesh of all ranks."""
+def fsdp2_wrap(model, device: torch.device, world_size: int, compute_dtype: torch.dtype = torch.float32):
+    """``fully_shard`` every decoder layer and the root over a 1-D mesh of all ranks.
+
+    Parameters stay float32 (the optimizer's and the EMA's master copy); with a lower ``compute_dtype``
+    FSDP2 casts them for forward/backward and reduces gradients in float32.
+    """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world_size,))
+    kwargs = {"mesh": mesh}
+    if compute_dtype != torch.float32:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     for layer in decoder_layers(model):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
     return model
 
 
