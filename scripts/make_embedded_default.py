@@ -51,7 +51,7 @@ DATA_SEED_TRAIN, DATA_SEED_TEST = 1, 2
 TORCH_SEED = 1234
 SFT_SEED = 4321
 EVAL_SEED = 777
-THREADS = 2
+THREADS = int(os.environ.get("EMBEDDED_THREADS", "2"))  # 2: the numbers in the README
 
 MODEL = dict(
     vocab_size=264, hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
@@ -215,12 +215,12 @@ class Evaluator:
         self.fail_only = [chat_prompt(tokenizer, context_messages(p, rng, cfg, n_correct=0, with_feedback=False))
                           for p in test_problems]
 
-    def quick(self, model, seed: int) -> dict:
+    def quick(self, model, seed: int, n: int) -> dict:
+        plain, ctx, answers = self.plain[:n], self.ctx[:n], self.answers[:n]
         return {
-            "nc_sampled": accuracy(generate_answers(model, self.tok, self.plain * 2, sample=True, seed=seed),
-                                   self.answers * 2),
-            "ctx_sampled": accuracy(generate_answers(model, self.tok, self.ctx, sample=True, seed=seed + 1),
-                                    self.answers),
+            "nc_sampled": accuracy(generate_answers(model, self.tok, plain * 2, sample=True, seed=seed),
+                                   answers * 2),
+            "ctx_sampled": accuracy(generate_answers(model, self.tok, ctx, sample=True, seed=seed + 1), answers),
         }
 
     def full(self, model, samples: int = 8) -> dict:
@@ -257,6 +257,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--plain-batch", type=int, default=128)
     parser.add_argument("--ctx-batch", type=int, default=64)
+    parser.add_argument("--plain-weight", type=float, default=0.5)
+    parser.add_argument("--eval-n", type=int, default=128, help="test problems in the periodic evaluation")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--min-step", type=int, default=60)
     parser.add_argument("--target-nc", type=float, default=0.25, help="stop once sampled no-context acc >= this")
@@ -304,12 +306,14 @@ def main() -> None:
         plain = rng.sample(sft_pool, args.plain_batch)
         ctx_problems = rng.sample(sft_pool, args.ctx_batch)
         ctx_prompts = [chat_prompt(tok, context_messages(p, rng, cfg)) for p in ctx_problems]
-        ids_p, lab_p = encode_examples(tok, [plain_prompts[(p["a"], p["b"])] for p in plain],
-                                       [p["answer"] for p in plain])
-        ids_c, lab_c = encode_examples(tok, ctx_prompts, [p["answer"] for p in ctx_problems])
-        loss_p, n_p = lm_loss_sum(model, ids_p, lab_p)
-        loss_c, n_c = lm_loss_sum(model, ids_c, lab_c)
-        loss = 0.5 * loss_p / n_p + 0.5 * loss_c / n_c
+        if plain:
+            ids_p, lab_p = encode_examples(tok, [plain_prompts[(p["a"], p["b"])] for p in plain],
+                                           [p["answer"] for p in plain])
+        if ctx_problems:
+            ids_c, lab_c = encode_examples(tok, ctx_prompts, [p["answer"] for p in ctx_problems])
+        loss_p, n_p = lm_loss_sum(model, ids_p, lab_p) if args.plain_batch else (torch.zeros(()), 1)
+        loss_c, n_c = lm_loss_sum(model, ids_c, lab_c) if args.ctx_batch else (torch.zeros(()), 1)
+        loss = (args.plain_weight * loss_p / n_p + (1 - args.plain_weight) * loss_c / n_c) if args.plain_batch and args.ctx_batch else loss_p / n_p + loss_c / n_c
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -318,10 +322,10 @@ def main() -> None:
         train_time += time.time() - t0
         if step % args.eval_every == 0 and step >= args.min_step:
             t1 = time.time()
-            metrics = evaluator.quick(model, seed=EVAL_SEED + step)
-            history.append({"step": step, "loss_plain": round(float(loss_p) / n_p, 4),
-                            "loss_ctx": round(float(loss_c) / n_c, 4), **metrics})
-            print(f"step {step:4d}  loss plain {float(loss_p) / n_p:.3f} ctx {float(loss_c) / n_c:.3f}  "
+            metrics = evaluator.quick(model, seed=EVAL_SEED + step, n=args.eval_n)
+            history.append({"step": step, "loss_plain": round(float(loss_p.detach()) / n_p, 4),
+                            "loss_ctx": round(float(loss_c.detach()) / n_c, 4), **metrics})
+            print(f"step {step:4d}  loss plain {float(loss_p.detach()) / n_p:.3f} ctx {float(loss_c.detach()) / n_c:.3f}  "
                   f"acc no-ctx sampled {metrics['nc_sampled']:.3f}  with-ctx sampled {metrics['ctx_sampled']:.3f}  "
                   f"(train {train_time:.0f}s, eval {time.time() - t1:.1f}s, total {time.time() - started:.0f}s)",
                   flush=True)
@@ -330,7 +334,7 @@ def main() -> None:
                 chosen = step
                 break
         elif step % 10 == 0:
-            print(f"step {step:4d}  loss plain {float(loss_p) / n_p:.3f} ctx {float(loss_c) / n_c:.3f}  "
+            print(f"step {step:4d}  loss plain {float(loss_p.detach()) / n_p:.3f} ctx {float(loss_c.detach()) / n_c:.3f}  "
                   f"(train {train_time:.0f}s)", flush=True)
     if chosen is None:
         chosen = args.max_steps
