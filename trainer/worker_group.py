@@ -49,7 +49,8 @@ class LocalWorkerGroup(_Group):
     def __init__(self, worker_cls, config: dict):
         self.worker_cls = worker_cls
         self.world_size = 1
-        self.worker = worker_cls(config, 0, 1, "127.0.0.1", free_port())
+        self.worker = worker_cls(config, 0, 1)
+        self.worker.set_master("127.0.0.1", free_port())
 
     def _call_all(self, name, per_rank_args):
         return [getattr(self.worker, name)(*per_rank_args[0])]
@@ -76,11 +77,11 @@ class RayWorkerGroup(_Group):
             ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=True,
                      ignore_reinit_error=True, **kwargs)
             self._owns_ray = True
-        master_port = free_port()
         remote_cls = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(worker_cls)
-        master_addr = ray.util.get_node_ip_address() if os.environ.get("RAY_ADDRESS") else "127.0.0.1"
-        self.workers = [remote_cls.remote(config, rank, world_size, master_addr, master_port)
-                        for rank in range(world_size)]
+        self.workers = [remote_cls.remote(config, rank, world_size) for rank in range(world_size)]
+        # The process group's rendezvous is rank 0's node (on a multi-node cluster, not the driver's).
+        master = ray.get(self.workers[0].free_address.remote(), timeout=timeout_s)
+        ray.get([w.set_master.remote(*master) for w in self.workers], timeout=timeout_s)
 
     def _call_all(self, name, per_rank_args):
         refs = [getattr(w, name).remote(*args) for w, args in zip(self.workers, per_rank_args)]

@@ -21,10 +21,29 @@ from workers.hf_rollout import HFRollout, SamplingParams
 
 
 class ActorRolloutRefWorker:
-    def __init__(self, config: dict, rank: int, world_size: int, master_addr: str, master_port: int):
+    def __init__(self, config: dict, rank: int, world_size: int):
         self.config = config
         self.rank, self.world_size = rank, world_size
-        self.master = (master_addr, master_port)
+        self.master: tuple[str, int] | None = None
+
+    def free_address(self) -> tuple[str, int]:
+        """This node's address and a free port: the process-group rendezvous (asked of rank 0)."""
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        if self.world_size == 1:
+            return "127.0.0.1", port
+        try:
+            import ray
+
+            return ray.util.get_node_ip_address(), port
+        except Exception:  # not inside Ray
+            return socket.gethostbyname(socket.gethostname()), port
+
+    def set_master(self, address: str, port: int) -> None:
+        self.master = (address, port)
 
     # ------------------------------------------------------------------------------------------
     @register(Dispatch.ONE_TO_ALL)

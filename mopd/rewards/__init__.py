@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import math
+import math as _stdlib_math  # not bound as `math`: importing the submodule mopd.rewards.math rebinds that name
 import numbers
 import multiprocessing
 import os
@@ -62,9 +62,73 @@ def _embedded_arith(solution_str: str, ground_truth: Any, extra_info: dict | Non
     return embedded_task.compute_score(solution_str, ground_truth)
 
 
+def _math(solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
+    from mopd.rewards import math as math_verifier
+
+    return math_verifier.compute_score(solution_str, ground_truth, extra_info)
+
+
+def _math_competition(solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
+    """aime*/hmmt*: the boxed answer, then math_verify on the whole response (the release's verl fallback)."""
+    from mopd.rewards import math as math_verifier
+
+    return math_verifier.compute_score(solution_str, ground_truth, extra_info, whole_response_fallback=True)
+
+
+def _sciknoweval(solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
+    from mopd.rewards import mcq
+
+    return mcq.compute_score(solution_str, ground_truth, extra_info)
+
+
+def _gpqa(solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
+    from mopd.rewards import mcq
+
+    return mcq.compute_score_gpqa(solution_str, ground_truth, extra_info)
+
+
+def _mmlu_pro(solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
+    from mopd.rewards import mcq
+
+    return mcq.compute_score_mmlu_pro(solution_str, ground_truth, extra_info)
+
+
+def _tooluse(solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
+    from mopd.rewards import tooluse
+
+    return tooluse.compute_score(solution_str, ground_truth, extra_info)
+
+
+def _reasoning_gym(solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
+    from mopd.rewards import reasoning_gym_scorer
+
+    return reasoning_gym_scorer.compute_score(solution_str, ground_truth, extra_info)
+
+
+def _humaneval(solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
+    """HumanEval rows (``mopd.datasets``' offline source): whatever verifier is registered for ``code``."""
+    fn = _REGISTRY.get("code")
+    if fn is None:
+        raise ValueError("data_source 'humaneval' is scored by the 'code' verifier, and none is registered")
+    return fn(solution_str, ground_truth, extra_info)
+
+
+# data sources matched by prefix when no exact name is registered (the release's aime*/AIME*/hmmt* rule)
+_PREFIXES: dict[str, VerifierFn] = {}
+
+
 def _builtin() -> None:
     """Register the built-in verifiers (code/math/mcq/tooluse join here as they are written)."""
     register_reward("embedded_arith", _embedded_arith)  # == mopd.embedded_task.DATA_SOURCE
+    register_reward(["math", "math500", "dapo_math", "gsm8k"], _math)
+    register_reward(["aime24", "aime25", "aime2024", "aime2025", "amc23", "hmmt25"], _math_competition)
+    _PREFIXES.update({"aime": _math_competition, "hmmt": _math_competition})  # matched case-insensitively
+    register_reward("sciknoweval", _sciknoweval)
+    register_reward("gpqa", _gpqa)
+    register_reward("mmlu_pro", _mmlu_pro)
+    register_reward("tooluse", _tooluse)
+    register_reward("reasoning_gym", _reasoning_gym)
+    register_reward("humaneval", _humaneval)
 
 
 _builtin()
@@ -98,6 +162,8 @@ def normalize_result(result: Any) -> dict:
 def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
     """Score one response with the verifier registered for ``data_source`` (verl's signature)."""
     fn = _REGISTRY.get(data_source)
+    if fn is None and isinstance(data_source, str):
+        fn = next((f for p, f in _PREFIXES.items() if data_source.lower().startswith(p)), None)
     if fn is None:
         raise ValueError(
             f"no reward function for data_source {data_source!r}; registered: {registered_data_sources()}. "
@@ -314,7 +380,7 @@ class RewardScorer:
             return [_score_one(self.fn, item, self.timeout_s) for item in items]
 
         # a few chunks per worker: amortises pickling, still balances uneven verifier times
-        chunk = max(1, math.ceil(len(items) / (self.num_workers * 4)))
+        chunk = max(1, _stdlib_math.ceil(len(items) / (self.num_workers * 4)))
         starts = list(range(0, len(items), chunk))
         pool = self._get_pool()
         futures = [pool.submit(_score_chunk, self.fn, items[s : s + chunk], self.timeout_s) for s in starts]
