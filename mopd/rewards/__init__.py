@@ -62,6 +62,12 @@ def _embedded_arith(solution_str: str, ground_truth: Any, extra_info: dict | Non
     return embedded_task.compute_score(solution_str, ground_truth)
 
 
+def _code(solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
+    from mopd.rewards import code
+
+    return code.compute_score(solution_str, ground_truth, extra_info)
+
+
 def _math(solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
     from mopd.rewards import math as math_verifier
 
@@ -120,6 +126,7 @@ _PREFIXES: dict[str, VerifierFn] = {}
 def _builtin() -> None:
     """Register the built-in verifiers (code/math/mcq/tooluse join here as they are written)."""
     register_reward("embedded_arith", _embedded_arith)  # == mopd.embedded_task.DATA_SOURCE
+    register_reward(["code", "livecodebench", "humanevalplus", "mbppplus", "humaneval"], _code)
     register_reward(["math", "math500", "dapo_math", "gsm8k"], _math)
     register_reward(["aime24", "aime25", "aime2024", "aime2025", "amc23", "hmmt25"], _math_competition)
     _PREFIXES.update({"aime": _math_competition, "hmmt": _math_competition})  # matched case-insensitively
