@@ -157,3 +157,29 @@ def test_external_teacher_with_another_vocabulary_is_refused(fixture_dir, tmp_pa
     assert result.returncode == 2
     assert "actor_rollout_ref.ref.model.path" in result.stderr and "differs from the student's" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_training_step_on_sciknoweval_chemistry(fixture_dir, tmp_path):
+    """The pipeline on real benchmark data: shared records -> preprocess.py -> parquet -> one MOPD step."""
+    import shutil
+
+    shared = ROOT.parent / "shared" / "datasets" / "sciknoweval" / "chemistry"
+    if not shared.exists():
+        pytest.skip("../shared/datasets is not beside the project")
+    data = tmp_path / "chemistry"
+    data.mkdir()
+    for split in ("train.json", "test.json"):
+        shutil.copy(shared / split, data / split)
+    prep = subprocess.run([sys.executable, "data/preprocess.py", "--data_source", str(data)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert prep.returncode == 0, prep.stderr
+    run = tmp_path / "run"
+    train(fixture_dir, run, "trainer.backend=local", f"data.train_files={data / 'train.parquet'}",
+          f"data.val_files={data / 'test.parquet'}", "data.max_prompt_length=4096", "data.max_response_length=8",
+          "actor_rollout_ref.actor.self_distillation.max_reprompt_len=8192", "trainer.total_training_steps=1",
+          "data.val_batch_size=8", f"trainer.rollout_data_dir={run / 'rollouts'}")
+    rows = metrics(run)
+    assert rows[-1]["step"] == 1 and torch.isfinite(torch.tensor(rows[-1]["actor/loss"]))
+    dump = [json.loads(line) for line in (run / "rollouts" / "1.jsonl").read_text().splitlines()]
+    assert {r["data_source"] for r in dump} == {"sciknoweval"}
+    assert all(r["score"] in (0.0, 1.0) for r in dump)
