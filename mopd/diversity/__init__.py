@@ -1,0 +1,5 @@
+"""Solution-diversity study (paper's diversity table): metrics, input readers, pipeline and plots.
+
+``diversity/compute_metrics.py`` and ``diversity/plot_metrics.py`` are the command lines; see
+docs/diversity.md. ``mopd.diversity.metrics`` holds the per-group metric definitions.
+"""
