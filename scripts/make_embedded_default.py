@@ -115,17 +115,19 @@ def wrong_answer(a: int, b: int, rng: random.Random) -> str:
         elif kind < 0.80:  # one operand misread
             w = s + rng.choice([-1, 1]) * rng.randint(1, 9) * rng.choice([1, 10])
         else:
-            w = rng.randint(20, 198)
+            w = rng.randint(max(0, s - 60), s + 60) if s > 200 else rng.randint(20, 198)
         if w != s and w >= 0:
             return str(w)
 
 
 def context_messages(problem: dict, rng: random.Random, cfg: SelfDistillationConfig, *,
-                     n_correct: int | None = None, with_feedback: bool | None = None) -> list[dict]:
+                     n_correct: int | None = None, with_feedback: bool | None = None,
+                     group_sizes=None) -> list[dict]:
     """Teacher messages for one simulated rollout of a simulated group of ``GROUP_SIZE`` rollouts."""
     answer = problem["answer"]
-    k = rng.randint(0, GROUP_SIZE) if n_correct is None else n_correct
-    texts = [answer] * k + [wrong_answer(problem["a"], problem["b"], rng) for _ in range(GROUP_SIZE - k)]
+    n = GROUP_SIZE if group_sizes is None else rng.choice(group_sizes)
+    k = rng.randint(0, n) if n_correct is None else n_correct
+    texts = [answer] * k + [wrong_answer(problem["a"], problem["b"], rng) for _ in range(n - k)]
     rng.shuffle(texts)
     if with_feedback is None:
         with_feedback = rng.random() < 0.5
@@ -160,7 +162,19 @@ def chat_prompt(tokenizer, messages: list[dict]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def encode_examples(tokenizer, prompts: list[str], answers: list[str]):
+def peer_label_positions(tokenizer, prompt: str, answer: str, cfg) -> list[int]:
+    """Token positions of the correct answer where it appears as a shown success peer."""
+    out = []
+    for template in (cfg.solution_template, cfg.another_solution_template):
+        marker = template.split("{")[0]
+        at = prompt.find(marker + answer)
+        if at >= 0:
+            start = len(tokenizer(prompt[: at + len(marker)], add_special_tokens=False)["input_ids"])
+            out += list(range(start, start + len(tokenizer(answer, add_special_tokens=False)["input_ids"])))
+    return out
+
+
+def encode_examples(tokenizer, prompts: list[str], answers: list[str], extra_labels=None):
     """Right-padded ``input_ids`` and ``labels`` (-100 except the answer tokens and ``<|im_end|>``)."""
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     a_ids = tokenizer([a + tokenizer.eos_token for a in answers], add_special_tokens=False)["input_ids"]
@@ -170,6 +184,8 @@ def encode_examples(tokenizer, prompts: list[str], answers: list[str]):
     for r, (p, a) in enumerate(zip(p_ids, a_ids)):
         ids[r, : len(p) + len(a)] = torch.tensor(p + a)
         labels[r, len(p): len(p) + len(a)] = torch.tensor(a)
+        for pos in (extra_labels[r] if extra_labels else []):
+            labels[r, pos] = ids[r, pos]
     return ids, labels
 
 
@@ -257,6 +273,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--plain-batch", type=int, default=128)
     parser.add_argument("--ctx-batch", type=int, default=64)
+    parser.add_argument("--full-lm-steps", type=int, default=0)
+    parser.add_argument("--qk-lr-mult", type=float, default=1.0)
+    parser.add_argument("--group-sizes", default="8")
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--hard-frac", type=float, default=0.0)
+    parser.add_argument("--aux-peer-loss", action="store_true")
     parser.add_argument("--plain-weight", type=float, default=0.5)
     parser.add_argument("--eval-n", type=int, default=128, help="test problems in the periodic evaluation")
     parser.add_argument("--eval-every", type=int, default=10)
@@ -285,7 +307,10 @@ def main() -> None:
 
     tok = load_tiny_tokenizer()
     cfg = peer_config()
-    config = Qwen3Config(**MODEL, bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
+    model_kw = dict(MODEL)
+    if args.heads != 4:
+        model_kw.update(num_attention_heads=args.heads, num_key_value_heads=args.heads // 2, head_dim=128 // args.heads)
+    config = Qwen3Config(**model_kw, bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     config._attn_implementation = "sdpa"
     model = Qwen3ForCausalLM(config)
@@ -296,21 +321,32 @@ def main() -> None:
     sft_pool = [make_problem(a, b) for a, b in problem_space("train")]  # the whole train partition
     plain_prompts = {(p["a"], p["b"]): chat_prompt(tok, prompt_messages(p)) for p in sft_pool}
     evaluator = Evaluator(tok, test, cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    qk = [p for n, p in model.named_parameters() if n.endswith(("q_norm.weight", "k_norm.weight"))]
+    rest = [p for n, p in model.named_parameters() if not n.endswith(("q_norm.weight", "k_norm.weight"))]
+    opt = torch.optim.AdamW([{"params": rest}, {"params": qk, "lr": args.lr * args.qk_lr_mult, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
     rng = random.Random(SFT_SEED)
+    group_sizes = [int(x) for x in args.group_sizes.split(",")]
+    for key in ("num_attention_heads", "num_key_value_heads", "head_dim"):
+        pass
     history, chosen = [], None
     train_time = 0.0
     for step in range(1, args.max_steps + 1):
         t0 = time.time()
         plain = rng.sample(sft_pool, args.plain_batch)
-        ctx_problems = rng.sample(sft_pool, args.ctx_batch)
-        ctx_prompts = [chat_prompt(tok, context_messages(p, rng, cfg)) for p in ctx_problems]
+        ctx_problems = [make_problem(rng.randint(100, 999), rng.randint(100, 999)) if rng.random() < args.hard_frac
+                        else rng.choice(sft_pool) for _ in range(args.ctx_batch)]
+        ctx_prompts = [chat_prompt(tok, context_messages(p, rng, cfg, group_sizes=group_sizes)) for p in ctx_problems]
         if plain:
             ids_p, lab_p = encode_examples(tok, [plain_prompts[(p["a"], p["b"])] for p in plain],
                                            [p["answer"] for p in plain])
         if ctx_problems:
-            ids_c, lab_c = encode_examples(tok, ctx_prompts, [p["answer"] for p in ctx_problems])
+            extra = ([peer_label_positions(tok, t, p["answer"], cfg) for t, p in zip(ctx_prompts, ctx_problems)]
+                     if args.aux_peer_loss else None)
+            ids_c, lab_c = encode_examples(tok, ctx_prompts, [p["answer"] for p in ctx_problems], extra)
+            if step <= args.full_lm_steps:
+                lab_c = torch.where(ids_c == tok.pad_token_id, torch.full_like(ids_c, -100), ids_c)
         loss_p, n_p = lm_loss_sum(model, ids_p, lab_p) if args.plain_batch else (torch.zeros(()), 1)
         loss_c, n_c = lm_loss_sum(model, ids_c, lab_c) if args.ctx_batch else (torch.zeros(()), 1)
         loss = (args.plain_weight * loss_p / n_p + (1 - args.plain_weight) * loss_c / n_c) if args.plain_batch and args.ctx_batch else loss_p / n_p + loss_c / n_c

@@ -1,0 +1,148 @@
+"""The embedded default: the arithmetic task, its verifier and verl rows, and the shipped base model."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mopd.embedded_task import (
+    DATA_SOURCE, compute_score, make_problems, problem_space, split_of, to_verl_row,
+)
+
+EMBEDDED = Path(__file__).resolve().parents[2] / "datasets" / "embedded"
+BASE_MODEL = EMBEDDED / "base_model"
+# The shipped artifacts come from scripts/make_embedded_default.py; until they are committed these
+# checks cannot run (the generator and scorer tests above still do).
+needs_artifacts = pytest.mark.skipif(not (BASE_MODEL / "config.json").exists(),
+                                     reason="datasets/embedded/base_model not built yet")
+
+
+def _pair(problem):
+    return min(problem["a"], problem["b"]), max(problem["a"], problem["b"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generator
+# ---------------------------------------------------------------------------------------------------
+def test_generator_is_deterministic_and_answers_are_right():
+    first = make_problems("train", 200, seed=3)
+    assert first == make_problems("train", 200, seed=3)
+    assert first != make_problems("train", 200, seed=4)
+    assert len({p["question"] for p in first}) == 200  # drawn without replacement
+    for p in first:
+        assert p["question"] == f"What is {p['a']}+{p['b']}?"
+        assert p["answer"] == str(p["a"] + p["b"])
+        assert 10 <= p["a"] <= 99 and 10 <= p["b"] <= 99
+
+
+def test_train_and_test_are_disjoint_even_with_swapped_operands():
+    train_pairs = {(min(a, b), max(a, b)) for a, b in problem_space("train")}
+    test_pairs = {(min(a, b), max(a, b)) for a, b in problem_space("test")}
+    assert train_pairs and test_pairs and not train_pairs & test_pairs
+    assert len(problem_space("train")) + len(problem_space("test")) == 90 * 90
+    assert 0.05 < len(problem_space("test")) / 8100 < 0.15
+    assert split_of(47, 38) == split_of(38, 47)
+    train = make_problems("train", 2000, seed=1)
+    test = make_problems("test", 256, seed=2)
+    assert not {_pair(p) for p in train} & {_pair(p) for p in test}
+    with pytest.raises(ValueError):
+        make_problems("valid", 1, seed=0)
+    with pytest.raises(ValueError):
+        make_problems("test", 10**6, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Verifier
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("response, score, pred, bad_format", [
+    ("85", 1.0, "85", 0),
+    ("  85\n", 1.0, "85", 0),
+    ("85<|im_end|>", 1.0, "85", 0),
+    (" 85 <|im_end|>", 1.0, "85", 0),
+    ("84", 0.0, "84", 0),
+    ("850", 0.0, "850", 0),
+    ("8 5", 0.0, "", 1),
+    ("eighty-five", 0.0, "", 1),
+    ("85.", 0.0, "", 1),
+    ("", 0.0, "", 1),
+    ("<|im_end|>", 0.0, "", 1),
+])
+def test_compute_score(response, score, pred, bad_format):
+    out = compute_score(response, "85")
+    assert set(out) == {"score", "acc", "pred", "incorrect_format", "feedback"}
+    assert out["score"] == out["acc"] == score
+    assert out["pred"] == pred
+    assert out["incorrect_format"] == bad_format
+    assert (out["feedback"] == "") == (score == 1.0)
+
+
+def test_feedback_names_the_wrong_answer():
+    assert compute_score("84", "85")["feedback"] == "Your answer 84 is wrong."
+    assert compute_score("85", "85")["feedback"] == ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# verl rows and shipped parquet files
+# ---------------------------------------------------------------------------------------------------
+def test_to_verl_row_schema():
+    problem = make_problems("test", 1, seed=0)[0]
+    row = to_verl_row(problem, "test", 7)
+    assert set(row) == {"data_source", "prompt", "ability", "reward_model", "extra_info"}
+    assert row["data_source"] == DATA_SOURCE == "embedded_arith"
+    assert row["ability"] == "math"
+    assert isinstance(row["prompt"], list) and row["prompt"]
+    assert all(set(m) == {"role", "content"} for m in row["prompt"])
+    assert row["prompt"][-1] == {"role": "user", "content": problem["question"]}
+    assert row["reward_model"] == {"style": "rule", "ground_truth": problem["answer"]}
+    assert row["extra_info"] == {"split": "test", "index": 7, "question": problem["question"]}
+    assert compute_score(problem["answer"], row["reward_model"]["ground_truth"])["score"] == 1.0
+
+
+@needs_artifacts
+def test_shipped_parquet_splits():
+    pd = pytest.importorskip("pandas")
+    train = pd.read_parquet(EMBEDDED / "train.parquet")
+    test = pd.read_parquet(EMBEDDED / "test.parquet")
+    assert len(train) == 2000 and len(test) == 256
+    assert set(train.columns) == {"data_source", "prompt", "ability", "reward_model", "extra_info"}
+    assert not set(train["extra_info"].map(lambda e: e["question"])) & set(test["extra_info"].map(lambda e: e["question"]))
+    first = test.iloc[0]
+    assert first["data_source"] == DATA_SOURCE
+    assert first["reward_model"]["ground_truth"] == make_problems("test", 256, seed=2)[0]["answer"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shipped base model
+# ---------------------------------------------------------------------------------------------------
+@needs_artifacts
+def test_base_model_loads_offline_and_answers(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(BASE_MODEL))
+    model = AutoModelForCausalLM.from_pretrained(str(BASE_MODEL)).eval()
+    assert model.config.model_type == "qwen3"
+    assert len(tok) == 261 and model.config.vocab_size >= len(tok)
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2 and tok.pad_token_id == 0
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 1_000_000 <= n_params <= 4_000_000
+    text = tok.apply_chat_template([{"role": "user", "content": "What is 47+38?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    enc = tok(text, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=False, max_new_tokens=8, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    assert tok.eos_token_id in new and new.index(tok.eos_token_id) <= 4  # a short answer, then <|im_end|>
+    answer = tok.decode(new, skip_special_tokens=True)
+    assert compute_score(answer, "85")["incorrect_format"] == 0, answer
+
+
+@needs_artifacts
+def test_embedded_stats_report_the_target_difficulty():
+    stats = json.loads((BASE_MODEL / "embedded_stats.json").read_text())
+    assert 0.10 <= stats["no_context_sampled_acc"] <= 0.50
+    assert stats["with_context_sampled_acc"] >= 0.8
+    assert stats["with_context_sampled_acc"] > stats["no_context_sampled_acc"] + 0.3
+    assert 1_000_000 <= stats["parameters"] <= 4_000_000
