@@ -209,11 +209,8 @@ class ActorRolloutRefWorker:
         return {"updated": True}
 
     # ------------------------------------------------------------------------------------------
-    @register(Dispatch.ONE_TO_ALL)
-    def save_checkpoint(self, directory: str) -> None:
-        """Sharded model/optimizer/teacher state via torch.distributed.checkpoint + per-rank RNG and
-        scheduler state, into ``directory`` (a temp dir the driver commits atomically)."""
-        import torch.distributed.checkpoint as dcp
+    def _sharded_state(self) -> dict:
+        """Model, optimizer and teacher state as DCP-ready sharded dicts (parameters resharded first)."""
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         for module in (self.actor, self.teacher_module, self.ref_module):
@@ -222,6 +219,15 @@ class ActorRolloutRefWorker:
         state = {"model": model_sd, "optim": optim_sd}
         if self.teacher_module is not None:
             state["teacher"] = self.teacher_module.state_dict()
+        return state
+
+    @register(Dispatch.ONE_TO_ALL)
+    def save_checkpoint(self, directory: str) -> None:
+        """Sharded model/optimizer/teacher state via torch.distributed.checkpoint + per-rank RNG and
+        scheduler state, into ``directory`` (a temp dir the driver commits atomically)."""
+        import torch.distributed.checkpoint as dcp
+
+        state = self._sharded_state()
         dcp.save(state, checkpoint_id=os.path.join(directory, "sharded"))
         torch.save({"scheduler": self.scheduler.state_dict(), "rng": _rng_state()},
                    os.path.join(directory, f"extra_rank{self.rank}.pt"))
@@ -230,14 +236,9 @@ class ActorRolloutRefWorker:
     @register(Dispatch.ONE_TO_ALL)
     def load_checkpoint(self, directory: str) -> None:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        for module in (self.actor, self.teacher_module, self.ref_module):
-            model_utils.reshard(module)
-        model_sd, optim_sd = get_state_dict(self.actor, self.optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-        if self.teacher_module is not None:
-            state["teacher"] = self.teacher_module.state_dict()
+        state = self._sharded_state()
         dcp.load(state, checkpoint_id=os.path.join(directory, "sharded"))
         set_state_dict(self.actor, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         if self.teacher_module is not None:
