@@ -115,19 +115,17 @@ def wrong_answer(a: int, b: int, rng: random.Random) -> str:
         elif kind < 0.80:  # one operand misread
             w = s + rng.choice([-1, 1]) * rng.randint(1, 9) * rng.choice([1, 10])
         else:
-            w = rng.randint(max(0, s - 60), s + 60) if s > 200 else rng.randint(20, 198)
+            w = rng.randint(20, 198)
         if w != s and w >= 0:
             return str(w)
 
 
 def context_messages(problem: dict, rng: random.Random, cfg: SelfDistillationConfig, *,
-                     n_correct: int | None = None, with_feedback: bool | None = None,
-                     group_sizes=None) -> list[dict]:
+                     n_correct: int | None = None, with_feedback: bool | None = None) -> list[dict]:
     """Teacher messages for one simulated rollout of a simulated group of ``GROUP_SIZE`` rollouts."""
     answer = problem["answer"]
-    n = GROUP_SIZE if group_sizes is None else rng.choice(group_sizes)
-    k = rng.randint(0, n) if n_correct is None else n_correct
-    texts = [answer] * k + [wrong_answer(problem["a"], problem["b"], rng) for _ in range(n - k)]
+    k = rng.randint(0, GROUP_SIZE) if n_correct is None else n_correct
+    texts = [answer] * k + [wrong_answer(problem["a"], problem["b"], rng) for _ in range(GROUP_SIZE - k)]
     rng.shuffle(texts)
     if with_feedback is None:
         with_feedback = rng.random() < 0.5
@@ -162,19 +160,7 @@ def chat_prompt(tokenizer, messages: list[dict]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def peer_label_positions(tokenizer, prompt: str, answer: str, cfg) -> list[int]:
-    """Token positions of the correct answer where it appears as a shown success peer."""
-    out = []
-    for template in (cfg.solution_template, cfg.another_solution_template):
-        marker = template.split("{")[0]
-        at = prompt.find(marker + answer)
-        if at >= 0:
-            start = len(tokenizer(prompt[: at + len(marker)], add_special_tokens=False)["input_ids"])
-            out += list(range(start, start + len(tokenizer(answer, add_special_tokens=False)["input_ids"])))
-    return out
-
-
-def encode_examples(tokenizer, prompts: list[str], answers: list[str], extra_labels=None):
+def encode_examples(tokenizer, prompts: list[str], answers: list[str]):
     """Right-padded ``input_ids`` and ``labels`` (-100 except the answer tokens and ``<|im_end|>``)."""
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     a_ids = tokenizer([a + tokenizer.eos_token for a in answers], add_special_tokens=False)["input_ids"]
@@ -184,8 +170,6 @@ def encode_examples(tokenizer, prompts: list[str], answers: list[str], extra_lab
     for r, (p, a) in enumerate(zip(p_ids, a_ids)):
         ids[r, : len(p) + len(a)] = torch.tensor(p + a)
         labels[r, len(p): len(p) + len(a)] = torch.tensor(a)
-        for pos in (extra_labels[r] if extra_labels else []):
-            labels[r, pos] = ids[r, pos]
     return ids, labels
 
 
@@ -231,13 +215,15 @@ class Evaluator:
         self.fail_only = [chat_prompt(tokenizer, context_messages(p, rng, cfg, n_correct=0, with_feedback=False))
                           for p in test_problems]
 
-    def quick(self, model, seed: int, n: int) -> dict:
-        plain, ctx, answers = self.plain[:n], self.ctx[:n], self.answers[:n]
-        return {
-            "nc_sampled": accuracy(generate_answers(model, self.tok, plain * 2, sample=True, seed=seed),
-                                   answers * 2),
-            "ctx_sampled": accuracy(generate_answers(model, self.tok, ctx, sample=True, seed=seed + 1), answers),
-        }
+    def quick(self, model, seed: int, n: int, plain: bool = True) -> dict:
+        """Sampled accuracy on the first ``n`` test problems: no context (2 samples each) and with context."""
+        out = {}
+        if plain:
+            out["nc_sampled"] = accuracy(generate_answers(model, self.tok, self.plain[:n] * 2, sample=True, seed=seed),
+                                         self.answers[:n] * 2)
+        out["ctx_sampled"] = accuracy(generate_answers(model, self.tok, self.ctx[:n], sample=True, seed=seed + 1),
+                                      self.answers[:n])
+        return out
 
     def full(self, model, samples: int = 8) -> dict:
         n = len(self.answers)
@@ -268,24 +254,19 @@ class Evaluator:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=str(OUT_DIR))
-    parser.add_argument("--max-steps", type=int, default=600)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--plain-batch", type=int, default=128)
-    parser.add_argument("--ctx-batch", type=int, default=64)
-    parser.add_argument("--full-lm-steps", type=int, default=0)
-    parser.add_argument("--qk-lr-mult", type=float, default=1.0)
-    parser.add_argument("--group-sizes", default="8")
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--hard-frac", type=float, default=0.0)
-    parser.add_argument("--aux-peer-loss", action="store_true")
-    parser.add_argument("--plain-weight", type=float, default=0.5)
+    parser.add_argument("--p1-ctx-batch", type=int, default=32, help="phase 1: teacher prompts only")
+    parser.add_argument("--p1-min-steps", type=int, default=120)
+    parser.add_argument("--p1-max-steps", type=int, default=450)
+    parser.add_argument("--p1-ctx-acc", type=float, default=0.75, help="phase 1 ends at this with-context acc")
+    parser.add_argument("--p2-plain-batch", type=int, default=128, help="phase 2: plain questions + ...")
+    parser.add_argument("--p2-ctx-batch", type=int, default=16, help="... teacher prompts")
+    parser.add_argument("--p2-max-steps", type=int, default=400)
     parser.add_argument("--eval-n", type=int, default=128, help="test problems in the periodic evaluation")
-    parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--min-step", type=int, default=60)
     parser.add_argument("--target-nc", type=float, default=0.25, help="stop once sampled no-context acc >= this")
+    parser.add_argument("--band", type=float, nargs=2, default=(0.15, 0.40), help="acceptable no-context acc")
     parser.add_argument("--min-ctx", type=float, default=0.85, help="...and with-context acc >= this")
-    parser.add_argument("--no-stop", action="store_true", help="train all steps (for exploring the curve)")
     args = parser.parse_args()
 
     started = time.time()
@@ -307,10 +288,7 @@ def main() -> None:
 
     tok = load_tiny_tokenizer()
     cfg = peer_config()
-    model_kw = dict(MODEL)
-    if args.heads != 4:
-        model_kw.update(num_attention_heads=args.heads, num_key_value_heads=args.heads // 2, head_dim=128 // args.heads)
-    config = Qwen3Config(**model_kw, bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
+    config = Qwen3Config(**MODEL, bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     config._attn_implementation = "sdpa"
     model = Qwen3ForCausalLM(config)
@@ -321,60 +299,85 @@ def main() -> None:
     sft_pool = [make_problem(a, b) for a, b in problem_space("train")]  # the whole train partition
     plain_prompts = {(p["a"], p["b"]): chat_prompt(tok, prompt_messages(p)) for p in sft_pool}
     evaluator = Evaluator(tok, test, cfg)
-    qk = [p for n, p in model.named_parameters() if n.endswith(("q_norm.weight", "k_norm.weight"))]
-    rest = [p for n, p in model.named_parameters() if not n.endswith(("q_norm.weight", "k_norm.weight"))]
-    opt = torch.optim.AdamW([{"params": rest}, {"params": qk, "lr": args.lr * args.qk_lr_mult, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
     rng = random.Random(SFT_SEED)
-    group_sizes = [int(x) for x in args.group_sizes.split(",")]
-    for key in ("num_attention_heads", "num_key_value_heads", "head_dim"):
-        pass
-    history, chosen = [], None
-    train_time = 0.0
-    for step in range(1, args.max_steps + 1):
-        t0 = time.time()
-        plain = rng.sample(sft_pool, args.plain_batch)
-        ctx_problems = [make_problem(rng.randint(100, 999), rng.randint(100, 999)) if rng.random() < args.hard_frac
-                        else rng.choice(sft_pool) for _ in range(args.ctx_batch)]
-        ctx_prompts = [chat_prompt(tok, context_messages(p, rng, cfg, group_sizes=group_sizes)) for p in ctx_problems]
+
+    def train_step(n_plain: int, n_ctx: int) -> dict:
+        plain = rng.sample(sft_pool, n_plain)
+        ctx_problems = rng.sample(sft_pool, n_ctx)
+        ctx_prompts = [chat_prompt(tok, context_messages(p, rng, cfg)) for p in ctx_problems]
+        losses, total = {}, 0.0
         if plain:
-            ids_p, lab_p = encode_examples(tok, [plain_prompts[(p["a"], p["b"])] for p in plain],
-                                           [p["answer"] for p in plain])
+            ids, labels = encode_examples(tok, [plain_prompts[(p["a"], p["b"])] for p in plain],
+                                          [p["answer"] for p in plain])
+            loss, n = lm_loss_sum(model, ids, labels)
+            total = total + loss / n
+            losses["plain"] = float(loss.detach()) / n
         if ctx_problems:
-            extra = ([peer_label_positions(tok, t, p["answer"], cfg) for t, p in zip(ctx_prompts, ctx_problems)]
-                     if args.aux_peer_loss else None)
-            ids_c, lab_c = encode_examples(tok, ctx_prompts, [p["answer"] for p in ctx_problems], extra)
-            if step <= args.full_lm_steps:
-                lab_c = torch.where(ids_c == tok.pad_token_id, torch.full_like(ids_c, -100), ids_c)
-        loss_p, n_p = lm_loss_sum(model, ids_p, lab_p) if args.plain_batch else (torch.zeros(()), 1)
-        loss_c, n_c = lm_loss_sum(model, ids_c, lab_c) if args.ctx_batch else (torch.zeros(()), 1)
-        loss = (args.plain_weight * loss_p / n_p + (1 - args.plain_weight) * loss_c / n_c) if args.plain_batch and args.ctx_batch else loss_p / n_p + loss_c / n_c
+            ids, labels = encode_examples(tok, ctx_prompts, [p["answer"] for p in ctx_problems])
+            loss, n = lm_loss_sum(model, ids, labels)
+            total = total + loss / n
+            losses["ctx"] = float(loss.detach()) / n
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        return losses
+
+    history, snapshots, train_time, step = [], [], 0.0, 0
+
+    def log(phase: int, losses: dict, metrics: dict | None = None, eval_s: float = 0.0) -> None:
+        text = "  ".join(f"loss {k} {v:.3f}" for k, v in losses.items())
+        if metrics is not None:
+            history.append({"phase": phase, "step": step, **{f"loss_{k}": round(v, 4) for k, v in losses.items()},
+                            **metrics})
+            text += "  " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()) + f"  (eval {eval_s:.1f}s)"
+        print(f"[phase {phase}] step {step:4d}  {text}  (train {train_time:.0f}s, total {time.time() - started:.0f}s)",
+              flush=True)
+
+    # Phase 1: teacher prompts only, until the model reads peer context (copies a correct peer).
+    for _ in range(args.p1_max_steps):
+        t0 = time.time()
+        step += 1
+        losses = train_step(0, args.p1_ctx_batch)
         train_time += time.time() - t0
-        if step % args.eval_every == 0 and step >= args.min_step:
+        if step >= args.p1_min_steps and step % 20 == 0:
+            t1 = time.time()
+            metrics = evaluator.quick(model, seed=EVAL_SEED + step, n=args.eval_n, plain=False)
+            log(1, losses, metrics, time.time() - t1)
+            if metrics["ctx_sampled"] >= args.p1_ctx_acc:
+                break
+        elif step % 20 == 0:
+            log(1, losses)
+    p1_steps = step
+
+    # Phase 2: plain questions join; stop when no-context accuracy reaches the target band.
+    chosen = None
+    lo, hi = args.band
+    for _ in range(args.p2_max_steps):
+        t0 = time.time()
+        step += 1
+        losses = train_step(args.p2_plain_batch, args.p2_ctx_batch)
+        train_time += time.time() - t0
+        if step % 10 == 0:
             t1 = time.time()
             metrics = evaluator.quick(model, seed=EVAL_SEED + step, n=args.eval_n)
-            history.append({"step": step, "loss_plain": round(float(loss_p.detach()) / n_p, 4),
-                            "loss_ctx": round(float(loss_c.detach()) / n_c, 4), **metrics})
-            print(f"step {step:4d}  loss plain {float(loss_p.detach()) / n_p:.3f} ctx {float(loss_c.detach()) / n_c:.3f}  "
-                  f"acc no-ctx sampled {metrics['nc_sampled']:.3f}  with-ctx sampled {metrics['ctx_sampled']:.3f}  "
-                  f"(train {train_time:.0f}s, eval {time.time() - t1:.1f}s, total {time.time() - started:.0f}s)",
-                  flush=True)
-            if (not args.no_stop and metrics["nc_sampled"] >= args.target_nc
-                    and metrics["ctx_sampled"] >= args.min_ctx):
+            log(2, losses, metrics, time.time() - t1)
+            if lo <= metrics["nc_sampled"] <= hi:
+                snapshots.append((step, metrics, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+            if metrics["nc_sampled"] >= args.target_nc and metrics["ctx_sampled"] >= args.min_ctx:
                 chosen = step
                 break
-        elif step % 10 == 0:
-            print(f"step {step:4d}  loss plain {float(loss_p.detach()) / n_p:.3f} ctx {float(loss_c.detach()) / n_c:.3f}  "
-                  f"(train {train_time:.0f}s)", flush=True)
+            if metrics["nc_sampled"] > hi + 0.05:
+                break
     if chosen is None:
-        chosen = args.max_steps
-        print(f"warning: the stopping rule never fired; keeping the model after {chosen} steps")
+        if not snapshots:
+            raise SystemExit("no checkpoint reached the target band; adjust the schedule")
+        chosen, metrics, state = max(snapshots, key=lambda s: (s[1]["ctx_sampled"], -abs(s[1]["nc_sampled"] - args.target_nc)))
+        model.load_state_dict(state)
+        print(f"warning: the stopping rule never fired; keeping the snapshot of step {chosen} ({metrics})")
 
     # 3. save + final measurement on the saved model ---------------------------------------------------
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -398,6 +401,7 @@ def main() -> None:
         "n_train": len(train), "n_test": len(test),
         "parameters": n_params,
         "sft_steps": chosen,
+        "sft_phase1_steps": p1_steps,
         "sft_train_seconds": round(train_time, 1),
         "wall_seconds": round(time.time() - started, 1),
         "threads": THREADS,
