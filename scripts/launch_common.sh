@@ -159,7 +159,8 @@ mopd_common_args() {
       actor_rollout_ref.rollout.val_kwargs.temperature=0.6 \
       actor_rollout_ref.rollout.val_kwargs.top_p=0.95 \
       algorithm.rollout_correction.rollout_is=token \
-      trainer.total_epochs=30 trainer.test_freq=5 \
+      actor_rollout_ref.actor.optim.warmup_style=constant \
+      trainer.total_epochs=30 trainer.total_training_steps=null trainer.test_freq=5 \
       "trainer.logger=[console,jsonl,wandb]"
     if [ -n "$MOPD_ATTN" ]; then
       mopd_add "actor_rollout_ref.model.attn_implementation=$MOPD_ATTN"

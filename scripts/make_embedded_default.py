@@ -121,21 +121,28 @@ def wrong_answer(a: int, b: int, rng: random.Random) -> str:
 
 
 def context_messages(problem: dict, rng: random.Random, cfg: SelfDistillationConfig, *,
-                     n_correct: int | None = None, with_feedback: bool | None = None) -> list[dict]:
-    """Teacher messages for one simulated rollout of a simulated group of ``GROUP_SIZE`` rollouts."""
+                     n_correct: int | None = None, with_feedback: bool | None = None,
+                     require_success: bool = False) -> list[dict]:
+    """Teacher messages for one simulated rollout of a simulated group of ``GROUP_SIZE`` rollouts.
+
+    ``require_success``: only a rollout whose context shows a correct peer (phase 1 of the SFT).
+    """
     answer = problem["answer"]
-    k = rng.randint(0, GROUP_SIZE) if n_correct is None else n_correct
-    texts = [answer] * k + [wrong_answer(problem["a"], problem["b"], rng) for _ in range(GROUP_SIZE - k)]
-    rng.shuffle(texts)
-    if with_feedback is None:
-        with_feedback = rng.random() < 0.5
-    rollouts = []
-    for text in texts:
-        score = compute_score(text, answer)
-        rollouts.append(Rollout(uid="u", reward=score["score"], text=text,
-                                feedback=score["feedback"] if with_feedback else None))
-    selection = select_peers(rollouts, cfg, rng)
-    candidates = [i for i, ctx in enumerate(selection.contexts) if ctx.has_context]
+    while True:
+        k = rng.randint(0, GROUP_SIZE) if n_correct is None else n_correct
+        texts = [answer] * k + [wrong_answer(problem["a"], problem["b"], rng) for _ in range(GROUP_SIZE - k)]
+        rng.shuffle(texts)
+        feedback = rng.random() < 0.5 if with_feedback is None else with_feedback
+        rollouts = []
+        for text in texts:
+            score = compute_score(text, answer)
+            rollouts.append(Rollout(uid="u", reward=score["score"], text=text,
+                                    feedback=score["feedback"] if feedback else None))
+        selection = select_peers(rollouts, cfg, rng)
+        candidates = [i for i, ctx in enumerate(selection.contexts)
+                      if ctx.has_context and (ctx.shows_success or not require_success)]
+        if candidates:
+            break
     i = rng.choice(candidates)
     ctx = selection.contexts[i]
     msgs, _ = render_teacher_messages(prompt_messages(problem), ctx, rollouts,
@@ -221,8 +228,9 @@ class Evaluator:
         if plain:
             out["nc_sampled"] = accuracy(generate_answers(model, self.tok, self.plain[:n] * 2, sample=True, seed=seed),
                                          self.answers[:n] * 2)
-        out["ctx_sampled"] = accuracy(generate_answers(model, self.tok, self.ctx[:n], sample=True, seed=seed + 1),
-                                      self.answers[:n])
+        m = n if not plain else n // 2
+        out["ctx_sampled"] = accuracy(generate_answers(model, self.tok, self.ctx[:m], sample=True, seed=seed + 1),
+                                      self.answers[:m])
         return out
 
     def full(self, model, samples: int = 8) -> dict:
@@ -257,16 +265,18 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--p1-ctx-batch", type=int, default=32, help="phase 1: teacher prompts only")
-    parser.add_argument("--p1-min-steps", type=int, default=120)
+    parser.add_argument("--p1-min-steps", type=int, default=140)
     parser.add_argument("--p1-max-steps", type=int, default=450)
-    parser.add_argument("--p1-ctx-acc", type=float, default=0.75, help="phase 1 ends at this with-context acc")
+    parser.add_argument("--p1-ctx-acc", type=float, default=0.4, help="phase 1 ends at this with-context acc")
     parser.add_argument("--p2-plain-batch", type=int, default=128, help="phase 2: plain questions + ...")
-    parser.add_argument("--p2-ctx-batch", type=int, default=16, help="... teacher prompts")
+    parser.add_argument("--p2-ctx-batch", type=int, default=8, help="... teacher prompts")
+    parser.add_argument("--p2-ctx-weight", type=float, default=1.0)
     parser.add_argument("--p2-max-steps", type=int, default=400)
+    parser.add_argument("--eval-dense-below", type=float, default=0.95)
     parser.add_argument("--eval-n", type=int, default=128, help="test problems in the periodic evaluation")
     parser.add_argument("--target-nc", type=float, default=0.25, help="stop once sampled no-context acc >= this")
     parser.add_argument("--band", type=float, nargs=2, default=(0.15, 0.40), help="acceptable no-context acc")
-    parser.add_argument("--min-ctx", type=float, default=0.85, help="...and with-context acc >= this")
+    parser.add_argument("--min-ctx", type=float, default=0.8, help="...and with-context acc >= this")
     args = parser.parse_args()
 
     started = time.time()
@@ -303,10 +313,11 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
     rng = random.Random(SFT_SEED)
 
-    def train_step(n_plain: int, n_ctx: int) -> dict:
+    def train_step(n_plain: int, n_ctx: int, require_success: bool = False, ctx_weight: float = 1.0) -> dict:
         plain = rng.sample(sft_pool, n_plain)
         ctx_problems = rng.sample(sft_pool, n_ctx)
-        ctx_prompts = [chat_prompt(tok, context_messages(p, rng, cfg)) for p in ctx_problems]
+        ctx_prompts = [chat_prompt(tok, context_messages(p, rng, cfg, require_success=require_success))
+                       for p in ctx_problems]
         losses, total = {}, 0.0
         if plain:
             ids, labels = encode_examples(tok, [plain_prompts[(p["a"], p["b"])] for p in plain],
@@ -317,7 +328,7 @@ def main() -> None:
         if ctx_problems:
             ids, labels = encode_examples(tok, ctx_prompts, [p["answer"] for p in ctx_problems])
             loss, n = lm_loss_sum(model, ids, labels)
-            total = total + loss / n
+            total = total + ctx_weight * loss / n
             losses["ctx"] = float(loss.detach()) / n
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -341,11 +352,11 @@ def main() -> None:
     for _ in range(args.p1_max_steps):
         t0 = time.time()
         step += 1
-        losses = train_step(0, args.p1_ctx_batch)
+        losses = train_step(0, args.p1_ctx_batch, require_success=True)
         train_time += time.time() - t0
         if step >= args.p1_min_steps and step % 20 == 0:
             t1 = time.time()
-            metrics = evaluator.quick(model, seed=EVAL_SEED + step, n=args.eval_n, plain=False)
+            metrics = evaluator.quick(model, seed=EVAL_SEED + step, n=args.eval_n // 2, plain=False)
             log(1, losses, metrics, time.time() - t1)
             if metrics["ctx_sampled"] >= args.p1_ctx_acc:
                 break
@@ -359,9 +370,10 @@ def main() -> None:
     for _ in range(args.p2_max_steps):
         t0 = time.time()
         step += 1
-        losses = train_step(args.p2_plain_batch, args.p2_ctx_batch)
+        losses = train_step(args.p2_plain_batch, args.p2_ctx_batch, ctx_weight=args.p2_ctx_weight)
         train_time += time.time() - t0
-        if step % 10 == 0:
+        # Evaluate every 10 steps once the plain loss says the jump is near (every 30 before).
+        if step % (10 if losses["plain"] < args.eval_dense_below else 30) == 0:
             t1 = time.time()
             metrics = evaluator.quick(model, seed=EVAL_SEED + step, n=args.eval_n)
             log(2, losses, metrics, time.time() - t1)

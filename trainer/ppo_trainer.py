@@ -77,8 +77,11 @@ class Trainer:
         trainer = self.config["trainer"]
         self.global_step = self._load_checkpoint()
         last_val: dict = {}
+        first_val: tuple[int, dict] | None = None
+        started = time.perf_counter()
         if self.val_set is not None and trainer["val_before_train"] and self.global_step == 0:
             last_val = self._validate()
+            first_val = (0, last_val)
             self.tracker.log(last_val, step=0)
         batches = self._batches()
         while self.global_step < self.total_steps:
@@ -122,7 +125,24 @@ class Trainer:
             metrics["training/epoch"] = self.sampler.state_dict()["epoch"]
             self.tracker.log(metrics, step=step)
         self.tracker.close()
+        self._print_summary(first_val, last_val, time.perf_counter() - started)
         return last_val
+
+    def _print_summary(self, first_val: tuple[int, dict] | None, last_val: dict, seconds: float) -> None:
+        """The end of a run in three lines: held-out scores before -> after, and where the files are."""
+        minutes, secs = divmod(int(round(seconds)), 60)
+        print(f"[mopd] done: step {self.global_step}/{self.total_steps} in {minutes}m{secs:02d}s", flush=True)
+        for key in sorted(k for k in last_val if k.startswith("val-core/")):
+            before = f"{first_val[1][key]:.4f} (step {first_val[0]}) -> " if first_val and key in first_val[1] else ""
+            print(f"[mopd]   {key}: {before}{last_val[key]:.4f} (step {self.global_step})", flush=True)
+        trainer = self.config["trainer"]
+        where = [str(self.output_dir / "metrics.jsonl")] if "jsonl" in trainer["logger"] else []
+        for key in ("rollout_data_dir", "validation_data_dir"):
+            if trainer.get(key):
+                where.append(f"{trainer[key]}/<step>.jsonl")
+        if trainer["save_freq"] > 0:
+            where.append(str(self.output_dir / "checkpoints"))
+        print(f"[mopd] results: {', '.join(where)}", flush=True)
 
     def close(self) -> None:
         self.group.shutdown()
