@@ -1,8 +1,5 @@
 """End to end: a short embedded-default MOPD run dumps its rollouts; the five analysis CLIs turn the dump
-into the teacher-signal table and plots, scoring with the embedded base model (on CPU).
-
-When ``datasets/embedded/base_model`` has not been built, a tiny random model and a parquet of embedded-task
-rows stand in (with a reward that gives mixed groups, so the pipeline still has something to rank).
+into the teacher-signal table and plots, scoring with the shipped embedded base model (on CPU).
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-EMBEDDED_MODEL = ROOT / "datasets" / "embedded" / "base_model"
 N_CONDITIONS = 19
 
 pytestmark = pytest.mark.slow
@@ -35,46 +31,15 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return result
 
 
-def _stand_in(tmp: Path) -> tuple[list[str], str]:
-    """Overrides and model for a run without the embedded base model."""
-    import pandas as pd
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from mopd import embedded_task
-    from mopd.tiny_tokenizer import load_tiny_tokenizer
-
-    tok = load_tiny_tokenizer()
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.2))
-    model.save_pretrained(tmp / "model")
-    tok.save_pretrained(tmp / "model")
-    for split, n in (("train", 64), ("test", 8)):
-        rows = [embedded_task.to_verl_row(p, split, i) for i, p in enumerate(embedded_task.make_problems(split, n, 0))]
-        pd.DataFrame(rows).to_parquet(tmp / f"{split}.parquet")
-    reward = tmp / "reward.py"
-    reward.write_text(
-        "import hashlib\n"
-        "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
-        "    ok = hashlib.sha1(solution_str.encode()).digest()[0] % 2 == 0\n"
-        "    return {'score': 1.0 if ok else 0.0, 'feedback': '' if ok else 'Your answer is wrong.'}\n")
-    return [f"actor_rollout_ref.model.path={tmp / 'model'}", f"data.train_files={tmp / 'train.parquet'}",
-            f"data.val_files={tmp / 'test.parquet'}", f"custom_reward_function.path={reward}"], str(tmp / "model")
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("analysis_e2e")
     run_dir = tmp / "run"
-    embedded = (EMBEDDED_MODEL / "config.json").exists()
-    extra, model = ([], "embedded") if embedded else _stand_in(tmp)
+    model = "embedded"
     _run("-m", "trainer.main", "--config-name", "mopd", "trainer.backend=local", "trainer.total_training_steps=2",
          "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=8", "trainer.val_before_train=false",
          "trainer.test_freq=-1", "trainer.logger=[jsonl]", f"trainer.default_local_dir={run_dir}",
-         f"trainer.rollout_data_dir={run_dir / 'rollouts'}", *extra, timeout=400)
+         f"trainer.rollout_data_dir={run_dir / 'rollouts'}", timeout=400)
     data = tmp / "analysis"
     _run("analysis/prepare_rollout_dataset.py", "--input", str(run_dir / "rollouts"), "--output-dir", str(data))
     _run("analysis/build_context_variants.py", "--candidates", str(data / "candidate_responses.jsonl"),
@@ -89,7 +54,7 @@ def pipeline(tmp_path_factory):
     # all_samples: every condition has prompts, whatever the run's success mix
     _run("analysis/plot_teacher_metrics.py", "--input", str(data / "teacher_metrics.json"), "--output-dir",
          str(data / "plots"), "--sample-set", "all_samples")
-    return {"run": run_dir, "data": data, "embedded": embedded}
+    return {"run": run_dir, "data": data}
 
 
 def _jsonl(path: Path) -> list[dict]:

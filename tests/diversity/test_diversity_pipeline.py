@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -241,44 +240,14 @@ def test_clis_fail_with_one_line(tmp_path):
 
 # ------------------------------------------------------------------- end to end on a training run
 
-def _training_inputs(tmp: Path) -> tuple[list[str], str]:
-    """Overrides that point the run at the embedded default, or (while the shipped base model is
-    missing) at a tiny random Qwen3 and embedded-task parquet files made here."""
-    embedded = ROOT / "datasets" / "embedded"
-    if (embedded / "base_model" / "config.json").is_file() and (embedded / "train.parquet").is_file():
-        return [], "embedded default (datasets/embedded)"
-    import pandas as pd
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from mopd import embedded_task
-    from mopd.tiny_tokenizer import load_tiny_tokenizer
-
-    tok = load_tiny_tokenizer()
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.2,
-    ))
-    model.save_pretrained(tmp / "model")
-    tok.save_pretrained(tmp / "model")
-    for split, n in (("train", 32), ("test", 4)):
-        rows = [embedded_task.to_verl_row(p, split, i) for i, p in enumerate(embedded_task.make_problems(split, n, 0))]
-        pd.DataFrame(rows).to_parquet(tmp / f"{split}.parquet")
-    warnings.warn("datasets/embedded/base_model is missing: the diversity e2e test trains a tiny random model")
-    return [f"actor_rollout_ref.model.path={tmp / 'model'}", f"data.train_files={tmp / 'train.parquet'}",
-            f"data.val_files={tmp / 'test.parquet'}"], "tiny random Qwen3 (embedded base model missing)"
-
-
 @pytest.mark.slow
 def test_run_diversity_on_rollout_dumps_of_a_short_training_run(tmp_path):
-    overrides, what = _training_inputs(tmp_path)
+    what = "embedded default (datasets/embedded)"
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "trainer.main", "--config-name", "mopd", "trainer.backend=local",
            "trainer.total_training_steps=2", "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=8",
            "trainer.val_before_train=false", "trainer.test_freq=-1", "trainer.logger=[jsonl]",
-           f"trainer.default_local_dir={run_dir}", f"trainer.rollout_data_dir={run_dir / 'rollouts'}", *overrides]
+           f"trainer.default_local_dir={run_dir}", f"trainer.rollout_data_dir={run_dir / 'rollouts'}"]
     r = _run_cli(*cmd, env={"TOKENIZERS_PARALLELISM": "false"})
     assert r.returncode == 0, f"{what}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     dumps = run_dir / "rollouts"
