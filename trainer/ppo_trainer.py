@@ -90,8 +90,10 @@ class Trainer:
             metrics, timing = {}, {}
             with _timer("step", timing):
                 items = next(batches)
+                self.group.peak_memory_gb()  # reset: the next reading covers generation only
                 with _timer("gen", timing):
                     batch = self._generate(items, step)
+                metrics.update(_peak_memory_metrics("gen", self.group.peak_memory_gb()))
                 with _timer("reward", timing):
                     self._score(batch, items, metrics)
                 with _timer("old_log_prob", timing):
@@ -104,6 +106,7 @@ class Trainer:
                         norm_by_std=self.config["algorithm"]["norm_adv_by_std_in_grpo"])
                 with _timer("update_actor", timing):
                     metrics.update(_reduce_worker_metrics(self.group.update_actor(batch)["metrics"]))
+                metrics.update(_peak_memory_metrics("update", self.group.peak_memory_gb()))
                 with _timer("teacher", timing):
                     self.group.update_teacher()
             is_last = step == self.total_steps
@@ -120,6 +123,9 @@ class Trainer:
             metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
             tokens = int(batch["attention_mask"].sum().item())
             metrics["perf/total_num_tokens"] = tokens
+            metrics["perf/response_num_tokens"] = int(batch["response_mask"].sum().item())
+            if "teacher_attention_mask" in batch:
+                metrics["perf/teacher_num_tokens"] = int(batch["teacher_attention_mask"].sum().item())
             metrics["perf/throughput"] = tokens / max(timing["step"], 1e-9)
             metrics["training/global_step"] = step
             metrics["training/epoch"] = self.sampler.state_dict()["epoch"]
@@ -356,6 +362,14 @@ def _reduce_worker_metrics(per_rank: list[dict]) -> dict:
         for key, values in rank_metrics.items():
             merged.setdefault(key, []).extend(values)
     return {key: float(np.mean(values)) for key, values in merged.items() if values}
+
+
+def _peak_memory_metrics(stage: str, per_rank: list[dict]) -> dict:
+    """The largest rank's peak (GB) for a stage: torch-allocated device memory, or RSS on CPU."""
+    out = {}
+    for kind in per_rank[0]:
+        out[f"perf/{stage}_peak_{kind}_gb"] = max(r[kind] for r in per_rank)
+    return out
 
 
 def _pad_to_multiple(items: dict, parts: int) -> dict:

@@ -72,7 +72,9 @@ class ActorRolloutRefWorker:
         rollout_copy = copy.deepcopy(actor).to(self.dtype)  # generation runs in the compute dtype
         self.actor = model_utils.fsdp2_wrap(actor, self.device, self.world_size, self.dtype)
         self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], cfg)
-        self.rollout = HFRollout(rollout_copy, self.tokenizer, cfg["actor_rollout_ref"]["rollout"]["micro_batch_size"])
+        rollout_cfg = cfg["actor_rollout_ref"]["rollout"]
+        self.rollout = HFRollout(rollout_copy, self.tokenizer, rollout_cfg["micro_batch_size"],
+                                 calculate_log_probs=rollout_cfg["calculate_log_probs"])
 
         self.teacher_module, self.teacher, self.ref_module = None, None, None
         ref_path = model_utils.resolve_model_path(cfg["actor_rollout_ref"]["ref"]["model"]["path"])
@@ -151,8 +153,9 @@ class ActorRolloutRefWorker:
                 mini_batch = _index(batch, order[m_start : m_start + mini])
                 normalizer = None
                 if actor_cfg["global_token_normalization"]:
-                    count = torch.tensor(loss_normalizer_count(mini_batch, self.loss_mode, agg_mode), dtype=torch.float64)
-                    dist.all_reduce(count)
+                    count = model_utils.device_tensor(loss_normalizer_count(mini_batch, self.loss_mode, agg_mode),
+                                                      self.device)
+                    dist.all_reduce(count)  # NCCL reduces device tensors only
                     # FSDP2 averages gradients over ranks, so each rank's loss is scaled by world size.
                     normalizer = max(count.item(), 1.0) / self.world_size
                 self.optimizer.zero_grad(set_to_none=True)
@@ -253,10 +256,17 @@ class ActorRolloutRefWorker:
         """An HF-format copy that ``AutoModelForCausalLM.from_pretrained`` loads (rank 0 writes)."""
         state = model_utils.full_state_dict(self.actor, rank0_only=True)
         if self.rank == 0:
-            self.rollout.load_weights(state)  # same architecture, unsharded: borrow it to serialise
-            self.rollout.model.save_pretrained(directory, safe_serialization=True)
+            # The rollout copy has the architecture and config; the weights written are the float32
+            # master weights (the copy itself holds them in the compute dtype, bf16 on GPUs).
+            self.rollout.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(directory)
         dist.barrier()
+
+    @register(Dispatch.ONE_TO_ALL)
+    def peak_memory_gb(self) -> dict:
+        """This rank's peak memory since the last call (then reset): device memory allocated by torch
+        on CUDA, the process's resident set on CPU."""
+        return model_utils.read_and_reset_peak_memory(self.device)
 
     @register(Dispatch.ONE_TO_ALL)
     def shutdown(self) -> None:

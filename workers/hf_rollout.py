@@ -3,6 +3,11 @@
 The copy lives on the same rank as the FSDP2 actor; ``load_weights`` refreshes it from the actor's
 gathered weights before each generation, so every rank can generate its own prompts independently
 (no lock-step across ranks, unlike generating through the sharded module).
+
+Memory scales with batch × length, never with the vocabulary: the sampling step (a logits processor)
+chooses each row's token and records its log-prob as it goes, so no step's ``[B, V]`` logits outlive
+that step (``output_logits`` would keep ``[B, T, V]``: 104 GB for 64 × 512 tokens of a 151,936-token
+vocabulary).
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ class SamplingParams:
 
 
 class HFRollout:
-    def __init__(self, model, tokenizer, micro_batch_size: int = 256):
+    def __init__(self, model, tokenizer, micro_batch_size: int = 256, calculate_log_probs: bool = True):
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.tokenizer = tokenizer
         self.micro_batch_size = micro_batch_size
+        self.calculate_log_probs = calculate_log_probs
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id
 
@@ -48,63 +54,132 @@ class HFRollout:
         """``n`` samples per prompt, interleaved (prompt 0's n samples first). Responses are right-padded to
         ``max_new_tokens``; the mask covers tokens up to and including the first EOS.
 
-        Sampling is the Gumbel-max trick with one generator per sample (``row_seeds``, one per output
-        row), so a sample depends on its own seed only, not on which rank or batch it was generated in:
-        one worker and many workers produce the same rollouts.
+        Each output row draws its randomness from its own generator (``row_seeds``), so a sample depends
+        on its seed only, not on which rank or batch it was generated in: one worker and many workers
+        produce the same rollouts. ``rollout_log_probs`` (unless ``calculate_log_probs`` is off) are the
+        sampled tokens' log-probs under the temperature-scaled distribution, as the trainer computes them.
         """
         device = next(self.model.parameters()).device
         input_ids = input_ids.to(device).repeat_interleave(params.n, dim=0)
         attention_mask = attention_mask.to(device).repeat_interleave(params.n, dim=0)
         if len(row_seeds) != input_ids.shape[0]:
             raise ValueError(f"need one seed per sample: {len(row_seeds)} seeds for {input_ids.shape[0]} samples")
-        temperature = params.temperature if params.do_sample else 1.0
         responses, log_probs = [], []
         for start in range(0, input_ids.shape[0], self.micro_batch_size):
             ids = input_ids[start : start + self.micro_batch_size]
             mask = attention_mask[start : start + self.micro_batch_size]
-            processors = []
-            if params.do_sample:
-                processors.append(SeededSampling(row_seeds[start : start + ids.shape[0]], params, device))
-            out = self.model.generate(
+            sampler = SeededSampler(row_seeds[start : start + ids.shape[0]], params, device,
+                                    keep_log_probs=self.calculate_log_probs)
+            sequences = self.model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens, do_sample=False,
-                logits_processor=LogitsProcessorList(processors), eos_token_id=self.eos_ids,
-                pad_token_id=self.pad_id, return_dict_in_generate=True, output_logits=True,
-                temperature=None, top_p=None, top_k=None,
+                logits_processor=LogitsProcessorList([sampler]), eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id, temperature=None, top_p=None, top_k=None,
             )
-            new = out.sequences[:, ids.shape[1] :]
-            # Log-probs under the temperature-scaled distribution, as the trainer computes them.
-            logits = torch.stack(out.logits, dim=1).float() / temperature
-            lp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-            responses.append(_pad_right(new, params.max_new_tokens, self.pad_id))
-            log_probs.append(_pad_right(lp, params.max_new_tokens, 0.0))
+            responses.append(_pad_right(sequences[:, ids.shape[1] :], params.max_new_tokens, self.pad_id))
+            if self.calculate_log_probs:
+                log_probs.append(_pad_right(sampler.chosen_log_probs(), params.max_new_tokens, 0.0))
         responses = torch.cat(responses).cpu()
         response_mask = _mask_through_first_eos(responses, self.eos_ids)
-        rollout_log_probs = torch.cat(log_probs).cpu() * response_mask
-        return {"responses": responses, "response_mask": response_mask, "rollout_log_probs": rollout_log_probs}
+        out = {"responses": responses, "response_mask": response_mask}
+        if self.calculate_log_probs:
+            out["rollout_log_probs"] = torch.cat(log_probs).cpu() * response_mask
+        return out
 
 
-class SeededSampling(LogitsProcessor):
-    """Temperature, top-k and top-p, then Gumbel noise from a per-row generator; greedy decoding of the
-    result is an exact sample of the filtered, temperature-scaled distribution."""
+class SeededSampler(LogitsProcessor):
+    """Chooses every row's next token and returns scores whose argmax is that choice, so ``generate``'s
+    greedy search emits exactly the sampled tokens.
 
-    def __init__(self, row_seeds: list[int], params: SamplingParams, device: torch.device):
-        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in row_seeds]
+    Sampling is inverse-CDF: one uniform per row and step, drawn up front (on the CPU, so draws do not
+    depend on the device) from the row's own generator (``max_new_tokens`` draws per row per ``generate``
+    call), picks the token whose cumulative probability interval contains it — an exact sample of the
+    temperature-scaled, top-k/top-p-filtered distribution.
+    (Gumbel-max needs ``V`` uniforms per row and step: 82 s of a 64 × 128-token rollout at V = 151,936.)
+    With ``do_sample=False`` the choice is the argmax.
+    """
+
+    def __init__(self, row_seeds: list[int], params: SamplingParams, device: torch.device, *,
+                 keep_log_probs: bool = True):
         self.params = params
+        self.temperature = params.temperature if params.do_sample else 1.0
+        self.keep_log_probs = keep_log_probs
+        self.step = 0
+        self._log_probs: list[torch.Tensor] = []
+        self.uniforms = None
+        if params.do_sample:
+            draws = [torch.rand(params.max_new_tokens, dtype=torch.float64,
+                                generator=torch.Generator().manual_seed(int(seed))) for seed in row_seeds]
+            self.uniforms = torch.stack(draws).to(device)  # [B, max_new_tokens]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.float() / self.params.temperature
-        if self.params.top_k and self.params.top_k > 0:
-            kth = scores.topk(min(self.params.top_k, scores.shape[-1]), dim=-1).values[..., -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if self.params.top_p < 1.0:
-            sorted_scores, order = scores.sort(dim=-1, descending=True)
-            cumulative = sorted_scores.softmax(-1).cumsum(-1)
-            drop_sorted = cumulative - sorted_scores.softmax(-1) >= self.params.top_p  # keep the top token
-            scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-        uniform = torch.stack([
-            torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.generators
-        ]).clamp_(min=1e-20, max=1.0 - 1e-7)
-        return scores - torch.log(-torch.log(uniform))
+        logits = scores.float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        # exp(logits - max) serves both the log-probs (its sum is the partition function) and, when no
+        # top-k/top-p filter applies, the sampling weights: one pass over [B, V] instead of several.
+        peak = logits.max(dim=-1, keepdim=True).values
+        weights = (logits - peak).exp_()
+        filtered = (self.params.top_k and self.params.top_k > 0) or self.params.top_p < 1.0
+        if self.uniforms is None:
+            choice = logits.argmax(dim=-1)
+        elif filtered:
+            kept = _filter_top_k_top_p(logits, self.params)
+            choice = _inverse_cdf_sample((kept - peak).exp_(), self.uniforms[:, self.step])
+        else:
+            choice = _inverse_cdf_sample(weights, self.uniforms[:, self.step])
+        if self.keep_log_probs:
+            log_partition = weights.sum(dim=-1, dtype=torch.float64).log().float() + peak.squeeze(-1)
+            self._log_probs.append(logits.gather(-1, choice.unsqueeze(-1)).squeeze(-1) - log_partition)
+        self.step += 1
+        forced = torch.full_like(scores, float("-inf"))
+        return forced.scatter_(-1, choice.unsqueeze(-1), 0.0)
+
+    def chosen_log_probs(self) -> torch.Tensor:
+        """``[B, steps]``: the log-prob of the token chosen at each step (rows past EOS are masked later)."""
+        return torch.stack(self._log_probs, dim=1)
+
+
+def _filter_top_k_top_p(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    if params.top_k and params.top_k > 0:
+        kth = logits.topk(min(params.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop_sorted = probs.cumsum(-1) - probs >= params.top_p  # always keeps the top token
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+_CDF_BLOCK = 256
+
+
+def _inverse_cdf_sample(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Row b takes the first token whose cumulative weight exceeds ``u_b`` × the row's total: token i is
+    chosen with probability w_i / Σw, and a token of weight 0 never (its interval is empty).
+
+    Two levels keep it to one pass over ``[B, V]``: float64 sums of blocks of ``_CDF_BLOCK`` tokens locate
+    the block holding the target, then a cumulative sum inside that block alone locates the token.
+    """
+    rows, vocab = weights.shape
+    full = vocab // _CDF_BLOCK * _CDF_BLOCK
+    block_sums = weights[:, :full].view(rows, -1, _CDF_BLOCK).sum(dim=-1, dtype=torch.float64)  # a view: no copy
+    if full < vocab:
+        block_sums = torch.cat([block_sums, weights[:, full:].sum(dim=-1, keepdim=True, dtype=torch.float64)], 1)
+    block_cdf = block_sums.cumsum_(dim=-1)  # [B, blocks]
+    target = uniforms.to(torch.float64).unsqueeze(-1) * block_cdf[:, -1:]  # [B, 1], in [0, total)
+    block = torch.searchsorted(block_cdf, target, right=True).clamp_(max=block_cdf.shape[1] - 1)
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), torch.zeros_like(target))
+    tokens = block * _CDF_BLOCK + torch.arange(_CDF_BLOCK, device=weights.device)  # [B, _CDF_BLOCK]
+    inside = tokens < vocab  # the last block may be short
+    inner_weights = torch.where(inside, weights.gather(1, tokens.clamp(max=vocab - 1)), torch.zeros((), dtype=weights.dtype,
+                                                                                              device=weights.device))
+    inner_cdf = inner_weights.to(torch.float64).cumsum(dim=-1)
+    offset = torch.searchsorted(inner_cdf, target - before, right=True).squeeze(-1)
+    # Rounding can put the target a hair past the block's own sum: take its last token of weight > 0.
+    last_positive = torch.where(inner_weights > 0, torch.arange(_CDF_BLOCK, device=weights.device), -1).amax(-1)
+    offset = torch.minimum(offset, last_positive)
+    return tokens.gather(1, offset.unsqueeze(-1)).squeeze(-1)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -120,6 +120,33 @@ def full_state_dict(model, *, rank0_only: bool = False) -> dict[str, torch.Tenso
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=rank0_only))
 
 
+def device_tensor(value, device: torch.device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A tensor for a collective. NCCL reduces only tensors on the rank's CUDA device (gloo takes CPU
+    tensors and hides the mistake), so every tensor handed to ``dist.*`` is made here."""
+    return torch.as_tensor(value, dtype=dtype).to(device)
+
+
+def read_and_reset_peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory (GB) since the last call, then reset: torch's CUDA allocator on a GPU, the process's
+    peak resident set on a CPU (Linux: VmHWM, reset through /proc/self/clear_refs)."""
+    if device.type == "cuda":
+        out = {"allocated": torch.cuda.max_memory_allocated(device) / 1e9,
+               "reserved": torch.cuda.max_memory_reserved(device) / 1e9}
+        torch.cuda.reset_peak_memory_stats(device)
+        return out
+    peak_kb = None
+    try:
+        with open("/proc/self/status") as status:
+            peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets VmHWM to the current RSS
+    except (OSError, StopIteration):
+        import resource
+
+        peak_kb = peak_kb or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # lifetime peak (KB on Linux)
+    return {"rss": peak_kb * 1024 / 1e9}
+
+
 def reshard(module) -> None:
     """Return FSDP2 parameters to their sharded state (a no-grad forward leaves the root unsharded)."""
     if module is not None and hasattr(module, "reshard"):

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The GPU check in one command, for one H100/H200: the GPU tests (tests/gpu), then the step-breakdown
+# benchmark on a Qwen3-0.6B-shaped model (MOPD and GRPO, 64 rollouts x 1,024 tokens). Prints the table and
+# writes logs + JSON under OUT_DIR (default outputs/gpu_check). Needs torch (CUDA) and transformers; Ray,
+# vLLM and flash-attn are optional. Without hydra-core/omegaconf it installs the pure-Python wheels from
+# ./.whl if present (see docs/performance.md). About 6-8 minutes on an H200.
+#   bash scripts/gpu_check.sh                 # tests + benchmark
+#   SKIP_TESTS=1 bash scripts/gpu_check.sh    # benchmark only
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+OUT_DIR="${OUT_DIR:-outputs/gpu_check}"
+RESPONSE_LENGTH="${RESPONSE_LENGTH:-1024}"
+PRESET="${PRESET:-0.6b}"
+mkdir -p "$OUT_DIR"
+
+if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/mopd_site .whl/*.whl || exit 1
+    export PYTHONPATH="/tmp/mopd_site${PYTHONPATH:+:$PYTHONPATH}"
+  else
+    echo "gpu_check: hydra-core/omegaconf are missing and ./.whl has no wheels (docs/performance.md says which)" >&2
+    exit 2
+  fi
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+  || { echo "gpu_check: no CUDA device visible to torch" >&2; exit 2; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT_DIR/device.txt"
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+  | tee -a "$OUT_DIR/device.txt"
+
+tests_rc=0
+if [ -z "${SKIP_TESTS:-}" ]; then
+  started=$SECONDS
+  "$PY" -m pytest -q -p no:cacheprovider tests/gpu tests/workers/test_rollout_sampling.py 2>&1 | tee "$OUT_DIR/gpu_tests.log"
+  tests_rc=${PIPESTATUS[0]}
+  echo "gpu_check: tests exit $tests_rc in $((SECONDS - started)) s"
+fi
+
+started=$SECONDS
+"$PY" benchmarks/step_breakdown.py --preset "$PRESET" --device cuda --response-length "$RESPONSE_LENGTH" \
+  --steps "${STEPS:-2}" --json "$OUT_DIR/step_breakdown_${PRESET}.json" ${BENCH_ARGS:-} 2>&1 \
+  | grep -v "Loading weights" | tee "$OUT_DIR/step_breakdown.log"
+bench_rc=${PIPESTATUS[0]}
+echo "gpu_check: benchmark exit $bench_rc in $((SECONDS - started)) s"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
