@@ -360,6 +360,10 @@ def main(argv=None) -> int:
     (workdir / "prepared.json").write_text(json.dumps(info))
     limits = device_limits(args.device, args.bandwidth_gbs and args.bandwidth_gbs * 1e9,
                            args.peak_tflops and args.peak_tflops * 1e12)
+    meta = {"preset": args.preset, "params": info["params"], "prompts": args.prompts, "n": args.n,
+            "response_length": args.response_length, "micro_batch": args.micro_batch, "rollout": args.rollout,
+            "steps": args.steps, "device": limits, "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
     results = {}
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--child",)]
     for mode in args.modes:
@@ -374,17 +378,16 @@ def main(argv=None) -> int:
             print(f"[bench] {mode} failed (exit {done.returncode}); see its output above", file=sys.stderr)
             return 1
         rows = json.loads((workdir / f"result_{mode}.json").read_text())
-        results[mode] = summarize(rows, info, limits, args)
-        print(f"[bench] {mode}: done in {time.perf_counter() - started:.1f}s", flush=True)
-    meta = {"preset": args.preset, "params": info["params"], "prompts": args.prompts, "n": args.n,
-            "response_length": args.response_length, "micro_batch": args.micro_batch, "rollout": args.rollout,
-            "steps": args.steps, "device": limits, "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
+        results[mode] = r = summarize(rows, info, limits, args)
+        print(f"[bench] {mode}: done in {time.perf_counter() - started:.1f}s | step {r['step_s']:.2f}s gen "
+              f"{r['gen_s']:.2f}s update {r['update_s']:.2f}s | rollout {r['rollout_tokens_per_s']:.0f} tok/s "
+              f"({r['rollout_bandwidth_fraction']:.3f} of limit) | MFU {r['train_mfu']:.3f} | peak "
+              f"{r['peak_memory_gb']:.2f} GB", flush=True)
+        if args.json:  # written after every mode, so a run cut short keeps what it measured
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({**results, "meta": meta}, indent=1))
     print_table(results, meta)
     if args.json:
-        out = {**results, "meta": meta}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"[bench] wrote {args.json}")
     if tmp is not None:
         tmp.cleanup()

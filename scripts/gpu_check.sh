@@ -30,18 +30,21 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
   | tee -a "$OUT_DIR/device.txt"
 
+# The benchmark first: its figures are the point of the check, and a failing test must not hide them.
+started=$SECONDS
+timeout "${BENCH_TIMEOUT:-420}" "$PY" benchmarks/step_breakdown.py --preset "$PRESET" --device cuda \
+  --response-length "$RESPONSE_LENGTH" --steps "${STEPS:-2}" --json "$OUT_DIR/step_breakdown_${PRESET}.json" \
+  ${BENCH_ARGS:-} 2>&1 | grep --line-buffered -v "Loading weights" | tee "$OUT_DIR/step_breakdown.log"
+bench_rc=${PIPESTATUS[0]}
+echo "gpu_check: benchmark exit $bench_rc in $((SECONDS - started)) s"
+"$PY" benchmarks/sampler_cost.py --device cuda 2>&1 | tee -a "$OUT_DIR/step_breakdown.log"
+
 tests_rc=0
 if [ -z "${SKIP_TESTS:-}" ]; then
   started=$SECONDS
-  "$PY" -m pytest -q -p no:cacheprovider tests/gpu tests/workers/test_rollout_sampling.py 2>&1 | tee "$OUT_DIR/gpu_tests.log"
+  timeout "${TESTS_TIMEOUT:-300}" "$PY" -m pytest -q -p no:cacheprovider tests/gpu tests/workers/test_rollout_sampling.py \
+    2>&1 | tee "$OUT_DIR/gpu_tests.log"
   tests_rc=${PIPESTATUS[0]}
   echo "gpu_check: tests exit $tests_rc in $((SECONDS - started)) s"
 fi
-
-started=$SECONDS
-"$PY" benchmarks/step_breakdown.py --preset "$PRESET" --device cuda --response-length "$RESPONSE_LENGTH" \
-  --steps "${STEPS:-2}" --json "$OUT_DIR/step_breakdown_${PRESET}.json" ${BENCH_ARGS:-} 2>&1 \
-  | grep -v "Loading weights" | tee "$OUT_DIR/step_breakdown.log"
-bench_rc=${PIPESTATUS[0]}
-echo "gpu_check: benchmark exit $bench_rc in $((SECONDS - started)) s"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

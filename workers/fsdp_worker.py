@@ -68,7 +68,8 @@ class ActorRolloutRefWorker:
 
         actor = model_utils.load_causal_lm(path, **load)
         if model_cfg["enable_gradient_checkpointing"]:
-            actor.gradient_checkpointing_enable()
+            # Non-reentrant checkpointing: works under FSDP2 and with inputs that need no grad.
+            actor.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         rollout_copy = copy.deepcopy(actor).to(self.dtype)  # generation runs in the compute dtype
         self.actor = model_utils.fsdp2_wrap(actor, self.device, self.world_size, self.dtype)
         self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], cfg)

@@ -49,9 +49,10 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     os.environ.setdefault("MASTER_ADDR", master_addr)
     os.environ.setdefault("MASTER_PORT", str(master_port))
     backend = "nccl" if device.type == "cuda" else "gloo"
+    # device_id binds NCCL to this rank's GPU up front (barriers and collectives then need no guessing).
     dist.init_process_group(
         backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30),
-        init_method=f"tcp://{master_addr}:{master_port}",
+        init_method=f"tcp://{master_addr}:{master_port}", device_id=device if device.type == "cuda" else None,
     )
 
 
