@@ -42,6 +42,11 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
 
 
+def device_tensor(value, device, dtype=torch.float64) -> torch.Tensor:
+    """A tensor on the collective's device (nccl reduces CUDA tensors only; gloo CPU ones)."""
+    return torch.as_tensor(value, dtype=dtype, device=device)
+
+
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, device: torch.device) -> None:
     """One process group per worker process (also for a single local worker, so FSDP2 always applies)."""
     if dist.is_initialized():
