@@ -364,26 +364,51 @@ def self_distillation_loss(
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """MOPD/SDPO loss: teacher-to-student divergence on the student's own tokens (docs §4)."""
-    mask = response_mask.to(torch.float32) * distillation_mask.to(torch.float32).reshape(-1, 1)
-    need_token_logp = (not config.full_logit_distillation) or (
-        old_log_probs is not None and config.is_clip is not None
-    )
-    student_logp = None
-    if need_token_logp:
+    student_logp = divergence = teacher_logp = None
+    if (not config.full_logit_distillation) or (old_log_probs is not None and config.is_clip is not None):
         student_logp = token_log_probs(
             student_logits if not config.full_logit_distillation else student_logits.detach(),
             responses,
             chunk_size=chunk_size,
         )
-    metrics: dict[str, float] = {}
     if config.full_logit_distillation:
-        per_token = topk_divergence(
+        divergence = topk_divergence(
             student_logits, teacher_logits, alpha=config.alpha, topk=config.distillation_topk,
             add_tail=config.distillation_add_tail, chunk_size=chunk_size,
         )
     else:
         with torch.no_grad():
             teacher_logp = token_log_probs(teacher_logits.detach(), responses, chunk_size=chunk_size)
+    return self_distillation_loss_from_tokens(
+        student_logp, divergence, teacher_logp, response_mask, distillation_mask, config,
+        old_log_probs=old_log_probs, rollout_is_weights=rollout_is_weights, step_ids=step_ids,
+        loss_agg_mode=loss_agg_mode, normalizer=normalizer, horizon=horizon,
+    )
+
+
+def self_distillation_loss_from_tokens(
+    student_logp: torch.Tensor | None,
+    divergence: torch.Tensor | None,
+    teacher_logp: torch.Tensor | None,
+    response_mask: torch.Tensor,
+    distillation_mask: torch.Tensor,
+    config: SelfDistillationConfig,
+    *,
+    old_log_probs: torch.Tensor | None = None,
+    rollout_is_weights: torch.Tensor | None = None,
+    step_ids: torch.Tensor | None = None,
+    loss_agg_mode: str = "token-mean",
+    normalizer: float | None = None,
+    horizon: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``self_distillation_loss`` from per-token inputs ``[B, T]`` (what ``mopd.fused_head`` computes
+    without logits): the divergence (full-logit mode) or the teacher's token log-probs (estimator mode),
+    and the student's token log-probs (differentiable in estimator mode; for IS weights otherwise)."""
+    mask = response_mask.to(torch.float32) * distillation_mask.to(torch.float32).reshape(-1, 1)
+    metrics: dict[str, float] = {}
+    if config.full_logit_distillation:
+        per_token = divergence
+    else:
         # REINFORCE-style reverse-KL estimator: value (s - t) * s, gradient (s - t) * ds.
         per_token = (student_logp - teacher_logp).detach() * student_logp
         metrics["self_distillation/teacher_minus_student_logp"] = _masked_mean_float(

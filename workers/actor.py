@@ -2,7 +2,8 @@
 
 Inputs are the rank's micro-batch (student sequences ``[prompt | response]``, teacher sequences
 ``[teacher prompt | response]``, masks, advantages, ...) and the student/teacher modules; the output is
-the scalar to backpropagate and its metrics. The maths lives in ``mopd.losses``.
+the scalar to backpropagate and its metrics. The maths lives in ``mopd.losses`` and ``mopd.fused_head``
+(the LM head fused with the per-token quantities: no ``[B, T, V]`` logits, ``workers.forward``).
 """
 
 from __future__ import annotations
@@ -14,22 +15,22 @@ import torch
 
 from mopd import losses
 from mopd.config import SelfDistillationConfig
+from mopd.fused_head import fused_head
+from workers import forward, model_utils
 
 DISTILLATION_MODES = ("mopd", "sdpo")
 PPO_MODES = ("grpo", "vanilla")
 PREFERENCE_MODES = ("dpo", "simpo")
 
 
-def response_logits(module, input_ids, attention_mask, position_ids, response_length: int, temperature: float):
-    """Logits scoring the last ``response_length`` tokens ``[B, R, V]`` (float32 upcast left to the loss)."""
-    out = module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                 logits_to_keep=response_length + 1, use_cache=False)
-    logits = out.logits[:, :-1]
-    return logits / temperature if temperature != 1.0 else logits
-
-
 class TeacherForward:
-    """The teacher's logits on its own (peer-context) inputs, per ``teacher_regularization``."""
+    """The teacher's head inputs on its own (peer-context) sequences, per ``teacher_regularization``:
+    final hidden states at the valid response positions ``[M, H]`` and the head weight ``[V, H]``, so
+    that its logits are ``hidden @ weight.T`` (``mopd.fused_head`` never materialises them).
+
+    ``trust-region``: logits (1 - r)·z_ref + r·z_student are one linear map of the concatenated hidden
+    states ``[(1 - r)·h_ref, r·h_student]`` and heads ``[W_ref, W_student]``.
+    """
 
     def __init__(self, teacher_module, mode: str, rate: float, student_module=None):
         self.teacher = teacher_module
@@ -38,15 +39,20 @@ class TeacherForward:
         self.student = student_module
 
     @torch.no_grad()
-    def __call__(self, batch: dict, response_length: int, temperature: float) -> torch.Tensor:
+    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         args = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"],
-                response_length, temperature)
-        logits = response_logits(self.teacher, *args)
+                batch["response_mask"])
+        hidden, weight = forward.response_hidden(self.teacher, *args), forward.full_head_weight(self.teacher)
         if self.mode == "trust-region" and self.rate > 0:
-            from mopd.teacher import trust_region_logits
+            s_hidden, s_weight = forward.response_hidden(self.student, *args), forward.full_head_weight(self.student)
+            hidden = torch.cat([(1.0 - self.rate) * hidden, self.rate * s_hidden.to(hidden.dtype)], dim=-1)
+            weight = torch.cat([weight, s_weight.to(weight.dtype)], dim=-1)  # a copy: the student may reshard
+            model_utils.reshard(self.student)
+        return hidden, weight
 
-            logits = trust_region_logits(logits, response_logits(self.student, *args), self.rate)
-        return logits
+    def release(self) -> None:
+        """Reshard the teacher's head weight (kept unsharded until the micro-batch's backward is done)."""
+        model_utils.reshard(self.teacher)
 
 
 def micro_batch_loss(
@@ -73,25 +79,44 @@ def micro_batch_loss(
     """
     responses = batch["responses"]
     response_mask = batch["response_mask"].float()
-    length = responses.shape[1]
-    logits = response_logits(student_module, batch["input_ids"], batch["attention_mask"], batch["position_ids"],
-                             length, temperature)
+    labels = responses[response_mask.bool()]
     agg_mode = actor_cfg["loss_agg_mode"]
     metrics: dict[str, float] = {}
-    with torch.no_grad():
-        entropy = losses.entropy_from_logits(logits.detach())
-    metrics["actor/entropy"] = _masked_mean(entropy, response_mask)
+
+    head_kwargs: dict = {"temperature": temperature}
+    teacher_logp = None
+    if loss_mode in DISTILLATION_MODES:
+        teacher_hidden, teacher_weight = teacher(batch)
+        if sd_cfg.full_logit_distillation:
+            head_kwargs.update(teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, alpha=sd_cfg.alpha,
+                               topk=sd_cfg.distillation_topk, add_tail=sd_cfg.distillation_add_tail)
+        else:
+            with torch.no_grad():
+                teacher_logp = forward.scatter_tokens(
+                    fused_head(teacher_hidden, teacher_weight, labels, temperature=temperature)[0], response_mask)
+
+    # Outputs the loss does not differentiate are detached, so backward skips their vocabulary work.
+    keep_grad = (not (loss_mode in DISTILLATION_MODES and sd_cfg.full_logit_distillation), bool(entropy_coeff), True)
+
+    def fn(hidden, weight):
+        outs = fused_head(hidden, weight, labels, **head_kwargs)
+        return torch.stack([o if keep else o.detach() for o, keep in zip(outs, keep_grad) if o is not None], dim=-1)
+
+    values = forward.response_head(student_module, batch["input_ids"], batch["attention_mask"],
+                                   batch["position_ids"], response_mask, fn)
+    log_probs, entropy = (forward.scatter_tokens(values[:, i], response_mask) for i in (0, 1))
+    metrics["actor/entropy"] = _masked_mean(entropy.detach(), response_mask)
 
     if loss_mode in DISTILLATION_MODES:
-        teacher_logits = teacher(batch, length, temperature)
-        loss, sd_metrics = losses.self_distillation_loss(
-            logits, teacher_logits, responses, response_mask, batch["distillation_mask"], sd_cfg,
+        divergence = forward.scatter_tokens(values[:, 2], response_mask) if sd_cfg.full_logit_distillation else None
+        loss, sd_metrics = losses.self_distillation_loss_from_tokens(
+            log_probs if teacher_logp is not None else log_probs.detach(), divergence, teacher_logp,
+            response_mask, batch["distillation_mask"], sd_cfg,
             old_log_probs=batch.get("old_log_probs"), rollout_is_weights=batch.get("rollout_is_weights"),
             step_ids=batch.get("step_ids"), loss_agg_mode=agg_mode, normalizer=normalizer, horizon=horizon,
         )
         metrics.update(sd_metrics)
     elif loss_mode in PPO_MODES:
-        log_probs = losses.token_log_probs(logits, responses)
         old = batch.get("old_log_probs")
         loss, ppo_metrics = losses.ppo_policy_loss(
             log_probs, old if old is not None else log_probs.detach(), batch["advantages"], response_mask,
@@ -101,7 +126,7 @@ def micro_batch_loss(
         )
         metrics.update(ppo_metrics)
     elif loss_mode in PREFERENCE_MODES or loss_mode == "verified_sft":
-        loss, pref_metrics = _sequence_level_loss(batch, logits, responses, response_mask, loss_mode, actor_cfg,
+        loss, pref_metrics = _sequence_level_loss(batch, log_probs, response_mask, loss_mode, actor_cfg,
                                                   ref_module, temperature, normalizer)
         metrics.update(pref_metrics)
     else:
@@ -109,16 +134,12 @@ def micro_batch_loss(
 
     if entropy_coeff:
         # Entropy bonus (differentiable): mean entropy over valid tokens.
-        log_p = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-        ent = -(log_p.exp() * log_p).sum(-1)
-        loss = loss - entropy_coeff * losses.agg_loss(ent, response_mask, "token-mean", normalizer=entropy_normalizer)
+        loss = loss - entropy_coeff * losses.agg_loss(entropy, response_mask, "token-mean", normalizer=entropy_normalizer)
     return loss, metrics
 
 
-def _sequence_level_loss(batch, logits, responses, response_mask, loss_mode, actor_cfg, ref_module, temperature,
-                         normalizer):
+def _sequence_level_loss(batch, token_lp, response_mask, loss_mode, actor_cfg, ref_module, temperature, normalizer):
     policy = actor_cfg["policy_loss"]
-    token_lp = losses.token_log_probs(logits, responses)
     rewards = batch["scores"].tolist()
     if loss_mode == "verified_sft":
         return losses.verified_sft_loss(token_lp, response_mask, rewards, success_threshold=policy["sft_success_threshold"],
@@ -126,11 +147,9 @@ def _sequence_level_loss(batch, logits, responses, response_mask, loss_mode, act
     seq_lp = (token_lp * response_mask).sum(-1)
     uids = batch["uid"]
     if loss_mode == "dpo":
-        with torch.no_grad():
-            ref_logits = response_logits(ref_module, batch["input_ids"], batch["attention_mask"],
-                                         batch["position_ids"], responses.shape[1], temperature)
-            ref_lp = (losses.token_log_probs(ref_logits, responses) * response_mask).sum(-1)
-        return losses.dpo_loss(seq_lp, ref_lp, uids, rewards, beta=policy["dpo_beta"],
+        ref_lp = forward.response_log_probs(ref_module, batch["input_ids"], batch["attention_mask"],
+                                            batch["position_ids"], batch["responses"], response_mask, temperature)
+        return losses.dpo_loss(seq_lp, ref_lp.sum(-1), uids, rewards, beta=policy["dpo_beta"],
                                label_smoothing=policy["pref_label_smoothing"], normalizer=normalizer)
     return losses.simpo_loss(seq_lp, response_mask.sum(-1), uids, rewards, beta=policy["simpo_beta"],
                              gamma=policy["simpo_gamma"], label_smoothing=policy["pref_label_smoothing"],
@@ -188,6 +207,8 @@ def backward_mini_batch(micro_batches: Iterable[dict], student_module, normalize
         if normalizers is None:
             loss = loss / len(micro_batches)
         loss.backward()
+        if loss_kwargs.get("teacher") is not None:
+            loss_kwargs["teacher"].release()
         total += float(loss.detach().item())
         for k, v in mb_metrics.items():
             metrics.setdefault(k, []).append(v)

@@ -116,17 +116,15 @@ class ActorRolloutRefWorker:
     @torch.no_grad()
     def compute_log_prob(self, batch: dict) -> dict:
         """π_old: the actor's log-probs of its responses before this step's updates."""
-        from mopd.losses import token_log_probs
-        from workers.actor import response_logits
+        from workers.forward import response_log_probs
 
         temperature = batch["meta"]["temperature"]
         size = self.config["actor_rollout_ref"]["rollout"]["log_prob_micro_batch_size_per_gpu"]
         out = []
         for start in range(0, batch["responses"].shape[0], size):
             mb = to_device(slice_batch(batch, start, start + size), self.device)
-            logits = response_logits(self.actor, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
-                                     mb["responses"].shape[1], temperature)
-            out.append(token_log_probs(logits, mb["responses"]).float().cpu())
+            out.append(response_log_probs(self.actor, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
+                                          mb["responses"], mb["response_mask"], temperature).float().cpu())
         return {"old_log_probs": torch.cat(out)}
 
     # ------------------------------------------------------------------------------------------

@@ -33,15 +33,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def models():
-    path = model_utils.resolve_model_path("embedded")
-    student = model_utils.load_causal_lm(path, dtype=torch.float64, attn_implementation="sdpa")
-    torch.manual_seed(1)
-    other = copy.deepcopy(student)
-    with torch.no_grad():  # a teacher / reference that disagrees with the student
-        for p in other.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    other.requires_grad_(False)
-    return student, other
+    return _load_models()
 
 
 def _left_padded(lengths, width, generator, vocab):
@@ -187,3 +179,128 @@ def test_group_shuffle_keeps_each_prompts_rollouts_together():
     batch = index_batch(make_mini_batch(264), order)
     groups = [batch["uid"][i:i + N] for i in range(0, PROMPTS * N, N)]
     assert all(len(set(g)) == 1 for g in groups) and len({g[0] for g in groups}) == PROMPTS
+
+
+def _plain_logits(module, ids, mask, pos, width, temperature):
+    out = module(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=width + 1, use_cache=False)
+    return out.logits[:, :-1] / temperature
+
+
+def plain_loss(case, models, batch, kwargs):
+    """The independent reference: [B, R, V] logits from the model's own head, then mopd.losses."""
+    from mopd import losses
+    from mopd.teacher import trust_region_logits
+
+    student, other = models
+    loss_mode, agg_mode = case[0], case[1]
+    cfg, t, width = kwargs["actor_cfg"], kwargs["temperature"], RESPONSE_WIDTH
+    mask = batch["response_mask"].double()
+    logits = _plain_logits(student, batch["input_ids"], batch["attention_mask"], batch["position_ids"], width, t)
+    if loss_mode in ("mopd", "sdpo"):
+        sd = kwargs["sd_cfg"]
+        targs = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"], width, t)
+        with torch.no_grad():
+            teacher_logits = _plain_logits(other, *targs)
+            if sd.teacher_regularization == "trust-region":
+                teacher_logits = trust_region_logits(teacher_logits, _plain_logits(student, *targs), 0.3)
+        loss, _ = losses.self_distillation_loss(
+            logits, teacher_logits, batch["responses"], mask, batch["distillation_mask"], sd,
+            old_log_probs=batch.get("old_log_probs"), loss_agg_mode=agg_mode, horizon=kwargs["horizon"])
+    elif loss_mode in ("grpo", "vanilla"):
+        lp = losses.token_log_probs(logits, batch["responses"])
+        loss, _ = losses.ppo_policy_loss(lp, batch["old_log_probs"], batch["advantages"], mask,
+                                         loss_agg_mode=agg_mode, horizon=kwargs["horizon"])
+    else:
+        lp = losses.token_log_probs(logits, batch["responses"])
+        rewards, policy = batch["scores"].tolist(), cfg["policy_loss"]
+        seq = (lp * mask).sum(-1)
+        if loss_mode == "verified_sft":
+            loss, _ = losses.verified_sft_loss(lp, mask, rewards)
+        elif loss_mode == "dpo":
+            with torch.no_grad():
+                ref = losses.token_log_probs(_plain_logits(other, batch["input_ids"], batch["attention_mask"],
+                                                           batch["position_ids"], width, t), batch["responses"])
+            loss, _ = losses.dpo_loss(seq, (ref * mask).sum(-1), batch["uid"], rewards, beta=policy["dpo_beta"],
+                                      label_smoothing=policy["pref_label_smoothing"])
+        else:
+            loss, _ = losses.simpo_loss(seq, mask.sum(-1), batch["uid"], rewards, beta=policy["simpo_beta"],
+                                        gamma=policy["simpo_gamma"], label_smoothing=policy["pref_label_smoothing"])
+    if kwargs["entropy_coeff"]:
+        log_p = torch.log_softmax(logits, dim=-1)
+        loss = loss - kwargs["entropy_coeff"] * losses.agg_loss(-(log_p.exp() * log_p).sum(-1), mask, "token-mean")
+    return loss
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-entropy{c[4]}")
+def test_fused_head_loss_equals_the_plain_logits_loss(models, case):
+    """The actor's loss path (fused LM head, no [B, T, V] logits) against logits + mopd.losses."""
+    student = models[0]
+    batch = make_mini_batch(student.config.vocab_size)
+    kwargs = _loss_kwargs(case, models, batch)
+    loss, grads, _ = _run(student, [batch], None, kwargs)
+    student.zero_grad(set_to_none=True)
+    want = plain_loss(case, models, batch, kwargs)
+    want_grads = torch.autograd.grad(want, list(student.parameters()), allow_unused=True)
+    assert loss == pytest.approx(want.item(), rel=1e-9, abs=1e-12)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w if w is not None else torch.zeros_like(g), rtol=1e-8, atol=1e-11)
+
+
+# --- the same under real FSDP2 (gloo), world size 1 and 2 ---------------------------------------------
+FSDP_CASES = [CASES[1], CASES[3], CASES[7], CASES[10]]  # mopd (ema, trust-region), grpo, dpo; with entropy
+
+
+def _fsdp_worker(rank: int, world: int, port: int) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
+    torch.set_num_threads(1)
+    try:
+        plain_models = _load_models()
+        for case in FSDP_CASES:
+            batch = make_mini_batch(plain_models[0].config.vocab_size)
+            ref_kwargs = _loss_kwargs(case, plain_models, batch)
+            want = plain_loss(case, plain_models, batch, ref_kwargs)
+            want_grads = torch.autograd.grad(want, list(plain_models[0].parameters()))
+            student, other = (model_utils.fsdp2_wrap(copy.deepcopy(m), torch.device("cpu"), world, torch.float32)
+                              for m in plain_models)
+            kwargs = _loss_kwargs(case, (student, other), batch)
+            counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])
+            normalizers = Normalizers(*(max(c, 1.0) / world for c in counts))
+            per_rank = PROMPTS * N // world
+            shard = slice_batch(batch, rank * per_rank, (rank + 1) * per_rank)
+            loss, _ = backward_mini_batch([shard], student, normalizers, torch.device("cpu"), **kwargs)
+            total = torch.tensor([loss], dtype=torch.float64)
+            dist.all_reduce(total)
+            # Each rank's share is scaled by the world size; their mean is the mini-batch loss.
+            assert total.item() / world == pytest.approx(want.item(), rel=1e-9), (case, total.item() / world, want.item())
+            for p, w in zip(student.parameters(), want_grads):
+                torch.testing.assert_close(p.grad.full_tensor(), w, rtol=1e-8, atol=1e-11)
+    finally:
+        dist.destroy_process_group()
+
+
+def _load_models():
+    path = model_utils.resolve_model_path("embedded")
+    student = model_utils.load_causal_lm(path, dtype=torch.float64, attn_implementation="sdpa")
+    torch.manual_seed(1)
+    other = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    other.requires_grad_(False)
+    return student, other
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_fused_loss_under_fsdp2_equals_the_plain_loss(world):
+    """FSDP2 shards the embedding / LM head on the root module: the fused head must see the full weight
+    (student through its own forward, teacher unsharded explicitly) and the gradients must match."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp_worker, args=(world, port), nprocs=world, join=True)
