@@ -102,6 +102,7 @@ def _check_model(t: dict) -> None:
     _choice(t, f"{MODEL}.attn_implementation", ATTN_IMPLEMENTATIONS)
     _boolean(t, f"{MODEL}.enable_gradient_checkpointing")
     _boolean(t, f"{MODEL}.trust_remote_code")
+    _boolean(t, f"{MODEL}.use_remove_padding")
 
 
 def _check_rollout(t: dict) -> None:

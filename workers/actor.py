@@ -32,16 +32,17 @@ class TeacherForward:
     states ``[(1 - r)·h_ref, r·h_student]`` and heads ``[W_ref, W_student]``.
     """
 
-    def __init__(self, teacher_module, mode: str, rate: float, student_module=None):
+    def __init__(self, teacher_module, mode: str, rate: float, student_module=None, remove_padding: bool = False):
         self.teacher = teacher_module
         self.mode = mode
         self.rate = rate
         self.student = student_module
+        self.remove_padding = remove_padding
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         args = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"],
-                batch["response_mask"])
+                batch["response_mask"], self.remove_padding)
         hidden, weight = forward.response_hidden(self.teacher, *args), forward.full_head_weight(self.teacher)
         if self.mode == "trust-region" and self.rate > 0:
             s_hidden, s_weight = forward.response_hidden(self.student, *args), forward.full_head_weight(self.student)
@@ -69,6 +70,7 @@ def micro_batch_loss(
     horizon: int,
     entropy_coeff: float = 0.0,
     entropy_normalizer: float | None = None,
+    remove_padding: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """This micro-batch's share of the mini-batch loss.
 
@@ -103,7 +105,7 @@ def micro_batch_loss(
         return torch.stack([o if keep else o.detach() for o, keep in zip(outs, keep_grad) if o is not None], dim=-1)
 
     values = forward.response_head(student_module, batch["input_ids"], batch["attention_mask"],
-                                   batch["position_ids"], response_mask, fn)
+                                   batch["position_ids"], response_mask, fn, remove_padding)
     log_probs, entropy = (forward.scatter_tokens(values[:, i], response_mask) for i in (0, 1))
     metrics["actor/entropy"] = _masked_mean(entropy.detach(), response_mask)
 
@@ -127,7 +129,7 @@ def micro_batch_loss(
         metrics.update(ppo_metrics)
     elif loss_mode in PREFERENCE_MODES or loss_mode == "verified_sft":
         loss, pref_metrics = _sequence_level_loss(batch, log_probs, response_mask, loss_mode, actor_cfg,
-                                                  ref_module, temperature, normalizer)
+                                                  ref_module, temperature, normalizer, remove_padding)
         metrics.update(pref_metrics)
     else:
         raise ValueError(f"unknown actor_rollout_ref.actor.policy_loss.loss_mode {loss_mode!r}")
@@ -138,7 +140,8 @@ def micro_batch_loss(
     return loss, metrics
 
 
-def _sequence_level_loss(batch, token_lp, response_mask, loss_mode, actor_cfg, ref_module, temperature, normalizer):
+def _sequence_level_loss(batch, token_lp, response_mask, loss_mode, actor_cfg, ref_module, temperature, normalizer,
+                         remove_padding):
     policy = actor_cfg["policy_loss"]
     rewards = batch["scores"].tolist()
     if loss_mode == "verified_sft":
@@ -148,7 +151,8 @@ def _sequence_level_loss(batch, token_lp, response_mask, loss_mode, actor_cfg, r
     uids = batch["uid"]
     if loss_mode == "dpo":
         ref_lp = forward.response_log_probs(ref_module, batch["input_ids"], batch["attention_mask"],
-                                            batch["position_ids"], batch["responses"], response_mask, temperature)
+                                            batch["position_ids"], batch["responses"], response_mask, temperature,
+                                            remove_padding)
         return losses.dpo_loss(seq_lp, ref_lp.sum(-1), uids, rewards, beta=policy["dpo_beta"],
                                label_smoothing=policy["pref_label_smoothing"], normalizer=normalizer)
     return losses.simpo_loss(seq_lp, response_mask.sum(-1), uids, rewards, beta=policy["simpo_beta"],

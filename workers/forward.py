@@ -40,19 +40,41 @@ def output_head(module) -> tuple[str, torch.nn.Module]:
     return name, head
 
 
-def response_head(module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor, fn) -> torch.Tensor:
+def response_head(module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor, fn,
+                  remove_padding: bool = False) -> torch.Tensor:
     """``fn(hidden [M, H], weight [V, H]) -> [M, K]`` on the valid positions of the last R tokens'
-    predecessors (position t-1 scores response token t); rows in row-major order of ``response_mask``."""
+    predecessors (position t-1 scores response token t); rows in row-major order of ``response_mask``.
+
+    ``remove_padding``: the micro-batch's valid tokens are packed into one row, each sequence keeping its
+    own position ids (0, 1, ...), with ``attention_mask=None`` and ``use_cache=False``: transformers then
+    masks attention block-diagonally (``masking_utils.find_packed_sequence_indices`` for sdpa/eager/flex;
+    varlen kernels from the position ids for flash_attention_2). An all-ones mask, or a cache, would
+    instead let the packed sequences see each other (tests/workers/test_remove_padding.py). Sequences
+    are ``[left-padded prompt | right-padded response]`` rows.
+    """
     name, head = output_head(module)
     valid = response_mask.bool()
+    width = response_mask.shape[1]
+    if remove_padding:
+        keep = attention_mask.bool()
+        # Packed position of every kept token; the predecessors of the response tokens are kept tokens.
+        packed_at = (keep.reshape(-1).cumsum(0) - 1).reshape(keep.shape)
+        rows = packed_at[:, -width - 1:-1][valid]
+        inputs = dict(input_ids=input_ids[keep].unsqueeze(0), attention_mask=None,
+                      position_ids=position_ids[keep].unsqueeze(0), logits_to_keep=0)
 
-    def call(hidden, weight):  # hidden: [B, R + 1, H]
-        return fn(hidden[:, :-1][valid], weight)
+        def call(hidden, weight):  # hidden: [1, tokens, H]
+            return fn(hidden[0, rows], weight)
+    else:
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      logits_to_keep=width + 1)
+
+        def call(hidden, weight):  # hidden: [B, R + 1, H]
+            return fn(hidden[:, :-1][valid], weight)
 
     setattr(module, name, _HeadCall(head, call))
     try:
-        out = module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     logits_to_keep=response_mask.shape[1] + 1, use_cache=False)
+        out = module(**inputs, use_cache=False)
     finally:
         setattr(module, name, head)
     return out.logits
@@ -77,18 +99,20 @@ def scatter_tokens(values: torch.Tensor, response_mask: torch.Tensor) -> torch.T
 
 @torch.no_grad()
 def response_log_probs(module, input_ids, attention_mask, position_ids, responses, response_mask,
-                       temperature: float) -> torch.Tensor:
+                       temperature: float, remove_padding: bool = False) -> torch.Tensor:
     """log pi(response token) ``[B, R]`` (zeros at padding), without gradient."""
     labels = responses[response_mask.bool()]
 
     def fn(hidden, weight):
         return fused_head(hidden, weight, labels, temperature=temperature)[0].unsqueeze(-1)
 
-    values = response_head(module, input_ids, attention_mask, position_ids, response_mask, fn)
+    values = response_head(module, input_ids, attention_mask, position_ids, response_mask, fn, remove_padding)
     return scatter_tokens(values[:, 0], response_mask)
 
 
 @torch.no_grad()
-def response_hidden(module, input_ids, attention_mask, position_ids, response_mask) -> torch.Tensor:
+def response_hidden(module, input_ids, attention_mask, position_ids, response_mask,
+                    remove_padding: bool = False) -> torch.Tensor:
     """Final hidden states at the valid response positions ``[M, H]`` (what the head would read)."""
-    return response_head(module, input_ids, attention_mask, position_ids, response_mask, lambda h, w: h)
+    return response_head(module, input_ids, attention_mask, position_ids, response_mask, lambda h, w: h,
+                         remove_padding)

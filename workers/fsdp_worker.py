@@ -65,6 +65,7 @@ class ActorRolloutRefWorker:
         load = dict(dtype=torch.float32, attn_implementation=model_cfg["attn_implementation"],
                     trust_remote_code=model_cfg["trust_remote_code"], device=self.device)
         self.loss_mode = actor_cfg["policy_loss"]["loss_mode"]
+        self.remove_padding = model_cfg["use_remove_padding"]
         self.sd_cfg = (SelfDistillationConfig.from_dict(actor_cfg["self_distillation"])
                        if self.loss_mode in DISTILLATION_MODES else None)
 
@@ -89,7 +90,8 @@ class ActorRolloutRefWorker:
             else:
                 self.teacher_module = frozen
                 mode = self.sd_cfg.teacher_regularization
-                self.teacher = TeacherForward(frozen, mode, self.sd_cfg.teacher_update_rate, self.actor)
+                self.teacher = TeacherForward(frozen, mode, self.sd_cfg.teacher_update_rate, self.actor,
+                                              self.remove_padding)
         n_params = sum(p.numel() for p in actor.parameters())
         return {"params": n_params, "device": str(self.device), "rank": self.rank}
 
@@ -124,7 +126,8 @@ class ActorRolloutRefWorker:
         for start in range(0, batch["responses"].shape[0], size):
             mb = to_device(slice_batch(batch, start, start + size), self.device)
             out.append(response_log_probs(self.actor, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
-                                          mb["responses"], mb["response_mask"], temperature).float().cpu())
+                                          mb["responses"], mb["response_mask"], temperature,
+                                          self.remove_padding).float().cpu())
         return {"old_log_probs": torch.cat(out)}
 
     # ------------------------------------------------------------------------------------------
@@ -147,7 +150,7 @@ class ActorRolloutRefWorker:
         loss_kwargs = dict(loss_mode=self.loss_mode, actor_cfg=actor_cfg, sd_cfg=self.sd_cfg, teacher=self.teacher,
                            ref_module=self.ref_module, temperature=meta["temperature"],
                            horizon=self.config["data"]["max_response_length"],
-                           entropy_coeff=actor_cfg["entropy_coeff"])
+                           entropy_coeff=actor_cfg["entropy_coeff"], remove_padding=self.remove_padding)
         finite_steps = 0
         for _epoch in range(actor_cfg["ppo_epochs"]):
             order = _shuffled(local, group, generator) if actor_cfg["shuffle"] else torch.arange(local)

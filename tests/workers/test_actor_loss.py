@@ -104,19 +104,19 @@ CASES = [
 ]
 
 
-def _loss_kwargs(case, models, batch):
+def _loss_kwargs(case, models, batch, remove_padding=False):
     loss_mode, agg_mode, sd_overrides, with_old, entropy_coeff = case
     student, other = models
     sd_cfg = teacher = None
     if sd_overrides is not None:
         sd_cfg = SelfDistillationConfig.from_dict(sd_overrides)
-        teacher = TeacherForward(other, sd_cfg.teacher_regularization, 0.3, student)
+        teacher = TeacherForward(other, sd_cfg.teacher_regularization, 0.3, student, remove_padding)
     if with_old:
         g = torch.Generator().manual_seed(5)
         batch["old_log_probs"] = -2.0 + 0.5 * torch.randn(batch["responses"].shape, generator=g, dtype=torch.float64)
     return dict(loss_mode=loss_mode, actor_cfg=actor_cfg(loss_mode, agg_mode), sd_cfg=sd_cfg, teacher=teacher,
                 ref_module=other, temperature=batch["meta"]["temperature"], horizon=RESPONSE_WIDTH + 2,
-                entropy_coeff=entropy_coeff)
+                entropy_coeff=entropy_coeff, remove_padding=remove_padding)
 
 
 def _run(student, micro_batches, normalizers, kwargs):
@@ -231,12 +231,14 @@ def plain_loss(case, models, batch, kwargs):
     return loss
 
 
+@pytest.mark.parametrize("remove_padding", [False, True])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-entropy{c[4]}")
-def test_fused_head_loss_equals_the_plain_logits_loss(models, case):
-    """The actor's loss path (fused LM head, no [B, T, V] logits) against logits + mopd.losses."""
+def test_fused_head_loss_equals_the_plain_logits_loss(models, case, remove_padding):
+    """The actor's loss path (fused LM head, no [B, T, V] logits; packed rows or padded) against padded
+    logits + mopd.losses."""
     student = models[0]
     batch = make_mini_batch(student.config.vocab_size)
-    kwargs = _loss_kwargs(case, models, batch)
+    kwargs = _loss_kwargs(case, models, batch, remove_padding)
     loss, grads, _ = _run(student, [batch], None, kwargs)
     student.zero_grad(set_to_none=True)
     want = plain_loss(case, models, batch, kwargs)
@@ -264,7 +266,7 @@ def _fsdp_worker(rank: int, world: int, port: int) -> None:
             want_grads = torch.autograd.grad(want, list(plain_models[0].parameters()))
             student, other = (model_utils.fsdp2_wrap(copy.deepcopy(m), torch.device("cpu"), world, torch.float32)
                               for m in plain_models)
-            kwargs = _loss_kwargs(case, (student, other), batch)
+            kwargs = _loss_kwargs(case, (student, other), batch, remove_padding=True)
             counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])
             normalizers = Normalizers(*(max(c, 1.0) / world for c in counts))
             per_rank = PROMPTS * N // world
