@@ -87,3 +87,55 @@ def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
         width = max(t.shape[1] for t in tensors)
         tensors = [torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1])) for t in tensors]
     return torch.cat(tensors, dim=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Token-budget micro-batches (``actor.use_dynamic_bsz``)
+def token_budget_partition(lengths: Sequence[Sequence[int]], budget: int, *, group: int = 1,
+                           parts: int | None = None) -> list[list[int]]:
+    """Row indices of each micro-batch, such that each micro-batch's token count stays within ``budget``
+    in every column of ``lengths`` (one row per sequence: e.g. its student and its teacher length, each
+    counted by its own length since they are packed separately).
+
+    ``group`` consecutive rows form one unit that is never split (DPO/SimPO pairs a prompt's rollouts).
+    ``parts=None``: as few micro-batches as first-fit-decreasing finds. With ``parts`` (the maximum over
+    ranks, so every rank runs the same number of forward/backward passes, as FSDP2's collectives need)
+    the units are spread over exactly that many micro-batches, largest first onto the least-loaded one.
+    A unit longer than the budget gets a micro-batch of its own. Indices are ascending in each.
+    """
+    if budget < 1:
+        raise ValueError(f"token budget must be positive, got {budget}")
+    rows = len(lengths)
+    if rows % group:
+        raise ValueError(f"{rows} sequences do not split into groups of {group}")
+    units = [list(range(u, u + group)) for u in range(0, rows, group)]
+    cost = [tuple(sum(col) for col in zip(*(lengths[i] for i in unit))) for unit in units]
+    order = sorted(range(len(units)), key=lambda u: max(cost[u]), reverse=True)
+    if parts is None:
+        bins: list[list[int]] = []
+        loads: list[list[int]] = []
+        for u in order:
+            for b, load in enumerate(loads):
+                if all(l + c <= budget for l, c in zip(load, cost[u])):
+                    bins[b].append(u)
+                    loads[b] = [l + c for l, c in zip(load, cost[u])]
+                    break
+            else:
+                bins.append([u])
+                loads.append(list(cost[u]))
+    else:
+        if not 1 <= parts <= len(units):
+            raise ValueError(f"cannot spread {len(units)} unit(s) over {parts} micro-batches")
+        bins = [[] for _ in range(parts)]
+        loads = [[0] * len(cost[0]) for _ in range(parts)]
+        for u in order:
+            b = min(range(parts), key=lambda k: (max(l + c for l, c in zip(loads[k], cost[u])), len(bins[k])))
+            bins[b].append(u)
+            loads[b] = [l + c for l, c in zip(loads[b], cost[u])]
+    return [sorted(i for u in b for i in units[u]) for b in bins if b]
+
+
+def sequence_lengths(batch: dict, *keys: str) -> list[tuple[int, ...]]:
+    """Valid tokens per row of each attention mask in ``keys`` (those present in the batch)."""
+    columns = [batch[k].sum(-1).tolist() for k in keys if k in batch]
+    return list(zip(*columns))

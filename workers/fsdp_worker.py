@@ -17,7 +17,7 @@ from mopd.teacher import ema_update_
 from workers import model_utils
 from workers.actor import (DISTILLATION_MODES, PREFERENCE_MODES, Normalizers, TeacherForward, backward_mini_batch,
                            loss_normalizer_counts)
-from workers.batch import index_batch, slice_batch, to_device
+from workers.batch import index_batch, sequence_lengths, slice_batch, to_device, token_budget_partition
 from workers.dispatch import Dispatch, register
 from workers.hf_rollout import HFRollout, SamplingParams
 
@@ -121,14 +121,21 @@ class ActorRolloutRefWorker:
         from workers.forward import response_log_probs
 
         temperature = batch["meta"]["temperature"]
-        size = self.config["actor_rollout_ref"]["rollout"]["log_prob_micro_batch_size_per_gpu"]
-        out = []
-        for start in range(0, batch["responses"].shape[0], size):
-            mb = to_device(slice_batch(batch, start, start + size), self.device)
-            out.append(response_log_probs(self.actor, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
-                                          mb["responses"], mb["response_mask"], temperature,
-                                          self.remove_padding).float().cpu())
-        return {"old_log_probs": torch.cat(out)}
+        rollout = self.config["actor_rollout_ref"]["rollout"]
+        rows = batch["responses"].shape[0]
+        if self.config["actor_rollout_ref"]["actor"]["use_dynamic_bsz"]:
+            parts = self._token_budget_parts(sequence_lengths(batch, "attention_mask"),
+                                             rollout["log_prob_max_token_len_per_gpu"], 1)
+        else:
+            size = rollout["log_prob_micro_batch_size_per_gpu"]
+            parts = [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
+        out = torch.zeros(batch["responses"].shape, dtype=torch.float32)
+        for index in parts:
+            mb = to_device(index_batch(batch, index), self.device)
+            out[index] = response_log_probs(self.actor, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
+                                            mb["responses"], mb["response_mask"], temperature,
+                                            self.remove_padding).float().cpu()
+        return {"old_log_probs": out}
 
     # ------------------------------------------------------------------------------------------
     @register(Dispatch.DP_COMPUTE)
@@ -158,7 +165,7 @@ class ActorRolloutRefWorker:
                 mini_batch = index_batch(batch, order[m_start : m_start + mini])
                 normalizers = self._global_normalizers(mini_batch) if actor_cfg["global_token_normalization"] else None
                 self.optimizer.zero_grad(set_to_none=True)
-                micro_batches = [slice_batch(mini_batch, u, u + micro) for u in range(0, mini, micro)]
+                micro_batches = self._micro_batches(mini_batch, micro, group)
                 mini_loss, mb_metrics = backward_mini_batch(micro_batches, self.actor, normalizers, self.device,
                                                             **loss_kwargs)
                 for k, v in mb_metrics.items():
@@ -175,6 +182,23 @@ class ActorRolloutRefWorker:
                 metrics.setdefault("actor/lr", []).append(self.scheduler.get_last_lr()[0])
         self._finite_steps = finite_steps
         return {"metrics": [metrics]}
+
+    def _micro_batches(self, mini_batch: dict, size: int, group: int) -> list[dict]:
+        """Fixed-size slices, or (``use_dynamic_bsz``) token-budget groups: student and teacher tokens
+        each within ``ppo_max_token_len_per_gpu``, the same number of micro-batches on every rank."""
+        actor_cfg = self.config["actor_rollout_ref"]["actor"]
+        rows = mini_batch["responses"].shape[0]
+        if not actor_cfg["use_dynamic_bsz"]:
+            return [slice_batch(mini_batch, u, u + size) for u in range(0, rows, size)]
+        lengths = sequence_lengths(mini_batch, "attention_mask", "teacher_attention_mask")
+        parts = self._token_budget_parts(lengths, actor_cfg["ppo_max_token_len_per_gpu"], group)
+        return [index_batch(mini_batch, index) for index in parts]
+
+    def _token_budget_parts(self, lengths, budget: int, group: int) -> list[list[int]]:
+        local = len(token_budget_partition(lengths, budget, group=group))
+        count = model_utils.device_tensor([local], self.device, torch.int64)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)  # every rank runs as many forwards (FSDP2 collectives)
+        return token_budget_partition(lengths, budget, group=group, parts=int(count.item()))
 
     def _global_normalizers(self, mini_batch: dict) -> Normalizers:
         """The mini-batch's loss and entropy counts summed over ranks (one collective)."""

@@ -306,3 +306,48 @@ def test_fused_loss_under_fsdp2_equals_the_plain_loss(world):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_fsdp_worker, args=(world, port), nprocs=world, join=True)
+
+
+# --- token-budget micro-batches (use_dynamic_bsz) -------------------------------------------------------
+def test_token_budget_partition_respects_budget_groups_and_part_count():
+    from workers.batch import token_budget_partition
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [(int(s), int(s) + int(t)) for s, t in zip(torch.randint(5, 40, (24,), generator=g),
+                                                          torch.randint(0, 60, (24,), generator=g))]
+    for group in (1, 3):
+        parts = token_budget_partition(lengths, 150, group=group)
+        assert sorted(i for p in parts for i in p) == list(range(24))
+        for p in parts:
+            assert all(sum(lengths[i][c] for i in p) <= 150 for c in (0, 1)) or len(p) == group
+            assert all(len({i // group for i in p[k:k + group]}) == 1 for k in range(0, len(p), group))
+        # the teacher column binds: fewer parts if only student lengths counted
+        assert len(token_budget_partition([(s,) for s, _ in lengths], 150, group=group)) < len(parts)
+        more = min(len(parts) + 2, 24 // group)
+        spread = token_budget_partition(lengths, 150, group=group, parts=more)
+        assert len(spread) == more and sorted(i for p in spread for i in p) == list(range(24))
+    assert token_budget_partition([(500,), (3,)], 100) == [[0], [1]]  # too long: a micro-batch of its own
+    with pytest.raises(ValueError, match="cannot spread 2 unit"):
+        token_budget_partition([(5,), (3,)], 100, parts=3)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-entropy{c[4]}")
+def test_token_budget_grouping_does_not_change_loss_or_gradient(models, case):
+    """Non-contiguous groups chosen by token budget (student and teacher counted by their own lengths),
+    packed rows: the same loss and gradient as the whole mini-batch in one plain micro-batch."""
+    from workers.batch import sequence_lengths, token_budget_partition
+
+    student = models[0]
+    batch = make_mini_batch(student.config.vocab_size)
+    kwargs = _loss_kwargs(case, models, batch, remove_padding=True)
+    ref_loss, ref_grads, _ = _run(student, [batch], None, kwargs)
+    counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])
+    normalizers = Normalizers(*(max(c, 1.0) for c in counts))
+    group = N if case[0] in ("dpo", "simpo") else 1
+    lengths = sequence_lengths(batch, "attention_mask", "teacher_attention_mask")
+    parts = token_budget_partition(lengths, 40 if group == 1 else 60, group=group)
+    assert len(parts) >= 2 and any(p != list(range(p[0], p[0] + len(p))) for p in parts)  # really regrouped
+    loss, grads, _ = _run(student, [index_batch(batch, p) for p in parts], normalizers, kwargs)
+    assert loss == pytest.approx(ref_loss, rel=1e-9, abs=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-12)
