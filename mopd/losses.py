@@ -364,26 +364,51 @@ def self_distillation_loss(
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """MOPD/SDPO loss: teacher-to-student divergence on the student's own tokens (docs §4)."""
-    mask = response_mask.to(torch.float32) * distillation_mask.to(torch.float32).reshape(-1, 1)
-    need_token_logp = (not config.full_logit_distillation) or (
-        old_log_probs is not None and config.is_clip is not None
-    )
-    student_logp = None
-    if need_token_logp:
+    student_logp = divergence = teacher_logp = None
+    if (not config.full_logit_distillation) or (old_log_probs is not None and config.is_clip is not None):
         student_logp = token_log_probs(
             student_logits if not config.full_logit_distillation else student_logits.detach(),
             responses,
             chunk_size=chunk_size,
         )
-    metrics: dict[str, float] = {}
     if config.full_logit_distillation:
-        per_token = topk_divergence(
+        divergence = topk_divergence(
             student_logits, teacher_logits, alpha=config.alpha, topk=config.distillation_topk,
             add_tail=config.distillation_add_tail, chunk_size=chunk_size,
         )
     else:
         with torch.no_grad():
             teacher_logp = token_log_probs(teacher_logits.detach(), responses, chunk_size=chunk_size)
+    return self_distillation_loss_from_tokens(
+        student_logp, divergence, teacher_logp, response_mask, distillation_mask, config,
+        old_log_probs=old_log_probs, rollout_is_weights=rollout_is_weights, step_ids=step_ids,
+        loss_agg_mode=loss_agg_mode, normalizer=normalizer, horizon=horizon,
+    )
+
+
+def self_distillation_loss_from_tokens(
+    student_logp: torch.Tensor | None,
+    divergence: torch.Tensor | None,
+    teacher_logp: torch.Tensor | None,
+    response_mask: torch.Tensor,
+    distillation_mask: torch.Tensor,
+    config: SelfDistillationConfig,
+    *,
+    old_log_probs: torch.Tensor | None = None,
+    rollout_is_weights: torch.Tensor | None = None,
+    step_ids: torch.Tensor | None = None,
+    loss_agg_mode: str = "token-mean",
+    normalizer: float | None = None,
+    horizon: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``self_distillation_loss`` from per-token inputs ``[B, T]`` (what ``mopd.fused_head`` computes
+    without logits): the divergence (full-logit mode) or the teacher's token log-probs (estimator mode),
+    and the student's token log-probs (differentiable in estimator mode; for IS weights otherwise)."""
+    mask = response_mask.to(torch.float32) * distillation_mask.to(torch.float32).reshape(-1, 1)
+    metrics: dict[str, float] = {}
+    if config.full_logit_distillation:
+        per_token = divergence
+    else:
         # REINFORCE-style reverse-KL estimator: value (s - t) * s, gradient (s - t) * ds.
         per_token = (student_logp - teacher_logp).detach() * student_logp
         metrics["self_distillation/teacher_minus_student_logp"] = _masked_mean_float(
@@ -482,8 +507,20 @@ def preference_pairs(uids: Sequence, rewards: Sequence[float]) -> list[tuple[int
     return pairs
 
 
+def preference_pair_count(uids: Sequence, rewards: Sequence[float]) -> int:
+    """How many pairs ``dpo_loss``/``simpo_loss`` average over (the global normaliser's share)."""
+    return len(preference_pairs(uids, [float(r) for r in rewards]))
+
+
+def verified_sft_count(response_mask: torch.Tensor, rewards, success_threshold: float) -> int:
+    """How many sequences ``verified_sft_loss`` averages over: successes with at least one token."""
+    rewards = torch.as_tensor([float(r) for r in rewards])
+    return int(((rewards >= success_threshold) & (response_mask.sum(-1).cpu() > 0)).sum().item())
+
+
 def _pairwise_logistic(
-    scores: torch.Tensor, uids, rewards, beta: float, margin: float, label_smoothing: float
+    scores: torch.Tensor, uids, rewards, beta: float, margin: float, label_smoothing: float,
+    normalizer: float | None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     pairs = preference_pairs(uids, [float(r) for r in rewards])
     if not pairs:
@@ -492,7 +529,9 @@ def _pairwise_logistic(
     rejected = torch.tensor([r for _, r in pairs], device=scores.device)
     z = beta * (scores[chosen] - scores[rejected]) - margin
     loss = -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
-    return loss.mean(), {
+    # normalizer: the mini-batch's pair count (all micro-batches and ranks), so the sum over
+    # micro-batches is the mini-batch mean whatever the micro-batching.
+    return (loss.mean() if normalizer is None else loss.sum() / normalizer), {
         "actor/pref_pairs": float(len(pairs)),
         "actor/pref_accuracy": float((z.detach() > 0).float().mean().item()),
         "actor/pref_margin": float(z.detach().mean().item()),
@@ -501,29 +540,32 @@ def _pairwise_logistic(
 
 def dpo_loss(
     seq_log_probs: torch.Tensor, ref_seq_log_probs: torch.Tensor, uids, rewards, *,
-    beta: float = 0.1, label_smoothing: float = 0.0,
+    beta: float = 0.1, label_smoothing: float = 0.0, normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """DPO over all within-prompt pairs; h = sum log pi - sum log pi_ref."""
-    return _pairwise_logistic(seq_log_probs - ref_seq_log_probs.detach(), uids, rewards, beta, 0.0, label_smoothing)
+    """DPO over all within-prompt pairs; h = sum log pi - sum log pi_ref. ``normalizer`` replaces the
+    local pair count (see ``preference_pair_count``)."""
+    return _pairwise_logistic(seq_log_probs - ref_seq_log_probs.detach(), uids, rewards, beta, 0.0, label_smoothing,
+                              normalizer)
 
 
 def simpo_loss(
     seq_log_probs: torch.Tensor, lengths: torch.Tensor, uids, rewards, *,
-    beta: float = 2.0, gamma: float = 1.0, label_smoothing: float = 0.0,
+    beta: float = 2.0, gamma: float = 1.0, label_smoothing: float = 0.0, normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SimPO over all within-prompt pairs; h = sum log pi / |y|, target margin gamma."""
     lengths = lengths.to(seq_log_probs.dtype).clamp(min=1.0)
-    return _pairwise_logistic(seq_log_probs / lengths, uids, rewards, beta, gamma, label_smoothing)
+    return _pairwise_logistic(seq_log_probs / lengths, uids, rewards, beta, gamma, label_smoothing, normalizer)
 
 
 def verified_sft_loss(
     token_log_probs: torch.Tensor, response_mask: torch.Tensor, rewards, *,
-    success_threshold: float = 1.0, length_normalize: bool = True,
+    success_threshold: float = 1.0, length_normalize: bool = True, normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """NLL of the successful rollouts only (rejection-sampling fine-tuning)."""
+    """NLL of the successful rollouts only (rejection-sampling fine-tuning), a mean over those
+    sequences; ``normalizer`` replaces their local count (see ``verified_sft_count``)."""
     rewards = torch.as_tensor(rewards, dtype=token_log_probs.dtype, device=token_log_probs.device)
     success = (rewards >= success_threshold).to(token_log_probs.dtype)
     mask = response_mask.to(token_log_probs.dtype) * success.unsqueeze(-1)
     mode = "seq-mean-token-mean" if length_normalize else "seq-mean-token-sum"
-    loss = agg_loss(-token_log_probs, mask, mode)
+    loss = agg_loss(-token_log_probs, mask, mode, normalizer=normalizer)
     return loss, {"actor/sft_success_count": float(success.sum().item())}

@@ -102,11 +102,13 @@ def _check_model(t: dict) -> None:
     _choice(t, f"{MODEL}.attn_implementation", ATTN_IMPLEMENTATIONS)
     _boolean(t, f"{MODEL}.enable_gradient_checkpointing")
     _boolean(t, f"{MODEL}.trust_remote_code")
+    _boolean(t, f"{MODEL}.use_remove_padding")
 
 
 def _check_rollout(t: dict) -> None:
     _choice(t, f"{ROLLOUT}.name", ROLLOUT_NAMES)
-    for key in ("n", "micro_batch_size", "log_prob_micro_batch_size_per_gpu", "tensor_model_parallel_size", "val_kwargs.n"):
+    for key in ("n", "micro_batch_size", "log_prob_micro_batch_size_per_gpu", "log_prob_max_token_len_per_gpu",
+                "tensor_model_parallel_size", "val_kwargs.n"):
         _positive_int(t, f"{ROLLOUT}.{key}")
     _boolean(t, f"{ROLLOUT}.calculate_log_probs")
     _number(t, f"{ROLLOUT}.gpu_memory_utilization", low=0.0, low_open=True, high=1.0)
@@ -125,10 +127,15 @@ def _check_rollout(t: dict) -> None:
 
 def _check_actor(t: dict) -> None:
     _choice(t, f"{ACTOR}.strategy", STRATEGIES)
-    for key in ("ppo_mini_batch_size", "ppo_micro_batch_size_per_gpu", "ppo_epochs"):
+    for key in ("ppo_mini_batch_size", "ppo_micro_batch_size_per_gpu", "ppo_max_token_len_per_gpu", "ppo_epochs"):
         _positive_int(t, f"{ACTOR}.{key}")
-    for key in ("shuffle", "global_token_normalization", "use_kl_loss"):
+    for key in ("shuffle", "global_token_normalization", "use_kl_loss", "use_dynamic_bsz"):
         _boolean(t, f"{ACTOR}.{key}")
+    if _get(t, f"{ACTOR}.use_dynamic_bsz") and not _get(t, f"{ACTOR}.global_token_normalization"):
+        raise ConfigError(
+            f"{ACTOR}.use_dynamic_bsz=true needs {ACTOR}.global_token_normalization=true (token-budget micro-batches "
+            "differ in size, so per-micro-batch means would weight tokens unequally)"
+        )
     _choice(t, f"{ACTOR}.loss_agg_mode", LOSS_AGG_MODES)
     _number(t, f"{ACTOR}.clip_ratio_low", low=0.0)
     _number(t, f"{ACTOR}.clip_ratio_high", low=0.0)

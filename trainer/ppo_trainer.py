@@ -22,6 +22,7 @@ from mopd.peers import Rollout, UidSuccessTracker, select_peers
 from mopd.reprompt import build_teacher_inputs, compute_step_ids
 from trainer import rollout_io
 from workers.actor import DISTILLATION_MODES
+from workers.batch import truncate_batch
 from workers.model_utils import EMBEDDED_DIR, load_tokenizer, resolve_model_path
 
 
@@ -265,7 +266,7 @@ class Trainer:
                                     self.tokenizer.pad_token_id)
             batch = self._generate(_pad_to_multiple(items, self.group.world_size), self.global_step, validate=True)
             keep = len(items["uid"]) * val_n
-            batch = _truncate(batch, keep)
+            batch = truncate_batch(batch, keep)
             results = self._score(batch, items, None, n=val_n)
             lengths += batch["response_mask"].sum(-1).tolist()
             for i, result in enumerate(results):
@@ -383,10 +384,6 @@ def _pad_to_multiple(items: dict, parts: int) -> dict:
         out[key] = torch.cat([items[key], items[key][-1:].repeat(extra, 1)])
     out["uid"] = list(items["uid"]) + [items["uid"][-1]] * extra
     return out
-
-
-def _truncate(batch: dict, size: int) -> dict:
-    return {k: (v[:size] if isinstance(v, (torch.Tensor, list)) and k != "meta" else v) for k, v in batch.items()}
 
 
 @contextmanager

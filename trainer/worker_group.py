@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import socket
 
-from workers.dispatch import Dispatch, concat_batches, dispatch_mode, split_batch
+from workers.batch import concat_batches, split_batch
+from workers.dispatch import Dispatch, dispatch_mode
 
 
 def free_port() -> int:

@@ -2,48 +2,58 @@
 
 Inputs are the rank's micro-batch (student sequences ``[prompt | response]``, teacher sequences
 ``[teacher prompt | response]``, masks, advantages, ...) and the student/teacher modules; the output is
-the scalar to backpropagate and its metrics. The maths lives in ``mopd.losses``.
+the scalar to backpropagate and its metrics. The maths lives in ``mopd.losses`` and ``mopd.fused_head``
+(the LM head fused with the per-token quantities: no ``[B, T, V]`` logits, ``workers.forward``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
 from mopd import losses
 from mopd.config import SelfDistillationConfig
+from mopd.fused_head import fused_head
+from workers import forward, model_utils
 
 DISTILLATION_MODES = ("mopd", "sdpo")
 PPO_MODES = ("grpo", "vanilla")
 PREFERENCE_MODES = ("dpo", "simpo")
 
 
-def response_logits(module, input_ids, attention_mask, position_ids, response_length: int, temperature: float):
-    """Logits scoring the last ``response_length`` tokens ``[B, R, V]`` (float32 upcast left to the loss)."""
-    out = module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                 logits_to_keep=response_length + 1, use_cache=False)
-    logits = out.logits[:, :-1]
-    return logits / temperature if temperature != 1.0 else logits
-
-
 class TeacherForward:
-    """The teacher's logits on its own (peer-context) inputs, per ``teacher_regularization``."""
+    """The teacher's head inputs on its own (peer-context) sequences, per ``teacher_regularization``:
+    final hidden states at the valid response positions ``[M, H]`` and the head weight ``[V, H]``, so
+    that its logits are ``hidden @ weight.T`` (``mopd.fused_head`` never materialises them).
 
-    def __init__(self, teacher_module, mode: str, rate: float, student_module=None):
+    ``trust-region``: logits (1 - r)·z_ref + r·z_student are one linear map of the concatenated hidden
+    states ``[(1 - r)·h_ref, r·h_student]`` and heads ``[W_ref, W_student]``.
+    """
+
+    def __init__(self, teacher_module, mode: str, rate: float, student_module=None, remove_padding: bool = False):
         self.teacher = teacher_module
         self.mode = mode
         self.rate = rate
         self.student = student_module
+        self.remove_padding = remove_padding
 
     @torch.no_grad()
-    def __call__(self, batch: dict, response_length: int, temperature: float) -> torch.Tensor:
+    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         args = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"],
-                response_length, temperature)
-        logits = response_logits(self.teacher, *args)
+                batch["response_mask"], self.remove_padding)
+        hidden, weight = forward.response_hidden(self.teacher, *args), forward.full_head_weight(self.teacher)
         if self.mode == "trust-region" and self.rate > 0:
-            from mopd.teacher import trust_region_logits
+            s_hidden, s_weight = forward.response_hidden(self.student, *args), forward.full_head_weight(self.student)
+            hidden = torch.cat([(1.0 - self.rate) * hidden, self.rate * s_hidden.to(hidden.dtype)], dim=-1)
+            weight = torch.cat([weight, s_weight.to(weight.dtype)], dim=-1)  # a copy: the student may reshard
+            model_utils.reshard(self.student)
+        return hidden, weight
 
-            logits = trust_region_logits(logits, response_logits(self.student, *args), self.rate)
-        return logits
+    def release(self) -> None:
+        """Reshard the teacher's head weight (kept unsharded until the micro-batch's backward is done)."""
+        model_utils.reshard(self.teacher)
 
 
 def micro_batch_loss(
@@ -59,28 +69,56 @@ def micro_batch_loss(
     normalizer: float | None,
     horizon: int,
     entropy_coeff: float = 0.0,
+    entropy_normalizer: float | None = None,
+    remove_padding: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """This micro-batch's share of the mini-batch loss.
+
+    With ``normalizer`` (and ``entropy_normalizer`` for the entropy bonus) the global counts from
+    ``loss_normalizer_counts`` (summed over micro-batches and ranks, divided by the world size), the
+    shares add up to the mini-batch loss whatever the micro-batching; without, each share is the
+    micro-batch's own mean (the caller divides by the number of micro-batches).
+    """
     responses = batch["responses"]
     response_mask = batch["response_mask"].float()
-    length = responses.shape[1]
-    logits = response_logits(student_module, batch["input_ids"], batch["attention_mask"], batch["position_ids"],
-                             length, temperature)
+    labels = responses[response_mask.bool()]
     agg_mode = actor_cfg["loss_agg_mode"]
     metrics: dict[str, float] = {}
-    with torch.no_grad():
-        entropy = losses.entropy_from_logits(logits.detach())
-    metrics["actor/entropy"] = _masked_mean(entropy, response_mask)
+
+    head_kwargs: dict = {"temperature": temperature}
+    teacher_logp = None
+    if loss_mode in DISTILLATION_MODES:
+        teacher_hidden, teacher_weight = teacher(batch)
+        if sd_cfg.full_logit_distillation:
+            head_kwargs.update(teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, alpha=sd_cfg.alpha,
+                               topk=sd_cfg.distillation_topk, add_tail=sd_cfg.distillation_add_tail)
+        else:
+            with torch.no_grad():
+                teacher_logp = forward.scatter_tokens(
+                    fused_head(teacher_hidden, teacher_weight, labels, temperature=temperature)[0], response_mask)
+
+    # Outputs the loss does not differentiate are detached, so backward skips their vocabulary work.
+    keep_grad = (not (loss_mode in DISTILLATION_MODES and sd_cfg.full_logit_distillation), bool(entropy_coeff), True)
+
+    def fn(hidden, weight):
+        outs = fused_head(hidden, weight, labels, **head_kwargs)
+        return torch.stack([o if keep else o.detach() for o, keep in zip(outs, keep_grad) if o is not None], dim=-1)
+
+    values = forward.response_head(student_module, batch["input_ids"], batch["attention_mask"],
+                                   batch["position_ids"], response_mask, fn, remove_padding)
+    log_probs, entropy = (forward.scatter_tokens(values[:, i], response_mask) for i in (0, 1))
+    metrics["actor/entropy"] = _masked_mean(entropy.detach(), response_mask)
 
     if loss_mode in DISTILLATION_MODES:
-        teacher_logits = teacher(batch, length, temperature)
-        loss, sd_metrics = losses.self_distillation_loss(
-            logits, teacher_logits, responses, response_mask, batch["distillation_mask"], sd_cfg,
+        divergence = forward.scatter_tokens(values[:, 2], response_mask) if sd_cfg.full_logit_distillation else None
+        loss, sd_metrics = losses.self_distillation_loss_from_tokens(
+            log_probs if teacher_logp is not None else log_probs.detach(), divergence, teacher_logp,
+            response_mask, batch["distillation_mask"], sd_cfg,
             old_log_probs=batch.get("old_log_probs"), rollout_is_weights=batch.get("rollout_is_weights"),
             step_ids=batch.get("step_ids"), loss_agg_mode=agg_mode, normalizer=normalizer, horizon=horizon,
         )
         metrics.update(sd_metrics)
     elif loss_mode in PPO_MODES:
-        log_probs = losses.token_log_probs(logits, responses)
         old = batch.get("old_log_probs")
         loss, ppo_metrics = losses.ppo_policy_loss(
             log_probs, old if old is not None else log_probs.detach(), batch["advantages"], response_mask,
@@ -90,50 +128,106 @@ def micro_batch_loss(
         )
         metrics.update(ppo_metrics)
     elif loss_mode in PREFERENCE_MODES or loss_mode == "verified_sft":
-        loss, pref_metrics = _sequence_level_loss(batch, logits, responses, response_mask, loss_mode, actor_cfg,
-                                                  ref_module, temperature)
+        loss, pref_metrics = _sequence_level_loss(batch, log_probs, response_mask, loss_mode, actor_cfg,
+                                                  ref_module, temperature, normalizer, remove_padding)
         metrics.update(pref_metrics)
     else:
         raise ValueError(f"unknown actor_rollout_ref.actor.policy_loss.loss_mode {loss_mode!r}")
 
     if entropy_coeff:
         # Entropy bonus (differentiable): mean entropy over valid tokens.
-        log_p = torch.log_softmax(logits.float(), dim=-1)
-        ent = -(log_p.exp() * log_p).sum(-1)
-        loss = loss - entropy_coeff * losses.agg_loss(ent, response_mask, "token-mean")
+        loss = loss - entropy_coeff * losses.agg_loss(entropy, response_mask, "token-mean", normalizer=entropy_normalizer)
     return loss, metrics
 
 
-def _sequence_level_loss(batch, logits, responses, response_mask, loss_mode, actor_cfg, ref_module, temperature):
+def _sequence_level_loss(batch, token_lp, response_mask, loss_mode, actor_cfg, ref_module, temperature, normalizer,
+                         remove_padding):
     policy = actor_cfg["policy_loss"]
-    token_lp = losses.token_log_probs(logits, responses)
     rewards = batch["scores"].tolist()
     if loss_mode == "verified_sft":
         return losses.verified_sft_loss(token_lp, response_mask, rewards, success_threshold=policy["sft_success_threshold"],
-                                        length_normalize=policy["sft_length_normalize"])
+                                        length_normalize=policy["sft_length_normalize"], normalizer=normalizer)
     seq_lp = (token_lp * response_mask).sum(-1)
     uids = batch["uid"]
     if loss_mode == "dpo":
-        with torch.no_grad():
-            ref_logits = response_logits(ref_module, batch["input_ids"], batch["attention_mask"],
-                                         batch["position_ids"], responses.shape[1], temperature)
-            ref_lp = (losses.token_log_probs(ref_logits, responses) * response_mask).sum(-1)
-        return losses.dpo_loss(seq_lp, ref_lp, uids, rewards, beta=policy["dpo_beta"],
-                               label_smoothing=policy["pref_label_smoothing"])
+        ref_lp = forward.response_log_probs(ref_module, batch["input_ids"], batch["attention_mask"],
+                                            batch["position_ids"], batch["responses"], response_mask, temperature,
+                                            remove_padding)
+        return losses.dpo_loss(seq_lp, ref_lp.sum(-1), uids, rewards, beta=policy["dpo_beta"],
+                               label_smoothing=policy["pref_label_smoothing"], normalizer=normalizer)
     return losses.simpo_loss(seq_lp, response_mask.sum(-1), uids, rewards, beta=policy["simpo_beta"],
-                             gamma=policy["simpo_gamma"], label_smoothing=policy["pref_label_smoothing"])
+                             gamma=policy["simpo_gamma"], label_smoothing=policy["pref_label_smoothing"],
+                             normalizer=normalizer)
 
 
-def loss_normalizer_count(batch: dict, loss_mode: str, agg_mode: str) -> float:
-    """This rank's share of the mini-batch normaliser (summed over ranks by the caller)."""
+def loss_normalizer_counts(batch: dict, loss_mode: str, actor_cfg: dict) -> tuple[float, float]:
+    """This rank's share of the mini-batch normalisers (the caller sums them over ranks):
+    (what the loss averages over, response tokens for the entropy bonus's token mean)."""
     mask = batch["response_mask"].float()
+    tokens = float(mask.sum().item())
+    policy = actor_cfg["policy_loss"]
+    if loss_mode in PREFERENCE_MODES:
+        return float(losses.preference_pair_count(batch["uid"], batch["scores"].tolist())), tokens
+    if loss_mode == "verified_sft":
+        return float(losses.verified_sft_count(mask, batch["scores"].tolist(), policy["sft_success_threshold"])), tokens
     if loss_mode in DISTILLATION_MODES:
         mask = mask * batch["distillation_mask"].float().unsqueeze(-1)
+    agg_mode = actor_cfg["loss_agg_mode"]
     if agg_mode == "token-mean":
-        return float(mask.sum().item())
+        return float(mask.sum().item()), tokens
     if agg_mode in ("seq-mean-token-mean", "seq-mean-token-sum"):
-        return float((mask.sum(-1) > 0).sum().item())
-    return float(mask.shape[0])
+        return float((mask.sum(-1) > 0).sum().item()), tokens
+    return float(mask.shape[0]), tokens
+
+
+@dataclass
+class Normalizers:
+    """Global mini-batch counts (summed over ranks, divided by the world size: FSDP2 averages
+    gradients over ranks) that every micro-batch's loss divides by."""
+
+    loss: float
+    entropy: float
+
+
+def backward_mini_batch(micro_batches: Iterable[dict], student_module, normalizers: Normalizers | None,
+                        device: torch.device, **loss_kwargs) -> tuple[float, dict[str, list[float]]]:
+    """Forward/backward every micro-batch of one mini-batch, accumulating gradients in the module.
+
+    Returns this rank's mini-batch loss (the sum of the scaled micro-batch losses) and the
+    micro-batches' metrics. Without ``normalizers`` each micro-batch mean is divided by their number.
+    """
+    from workers.batch import to_device
+
+    micro_batches = list(micro_batches)
+    if loss_kwargs["loss_mode"] in PREFERENCE_MODES:
+        _check_groups_intact(micro_batches)
+    total, metrics = 0.0, {}
+    for mb in micro_batches:
+        loss, mb_metrics = micro_batch_loss(
+            to_device(mb, device), student_module,
+            normalizer=normalizers.loss if normalizers else None,
+            entropy_normalizer=normalizers.entropy if normalizers else None, **loss_kwargs,
+        )
+        if normalizers is None:
+            loss = loss / len(micro_batches)
+        loss.backward()
+        if loss_kwargs.get("teacher") is not None:
+            loss_kwargs["teacher"].release()
+        total += float(loss.detach().item())
+        for k, v in mb_metrics.items():
+            metrics.setdefault(k, []).append(v)
+    return total, metrics
+
+
+def _check_groups_intact(micro_batches: list[dict]) -> None:
+    seen: dict = {}
+    for i, mb in enumerate(micro_batches):
+        for uid in dict.fromkeys(mb["uid"]):
+            if seen.setdefault(uid, i) != i:
+                raise ValueError(
+                    f"DPO/SimPO pair the rollouts of one prompt within a micro-batch, but prompt uid={uid!r} is split "
+                    f"over micro-batches {seen[uid]} and {i}: keep each prompt's rollouts.n samples together"
+                )
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:

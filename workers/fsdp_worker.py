@@ -15,7 +15,9 @@ import torch.distributed as dist
 from mopd.config import SelfDistillationConfig
 from mopd.teacher import ema_update_
 from workers import model_utils
-from workers.actor import DISTILLATION_MODES, TeacherForward, loss_normalizer_count, micro_batch_loss
+from workers.actor import (DISTILLATION_MODES, PREFERENCE_MODES, Normalizers, TeacherForward, backward_mini_batch,
+                           loss_normalizer_counts)
+from workers.batch import index_batch, sequence_lengths, slice_batch, to_device, token_budget_partition
 from workers.dispatch import Dispatch, register
 from workers.hf_rollout import HFRollout, SamplingParams
 
@@ -63,6 +65,7 @@ class ActorRolloutRefWorker:
         load = dict(dtype=torch.float32, attn_implementation=model_cfg["attn_implementation"],
                     trust_remote_code=model_cfg["trust_remote_code"], device=self.device)
         self.loss_mode = actor_cfg["policy_loss"]["loss_mode"]
+        self.remove_padding = model_cfg["use_remove_padding"]
         self.sd_cfg = (SelfDistillationConfig.from_dict(actor_cfg["self_distillation"])
                        if self.loss_mode in DISTILLATION_MODES else None)
 
@@ -90,7 +93,8 @@ class ActorRolloutRefWorker:
             else:
                 self.teacher_module = frozen
                 mode = self.sd_cfg.teacher_regularization
-                self.teacher = TeacherForward(frozen, mode, self.sd_cfg.teacher_update_rate, self.actor)
+                self.teacher = TeacherForward(frozen, mode, self.sd_cfg.teacher_update_rate, self.actor,
+                                              self.remove_padding)
         n_params = sum(p.numel() for p in actor.parameters())
         return {"params": n_params, "device": str(self.device), "rank": self.rank}
 
@@ -117,18 +121,24 @@ class ActorRolloutRefWorker:
     @torch.no_grad()
     def compute_log_prob(self, batch: dict) -> dict:
         """π_old: the actor's log-probs of its responses before this step's updates."""
-        from mopd.losses import token_log_probs
-        from workers.actor import response_logits
+        from workers.forward import response_log_probs
 
         temperature = batch["meta"]["temperature"]
-        size = self.config["actor_rollout_ref"]["rollout"]["log_prob_micro_batch_size_per_gpu"]
-        out = []
-        for start in range(0, batch["responses"].shape[0], size):
-            mb = _to_device(_slice(batch, start, start + size), self.device)
-            logits = response_logits(self.actor, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
-                                     mb["responses"].shape[1], temperature)
-            out.append(token_log_probs(logits, mb["responses"]).float().cpu())
-        return {"old_log_probs": torch.cat(out)}
+        rollout = self.config["actor_rollout_ref"]["rollout"]
+        rows = batch["responses"].shape[0]
+        if self.config["actor_rollout_ref"]["actor"]["use_dynamic_bsz"]:
+            parts = self._token_budget_parts(sequence_lengths(batch, "attention_mask"),
+                                             rollout["log_prob_max_token_len_per_gpu"], 1)
+        else:
+            size = rollout["log_prob_micro_batch_size_per_gpu"]
+            parts = [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
+        out = torch.zeros(batch["responses"].shape, dtype=torch.float32)
+        for index in parts:
+            mb = to_device(index_batch(batch, index), self.device)
+            out[index] = response_log_probs(self.actor, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
+                                            mb["responses"], mb["response_mask"], temperature,
+                                            self.remove_padding).float().cpu()
+        return {"old_log_probs": out}
 
     # ------------------------------------------------------------------------------------------
     @register(Dispatch.DP_COMPUTE)
@@ -142,41 +152,27 @@ class ActorRolloutRefWorker:
         local = batch["responses"].shape[0]
         mini = actor_cfg["ppo_mini_batch_size"] * n // self.world_size
         micro = actor_cfg["ppo_micro_batch_size_per_gpu"]  # validated: divides the per-device mini-batch
-        agg_mode = actor_cfg["loss_agg_mode"]
-        horizon = self.config["data"]["max_response_length"]
         metrics: dict[str, list[float]] = {}
         self.actor.train()
         generator = torch.Generator().manual_seed(_derive_seed(self.config["trainer"]["seed"], meta["step"], 0, "shuffle"))
+        # DPO/SimPO pair the rollouts of one prompt within a micro-batch: shuffle whole groups of n.
+        group = n if self.loss_mode in PREFERENCE_MODES else 1
+        loss_kwargs = dict(loss_mode=self.loss_mode, actor_cfg=actor_cfg, sd_cfg=self.sd_cfg, teacher=self.teacher,
+                           ref_module=self.ref_module, temperature=meta["temperature"],
+                           horizon=self.config["data"]["max_response_length"],
+                           entropy_coeff=actor_cfg["entropy_coeff"], remove_padding=self.remove_padding)
         finite_steps = 0
         for _epoch in range(actor_cfg["ppo_epochs"]):
-            order = torch.randperm(local, generator=generator) if actor_cfg["shuffle"] else torch.arange(local)
+            order = _shuffled(local, group, generator) if actor_cfg["shuffle"] else torch.arange(local)
             for m_start in range(0, local, mini):
-                mini_batch = _index(batch, order[m_start : m_start + mini])
-                normalizer = None
-                if actor_cfg["global_token_normalization"]:
-                    count = model_utils.device_tensor(loss_normalizer_count(mini_batch, self.loss_mode, agg_mode),
-                                                      self.device)
-                    dist.all_reduce(count)  # NCCL reduces device tensors only
-                    # FSDP2 averages gradients over ranks, so each rank's loss is scaled by world size.
-                    normalizer = max(count.item(), 1.0) / self.world_size
+                mini_batch = index_batch(batch, order[m_start : m_start + mini])
+                normalizers = self._global_normalizers(mini_batch) if actor_cfg["global_token_normalization"] else None
                 self.optimizer.zero_grad(set_to_none=True)
-                steps = math.ceil(mini / micro)
-                mini_loss = 0.0
-                for u_start in range(0, mini, micro):
-                    mb = _to_device(_slice(mini_batch, u_start, u_start + micro), self.device)
-                    loss, mb_metrics = micro_batch_loss(
-                        mb, self.actor, loss_mode=self.loss_mode, actor_cfg=actor_cfg, sd_cfg=self.sd_cfg,
-                        teacher=self.teacher, ref_module=self.ref_module, temperature=meta["temperature"],
-                        normalizer=normalizer, horizon=horizon, entropy_coeff=actor_cfg["entropy_coeff"],
-                    )
-                    if normalizer is None:
-                        loss = loss / steps
-                    loss.backward()
-                    # Scaled micro-batch losses add up to this rank's share of the mini-batch loss;
-                    # the driver averages ranks (each rank's share is scaled by the world size).
-                    mini_loss += float(loss.detach().item())
-                    for k, v in mb_metrics.items():
-                        metrics.setdefault(k, []).append(v)
+                micro_batches = self._micro_batches(mini_batch, micro, group)
+                mini_loss, mb_metrics = backward_mini_batch(micro_batches, self.actor, normalizers, self.device,
+                                                            **loss_kwargs)
+                for k, v in mb_metrics.items():
+                    metrics.setdefault(k, []).extend(v)
                 metrics.setdefault("actor/loss", []).append(mini_loss)
                 grad_norm = self._clip_grad(actor_cfg["grad_clip"])
                 if math.isfinite(grad_norm):
@@ -189,6 +185,32 @@ class ActorRolloutRefWorker:
                 metrics.setdefault("actor/lr", []).append(self.scheduler.get_last_lr()[0])
         self._finite_steps = finite_steps
         return {"metrics": [metrics]}
+
+    def _micro_batches(self, mini_batch: dict, size: int, group: int) -> list[dict]:
+        """Fixed-size slices, or (``use_dynamic_bsz``) token-budget groups: student and teacher tokens
+        each within ``ppo_max_token_len_per_gpu``, the same number of micro-batches on every rank."""
+        actor_cfg = self.config["actor_rollout_ref"]["actor"]
+        rows = mini_batch["responses"].shape[0]
+        if not actor_cfg["use_dynamic_bsz"]:
+            return [slice_batch(mini_batch, u, u + size) for u in range(0, rows, size)]
+        lengths = sequence_lengths(mini_batch, "attention_mask", "teacher_attention_mask")
+        parts = self._token_budget_parts(lengths, actor_cfg["ppo_max_token_len_per_gpu"], group)
+        return [index_batch(mini_batch, index) for index in parts]
+
+    def _token_budget_parts(self, lengths, budget: int, group: int) -> list[list[int]]:
+        local = len(token_budget_partition(lengths, budget, group=group))
+        count = model_utils.device_tensor([local], self.device, torch.int64)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)  # every rank runs as many forwards (FSDP2 collectives)
+        return token_budget_partition(lengths, budget, group=group, parts=int(count.item()))
+
+    def _global_normalizers(self, mini_batch: dict) -> Normalizers:
+        """The mini-batch's loss and entropy counts summed over ranks (one collective)."""
+        counts = model_utils.device_tensor(loss_normalizer_counts(mini_batch, self.loss_mode, self.config[
+            "actor_rollout_ref"]["actor"]), self.device)
+        dist.all_reduce(counts)
+        # FSDP2 averages gradients over ranks, so each rank's loss is scaled by world size.
+        loss, entropy = (max(c, 1.0) / self.world_size for c in counts.tolist())
+        return Normalizers(loss=loss, entropy=entropy)
 
     def _clip_grad(self, max_norm) -> float:
         params = [p for p in self.actor.parameters() if p.grad is not None]
@@ -337,25 +359,7 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _slice(batch: dict, start: int, stop: int) -> dict:
-    return {k: (v[start:stop] if isinstance(v, (torch.Tensor, list)) and k != "meta" else v) for k, v in batch.items()}
-
-
-def _index(batch: dict, index: torch.Tensor) -> dict:
-    idx = index.tolist()
-    out = {}
-    for k, v in batch.items():
-        if k == "meta":
-            out[k] = v
-        elif isinstance(v, torch.Tensor):
-            out[k] = v[index]
-        elif isinstance(v, list):
-            out[k] = [v[i] for i in idx]
-        else:
-            out[k] = v
-    return out
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
+def _shuffled(size: int, group: int, generator: torch.Generator) -> torch.Tensor:
+    """A random order of ``size`` rows that keeps each run of ``group`` consecutive rows together."""
+    blocks = torch.randperm(size // group, generator=generator)
+    return (blocks.unsqueeze(1) * group + torch.arange(group)).reshape(-1)

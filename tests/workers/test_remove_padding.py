@@ -1,0 +1,98 @@
+"""workers.forward with ``remove_padding``: packed rows give the padded rows' logits, student and teacher.
+
+Tolerances: float64 1e-10 (only summation order differs); float32 2e-5 absolute on logits of size ~10.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workers import forward, model_utils
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(dtype, attn="sdpa"):
+    path = model_utils.resolve_model_path("embedded")
+    return model_utils.load_causal_lm(path, dtype=dtype, attn_implementation=attn)
+
+
+def _batch(prompt_lengths, response_lengths, prompt_width, response_width, seed=0, vocab=264):
+    g = torch.Generator().manual_seed(seed)
+    b = len(prompt_lengths)
+    prompt = torch.zeros(b, prompt_width, dtype=torch.long)
+    prompt_mask = torch.zeros_like(prompt)
+    for i, n in enumerate(prompt_lengths):
+        prompt[i, prompt_width - n:] = torch.randint(3, vocab, (n,), generator=g)
+        prompt_mask[i, prompt_width - n:] = 1
+    response_mask = (torch.arange(response_width) < torch.tensor(response_lengths).unsqueeze(1)).long()
+    responses = torch.randint(3, vocab, (b, response_width), generator=g) * response_mask
+    mask = torch.cat([prompt_mask, response_mask], 1)
+    return torch.cat([prompt, responses], 1), mask, (mask.cumsum(1) - 1).clamp(min=0), responses, response_mask
+
+
+def _logits(model, batch, remove_padding):
+    ids, mask, pos, _, response_mask = batch
+    return forward.response_head(model, ids, mask, pos, response_mask, lambda h, w: h @ w.t(), remove_padding)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_logits_equal_padded_logits(dtype, tol, attn):
+    """The reference is sdpa on padded rows (eager on left-padded float64 rows gives NaN: fully masked
+    padding queries; packing has no padding at all). transformers' eager softmax runs in float32, hence
+    its float32 tolerance."""
+    model, reference = _model(dtype, attn), _model(dtype, "sdpa")
+    tol = tol if attn == "sdpa" else 2e-5
+    student = _batch([3, 7, 1, 5], [4, 1, 6, 2], prompt_width=7, response_width=6)
+    teacher = _batch([12, 20, 9, 15], [4, 1, 6, 2], prompt_width=20, response_width=6, seed=1)  # longer prompts
+    for batch in (student, teacher):
+        padded, packed = _logits(reference, batch, False), _logits(model, batch, True)
+        assert packed.shape == padded.shape == (int(batch[4].sum()), model.config.vocab_size)
+        torch.testing.assert_close(packed, padded, rtol=0, atol=tol)
+
+
+def test_packing_needs_no_mask_and_no_cache():
+    """Why attention_mask=None and use_cache=False: transformers looks for position-id resets only then;
+    an all-ones mask, or the default cache, silently lets the second sequence attend to the first."""
+    model = _model(torch.float64)
+    ids, mask, pos, _, _ = _batch([3, 4], [2, 3], prompt_width=4, response_width=3)
+    keep = mask.bool()
+    packed_ids, packed_pos = ids[keep].unsqueeze(0), pos[keep].unsqueeze(0)
+    first = int(keep[0].sum())
+    alone = model(input_ids=ids[1][keep[1]].unsqueeze(0), position_ids=pos[1][keep[1]].unsqueeze(0),
+                  use_cache=False).logits
+    separate = model(input_ids=packed_ids, position_ids=packed_pos, attention_mask=None, use_cache=False).logits
+    torch.testing.assert_close(separate[:, first:], alone, rtol=0, atol=1e-10)
+    for leaky in (dict(attention_mask=torch.ones_like(packed_ids), use_cache=False), dict(attention_mask=None)):
+        out = model(input_ids=packed_ids, position_ids=packed_pos, **leaky).logits
+        assert (out[:, first:] - alone).abs().max() > 1e-3, leaky
+
+
+def test_packed_log_probs_and_gradients_equal_padded():
+    model = _model(torch.float64)
+    ids, mask, pos, responses, response_mask = _batch([3, 7, 1], [4, 1, 6], prompt_width=7, response_width=6)
+    results = []
+    for remove_padding in (False, True):
+        model.zero_grad(set_to_none=True)
+        labels = responses[response_mask.bool()]
+
+        def fn(hidden, weight):
+            from mopd.fused_head import fused_head
+
+            return fused_head(hidden, weight, labels, temperature=0.8)[0].unsqueeze(-1)
+
+        values = forward.response_head(model, ids, mask, pos, response_mask, fn, remove_padding)
+        values.sum().backward()
+        results.append((values.detach(), [p.grad.clone() for p in model.parameters()]))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for x, y in zip(grads_a, grads_b):
+        torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-10)
