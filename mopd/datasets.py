@@ -41,6 +41,8 @@ import tempfile
 import zlib
 from typing import Any, Callable, Iterable, Sequence
 
+from mopd.errors import DataError
+
 __all__ = [
     "DataError", "RECORD_COLUMNS", "load_benchmark", "write_records", "read_records", "split_tasks",
     "split_tests", "preprocess", "records_to_rl_rows", "write_rl_parquet", "convert_evalplus",
@@ -50,13 +52,6 @@ __all__ = [
 RECORD_COLUMNS = ("idx", "kind", "dataset", "answer", "elo", "prompt", "description", "tests", "embedding", "system")
 DESCRIPTION_SUFFIX = " The solution will be evaluated in a {kind} environment."
 
-
-class DataError(Exception):
-    """Bad input (or an unreachable hub); ``str(exc)`` is the one-line message for the user."""
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 # ---------------------------------------------------------------------------------------------------

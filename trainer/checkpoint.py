@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from mopd.errors import ConfigError
+
 __all__ = [
     "COMPLETE_MARKER",
     "TRACKER_FILE",
@@ -298,17 +300,17 @@ class CheckpointManager:
             return None if found is None else found[1]
         if mode == "resume_path":
             if resume_path is None or str(resume_path) == "":
-                raise ValueError(
+                raise ConfigError(
                     "trainer.resume_from_path must be set when trainer.resume_mode=resume_path "
                     "(a global_step_<N> directory)"
                 )
             path = Path(resume_path)
             if not path.is_dir():
-                raise ValueError(f"trainer.resume_from_path: {str(path)!r} does not exist or is not a directory")
+                raise ConfigError(f"trainer.resume_from_path: {str(path)!r} does not exist or is not a directory")
             if not (path / COMPLETE_MARKER).is_file():
-                raise ValueError(
+                raise ConfigError(
                     f"trainer.resume_from_path: {str(path)!r} has no {COMPLETE_MARKER} marker; "
                     "the save was interrupted or the directory is not a checkpoint of this trainer"
                 )
             return path
-        raise ValueError(f"trainer.resume_mode: unknown mode {mode!r}; allowed: {list(RESUME_MODES)}")
+        raise ConfigError(f"trainer.resume_mode: unknown mode {mode!r}; allowed: {list(RESUME_MODES)}")

@@ -8,6 +8,7 @@ seeded generator) and the tokenized teacher inputs.
 from __future__ import annotations
 
 import random
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,9 +18,11 @@ import torch
 
 from mopd.advantages import grpo_advantages
 from mopd.config import SelfDistillationConfig
+from mopd.errors import ConfigError, RewardError, WorkerDiedError
 from mopd.losses import rollout_is_weights
 from mopd.peers import Rollout, UidSuccessTracker, select_peers
 from mopd.reprompt import build_teacher_inputs, compute_step_ids
+from mopd.rewards import summarize_health
 from trainer import rollout_io
 from workers.actor import DISTILLATION_MODES
 from workers.model_utils import EMBEDDED_DIR, load_tokenizer, resolve_model_path
@@ -59,6 +62,7 @@ class Trainer:
         self.rollout_is = rc.get("rollout_is")
         self.reward_fn = load_reward_fn(cfg["custom_reward_function"]["path"], cfg["custom_reward_function"]["name"])
         self.scorer = RewardScorer(self.reward_fn, num_workers=cfg["reward"]["num_workers"])
+        self._reported = {"error": False, "nonfinite": False}  # bad rewards: the first of each printed once
         self.peer_rng = random.Random(trainer["seed"])
         self.uid_tracker = UidSuccessTracker()
         self.output_dir = Path(trainer["default_local_dir"])
@@ -74,6 +78,20 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        except WorkerDiedError as err:
+            raise WorkerDiedError(f"{err}; {self._resume_hint()}", rank=err.rank) from None
+
+    def _resume_hint(self) -> str:
+        latest = self.checkpoints.latest()
+        if latest is None:
+            return ("no complete checkpoint to resume from (trainer.save_freq=N saves one every N steps); "
+                    "rerun the same command to start again")
+        return (f"last complete checkpoint: step {latest[0]} at {latest[1]}; resume: rerun the same command "
+                f"with trainer.resume_mode=auto trainer.default_local_dir={self.output_dir}")
+
+    def _fit(self) -> dict:
         trainer = self.config["trainer"]
         self.global_step = self._load_checkpoint()
         last_val: dict = {}
@@ -192,11 +210,14 @@ class Trainer:
             extra["truncated"] = bool(batch["response_mask"][i].all().item())  # no EOS within the budget
             requests.append((items["data_source"][p], text, items["ground_truth"][p], extra))
         results = self.scorer.score(requests)
+        health = self._check_reward_health(results, "validation" if metrics is None else f"step {self.global_step}")
         batch["scores"] = torch.tensor([float(r["score"]) for r in results], dtype=torch.float32)
         batch["reward_extra"] = results
         if metrics is not None:
             lengths = batch["response_mask"].sum(-1).float()
             metrics.update({
+                "reward/error_fraction": health["error_fraction"],
+                "reward/nonfinite_fraction": health["nonfinite_fraction"],
                 "critic/score/mean": batch["scores"].mean().item(),
                 "critic/score/max": batch["scores"].max().item(),
                 "critic/score/min": batch["scores"].min().item(),
@@ -208,6 +229,29 @@ class Trainer:
             successes = (batch["scores"] >= self.sd_cfg.success_reward_threshold).tolist()
             metrics.update(self.uid_tracker.update(batch["uid"], successes))
         return results
+
+    def _check_reward_health(self, results: list[dict], where: str) -> dict:
+        """Make bad rewards loud: the first error/non-finite score printed once per run, a stop when all errored."""
+        health = summarize_health(results)
+        source = self.config["custom_reward_function"]["path"] or "the built-in verifiers"
+        first = health["first_error"]
+        if first is not None and not self._reported["error"]:
+            self._reported["error"] = True
+            print(f"[mopd] reward error ({where}, {health['num_errors']}/{len(results)} rollouts, scored 0; "
+                  f"counted as reward/error_fraction; shown once per run) from {source}: "
+                  f"{first['verifier_error']}\n{first.get('verifier_traceback', '').rstrip()}", file=sys.stderr,
+                  flush=True)
+        if health["first_nonfinite"] is not None and not self._reported["nonfinite"]:
+            self._reported["nonfinite"] = True
+            print(f"[mopd] non-finite reward ({where}, {health['num_nonfinite']}/{len(results)} rollouts, score "
+                  f"{health['first_nonfinite']['nonfinite_score']}) from {source}: treated as a failure with "
+                  "score 0 (docs/verifiers.md); counted as reward/nonfinite_fraction; shown once per run",
+                  file=sys.stderr, flush=True)
+        if results and health["num_errors"] == len(results):
+            raise RewardError(f"every reward of {where} errored ({len(results)}/{len(results)} rollouts) in "
+                              f"{source}; first: {first['verifier_error']}. Fix the verifier (the traceback is "
+                              "printed above) or custom_reward_function.path/name")
+        return health
 
     def _maybe_old_log_probs(self, batch: dict) -> None:
         if not (self.off_policy or self.rollout_is):
@@ -329,7 +373,7 @@ def _make_group(cfg: dict):
     world = trainer["n_gpus_per_node"] * trainer["nnodes"]
     if backend == "local":
         if world != 1:
-            raise ValueError(f"trainer.backend=local runs one worker; set trainer.n_gpus_per_node=1 (got {world} "
+            raise ConfigError(f"trainer.backend=local runs one worker; set trainer.n_gpus_per_node=1 (got {world} "
                              "workers) or use trainer.backend=ray")
         return LocalWorkerGroup(ActorRolloutRefWorker, cfg)
     use_gpu = trainer["device"] == "cuda" or (trainer["device"] == "auto" and torch.cuda.is_available())

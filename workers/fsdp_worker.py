@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from mopd.config import SelfDistillationConfig
+from mopd.errors import ConfigError
 from mopd.teacher import ema_update_
 from workers import model_utils
 from workers.actor import DISTILLATION_MODES, TeacherForward, loss_normalizer_count, micro_batch_loss
@@ -293,7 +294,7 @@ def _check_same_vocabulary(teacher, student, teacher_path, student_path, tokeniz
     t_vocab, s_vocab = teacher.get_output_embeddings().weight.shape[0], student.get_output_embeddings().weight.shape[0]
     teacher_tok = AutoTokenizer.from_pretrained(teacher_path)
     if t_vocab != s_vocab or teacher_tok.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(
+        raise ConfigError(
             f"actor_rollout_ref.ref.model.path={teacher_path}: the teacher's vocabulary ({t_vocab} logits, "
             f"{len(teacher_tok)} tokens) differs from the student's {student_path} ({s_vocab} logits, "
             f"{len(tokenizer)} tokens); distillation needs the same tokenizer and vocabulary"

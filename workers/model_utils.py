@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from mopd.errors import ConfigError, MissingFileError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_DIR = PROJECT_ROOT / "datasets" / "embedded"
 
@@ -18,7 +20,7 @@ def resolve_model_path(path: str | None) -> str | None:
     if path == "embedded":
         target = EMBEDDED_DIR / "base_model"
         if not (target / "config.json").exists():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"actor_rollout_ref.model.path=embedded: {target} is missing; create it with "
                 "`python scripts/make_embedded_default.py`"
             )
@@ -30,7 +32,7 @@ def pick_device(setting: str, local_rank: int) -> torch.device:
     if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda but no CUDA device is available; use trainer.device=cpu")
+        raise ConfigError("trainer.device=cuda but no CUDA device is available; use trainer.device=cpu")
     index = local_rank % torch.cuda.device_count()
     torch.cuda.set_device(index)
     return torch.device("cuda", index)

@@ -23,11 +23,13 @@ import pickle
 import signal
 import sys
 import threading
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Sequence
 
-__all__ = ["RewardScorer", "compute_score", "load_reward_fn", "normalize_result", "register_reward"]
+__all__ = ["RewardScorer", "apply_nonfinite_rule", "compute_score", "load_reward_fn", "normalize_result",
+           "register_reward", "summarize_health"]
 
 VerifierFn = Callable[[str, Any, "dict | None"], "dict | float"]
 
@@ -255,7 +257,7 @@ def load_reward_fn(path: str | None, name: str = "compute_score") -> Callable[..
 # Batch scoring, serial or in a process pool
 
 
-def _error_result(exc: BaseException) -> dict:
+def _error_result(exc: BaseException, trace: str = "") -> dict:
     message = str(exc)
     return {
         "score": 0.0,
@@ -264,6 +266,35 @@ def _error_result(exc: BaseException) -> dict:
         "pred": "",
         "incorrect_format": 0,
         "verifier_error": f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
+        "verifier_traceback": trace or "".join(traceback.format_exception_only(type(exc), exc)),
+    }
+
+
+def apply_nonfinite_rule(result: dict) -> dict:
+    """A NaN/inf score is a failed rollout: score (and acc) 0, the original kept as ``nonfinite_score``.
+
+    Why 0 and not dropped: peer selection and GRPO advantages need one number per rollout, and a NaN
+    would poison the group's mean (every advantage of the prompt becomes NaN). The driver counts these
+    as ``reward/nonfinite_fraction`` and prints the first one, so the rule is never silent.
+    """
+    score = result["score"]
+    if _stdlib_math.isfinite(score):
+        return result
+    out = dict(result, score=0.0, nonfinite_score=repr(score))
+    if not _stdlib_math.isfinite(out["acc"]):
+        out["acc"] = 0.0
+    return out
+
+
+def summarize_health(results: Sequence[dict]) -> dict:
+    """How many of a batch's results errored or had a non-finite score, and the first of each."""
+    errors = [r for r in results if "verifier_error" in r]
+    nonfinite = [r for r in results if "nonfinite_score" in r]
+    total = max(len(results), 1)
+    return {
+        "num_errors": len(errors), "num_nonfinite": len(nonfinite),
+        "error_fraction": len(errors) / total, "nonfinite_fraction": len(nonfinite) / total,
+        "first_error": errors[0] if errors else None, "first_nonfinite": nonfinite[0] if nonfinite else None,
     }
 
 
@@ -297,9 +328,9 @@ def _score_one(fn: Callable, item: Sequence, timeout_s: float | None) -> dict:
     data_source, solution_str, ground_truth, extra_info = item
     try:
         with _Alarm(timeout_s):
-            return normalize_result(fn(data_source, solution_str, ground_truth, extra_info))
+            return apply_nonfinite_rule(normalize_result(fn(data_source, solution_str, ground_truth, extra_info)))
     except (Exception, SystemExit) as exc:  # one bad item must not take the batch down
-        return _error_result(exc)
+        return _error_result(exc, traceback.format_exc())
 
 
 def _score_chunk(fn: Callable, items: list, timeout_s: float | None) -> list[dict]:
@@ -341,7 +372,8 @@ class RewardScorer:
     ``num_workers > 0`` runs them in a spawn-started process pool (``fn`` must be picklable: a module-level
     function, or what ``load_reward_fn`` returns); data sources registered in this process at pool start
     are registered in the workers too. ``timeout_s`` bounds each item (SIGALRM in the scoring process).
-    A verifier that raises, or times out, gives that item score 0 and a ``verifier_error`` entry; a worker
+    A verifier that raises, or times out, gives that item score 0 and a ``verifier_error`` entry (with
+    ``verifier_traceback``); a non-finite score becomes 0 with a ``nonfinite_score`` entry; a worker
     that dies (segfault, out of memory) gives its pending items such an entry and the pool is restarted
     for the next call.
     """

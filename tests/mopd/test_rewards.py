@@ -272,3 +272,23 @@ def test_embedded_adapter_calls_the_task_lazily(monkeypatch):
     monkeypatch.setattr(mopd, "embedded_task", fake, raising=False)
     assert compute_score("embedded_arith", "The answer is 7", "7", {"index": 3})["pred"] == "7"
     assert calls == [("The answer is 7", "7")]
+
+
+# --- bad rewards: errors carry their traceback, non-finite scores are failures ----------------------
+
+
+def test_error_result_carries_the_traceback():
+    (result,) = RewardScorer(compute_score).score([("test_explodes", "boom", "1", None)])
+    assert result["verifier_traceback"].startswith("Traceback (most recent call last):")
+    assert "RuntimeError: kaboom" in result["verifier_traceback"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_score_is_a_counted_failure(bad):
+    results = RewardScorer(lambda *a: bad).score([("x", "a", "b", None), ("x", "a", "b", None)])
+    for result in results:
+        assert result["score"] == 0.0 and result["acc"] == 0.0 and result["nonfinite_score"] == repr(bad)
+    health = rewards.summarize_health(results + [normalize_result(1.0)])
+    assert health["num_nonfinite"] == 2 and health["nonfinite_fraction"] == pytest.approx(2 / 3)
+    assert health["num_errors"] == 0 and health["first_error"] is None
+    assert rewards.apply_nonfinite_rule(normalize_result(0.5)) == normalize_result(0.5)  # finite: untouched
