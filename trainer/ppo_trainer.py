@@ -56,7 +56,6 @@ class Trainer:
         per_epoch = self.sampler.batches_per_epoch
         self.total_steps = trainer.get("total_training_steps") or per_epoch * trainer["total_epochs"]
         updates_per_step = data["train_batch_size"] // actor["ppo_mini_batch_size"] * actor["ppo_epochs"]
-        trainer["_total_optimizer_steps"] = self.total_steps * updates_per_step
         self.off_policy = updates_per_step > 1
         rc = cfg["algorithm"]["rollout_correction"]
         self.rollout_is = rc.get("rollout_is")
@@ -70,7 +69,7 @@ class Trainer:
         self.tracker = Tracking(trainer["project_name"], trainer["experiment_name"], trainer["logger"], cfg,
                                 str(self.output_dir), total_steps=self.total_steps)
         self.group = _make_group(cfg)
-        info = self.group.init_model()
+        info = self.group.init_model(self.total_steps * updates_per_step)  # the LR schedule's horizon
         print(f"[mopd] {len(self.train_set)} training prompts ({self.train_set.num_filtered} filtered), "
               f"{self.total_steps} steps, loss_mode={self.loss_mode}, {self.group.world_size} worker(s) on "
               f"{info[0]['device']}, {info[0]['params'] / 1e6:.2f} M parameters", flush=True)

@@ -48,7 +48,8 @@ class ActorRolloutRefWorker:
 
     # ------------------------------------------------------------------------------------------
     @register(Dispatch.ONE_TO_ALL)
-    def init_model(self) -> dict:
+    def init_model(self, total_optimizer_steps: int) -> dict:
+        """Build the models; ``total_optimizer_steps`` (the driver's count of updates) is the LR schedule's horizon."""
         cfg, trainer = self.config, self.config["trainer"]
         model_cfg = cfg["actor_rollout_ref"]["model"]
         actor_cfg = cfg["actor_rollout_ref"]["actor"]
@@ -72,7 +73,7 @@ class ActorRolloutRefWorker:
             actor.gradient_checkpointing_enable()
         rollout_copy = copy.deepcopy(actor).to(self.dtype)  # generation runs in the compute dtype
         self.actor = model_utils.fsdp2_wrap(actor, self.device, self.world_size, self.dtype)
-        self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], cfg)
+        self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], total_optimizer_steps)
         self.rollout = HFRollout(rollout_copy, self.tokenizer, cfg["actor_rollout_ref"]["rollout"]["micro_batch_size"])
 
         self.teacher_module, self.teacher, self.ref_module = None, None, None
@@ -266,12 +267,12 @@ class ActorRolloutRefWorker:
 
 
 # ----------------------------------------------------------------------------------------------
-def _build_optimizer(model, optim_cfg: dict, cfg: dict):
+def _build_optimizer(model, optim_cfg: dict, total_optimizer_steps: int):
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=optim_cfg["lr"], betas=tuple(optim_cfg["betas"]),
         eps=optim_cfg["eps"], weight_decay=optim_cfg["weight_decay"],
     )
-    total = max(1, int(cfg["trainer"].get("_total_optimizer_steps") or 1))
+    total = max(1, int(total_optimizer_steps))
     warmup = optim_cfg["lr_warmup_steps"]
     if warmup is None or warmup < 0:
         warmup = int(optim_cfg["lr_warmup_steps_ratio"] * total)
