@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mopd import rewards
+from mopd.rewards import registry
 from mopd.rewards import RewardScorer, compute_score, load_reward_fn, normalize_result, register_reward
 
 # Module-level test verifiers (picklable by reference, so the pool workers can import them too).
@@ -44,14 +45,14 @@ def sleeps(solution_str, ground_truth, extra_info=None):
 
 @pytest.fixture(autouse=True)
 def _registry():
-    saved = dict(rewards._REGISTRY)
+    saved = dict(registry._REGISTRY)
     register_reward(["test_exact", "test_exact_alias"], exact_match)
     register_reward("test_bool", bare_bool)
     register_reward("test_explodes", explodes_on_boom)
     register_reward("test_sleeps", sleeps)
     yield
-    rewards._REGISTRY.clear()
-    rewards._REGISTRY.update(saved)
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
 
 
 def _items():
@@ -114,7 +115,7 @@ def test_unknown_data_source_names_it_and_the_way_out():
 
 def test_embedded_task_is_registered_by_default():
     assert "embedded_arith" in rewards.registered_data_sources()
-    assert rewards._REGISTRY["embedded_arith"] is rewards._embedded_arith
+    assert registry._REGISTRY["embedded_arith"] is registry._embedded_arith
 
 
 def test_register_reward_validates():

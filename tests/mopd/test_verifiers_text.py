@@ -6,6 +6,7 @@ import signal
 import pytest
 
 from mopd import rewards
+from mopd.rewards import registry
 from mopd.rewards import compute_score
 from mopd.rewards import math as math_verifier
 from mopd.rewards import mcq, tooluse
@@ -292,7 +293,7 @@ def test_builtins_survive_pickling_to_workers():
     import pickle
 
     for source in ("math", "aime24", "sciknoweval", "gpqa", "mmlu_pro", "tooluse", "reasoning_gym", "humaneval"):
-        fn = rewards._REGISTRY[source]
+        fn = registry._REGISTRY[source]
         assert pickle.loads(pickle.dumps(fn)) is fn
 
 
