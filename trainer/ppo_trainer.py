@@ -32,7 +32,7 @@ class Trainer:
     def __init__(self, config: dict):
         from mopd.rewards import RewardScorer, load_reward_fn
         from trainer.checkpoint import CheckpointManager
-        from trainer.dataset import PromptDataset, StatefulSampler
+        from trainer.prompt_dataset import PromptDataset, StatefulSampler
         from trainer.tracking import Tracking
 
         self.config = cfg = config
@@ -167,7 +167,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def _batches(self):
-        from trainer.dataset import collate_prompts
+        from trainer.prompt_dataset import collate_prompts
 
         while True:
             for indices in self.sampler:
@@ -291,7 +291,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def _validate(self) -> dict:
-        from trainer.dataset import collate_prompts
+        from trainer.prompt_dataset import collate_prompts
 
         val_n = self.config["actor_rollout_ref"]["rollout"]["val_kwargs"]["n"]
         size = self.config["data"].get("val_batch_size") or len(self.val_set)

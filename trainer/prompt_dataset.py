@@ -9,7 +9,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from mopd.data import read_rl_parquet
+from mopd.rl_parquet import read_rl_parquet
 from mopd.errors import DataError
 
 

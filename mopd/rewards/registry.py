@@ -105,7 +105,7 @@ def _reasoning_gym(solution_str: str, ground_truth: Any, extra_info: dict | None
 
 
 def _humaneval(solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
-    """HumanEval rows (``mopd.datasets``' offline source): whatever verifier is registered for ``code``."""
+    """HumanEval rows (``mopd.dataprep``' offline source): whatever verifier is registered for ``code``."""
     fn = _REGISTRY.get("code")
     if fn is None:
         raise ValueError("data_source 'humaneval' is scored by the 'code' verifier, and none is registered")

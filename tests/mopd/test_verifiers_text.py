@@ -277,7 +277,7 @@ def test_tooluse_optional_action():
 
 def test_reasoning_gym_scorer():
     pytest.importorskip("reasoning_gym")
-    from mopd.datasets import load_reasoning_gym
+    from mopd.dataprep import load_reasoning_gym
 
     rec = load_reasoning_gym("basic_arithmetic", 3, seed=5)[0]
     gt, extra = rec["answer"], rec["extra_info"]
