@@ -25,7 +25,7 @@ from mopd.reprompt import build_teacher_inputs, compute_step_ids
 from mopd.rewards import summarize_health
 from trainer import rollout_io
 from workers.actor import DISTILLATION_MODES
-from workers.model_utils import EMBEDDED_DIR, load_tokenizer, resolve_model_path
+from mopd.models import EMBEDDED_DIR, load_tokenizer, resolve_model_path
 
 
 class Trainer:
