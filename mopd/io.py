@@ -17,12 +17,12 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 __all__ = [
     "atomic_output_path", "atomic_write", "atomic_write_bytes", "atomic_write_many", "atomic_write_text",
-    "dumps_jsonl", "fsync_dir", "read_jsonl", "write_json", "write_jsonl",
+    "dumps_jsonl", "fsync_dir", "fsync_path", "read_jsonl", "write_json", "write_jsonl",
 ]
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a rename inside ``path`` durable; a no-op where directories cannot be opened (Windows)."""
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file or directory to disk; a no-op where it cannot be opened (directories on Windows)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -33,6 +33,11 @@ def fsync_dir(path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside ``path`` durable."""
+    fsync_path(path)
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,33 +65,6 @@ def _remove_quietly(name: str) -> None:
         os.unlink(name)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write via ``write(binary_file)`` into a temp file next to ``path``, fsync, then ``os.replace``."""
-    path = Path(path)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically: readers see the old content or the new, never a mix."""
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
-    return atomic_write_bytes(path, text.encode(encoding))
-
-
 @contextlib.contextmanager
 def atomic_output_path(path: str | os.PathLike) -> Iterator[str]:
     """A temp path beside ``path`` for writers that want a file name (parquet); replaces ``path`` on success."""
@@ -101,6 +79,25 @@ def atomic_output_path(path: str | os.PathLike) -> Iterator[str]:
         _remove_quietly(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write via ``write(binary_file)`` into a temp file next to ``path``, fsync, then ``os.replace``."""
+    with atomic_output_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically: readers see the old content or the new, never a mix."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    return atomic_write_bytes(path, text.encode(encoding))
 
 
 def atomic_write_many(outputs: Sequence[tuple[str | os.PathLike, str]]) -> None:

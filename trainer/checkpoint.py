@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mopd.errors import ConfigError
-from mopd.io import atomic_write, atomic_write_text, fsync_dir
+from mopd.io import atomic_write, atomic_write_text, fsync_dir, fsync_path
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -61,16 +61,7 @@ def _fsync_tree(root: Path) -> None:
     """
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
-            try:
-                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            fsync_path(os.path.join(dirpath, name))
         fsync_dir(Path(dirpath))
 
 
