@@ -1,6 +1,6 @@
 """The single-controller driver: one ``fit()`` loop for MOPD, SDPO, GRPO and the preference losses.
 
-The loop reads like DESIGN.md's list; each stage is timed as ``timing_s/<stage>``. Workers (Ray actors
+The loop follows docs/architecture.md ("The fit loop"); each stage is timed as ``timing_s/<stage>``. Workers (Ray actors
 or one local object) hold the models; the driver holds the data, the verifier, peer selection (with a
 seeded generator) and the tokenized teacher inputs.
 """
