@@ -1,8 +1,8 @@
 """The single-controller driver: one ``fit()`` loop for MOPD, SDPO, GRPO and the preference losses.
 
-The loop follows docs/architecture.md ("The fit loop"); each stage is timed as ``timing_s/<stage>``. Workers (Ray actors
-or one local object) hold the models; the driver holds the data, the verifier, peer selection (with a
-seeded generator) and the tokenized teacher inputs.
+The loop follows docs/architecture.md ("The fit loop"); each stage is timed as ``timing_s/<stage>``.
+Workers (Ray actors or one local object) hold the models; the driver holds the data, the verifier, peer
+selection (with a seeded generator) and the tokenized teacher inputs.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from mopd.advantages import grpo_advantages
 from mopd.config import SelfDistillationConfig
 from mopd.errors import ConfigError, RewardError, WorkerDiedError
 from mopd.losses import rollout_is_weights
+from mopd.models import EMBEDDED_DIR, load_tokenizer, resolve_model_path
 from mopd.peers import Rollout, UidSuccessTracker, select_peers
 from mopd.reprompt import build_teacher_inputs, compute_step_ids
 from mopd.rewards import summarize_health
 from trainer import rollout_io
 from workers.actor import DISTILLATION_MODES
-from mopd.models import EMBEDDED_DIR, load_tokenizer, resolve_model_path
 
 
 class Trainer:
@@ -247,9 +247,10 @@ class Trainer:
                   "score 0 (docs/verifiers.md); counted as reward/nonfinite_fraction; shown once per run",
                   file=sys.stderr, flush=True)
         if results and health["num_errors"] == len(results):
+            first_line = (first["verifier_error"].splitlines() or [""])[0]  # the stop is one line
             raise RewardError(f"every reward of {where} errored ({len(results)}/{len(results)} rollouts) in "
-                              f"{source}; first: {first['verifier_error']}. Fix the verifier (the traceback is "
-                              "printed above) or custom_reward_function.path/name")
+                              f"{source}; first: {first_line}. Fix the verifier (the traceback is printed "
+                              "above) or custom_reward_function.path/name")
         return health
 
     def _maybe_old_log_probs(self, batch: dict) -> None:
