@@ -51,11 +51,20 @@ def pick_dtype(setting: str, device: torch.device, flag: str = "actor_rollout_re
     return DTYPES[setting]
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
+def _cannot_load(what: str, path: str, flag: str, exc: Exception) -> MissingFileError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return MissingFileError(f"{flag}={path}: cannot load the {what} (not a model folder, or a hub id that "
+                            f"cannot be reached from here): {first}")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, flag: str = "actor_rollout_ref.model.path"):
     """Left padding (generation appends on the right), and eos as the pad token when there is none."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:  # transformers: not found, cannot connect, not a model folder
+        raise _cannot_load("tokenizer", path, flag, exc) from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -63,12 +72,16 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_causal_lm(path: str, *, dtype: torch.dtype, attn_implementation: str | None = None,
-                   trust_remote_code: bool = False, device: torch.device | None = None):
+                   trust_remote_code: bool = False, device: torch.device | None = None,
+                   flag: str = "actor_rollout_ref.model.path"):
     """``AutoModelForCausalLM`` in ``dtype``; ``attn_implementation=None`` lets transformers choose."""
     from transformers import AutoModelForCausalLM
 
     extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
+    except (OSError, ValueError) as exc:
+        raise _cannot_load("model", path, flag, exc) from None
     if device is not None:
         model.to(device)
     return model

@@ -49,8 +49,9 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_model_and_tokenizer(path: str, *, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
     path = models.resolve_model_path(path, flag="--model")
-    tokenizer = models.load_tokenizer(path, trust_remote_code=trust_remote_code)
-    model = models.load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
+    tokenizer = models.load_tokenizer(path, trust_remote_code=trust_remote_code, flag="--model")
+    model = models.load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code, device=device,
+                                  flag="--model")
     model.eval()
     return model, tokenizer
 
