@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 from mopd.errors import WorkerDiedError
 from workers.dispatch import Dispatch, concat_batches, dispatch_mode, split_batch
@@ -88,7 +89,15 @@ class RayWorkerGroup(_Group):
         refs = [getattr(w, name).remote(*args) for w, args in zip(self.workers, per_rank_args)]
         exceptions = self._ray.exceptions
         try:
-            return self._ray.get(refs, timeout=self.timeout_s)
+            # As each result arrives, not in rank order: a dead rank fails the call at once, even while a
+            # survivor still waits in a collective for it.
+            pending, deadline = list(refs), time.monotonic() + self.timeout_s
+            while pending:
+                ready, pending = self._ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise exceptions.GetTimeoutError(f"{name}: no result from every worker within {self.timeout_s:g} s")
+                self._ray.get(ready)
+            return self._ray.get(refs)
         except exceptions.RayActorError:
             raise self._worker_died(name, refs) from None
         except exceptions.RayTaskError:

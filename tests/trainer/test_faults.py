@@ -56,7 +56,8 @@ def test_a_verifier_that_always_raises_stops_with_one_line(tmp_path):
     # the first error's traceback, once, pointing at the user's file
     assert result.stderr.count("[mopd] reward error") == 1
     assert f'File "{reward}", line 2, in compute_score' in result.stderr
-    assert not (tmp_path / "run" / "metrics.jsonl").exists() or "step" not in (tmp_path / "run" / "metrics.jsonl").read_text()
+    logged = tmp_path / "run" / "metrics.jsonl"
+    assert not logged.exists() or "step" not in logged.read_text()  # no step was logged on reward 0
 
 
 def test_some_errors_and_nan_rewards_are_counted_and_shown_once(tmp_path):
@@ -72,7 +73,8 @@ def test_some_errors_and_nan_rewards_are_counted_and_shown_once(tmp_path):
         "    return 1.0\n"
     )
     run = tmp_path / "run"
-    result = train(run, "trainer.backend=local", "trainer.total_training_steps=2", f"custom_reward_function.path={reward}")
+    result = train(run, "trainer.backend=local", "trainer.total_training_steps=2",
+                   f"custom_reward_function.path={reward}")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -119,12 +121,13 @@ def _worker_pids(root: int) -> list[int]:
 def test_killed_ray_worker_ends_the_run_with_one_line_and_resume_advice(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        command(run, "trainer.backend=ray", "trainer.n_gpus_per_node=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
-                "trainer.total_training_steps=200", "trainer.save_freq=1", "trainer.max_actor_ckpt_to_keep=1"),
+        command(run, "trainer.backend=ray", "trainer.n_gpus_per_node=2",
+                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1", "trainer.total_training_steps=200",
+                "trainer.save_freq=1", "trainer.max_actor_ckpt_to_keep=1"),
         cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
-        while not list((run / "checkpoints").glob("global_step_*/COMPLETE")) if (run / "checkpoints").exists() else True:
+        while not list(run.glob("checkpoints/global_step_*/COMPLETE")):
             assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
             time.sleep(0.5)
         workers = _worker_pids(proc.pid)
@@ -153,7 +156,8 @@ def test_main_prints_user_errors_as_one_line(monkeypatch, capsys, error, code):
     from mopd.errors import DataError, RewardError
     from trainer import config_schema, main
 
-    exc = DataError("data.train_files: x.parquet has no rows") if error == "data" else RewardError("every reward failed")
+    exc = (DataError("data.train_files: x.parquet has no rows") if error == "data"
+           else RewardError("every reward failed"))
 
     def fail(cfg):
         raise exc
