@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 # torch is left unpinned here: GPU users bring their CUDA build; requirements.txt pins the CPU one.
@@ -19,8 +19,10 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["mopd", "workers", "trainer"],
-    package_data={"mopd": ["assets/tiny_tokenizer/*"]},
+    packages=find_packages(include=["mopd", "mopd.*", "workers", "trainer"]),
+    # the sandbox harness is a standalone script folder (not a package), the Hydra configs are YAML
+    package_data={"mopd": ["assets/tiny_tokenizer/*", "rewards/sandbox/harness/*.py"],
+                  "trainer": ["config/*.yaml", "config/*/*.yaml"]},
     include_package_data=True,
     install_requires=REQUIRES,
     entry_points={"console_scripts": ["mopd-train=trainer.main:main"]},

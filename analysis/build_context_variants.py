@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mopd.analysis.io import read_jsonl, write_jsonl  # noqa: E402
+from mopd.io import read_jsonl, write_jsonl  # noqa: E402
 from mopd.analysis.variants import build_variant_rows, load_variant_config  # noqa: E402
 from mopd.config import ConfigError  # noqa: E402
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mopd.analysis.io import read_jsonl, write_json, write_text  # noqa: E402
+from mopd.io import atomic_write_text as write_text, read_jsonl, write_json  # noqa: E402
 from mopd.analysis.metrics import DEFAULT_SAMPLE_SET, SAMPLE_SETS, compute_all, render_tables  # noqa: E402
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mopd.analysis.io import read_jsonl, write_json, write_jsonl  # noqa: E402
+from mopd.io import read_jsonl, write_json, write_jsonl  # noqa: E402
 from mopd.analysis.scoring import (  # noqa: E402
     load_model_and_tokenizer, pair_variants_with_targets, pick_device, pick_dtype, score_pairs,
 )

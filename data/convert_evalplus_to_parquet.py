@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mopd.datasets import EVALPLUS_DATASETS, ArgumentParser, convert_evalplus, run_cli  # noqa: E402
+from mopd.dataprep import EVALPLUS_DATASETS, ArgumentParser, convert_evalplus, run_cli  # noqa: E402
 
 
 def main() -> None:

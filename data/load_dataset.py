@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mopd.datasets import (  # noqa: E402
+from mopd.dataprep import (  # noqa: E402
     DATASET_NAMES, ArgumentParser, DataError, download_hf_dataset, load_benchmark, run_cli, write_records,
 )
 

@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mopd.datasets import ArgumentParser, preprocess, run_cli  # noqa: E402
+from mopd.dataprep import ArgumentParser, preprocess, run_cli  # noqa: E402
 
 
 def main() -> None:

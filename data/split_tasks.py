@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mopd.datasets import ArgumentParser, run_cli, split_tasks  # noqa: E402
+from mopd.dataprep import ArgumentParser, run_cli, split_tasks  # noqa: E402
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ import string
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from mopd.errors import ConfigError  # noqa: F401  (re-exported: the schema and callers import it from here)
+
 CONFIG_PREFIX = "actor_rollout_ref.actor.self_distillation"
 
 
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; the message names the field and what is allowed."""
 
 
 # Templates: leading newline, no trailing newline, as the release's YAML block scalars render them.

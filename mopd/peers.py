@@ -84,6 +84,33 @@ def is_success(reward: float, config: SelfDistillationConfig) -> bool:
     return float(reward) >= config.success_reward_threshold
 
 
+def peer_candidates(members: Sequence[int], succeeded: Sequence[bool], i: int,
+                    exclude_self: bool) -> tuple[list[int], list[int]]:
+    """Rollout ``i``'s candidate peers among ``members`` (its prompt's rollout indices, in rollout order).
+
+    Returns (successes, failures): the successful members, without ``i`` itself when ``exclude_self``
+    (``dont_reprompt_on_self_success``), and the failed members other than ``i``.
+    """
+    successes = [j for j in members if succeeded[j] and not (exclude_self and j == i)]
+    failures = [j for j in members if not succeeded[j] and j != i]
+    return successes, failures
+
+
+def context_slots(successes: Sequence[int], failures: Sequence[int], *, primary: bool, another: bool,
+                  failure: bool, failure_always: bool) -> list[tuple[str, int]]:
+    """The (label, reference peer) slots a normal context would fill, without randomness: the first success
+    as the primary, the second as another, the first failure (``failure_always``, or when no success shows).
+    Matched-budget controls replace exactly these slots; with all flags on this is the 2S1F budget."""
+    slots: list[tuple[str, int]] = []
+    if primary and successes:
+        slots.append(("success", successes[0]))
+    if another and len(successes) >= 2:
+        slots.append(("success", successes[1]))
+    if failure and failures and (failure_always or not successes):
+        slots.append(("failure", failures[0]))
+    return slots
+
+
 class _Groups:
     """Success / failure indices per uid, in rollout order."""
 
@@ -96,12 +123,6 @@ class _Groups:
             self.members[rollout.uid].append(i)
             (self.success if self.succeeded[i] else self.failure)[rollout.uid].append(i)
 
-    def successes_for(self, i: int, uid: str, exclude_self: bool) -> list[int]:
-        return [j for j in self.success[uid] if not (exclude_self and j == i)]
-
-    def failures_for(self, i: int, uid: str) -> list[int]:
-        return [j for j in self.failure[uid] if j != i]
-
 
 def select_peers(
     rollouts: Sequence[Rollout], config: SelfDistillationConfig, rng: random.Random
@@ -113,8 +134,8 @@ def select_peers(
     stats = _Stats(config)
     contexts = []
     for i, rollout in enumerate(rollouts):
-        successes = groups.successes_for(i, rollout.uid, config.dont_reprompt_on_self_success)
-        failures = groups.failures_for(i, rollout.uid)
+        successes, failures = peer_candidates(groups.members[rollout.uid], groups.succeeded, i,
+                                              config.dont_reprompt_on_self_success)
         if config.peer_control_mode == "none":
             ctx = _normal_context(i, rollouts, groups, successes, failures, config, rng, stats)
         else:
@@ -189,15 +210,9 @@ def _length(rollouts: Sequence[Rollout], j: int) -> int:
 
 def _control_context(i, rollouts, groups, successes, failures, config, rng, stats) -> PeerContext:
     # The budget the normal 2S1F-style context would have used, computed without randomness.
-    slots: list[tuple[str, int]] = []  # (label, reference index)
-    if config.include_primary_solution and successes:
-        slots.append(("success", successes[0]))
-    if config.include_another_solution and len(successes) >= 2:
-        slots.append(("success", successes[1]))
-    if config.include_failure_solution and failures and (
-        config.failure_solution_condition == "always" or not successes
-    ):
-        slots.append(("failure", failures[0]))
+    slots = context_slots(successes, failures, primary=config.include_primary_solution,
+                          another=config.include_another_solution, failure=config.include_failure_solution,
+                          failure_always=config.failure_solution_condition == "always")
     if not slots:
         return PeerContext()
     by_token = config.peer_control_match == "token"

@@ -124,7 +124,7 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _truncate_context(tokenizer, full_text: str, content: str, pieces, max_len: int, side: str,
+def truncate_context(tokenizer, full_text: str, content: str, pieces, max_len: int, side: str,
                       name: str) -> tuple[list[int], int]:
     """Token ids with peer-context tokens removed from ``side`` until the prompt fits ``max_len``."""
     start = full_text.rfind(content)
@@ -196,7 +196,7 @@ def build_teacher_inputs(
                     f"{max_len} (reprompt_truncation=error); raise max_reprompt_len or set "
                     "reprompt_truncation=left"
                 )
-            ids, drop = _truncate_context(tokenizer, text, msgs[-1]["content"], pieces, max_len,
+            ids, drop = truncate_context(tokenizer, text, msgs[-1]["content"], pieces, max_len,
                                           config.reprompt_truncation, name)
         prompt_ids.append(ids)
         messages.append(msgs)

@@ -4,20 +4,22 @@
 #
 # Common environment (every script):
 #   PYTHON          interpreter (default: <repo>/.venv/bin/python if present, else python)
-#   USE_CUDA        auto (default: ask torch) | 1 (release GPU settings) | 0 (CPU / YAML defaults)
+#   USE_CUDA        auto (default: ask torch) | 1 (release GPU settings: release=gpu) | 0 (CPU / YAML defaults)
 #   DRY_RUN=1       print the final command line(s) instead of running them
 #   DATA_PATH       a folder with train.parquet and test.parquet
 #   MODEL_PATH      HF model dir or hub id
 #   EXPERIMENT TRAIN_BATCH_SIZE ROLLOUT_N MINI_BATCH_SIZE MICRO_BATCH_SIZE LR N_GPUS_PER_NODE NNODES
 #   VAL_N MAX_PROMPT_LENGTH MAX_RESPONSE_LENGTH ROLLOUT_NAME
-# On a CUDA machine these default to the release's settings; without CUDA only the ones that are set
-# are forwarded and the YAML defaults (the embedded tiny model and task) apply.
+# On a CUDA machine the command selects the Hydra preset `release=gpu` (trainer/config/release/gpu.yaml,
+# the release's settings; `python -m trainer.main ... release=gpu` gets the same) and adds what depends
+# on the machine or script; without CUDA the YAML defaults (the embedded tiny model and task) apply.
+# Either way, the env values that are set are forwarded and win.
 
 MOPD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$MOPD_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 SD=actor_rollout_ref.actor.self_distillation
 MOPD_ARGS=()          # the script's Hydra overrides, in order; "$@" goes after them
-MOPD_GPU=0            # 1: release (GPU) settings
+MOPD_GPU=0            # 1: release (GPU) settings: the release=gpu preset plus the machine's devices
 MOPD_SCRIPT="$(basename "$0")"
 
 mopd_die() { echo "$MOPD_SCRIPT: $*" >&2; exit 2; }
@@ -65,7 +67,8 @@ mopd_bool() {  # mopd_bool VAR -> true|false, or exit 2
   esac
 }
 
-# mopd_setting VAR KEY [GPU_DEFAULT]: forward $VAR if set; else, with the GPU settings, the default.
+# mopd_setting VAR KEY [GPU_DEFAULT]: forward $VAR if set; else, with the GPU settings, the default
+# (only for what the release=gpu preset cannot know: the machine's devices, the script's lengths).
 mopd_setting() {
   local name="$1" key="$2" default="${3:-}"
   if [ -n "${!name:-}" ]; then
@@ -126,11 +129,14 @@ mopd_gpu_stack() {
   return 0
 }
 
-# mopd_common_args DEFAULT_RESPONSE_LENGTH: model, data, batch sizes, optimizer and the release's
-# GPU settings (applied only when MOPD_GPU=1; env values win).
+# mopd_common_args DEFAULT_RESPONSE_LENGTH: model, data, batch sizes, optimizer; with MOPD_GPU=1 the
+# release=gpu preset and the machine-dependent settings (env values win).
 mopd_common_args() {
   local response_length="$1"
-  [ "$MOPD_GPU" = 1 ] && mopd_gpu_stack
+  if [ "$MOPD_GPU" = 1 ]; then
+    mopd_gpu_stack
+    mopd_add release=gpu
+  fi
   if [ -n "${MODEL_PATH:-}" ]; then
     mopd_add "actor_rollout_ref.model.path=$MODEL_PATH"
   fi
@@ -140,31 +146,20 @@ mopd_common_args() {
   if [ -n "${DATA_PATH:-}" ]; then
     mopd_data "$DATA_PATH"
   fi
-  mopd_setting TRAIN_BATCH_SIZE data.train_batch_size 32
-  mopd_setting ROLLOUT_N actor_rollout_ref.rollout.n 8
-  mopd_setting MINI_BATCH_SIZE actor_rollout_ref.actor.ppo_mini_batch_size 32
-  mopd_setting MICRO_BATCH_SIZE actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu 1
-  mopd_setting LR actor_rollout_ref.actor.optim.lr 1e-5
-  mopd_setting LR_WARMUP_STEPS actor_rollout_ref.actor.optim.lr_warmup_steps 10
-  mopd_setting MAX_PROMPT_LENGTH data.max_prompt_length 2048
+  mopd_setting TRAIN_BATCH_SIZE data.train_batch_size
+  mopd_setting ROLLOUT_N actor_rollout_ref.rollout.n
+  mopd_setting MINI_BATCH_SIZE actor_rollout_ref.actor.ppo_mini_batch_size
+  mopd_setting MICRO_BATCH_SIZE actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu
+  mopd_setting LR actor_rollout_ref.actor.optim.lr
+  mopd_setting LR_WARMUP_STEPS actor_rollout_ref.actor.optim.lr_warmup_steps
+  mopd_setting MAX_PROMPT_LENGTH data.max_prompt_length
   mopd_setting MAX_RESPONSE_LENGTH data.max_response_length "$response_length"
-  mopd_setting VAL_N actor_rollout_ref.rollout.val_kwargs.n 8
+  mopd_setting VAL_N actor_rollout_ref.rollout.val_kwargs.n
   mopd_setting N_GPUS_PER_NODE trainer.n_gpus_per_node "${MOPD_GPU_COUNT:-}"
   mopd_setting NNODES trainer.nnodes
   mopd_setting ROLLOUT_NAME actor_rollout_ref.rollout.name "${MOPD_ROLLOUT:-}"
-  if [ "$MOPD_GPU" = 1 ]; then
-    mopd_add actor_rollout_ref.model.dtype=bfloat16 \
-      actor_rollout_ref.model.enable_gradient_checkpointing=true \
-      ++data.apply_chat_template_kwargs.enable_thinking=false \
-      actor_rollout_ref.rollout.val_kwargs.temperature=0.6 \
-      actor_rollout_ref.rollout.val_kwargs.top_p=0.95 \
-      algorithm.rollout_correction.rollout_is=token \
-      actor_rollout_ref.actor.optim.warmup_style=constant \
-      trainer.total_epochs=30 trainer.total_training_steps=null trainer.test_freq=5 \
-      "trainer.logger=[console,jsonl,wandb]"
-    if [ -n "$MOPD_ATTN" ]; then
-      mopd_add "actor_rollout_ref.model.attn_implementation=$MOPD_ATTN"
-    fi
+  if [ "$MOPD_GPU" = 1 ] && [ -n "$MOPD_ATTN" ]; then
+    mopd_add "actor_rollout_ref.model.attn_implementation=$MOPD_ATTN"
   fi
 }
 
@@ -185,7 +180,7 @@ mopd_self_distillation_env() {
   mopd_setting ALPHA "$SD.alpha"
   mopd_setting DISTILLATION_TOPK "$SD.distillation_topk"
   mopd_setting TEACHER_UPDATE_RATE "$SD.teacher_update_rate"
-  mopd_setting MAX_REPROMPT_LEN "$SD.max_reprompt_len" 10240
+  mopd_setting MAX_REPROMPT_LEN "$SD.max_reprompt_len"
 }
 
 mopd_quote() {  # one shell-safe word per argument, on one line

@@ -47,6 +47,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mopd.config import SelfDistillationConfig  # noqa: E402
+from mopd.io import atomic_output_path, write_json  # noqa: E402
 from mopd.embedded_task import (  # noqa: E402
     DATA_SOURCE, compute_score, make_problem, make_problems, problem_space, prompt_messages, to_verl_row,
 )
@@ -82,15 +83,8 @@ def peer_config() -> SelfDistillationConfig:
 def write_parquet(rows: list[dict], path: Path) -> None:
     import pandas as pd
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def write_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_output_path(path) as tmp:
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -432,7 +426,7 @@ def main() -> None:
         "args": vars(args),
     })
     assert len(loaded_tok) == len(tok)
-    write_json(stats, tmp / "embedded_stats.json")
+    write_json(tmp / "embedded_stats.json", stats, sort_keys=True)
     replace_dir(tmp, final)
     print(json.dumps({k: v for k, v in stats.items() if k not in ("history", "args")}, indent=1))
     print(f"saved {final} ({sum(f.stat().st_size for f in final.iterdir()) / 1e6:.1f} MB); "

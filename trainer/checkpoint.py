@@ -12,21 +12,20 @@ the directory that `begin()` returned, but must have finished (barrier) before `
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import secrets
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
+
+from mopd.errors import ConfigError
+from mopd.io import atomic_write, atomic_write_text, fsync_dir, fsync_path
 
 __all__ = [
     "COMPLETE_MARKER",
     "TRACKER_FILE",
     "RESUME_MODES",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "atomic_torch_save",
     "CheckpointManager",
 ]
@@ -44,72 +43,11 @@ _WORK_DIR_RE = re.compile(r"^\.(tmp|old|del)_global_step_(\d+)_\d+_[0-9a-f]+$")
 # ----------------------------------------------------------------------------- atomic file writes
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@functools.lru_cache(maxsize=1)
-def _default_file_mode() -> int:
-    # mkstemp creates 0600 files; give the result the mode a plain open() would have given it.
-    # Read the umask from /proc where possible: os.umask(0) briefly changes it for all threads.
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write via `write(fileobj)` into a temp file next to `path`, fsync, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, _default_file_mode())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Replace `path` with `data` atomically: readers see the old content or the new, never a mix."""
-    return _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """Text version of `atomic_write_bytes`."""
-    return atomic_write_bytes(path, text.encode(encoding))
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """`torch.save(obj, path)` through a temp file, so a crash never leaves a truncated file."""
     import torch  # local: keeps this module importable (and the tracker cheap) without torch
 
-    return _atomic_write(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 # ----------------------------------------------------------------------------- checkpoint manager
@@ -123,17 +61,8 @@ def _fsync_tree(root: Path) -> None:
     """
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
-            try:
-                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
+            fsync_path(os.path.join(dirpath, name))
+        fsync_dir(Path(dirpath))
 
 
 def _check_step(step: int) -> int:
@@ -227,7 +156,7 @@ class CheckpointManager:
             aside = self.root / self._work_dir_name("old", step)
             os.replace(final, aside)
         os.replace(tmp_dir, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
 
@@ -298,17 +227,17 @@ class CheckpointManager:
             return None if found is None else found[1]
         if mode == "resume_path":
             if resume_path is None or str(resume_path) == "":
-                raise ValueError(
+                raise ConfigError(
                     "trainer.resume_from_path must be set when trainer.resume_mode=resume_path "
                     "(a global_step_<N> directory)"
                 )
             path = Path(resume_path)
             if not path.is_dir():
-                raise ValueError(f"trainer.resume_from_path: {str(path)!r} does not exist or is not a directory")
+                raise ConfigError(f"trainer.resume_from_path: {str(path)!r} does not exist or is not a directory")
             if not (path / COMPLETE_MARKER).is_file():
-                raise ValueError(
+                raise ConfigError(
                     f"trainer.resume_from_path: {str(path)!r} has no {COMPLETE_MARKER} marker; "
                     "the save was interrupted or the directory is not a checkpoint of this trainer"
                 )
             return path
-        raise ValueError(f"trainer.resume_mode: unknown mode {mode!r}; allowed: {list(RESUME_MODES)}")
+        raise ConfigError(f"trainer.resume_mode: unknown mode {mode!r}; allowed: {list(RESUME_MODES)}")

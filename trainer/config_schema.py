@@ -43,7 +43,6 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 LOGGERS = ("console", "jsonl", "tensorboard", "wandb")
 STRATEGIES = ("fsdp2",)
-SAVE_CONTENTS = ("model", "optimizer", "extra")
 
 ACTOR = "actor_rollout_ref.actor"
 ROLLOUT = "actor_rollout_ref.rollout"
@@ -172,12 +171,6 @@ def _check_actor(t: dict) -> None:
         raise ConfigError(f"{loss}.pref_label_smoothing must be in [0, 0.5), got {smoothing}")
     _number(t, f"{loss}.sft_success_threshold")
     _boolean(t, f"{loss}.sft_length_normalize")
-
-    contents = _get(t, f"{ACTOR}.checkpoint.save_contents")
-    if not isinstance(contents, (list, tuple)) or any(c not in SAVE_CONTENTS for c in contents):
-        raise ConfigError(
-            f"{ACTOR}.checkpoint.save_contents must be a list drawn from {list(SAVE_CONTENTS)}, got {contents!r}"
-        )
 
 
 def _check_algorithm(t: dict) -> None:

@@ -11,26 +11,28 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "config")
 def run(cfg) -> dict:
     from omegaconf import OmegaConf
 
-    from mopd.config import ConfigError
+    from mopd.errors import UserError
     from trainer.config_schema import validate_config
     from trainer.ppo_trainer import Trainer
 
     try:
         validate_config(cfg)
-    except ConfigError as err:
-        print(f"[mopd] config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    container = OmegaConf.to_container(cfg, resolve=True)
-    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
         trainer = Trainer(container)
-    except (FileNotFoundError, ValueError) as err:
-        # A worker's error arrives wrapped by Ray; the user needs the cause, not two tracebacks.
-        print(f"[mopd] error: {getattr(err, 'cause', None) or err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    try:
-        return trainer.fit()
-    finally:
-        trainer.close()
+        try:
+            return trainer.fit()
+        finally:
+            trainer.close()
+    except UserError as err:
+        # Only the project's own error types become one line; anything else is a bug and keeps its traceback.
+        # A worker's error arrives wrapped by Ray (a subclass of both): the user needs the cause, not two tracebacks.
+        _exit_with(getattr(err, "cause", None) or err)
+
+
+def _exit_with(err: BaseException) -> None:
+    kind = "config error" if type(err).__name__ == "ConfigError" else "error"
+    print(f"[mopd] {kind}: {err}", file=sys.stderr, flush=True)
+    raise SystemExit(getattr(err, "exit_code", 2)) from None
 
 
 def main() -> None:

@@ -1,13 +1,14 @@
 """The single-controller driver: one ``fit()`` loop for MOPD, SDPO, GRPO and the preference losses.
 
-The loop reads like DESIGN.md's list; each stage is timed as ``timing_s/<stage>``. Workers (Ray actors
-or one local object) hold the models; the driver holds the data, the verifier, peer selection (with a
-seeded generator) and the tokenized teacher inputs.
+The loop follows docs/architecture.md ("The fit loop"); each stage is timed as ``timing_s/<stage>``.
+Workers (Ray actors or one local object) hold the models; the driver holds the data, the verifier, peer
+selection (with a seeded generator) and the tokenized teacher inputs.
 """
 
 from __future__ import annotations
 
 import random
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,20 +18,22 @@ import torch
 
 from mopd.advantages import grpo_advantages
 from mopd.config import SelfDistillationConfig
+from mopd.errors import ConfigError, RewardError, WorkerDiedError
 from mopd.losses import rollout_is_weights
+from mopd.models import EMBEDDED_DIR, load_tokenizer, resolve_model_path
 from mopd.peers import Rollout, UidSuccessTracker, select_peers
 from mopd.reprompt import build_teacher_inputs, compute_step_ids
+from mopd.rewards import summarize_health
 from trainer import rollout_io
 from workers.actor import DISTILLATION_MODES
 from workers.batch import truncate_batch
-from workers.model_utils import EMBEDDED_DIR, load_tokenizer, resolve_model_path
 
 
 class Trainer:
     def __init__(self, config: dict):
         from mopd.rewards import RewardScorer, load_reward_fn
         from trainer.checkpoint import CheckpointManager
-        from trainer.dataset import PromptDataset, StatefulSampler
+        from trainer.prompt_dataset import PromptDataset, StatefulSampler
         from trainer.tracking import Tracking
 
         self.config = cfg = config
@@ -54,12 +57,12 @@ class Trainer:
         per_epoch = self.sampler.batches_per_epoch
         self.total_steps = trainer.get("total_training_steps") or per_epoch * trainer["total_epochs"]
         updates_per_step = data["train_batch_size"] // actor["ppo_mini_batch_size"] * actor["ppo_epochs"]
-        trainer["_total_optimizer_steps"] = self.total_steps * updates_per_step
         self.off_policy = updates_per_step > 1
         rc = cfg["algorithm"]["rollout_correction"]
         self.rollout_is = rc.get("rollout_is")
         self.reward_fn = load_reward_fn(cfg["custom_reward_function"]["path"], cfg["custom_reward_function"]["name"])
         self.scorer = RewardScorer(self.reward_fn, num_workers=cfg["reward"]["num_workers"])
+        self._reported = {"error": False, "nonfinite": False}  # bad rewards: the first of each printed once
         self.peer_rng = random.Random(trainer["seed"])
         self.uid_tracker = UidSuccessTracker()
         self.output_dir = Path(trainer["default_local_dir"])
@@ -67,7 +70,7 @@ class Trainer:
         self.tracker = Tracking(trainer["project_name"], trainer["experiment_name"], trainer["logger"], cfg,
                                 str(self.output_dir), total_steps=self.total_steps)
         self.group = _make_group(cfg)
-        info = self.group.init_model()
+        info = self.group.init_model(self.total_steps * updates_per_step)  # the LR schedule's horizon
         print(f"[mopd] {len(self.train_set)} training prompts ({self.train_set.num_filtered} filtered), "
               f"{self.total_steps} steps, loss_mode={self.loss_mode}, {self.group.world_size} worker(s) on "
               f"{info[0]['device']}, {info[0]['params'] / 1e6:.2f} M parameters", flush=True)
@@ -75,6 +78,20 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        except WorkerDiedError as err:
+            raise WorkerDiedError(f"{err}; {self._resume_hint()}", rank=err.rank) from None
+
+    def _resume_hint(self) -> str:
+        latest = self.checkpoints.latest()
+        if latest is None:
+            return ("no complete checkpoint to resume from (trainer.save_freq=N saves one every N steps); "
+                    "rerun the same command to start again")
+        return (f"last complete checkpoint: step {latest[0]} at {latest[1]}; resume: rerun the same command "
+                f"with trainer.resume_mode=auto trainer.default_local_dir={self.output_dir}")
+
+    def _fit(self) -> dict:
         trainer = self.config["trainer"]
         self.global_step = self._load_checkpoint()
         last_val: dict = {}
@@ -157,7 +174,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def _batches(self):
-        from trainer.dataset import collate_prompts
+        from trainer.prompt_dataset import collate_prompts
 
         while True:
             for indices in self.sampler:
@@ -199,11 +216,14 @@ class Trainer:
             extra["truncated"] = bool(batch["response_mask"][i].all().item())  # no EOS within the budget
             requests.append((items["data_source"][p], text, items["ground_truth"][p], extra))
         results = self.scorer.score(requests)
+        health = self._check_reward_health(results, "validation" if metrics is None else f"step {self.global_step}")
         batch["scores"] = torch.tensor([float(r["score"]) for r in results], dtype=torch.float32)
         batch["reward_extra"] = results
         if metrics is not None:
             lengths = batch["response_mask"].sum(-1).float()
             metrics.update({
+                "reward/error_fraction": health["error_fraction"],
+                "reward/nonfinite_fraction": health["nonfinite_fraction"],
                 "critic/score/mean": batch["scores"].mean().item(),
                 "critic/score/max": batch["scores"].max().item(),
                 "critic/score/min": batch["scores"].min().item(),
@@ -215,6 +235,30 @@ class Trainer:
             successes = (batch["scores"] >= self.sd_cfg.success_reward_threshold).tolist()
             metrics.update(self.uid_tracker.update(batch["uid"], successes))
         return results
+
+    def _check_reward_health(self, results: list[dict], where: str) -> dict:
+        """Make bad rewards loud: the first error/non-finite score printed once per run, a stop when all errored."""
+        health = summarize_health(results)
+        source = self.config["custom_reward_function"]["path"] or "the built-in verifiers"
+        first = health["first_error"]
+        if first is not None and not self._reported["error"]:
+            self._reported["error"] = True
+            print(f"[mopd] reward error ({where}, {health['num_errors']}/{len(results)} rollouts, scored 0; "
+                  f"counted as reward/error_fraction; shown once per run) from {source}: "
+                  f"{first['verifier_error']}\n{first.get('verifier_traceback', '').rstrip()}", file=sys.stderr,
+                  flush=True)
+        if health["first_nonfinite"] is not None and not self._reported["nonfinite"]:
+            self._reported["nonfinite"] = True
+            print(f"[mopd] non-finite reward ({where}, {health['num_nonfinite']}/{len(results)} rollouts, score "
+                  f"{health['first_nonfinite']['nonfinite_score']}) from {source}: treated as a failure with "
+                  "score 0 (docs/verifiers.md); counted as reward/nonfinite_fraction; shown once per run",
+                  file=sys.stderr, flush=True)
+        if results and health["num_errors"] == len(results):
+            first_line = (first["verifier_error"].splitlines() or [""])[0]  # the stop is one line
+            raise RewardError(f"every reward of {where} errored ({len(results)}/{len(results)} rollouts) in "
+                              f"{source}; first: {first_line}. Fix the verifier (the traceback is printed "
+                              "above) or custom_reward_function.path/name")
+        return health
 
     def _maybe_old_log_probs(self, batch: dict) -> None:
         if not (self.off_policy or self.rollout_is):
@@ -255,7 +299,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def _validate(self) -> dict:
-        from trainer.dataset import collate_prompts
+        from trainer.prompt_dataset import collate_prompts
 
         val_n = self.config["actor_rollout_ref"]["rollout"]["val_kwargs"]["n"]
         size = self.config["data"].get("val_batch_size") or len(self.val_set)
@@ -336,7 +380,7 @@ def _make_group(cfg: dict):
     world = trainer["n_gpus_per_node"] * trainer["nnodes"]
     if backend == "local":
         if world != 1:
-            raise ValueError(f"trainer.backend=local runs one worker; set trainer.n_gpus_per_node=1 (got {world} "
+            raise ConfigError(f"trainer.backend=local runs one worker; set trainer.n_gpus_per_node=1 (got {world} "
                              "workers) or use trainer.backend=ray")
         return LocalWorkerGroup(ActorRolloutRefWorker, cfg)
     use_gpu = trainer["device"] == "cuda" or (trainer["device"] == "auto" and torch.cuda.is_available())

@@ -8,10 +8,9 @@ field the verifier returned (``feedback``, ``acc``, ``pred``, ...). Training dum
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
+
+from mopd.io import write_jsonl
 
 
 def _rows(batch: dict, items: dict, tokenizer, step: int, n: int):
@@ -36,25 +35,9 @@ def _rows(batch: dict, items: dict, tokenizer, step: int, n: int):
         yield row
 
 
-def _write_jsonl(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def dump_rollouts(path: Path, batch: dict, items: dict, tokenizer, step: int, n: int) -> None:
-    _write_jsonl(path, _rows(batch, items, tokenizer, step, n))
+    write_jsonl(path, _rows(batch, items, tokenizer, step, n))
 
 
 def dump_rollouts_multi(path: Path, parts, tokenizer, step: int, n: int) -> None:
-    _write_jsonl(path, (row for batch, items in parts for row in _rows(batch, items, tokenizer, step, n)))
+    write_jsonl(path, (row for batch, items in parts for row in _rows(batch, items, tokenizer, step, n)))

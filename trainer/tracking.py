@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from trainer.checkpoint import atomic_write_text
+from mopd.io import atomic_write_text
 
 __all__ = ["ALLOWED_LOGGERS", "Tracking", "wandb_mode", "format_console_line"]
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
+from mopd.errors import WorkerDiedError
 from workers.batch import concat_batches, split_batch
 from workers.dispatch import Dispatch, dispatch_mode
 
@@ -86,13 +88,72 @@ class RayWorkerGroup(_Group):
 
     def _call_all(self, name, per_rank_args):
         refs = [getattr(w, name).remote(*args) for w, args in zip(self.workers, per_rank_args)]
-        return self._ray.get(refs, timeout=self.timeout_s)
+        exceptions = self._ray.exceptions
+        try:
+            # As each result arrives, not in rank order: a dead rank fails the call at once, even while a
+            # survivor still waits in a collective for it.
+            pending, deadline = list(refs), time.monotonic() + self.timeout_s
+            while pending:
+                ready, pending = self._ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise exceptions.GetTimeoutError(f"{name}: no result from every worker within {self.timeout_s:g} s")
+                self._ray.get(ready)
+            return self._ray.get(refs)
+        except exceptions.RayActorError:
+            raise self._worker_died(name, refs) from None
+        except exceptions.RayTaskError:
+            # A survivor's collective fails when its peer dies; name the dead peer, not the survivor.
+            died = self._worker_died(name, refs, wait_s=10.0)
+            if died.rank is None:
+                raise
+            raise died from None
+
+    def _worker_died(self, method: str, refs: list, wait_s: float = 0.0) -> WorkerDiedError:
+        """Which rank's task failed with a dead actor, and why its process ended (Ray's exit detail)."""
+        exceptions = self._ray.exceptions
+        for rank, ref in enumerate(refs):
+            ready, _ = self._ray.wait([ref], timeout=wait_s)
+            if not ready:
+                continue
+            try:
+                self._ray.get(ref, timeout=0)
+            except exceptions.RayActorError as err:
+                return WorkerDiedError(f"worker rank {rank}{_pid_of(err)} died during {method}: {_exit_cause(err)}",
+                                       rank=rank)
+            except Exception:  # noqa: BLE001 - a survivor's own error: keep looking for the dead rank
+                continue
+        return WorkerDiedError(f"a worker died during {method}", rank=None)
 
     def shutdown(self) -> None:
         try:
             self._call_all("shutdown", [()] * self.world_size)
+        except (WorkerDiedError, self._ray.exceptions.RayError):
+            pass  # a dead worker has nothing to shut down; the others are killed below
         finally:
             for w in self.workers:
                 self._ray.kill(w)
             if self._owns_ray:
                 self._ray.shutdown()
+
+
+def _pid_of(err) -> str:
+    pid = getattr(getattr(err, "_actor_died_error_context", None), "pid", 0) or _field(str(err), "pid:")
+    return f" (pid {pid})" if pid else ""
+
+
+def _field(text: str, prefix: str) -> str:
+    for line in text.splitlines():
+        if line.strip().startswith(prefix):
+            return line.strip()[len(prefix):].strip()
+    return ""
+
+
+def _exit_cause(err) -> str:
+    """Ray's one-line reason (e.g. 'Worker exit type: SYSTEM_ERROR Worker exit detail: ... killed by SIGKILL')."""
+    text = str(err)
+    for line in text.splitlines():
+        if "exit type" in line.lower() or "exit detail" in line.lower():
+            line = line.split(" Some common causes")[0]  # Ray's generic advice is longer than the cause
+            return " ".join(line.split()).removeprefix("The actor is dead because its worker process has died. ")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__

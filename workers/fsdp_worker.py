@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from mopd.config import SelfDistillationConfig
+from mopd.errors import ConfigError
 from mopd.teacher import ema_update_
 from workers import model_utils
 from workers.actor import (DISTILLATION_MODES, PREFERENCE_MODES, Normalizers, TeacherForward, backward_mini_batch,
@@ -49,7 +50,8 @@ class ActorRolloutRefWorker:
 
     # ------------------------------------------------------------------------------------------
     @register(Dispatch.ONE_TO_ALL)
-    def init_model(self) -> dict:
+    def init_model(self, total_optimizer_steps: int) -> dict:
+        """Build the models; ``total_optimizer_steps`` (the driver's count of updates) is the LR schedule's horizon."""
         cfg, trainer = self.config, self.config["trainer"]
         model_cfg = cfg["actor_rollout_ref"]["model"]
         actor_cfg = cfg["actor_rollout_ref"]["actor"]
@@ -75,7 +77,7 @@ class ActorRolloutRefWorker:
             actor.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         rollout_copy = copy.deepcopy(actor).to(self.dtype)  # generation runs in the compute dtype
         self.actor = model_utils.fsdp2_wrap(actor, self.device, self.world_size, self.dtype)
-        self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], cfg)
+        self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], total_optimizer_steps)
         rollout_cfg = cfg["actor_rollout_ref"]["rollout"]
         self.rollout = HFRollout(rollout_copy, self.tokenizer, rollout_cfg["micro_batch_size"],
                                  calculate_log_probs=rollout_cfg["calculate_log_probs"])
@@ -298,12 +300,12 @@ class ActorRolloutRefWorker:
 
 
 # ----------------------------------------------------------------------------------------------
-def _build_optimizer(model, optim_cfg: dict, cfg: dict):
+def _build_optimizer(model, optim_cfg: dict, total_optimizer_steps: int):
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=optim_cfg["lr"], betas=tuple(optim_cfg["betas"]),
         eps=optim_cfg["eps"], weight_decay=optim_cfg["weight_decay"],
     )
-    total = max(1, int(cfg["trainer"].get("_total_optimizer_steps") or 1))
+    total = max(1, int(total_optimizer_steps))
     warmup = optim_cfg["lr_warmup_steps"]
     if warmup is None or warmup < 0:
         warmup = int(optim_cfg["lr_warmup_steps_ratio"] * total)
@@ -326,7 +328,7 @@ def _check_same_vocabulary(teacher, student, teacher_path, student_path, tokeniz
     t_vocab, s_vocab = teacher.get_output_embeddings().weight.shape[0], student.get_output_embeddings().weight.shape[0]
     teacher_tok = AutoTokenizer.from_pretrained(teacher_path)
     if t_vocab != s_vocab or teacher_tok.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(
+        raise ConfigError(
             f"actor_rollout_ref.ref.model.path={teacher_path}: the teacher's vocabulary ({t_vocab} logits, "
             f"{len(teacher_tok)} tokens) differs from the student's {student_path} ({s_vocab} logits, "
             f"{len(tokenizer)} tokens); distillation needs the same tokenizer and vocabulary"

@@ -1,45 +1,15 @@
-"""Model building on one rank: resolve paths, load HF models, FSDP2-wrap, gather full weights."""
+"""Model building on one rank: the process group, FSDP2 wrapping, full weights (loading: ``mopd.models``)."""
 
 from __future__ import annotations
 
 import os
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_DIR = PROJECT_ROOT / "datasets" / "embedded"
-
-
-def resolve_model_path(path: str | None) -> str | None:
-    """``embedded`` names the shipped tiny base model; anything else is a local dir or a hub id."""
-    if path == "embedded":
-        target = EMBEDDED_DIR / "base_model"
-        if not (target / "config.json").exists():
-            raise FileNotFoundError(
-                f"actor_rollout_ref.model.path=embedded: {target} is missing; create it with "
-                "`python scripts/make_embedded_default.py`"
-            )
-        return str(target)
-    return path
-
-
-def pick_device(setting: str, local_rank: int) -> torch.device:
-    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda but no CUDA device is available; use trainer.device=cpu")
-    index = local_rank % torch.cuda.device_count()
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
-
-
-def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
+# HF loading is shared with the analysis tools (mopd must not import workers); the worker reaches it here.
+from mopd.models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, resolve_model_path  # noqa: F401
 
 
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, device: torch.device) -> None:
@@ -54,28 +24,6 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
         backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30),
         init_method=f"tcp://{master_addr}:{master_port}", device_id=device if device.type == "cuda" else None,
     )
-
-
-def load_tokenizer(path: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_causal_lm(path: str, *, dtype: torch.dtype, attn_implementation: str, trust_remote_code: bool = False,
-                   device: torch.device | None = None):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
-    )
-    if device is not None:
-        model.to(device)
-    return model
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:

@@ -335,7 +335,7 @@ def prepare_dataset(input_spec: str | Path, output_dir: str | Path, *, max_promp
                     max_responses_per_prompt: int = 8, min_responses_per_prompt: int = 2,
                     success_threshold: float = 1.0, seed: int = 42, summary_tag: str = "summary") -> dict:
     """Write the three dataset files to ``output_dir``; returns the summary."""
-    from mopd.analysis.io import write_json, write_jsonl
+    from mopd.io import write_json, write_jsonl
 
     paths = resolve_input_paths(input_spec)
     if not paths:

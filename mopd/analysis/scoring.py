@@ -28,54 +28,30 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
+from mopd import models
 from mopd.analysis.variants import pieces_from_spans
-from mopd.reprompt import _truncate_context
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-EMBEDDED_MODEL = PROJECT_ROOT / "datasets" / "embedded" / "base_model"
-
+from mopd.reprompt import truncate_context
 
 # ----------------------------------------------------------------------------------------------------
-# Model
+# Model (loading lives in mopd.models, shared with the trainer's workers)
 # ----------------------------------------------------------------------------------------------------
-def resolve_model_path(path: str) -> str:
-    if path == "embedded":
-        if not (EMBEDDED_MODEL / "config.json").exists():
-            raise FileNotFoundError(f"--model embedded: {EMBEDDED_MODEL} is missing; create it with "
-                                    "`python scripts/make_embedded_default.py`")
-        return str(EMBEDDED_MODEL)
-    return path
-
-
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: no CUDA device is available; use --device cpu")
-    return torch.device(name)
+    return models.pick_device(name, flag="--device")
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise ValueError(f"--dtype must be auto or one of {sorted(table)}, got {name!r}")
-    return table[name]
+    return models.pick_dtype(name, device, flag="--dtype")
 
 
 def load_model_and_tokenizer(path: str, *, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model_path(path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    model.to(device)
+    path = models.resolve_model_path(path, flag="--model")
+    tokenizer = models.load_tokenizer(path, trust_remote_code=trust_remote_code, flag="--model")
+    model = models.load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code, device=device,
+                                  flag="--model")
     model.eval()
     return model, tokenizer
 
@@ -146,7 +122,7 @@ def encode_example(tokenizer, variant: dict, target: dict, *, raw_text: bool, ma
         cut = None
         if pieces is not None and text is not None:
             try:
-                cut, _ = _truncate_context(tokenizer, text, variant["teacher_messages"][-1]["content"],
+                cut, _ = truncate_context(tokenizer, text, variant["teacher_messages"][-1]["content"],
                                            pieces, budget, "left",
                                            variant.get("variant_id", "?"))
             except ValueError:

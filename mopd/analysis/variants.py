@@ -40,7 +40,7 @@ from mopd.analysis.conditions import (  # noqa: F401  (re-exported)
     CONDITION_NAMES, DEFAULT_GLOBAL, DEFAULT_VARIANTS, REQUIRED_SECTIONS, SECTION_KEYS, TWO_S_ONE_F,
 )
 from mopd.config import SelfDistillationConfig
-from mopd.peers import ControlBlock, PeerContext, Rollout
+from mopd.peers import ControlBlock, PeerContext, Rollout, context_slots, peer_candidates
 from mopd.reprompt import TeacherSections, render_teacher_messages
 
 __all__ = [
@@ -113,17 +113,10 @@ def seeded_rng(*parts: str) -> random.Random:
 # ----------------------------------------------------------------------------------------------------
 # Peer choice (indices into the prompt's group, ordered by response_index)
 # ----------------------------------------------------------------------------------------------------
-def _successes(group: Sequence[dict], self_idx: int, exclude_self: bool) -> list[int]:
-    return [j for j, r in enumerate(group) if r["success"] and not (exclude_self and j == self_idx)]
-
-
-def _failures(group: Sequence[dict], self_idx: int) -> list[int]:
-    return [j for j, r in enumerate(group) if not r["success"] and j != self_idx]
-
-
-def _two_s_one_f_slots(group, i, exclude_self) -> tuple[int, int]:
-    successes = _successes(group, i, exclude_self)
-    return min(len(successes), 2), 1 if _failures(group, i) else 0
+def _two_s_one_f_slots(successes: Sequence[int], failures: Sequence[int]) -> tuple[int, int]:
+    """(success slots, failure slots) of the 2S1F budget, by the trainer's rule (mopd.peers.context_slots)."""
+    slots = context_slots(successes, failures, primary=True, another=True, failure=True, failure_always=True)
+    return sum(label == "success" for label, _ in slots), sum(label == "failure" for label, _ in slots)
 
 
 def build_context(variant: dict, group: Sequence[dict], i: int, glob: dict,
@@ -138,8 +131,7 @@ def build_context(variant: dict, group: Sequence[dict], i: int, glob: dict,
                                        glob.get("feedback_only_without_solution", False)))
     k = int(variant.get("summary_k", glob.get("summary_k", 2)))
     candidate = group[i]
-    successes = _successes(group, i, exclude_self)
-    failures = _failures(group, i)
+    successes, failures = peer_candidates(range(len(group)), [bool(r["success"]) for r in group], i, exclude_self)
     primary_candidate = successes[0] if successes else None
     info: dict[str, Any] = {"primary_solution_response_id": group[primary_candidate]["response_id"]
                             if primary_candidate is not None else None, "summary_sources": []}
@@ -147,7 +139,7 @@ def build_context(variant: dict, group: Sequence[dict], i: int, glob: dict,
 
     peer_control = variant.get("peer_control")
     if peer_control:
-        n_success, n_failure = _two_s_one_f_slots(group, i, exclude_self)
+        n_success, n_failure = _two_s_one_f_slots(successes, failures)
         others = [j for j in range(len(group)) if j != i]
         if peer_control == "random":
             order = list(others)

@@ -1,7 +1,7 @@
 """reasoning-gym tasks, scored by the task's own scorer (data source ``reasoning_gym``).
 
 The answer is the text of the last ``<answer>...</answer>`` (reasoning-gym's ``extract_answer``). The row's
-``extra_info`` names the task and carries the generated entry, as ``mopd.datasets`` writes them:
+``extra_info`` names the task and carries the generated entry, as ``mopd.dataprep`` writes them:
 ``reasoning_gym_dataset`` (e.g. ``"basic_arithmetic"``) and ``reasoning_gym_entry`` (the entry dict, or
 its JSON string). The score is the task scorer's ``score_answer(answer, entry)`` (a float in [0, 1];
 some tasks give partial credit); ``acc`` is 1 only for a full score. Without those keys the extracted

@@ -1,4 +1,4 @@
-"""data/ command-line tools, run as subprocesses on temporary files, and the record formatters of mopd.datasets."""
+"""data/ command-line tools, run as subprocesses on temporary files, and the record formatters of mopd.dataprep."""
 
 import datetime
 import importlib.util
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mopd import datasets as mds
-from mopd.data import read_rl_parquet
+from mopd import dataprep as mds
+from mopd.rl_parquet import read_rl_parquet
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -243,7 +243,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     def explode(*a, **k):
         raise Boom()
 
-    monkeypatch.setattr(mds.json, "dumps", explode)
+    monkeypatch.setattr(json, "dumps", explode)
     with pytest.raises(Boom):
         mds.write_records(str(target), [{"a": 1}])
     assert target.read_text() == "old"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mopd.data import read_rl_parquet
+from mopd.rl_parquet import read_rl_parquet
 from mopd.rewards import compute_score
 
 REPO = Path(__file__).resolve().parents[2]

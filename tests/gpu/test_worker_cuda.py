@@ -29,7 +29,7 @@ def worker(device):
 
     w = ActorRolloutRefWorker(_config(device), 0, 1)
     w.set_master("127.0.0.1", free_port())
-    w.init_model()
+    w.init_model(total_optimizer_steps=10)
     yield w
     w.shutdown()
 
@@ -39,7 +39,7 @@ def _local(p):
 
 
 def test_bf16_compute_keeps_float32_master_weights_through_an_update(worker, device):
-    from trainer.dataset import collate_prompts, PromptDataset
+    from trainer.prompt_dataset import PromptDataset, collate_prompts
     from workers.model_utils import EMBEDDED_DIR
 
     assert all(_local(p).dtype == torch.float32 for p in worker.actor.parameters())

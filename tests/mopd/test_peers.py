@@ -1040,3 +1040,17 @@ def test_uid_success_tracker_checkpoint(split):
         d = _tracker_tuple(fresh.update(uids, successes))
         assert a == b == d
         assert a[:3] == expected[:3]
+
+
+def test_peer_slot_rules_are_public_and_match_the_2s1f_budget():
+    from mopd.peers import context_slots, peer_candidates
+
+    succeeded = [True, False, True, True, False]
+    assert peer_candidates(range(5), succeeded, 2, exclude_self=True) == ([0, 3], [1, 4])
+    assert peer_candidates(range(5), succeeded, 2, exclude_self=False) == ([0, 2, 3], [1, 4])
+    assert peer_candidates([1, 4], succeeded, 1, exclude_self=True) == ([], [4])
+    full = dict(primary=True, another=True, failure=True)
+    assert context_slots([0, 3], [1, 4], failure_always=True, **full) == [("success", 0), ("success", 3), ("failure", 1)]
+    assert context_slots([0], [1], failure_always=False, **full) == [("success", 0)]  # when_no_solution
+    assert context_slots([], [1], failure_always=False, **full) == [("failure", 1)]
+    assert context_slots([0, 3], [], primary=True, another=False, failure=True, failure_always=True) == [("success", 0)]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mopd import rewards
+from mopd.rewards import registry
 from mopd.rewards import RewardScorer, compute_score, load_reward_fn, normalize_result, register_reward
 
 # Module-level test verifiers (picklable by reference, so the pool workers can import them too).
@@ -44,14 +45,14 @@ def sleeps(solution_str, ground_truth, extra_info=None):
 
 @pytest.fixture(autouse=True)
 def _registry():
-    saved = dict(rewards._REGISTRY)
+    saved = dict(registry._REGISTRY)
     register_reward(["test_exact", "test_exact_alias"], exact_match)
     register_reward("test_bool", bare_bool)
     register_reward("test_explodes", explodes_on_boom)
     register_reward("test_sleeps", sleeps)
     yield
-    rewards._REGISTRY.clear()
-    rewards._REGISTRY.update(saved)
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
 
 
 def _items():
@@ -114,7 +115,7 @@ def test_unknown_data_source_names_it_and_the_way_out():
 
 def test_embedded_task_is_registered_by_default():
     assert "embedded_arith" in rewards.registered_data_sources()
-    assert rewards._REGISTRY["embedded_arith"] is rewards._embedded_arith
+    assert registry._REGISTRY["embedded_arith"] is registry._embedded_arith
 
 
 def test_register_reward_validates():
@@ -272,3 +273,23 @@ def test_embedded_adapter_calls_the_task_lazily(monkeypatch):
     monkeypatch.setattr(mopd, "embedded_task", fake, raising=False)
     assert compute_score("embedded_arith", "The answer is 7", "7", {"index": 3})["pred"] == "7"
     assert calls == [("The answer is 7", "7")]
+
+
+# --- bad rewards: errors carry their traceback, non-finite scores are failures ----------------------
+
+
+def test_error_result_carries_the_traceback():
+    (result,) = RewardScorer(compute_score).score([("test_explodes", "boom", "1", None)])
+    assert result["verifier_traceback"].startswith("Traceback (most recent call last):")
+    assert "RuntimeError: kaboom" in result["verifier_traceback"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_score_is_a_counted_failure(bad):
+    results = RewardScorer(lambda *a: bad).score([("x", "a", "b", None), ("x", "a", "b", None)])
+    for result in results:
+        assert result["score"] == 0.0 and result["acc"] == 0.0 and result["nonfinite_score"] == repr(bad)
+    health = rewards.summarize_health(results + [normalize_result(1.0)])
+    assert health["num_nonfinite"] == 2 and health["nonfinite_fraction"] == pytest.approx(2 / 3)
+    assert health["num_errors"] == 0 and health["first_error"] is None
+    assert rewards.apply_nonfinite_rule(normalize_result(0.5)) == normalize_result(0.5)  # finite: untouched

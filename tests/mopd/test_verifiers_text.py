@@ -6,6 +6,7 @@ import signal
 import pytest
 
 from mopd import rewards
+from mopd.rewards import registry
 from mopd.rewards import compute_score
 from mopd.rewards import math as math_verifier
 from mopd.rewards import mcq, tooluse
@@ -276,7 +277,7 @@ def test_tooluse_optional_action():
 
 def test_reasoning_gym_scorer():
     pytest.importorskip("reasoning_gym")
-    from mopd.datasets import load_reasoning_gym
+    from mopd.dataprep import load_reasoning_gym
 
     rec = load_reasoning_gym("basic_arithmetic", 3, seed=5)[0]
     gt, extra = rec["answer"], rec["extra_info"]
@@ -292,7 +293,7 @@ def test_builtins_survive_pickling_to_workers():
     import pickle
 
     for source in ("math", "aime24", "sciknoweval", "gpqa", "mmlu_pro", "tooluse", "reasoning_gym", "humaneval"):
-        fn = rewards._REGISTRY[source]
+        fn = registry._REGISTRY[source]
         assert pickle.loads(pickle.dumps(fn)) is fn
 
 

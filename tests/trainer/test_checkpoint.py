@@ -10,9 +10,8 @@ from trainer.checkpoint import (
     TRACKER_FILE,
     CheckpointManager,
     atomic_torch_save,
-    atomic_write_bytes,
-    atomic_write_text,
 )
+from mopd.io import atomic_write_bytes, atomic_write_text
 
 
 def save(manager, step, payload="weights"):

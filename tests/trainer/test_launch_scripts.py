@@ -63,6 +63,25 @@ def as_dict(cmd: list[str]) -> dict[str, str]:
     return out
 
 
+def composed(cmd: list[str]) -> dict:
+    """The config the printed command runs with (Hydra composes the release=gpu preset)."""
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "trainer" / "config"), version_base=None):
+        cfg = compose(config_name=cmd[4], overrides=overrides(cmd))
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return flat
+
+
 def gpu_env(**env: str) -> dict[str, str]:
     return {"USE_CUDA": "1", "N_GPUS_PER_NODE": "8", **env}
 
@@ -141,21 +160,40 @@ def test_sdpo_env_flags_map_to_their_keys():
 
 
 def test_sdpo_gpu_uses_the_release_settings():
-    got = as_dict(command("run_local_sdpo.sh", "trainer.save_freq=10", **gpu_env()))
-    expected = {
+    cmd = command("run_local_sdpo.sh", "trainer.save_freq=10", **gpu_env())
+    got = as_dict(cmd)
+    expected = {  # what depends on the machine or the script: on the command line
+        "release": "gpu",
         "actor_rollout_ref.model.path": "Qwen/Qwen3-4B-Instruct-2507",
-        "data.train_files": "datasets/lcb_v6/train.parquet",
-        "data.train_batch_size": "32", f"{ROLLOUT}.n": "8", f"{ACTOR}.ppo_mini_batch_size": "32",
-        f"{ACTOR}.optim.lr": "1e-5", "data.max_prompt_length": "2048", "data.max_response_length": "4096",
-        f"{SD}.max_reprompt_len": "10240", f"{ROLLOUT}.val_kwargs.n": "8", "trainer.test_freq": "5",
-        "trainer.total_epochs": "30", "actor_rollout_ref.model.dtype": "bfloat16",
-        "++data.apply_chat_template_kwargs.enable_thinking": "false", f"{ROLLOUT}.name": EXPECTED_ROLLOUT,
-        "trainer.logger": "[console,jsonl,wandb]", "trainer.n_gpus_per_node": "8",
+        "data.train_files": "datasets/lcb_v6/train.parquet", "data.max_response_length": "4096",
+        f"{ROLLOUT}.name": EXPECTED_ROLLOUT, "trainer.n_gpus_per_node": "8",
         f"{SD}.include_primary_solution": "true", f"{SD}.include_another_solution": "true",
         f"{SD}.include_failure_solution": "true", f"{SD}.failure_solution_condition": "always",
         "trainer.save_freq": "10",
     }
     assert {k: got.get(k) for k in expected} == expected
+    release = {  # the release's fixed settings: from the release=gpu preset, as python -m trainer.main users get them
+        "data.train_batch_size": 32, f"{ROLLOUT}.n": 8, f"{ACTOR}.ppo_mini_batch_size": 32,
+        f"{ACTOR}.optim.lr": 1e-5, "data.max_prompt_length": 2048, "data.max_response_length": 4096,
+        f"{SD}.max_reprompt_len": 10240, f"{ROLLOUT}.val_kwargs.n": 8, "trainer.test_freq": 5,
+        "trainer.total_epochs": 30, "actor_rollout_ref.model.dtype": "bfloat16",
+        "data.apply_chat_template_kwargs.enable_thinking": False, "trainer.logger": ["console", "jsonl", "wandb"],
+        f"{ROLLOUT}.val_kwargs.temperature": 0.6, f"{ROLLOUT}.val_kwargs.top_p": 0.95,
+        "algorithm.rollout_correction.rollout_is": "token", f"{ACTOR}.optim.warmup_style": "constant",
+        "trainer.total_training_steps": None, "actor_rollout_ref.model.enable_gradient_checkpointing": True,
+        f"{ACTOR}.ppo_micro_batch_size_per_gpu": 1, f"{ACTOR}.optim.lr_warmup_steps": 10,
+        "trainer.n_gpus_per_node": 8, "trainer.save_freq": 10,
+    }
+    effective = composed(cmd)
+    assert {k: effective.get(k) for k in release} == release
+
+
+def test_release_preset_is_a_hydra_choice_and_off_by_default():
+    plain = composed([sys.executable, "-m", "trainer.main", "--config-name", "mopd"])
+    assert plain["data.train_batch_size"] == 16 and plain["trainer.logger"] == ["console", "jsonl"]
+    gpu = composed([sys.executable, "-m", "trainer.main", "--config-name", "grpo", "release=gpu", "data.train_batch_size=8"])
+    assert gpu["data.train_batch_size"] == 8 and gpu[f"{ACTOR}.optim.lr"] == 1e-5  # command line wins
+    assert gpu[f"{ACTOR}.policy_loss.loss_mode"] == "grpo"
 
 
 def test_sdpo_gpu_env_overrides_the_release_defaults():
@@ -257,8 +295,10 @@ def test_generalization_sdpo_sweep(datasets_dir):
         assert cmd[4] == "sdpo" and overrides(cmd)[-1] == "trainer.save_freq=5"
         assert (got[f"{SD}.alpha"], got[f"{SD}.distillation_topk"], got[f"{SD}.include_environment_feedback"]) == (
             "0.5", "100", "false")
-        assert got[f"{ROLLOUT}.val_kwargs.n"] == "16" and got["data.train_batch_size"] == "32"
-        assert got[f"{ACTOR}.ppo_mini_batch_size"] == "32" and got[f"{ACTOR}.optim.lr"] == "1e-5"
+        assert got[f"{ROLLOUT}.val_kwargs.n"] == "16" and got["release"] == "gpu"
+        effective = composed(cmd)
+        assert effective["data.train_batch_size"] == 32
+        assert effective[f"{ACTOR}.ppo_mini_batch_size"] == 32 and effective[f"{ACTOR}.optim.lr"] == 1e-5
     assert as_dict(cmds[0])["data.train_files"] == f"{datasets_dir}/sciknoweval/chemistry/train.parquet"
     assert len({as_dict(c)["trainer.experiment_name"] for c in cmds}) == 4
 

@@ -1,4 +1,4 @@
-"""trainer.dataset: tokenized prompt dataset, resumable sampler, left-padded collation."""
+"""trainer.prompt_dataset: tokenized prompt dataset, resumable sampler, left-padded collation."""
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mopd.tiny_tokenizer import load_tiny_tokenizer
-from trainer.dataset import PromptDataset, StatefulSampler, collate_prompts
+from trainer.prompt_dataset import PromptDataset, StatefulSampler, collate_prompts
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from mopd.data import read_rl_parquet
+from mopd.rl_parquet import read_rl_parquet
+from mopd.errors import DataError
 
 
 class PromptDataset:
@@ -39,11 +40,11 @@ class PromptDataset:
     ):
         paths = [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else [os.fspath(f) for f in files]
         if not paths:
-            raise ValueError(f"{key}: no files given")
+            raise DataError(f"{key}: no files given")
         if max_prompt_length < 1:
-            raise ValueError(f"data.max_prompt_length must be >= 1, got {max_prompt_length}")
+            raise DataError(f"data.max_prompt_length must be >= 1, got {max_prompt_length}")
         if max_samples is not None and max_samples < 1:
-            raise ValueError(f"{key}: max_samples must be >= 1 or None, got {max_samples}")
+            raise DataError(f"{key}: max_samples must be >= 1 or None, got {max_samples}")
         self.files, self.key = paths, key
         self.max_prompt_length = int(max_prompt_length)
         template_kwargs = dict(apply_chat_template_kwargs or {})
@@ -66,7 +67,7 @@ class PromptDataset:
                 prompt_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
                 if len(prompt_ids) > self.max_prompt_length:
                     if not filter_overlong_prompts:
-                        raise ValueError(
+                        raise DataError(
                             f"{key}: {path} row {row_no}: the prompt is {len(prompt_ids)} tokens, longer than "
                             f"data.max_prompt_length={self.max_prompt_length}; raise data.max_prompt_length or "
                             "set data.filter_overlong_prompts=true to drop such prompts"
@@ -96,7 +97,7 @@ class PromptDataset:
                 f"{len(self.items)} kept"
             )
         if not self.items:
-            raise ValueError(
+            raise DataError(
                 f"{key}: no prompts left: all {self.num_filtered} are longer than "
                 f"data.max_prompt_length={self.max_prompt_length} tokens"
             )
@@ -111,7 +112,7 @@ class PromptDataset:
             path, row_no = item["_source"]
             previous = seen.setdefault((file_no, uid), row_no)
             if previous != row_no:
-                raise ValueError(
+                raise DataError(
                     f"{self.key}: {path} rows {previous} and {row_no} both have uid {uid!r} (extra_info.index, "
                     "or the row's position where it has none); the uid identifies a prompt and groups its "
                     "rollouts, so give every row a unique extra_info.index"
@@ -140,16 +141,16 @@ class StatefulSampler:
 
     def __init__(self, num_items: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = True):
         if num_items < 1:
-            raise ValueError(f"StatefulSampler: the dataset is empty (num_items={num_items})")
+            raise DataError(f"StatefulSampler: the dataset is empty (num_items={num_items})")
         if batch_size < 1:
-            raise ValueError(f"data.train_batch_size must be >= 1, got {batch_size}")
+            raise DataError(f"data.train_batch_size must be >= 1, got {batch_size}")
         if drop_last and batch_size > num_items:
-            raise ValueError(
+            raise DataError(
                 f"data.train_batch_size={batch_size} is larger than the dataset ({num_items} prompts), so no "
                 "full batch can be formed; lower data.train_batch_size or use a larger dataset"
             )
         if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"data.seed must be an integer >= 0 (it fixes the shuffle order), got {seed!r}")
+            raise DataError(f"data.seed must be an integer >= 0 (it fixes the shuffle order), got {seed!r}")
         self.num_items, self.batch_size = int(num_items), int(batch_size)
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.epoch = 0
@@ -185,7 +186,7 @@ class StatefulSampler:
     def load_state_dict(self, state: dict) -> None:
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position <= self.batches_per_epoch:
-            raise ValueError(
+            raise DataError(
                 f"StatefulSampler: cannot resume at epoch {epoch}, batch {position}: an epoch has "
                 f"{self.batches_per_epoch} batches (was the dataset or data.train_batch_size changed?)"
             )
@@ -195,9 +196,9 @@ class StatefulSampler:
 def collate_prompts(items: Sequence[dict], pad_token_id: int) -> dict[str, Any]:
     """Left-pad the prompts of ``items`` (so generation continues from the right edge) into one batch."""
     if not items:
-        raise ValueError("collate_prompts: no items")
+        raise DataError("collate_prompts: no items")
     if pad_token_id is None:
-        raise ValueError("collate_prompts: the tokenizer has no pad token id")
+        raise DataError("collate_prompts: the tokenizer has no pad token id")
     width = max(len(item["prompt_ids"]) for item in items)
     input_ids = torch.full((len(items), width), int(pad_token_id), dtype=torch.long)
     attention_mask = torch.zeros((len(items), width), dtype=torch.long)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from mopd.errors import DataError, MissingFileError
+
 REQUIRED_COLUMNS = ("data_source", "prompt", "reward_model")
 
 
@@ -26,30 +28,30 @@ def read_rl_parquet(path: str | os.PathLike, key: str = "data.train_files") -> l
 
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{key}: no such file: {path}")
+        raise MissingFileError(f"{key}: no such file: {path}")
     if os.path.isdir(path):
-        raise ValueError(f"{key}: {path} is a directory; expected a parquet file")
+        raise DataError(f"{key}: {path} is a directory; expected a parquet file")
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"{key}: cannot read {path} as a parquet file ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"{key}: cannot read {path} as a parquet file ({type(exc).__name__}: {exc})") from exc
 
     present = table.column_names
     for column in REQUIRED_COLUMNS:
         if column not in present:
-            raise ValueError(
+            raise DataError(
                 f"{key}: {path} has no column {column!r} (required: {', '.join(REQUIRED_COLUMNS)}); "
                 f"columns present: {present}"
             )
     if table.num_rows == 0:
-        raise ValueError(f"{key}: {path} has no rows")
+        raise DataError(f"{key}: {path} has no rows")
 
     rows = table.to_pylist()
     for i, row in enumerate(rows):
         problem = _row_problem(row)
         if problem is not None:
             field, message = problem
-            raise ValueError(f"{key}: {path} row {i} (0-based), field {field!r}: {message}")
+            raise DataError(f"{key}: {path} row {i} (0-based), field {field!r}: {message}")
     return rows
 
 
