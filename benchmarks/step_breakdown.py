@@ -178,6 +178,10 @@ def run_child(args) -> None:
 
     workdir = Path(args.workdir)
     run_dir = workdir / f"run_{args.child}"
+    if run_dir.exists():  # a reused --workdir: start clean (no appended metrics, no resume)
+        import shutil
+
+        shutil.rmtree(run_dir)
     info = json.loads((workdir / "prepared.json").read_text())
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         cfg = compose(config_name=args.child, overrides=overrides_for(args, workdir, run_dir, info["model"]))
