@@ -40,7 +40,7 @@ def _local(p):
 
 def test_bf16_compute_keeps_float32_master_weights_through_an_update(worker, device):
     from trainer.prompt_dataset import PromptDataset, collate_prompts
-    from workers.model_utils import EMBEDDED_DIR
+    from mopd.models import EMBEDDED_DIR
 
     assert all(_local(p).dtype == torch.float32 for p in worker.actor.parameters())
     assert all(p.dtype == torch.bfloat16 for p in worker.rollout.model.parameters())
