@@ -6,7 +6,9 @@ Integration, and why
   worker rank builds ``vllm.LLM`` inside its own process; vLLM adopts the process group the worker already
   created for FSDP2 (same ranks, no second rendezvous, no extra processes) and forms tensor-parallel groups
   of ``rollout.tensor_model_parallel_size`` consecutive ranks out of it. With TP = 1 every rank is an
-  independent engine that generates its own shard of the prompts, like the ``hf`` engine. The engine core
+  independent engine that generates its own shard of the prompts, like the ``hf`` engine; with TP > 1 the
+  ranks of a group exchange their requests first (an engine's ranks must submit the same requests) and
+  each keeps its own rows. The engine core
   runs in this process (vLLM sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` for this backend), so the worker can
   hand it tensors without serialising them. The alternatives were weighed: a separate vLLM server or
   multiprocessing engine with a worker extension and ``collective_rpc`` needs weights to cross a process
@@ -33,6 +35,7 @@ Integration, and why
   trainer computes them. With ``top_k``/``top_p`` on, vLLM's processed log-probs are those of the filtered,
   renormalised distribution (the one actually sampled from); ``hf`` reports the unfiltered temperature-scaled
   ones. Greedy (``do_sample=False``) uses temperature 0 and reports temperature-1 log-probs, as ``hf`` does.
+  The samples differ from ``hf``'s token for token (another random stream), not in distribution.
 
 Supported versions
 ------------------
@@ -94,6 +97,7 @@ class VLLMRollout:
                 f"{KEY}.tensor_model_parallel_size={tp} does not divide the {world_size} worker ranks "
                 "(trainer.n_gpus_per_node * trainer.nnodes): choose a divisor"
             )
+        self.tp = tp
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.eos_ids = _eos_ids(model_path, tokenizer, trust_remote_code)
@@ -111,6 +115,10 @@ class VLLMRollout:
         from vllm.platforms import current_platform
 
         self._native_sleep = current_platform.is_sleep_mode_available()
+        # A partly prefilled request rewinds its seeded generator by an offset, which CPU generators do not
+        # have ("CPU Generator does not use offset"); on CPU every prompt is prefilled in one step instead
+        # (then max_num_batched_tokens must be >= the prompt + response budget).
+        chunked_prefill = not current_platform.is_cpu()
         started = time.perf_counter()
         try:
             self.llm = LLM(
@@ -121,7 +129,8 @@ class VLLMRollout:
                 max_num_batched_tokens=rollout_cfg["max_num_batched_tokens"],
                 enforce_eager=bool(rollout_cfg["enforce_eager"]), max_model_len=max_model_len,
                 enable_sleep_mode=self.free_cache_engine and self._native_sleep,
-                enable_prefix_caching=True, logprobs_mode="processed_logprobs",
+                enable_prefix_caching=True, enable_chunked_prefill=chunked_prefill,
+                logprobs_mode="processed_logprobs",
             )
         except Exception as err:  # vLLM's messages run over many lines; keep the first, chain the rest
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -197,17 +206,23 @@ class VLLMRollout:
         rows = input_ids.shape[0] * n
         if len(row_seeds) != rows:
             raise ValueError(f"need one seed per sample: {len(row_seeds)} seeds for {rows} samples")
-        prompts = [{"prompt_token_ids": ids[mask.bool()].tolist()}
-                   for ids, mask in zip(input_ids.cpu(), attention_mask.cpu()) for _ in range(n)]
+        prompts = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu()) for _ in range(n)]
+        seeds = [int(s) for s in row_seeds]
+        first = 0
+        if self.tp > 1:
+            # The ranks of one tensor-parallel engine must submit identical requests: every rank generates
+            # the group's samples and keeps its own rows.
+            prompts, seeds, first = _gather_tp_requests(prompts, seeds, self.tp)
         common = dict(n=1, max_tokens=params.max_new_tokens, stop_token_ids=self.eos_ids, logprobs=0,
                       detokenize=False)
         if params.do_sample:
             top_k = params.top_k if params.top_k and params.top_k > 0 else 0
             sampling = [VLLMSamplingParams(temperature=params.temperature, top_p=params.top_p, top_k=top_k,
-                                           seed=int(s), **common) for s in row_seeds]
+                                           seed=s, **common) for s in seeds]
         else:
-            sampling = [VLLMSamplingParams(temperature=0.0, **common)] * rows
-        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
+            sampling = [VLLMSamplingParams(temperature=0.0, **common)] * len(prompts)
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
+        outputs = outputs[first : first + rows]
 
         width = params.max_new_tokens
         responses = torch.full((rows, width), self.pad_id, dtype=torch.long)
@@ -223,6 +238,18 @@ class VLLMRollout:
         if self.free_cache_engine:
             self.sleep()
         return {"responses": responses, "response_mask": response_mask, "rollout_log_probs": log_probs}
+
+
+def _gather_tp_requests(prompts: list[list[int]], seeds: list[int], tp: int) -> tuple[list, list, int]:
+    """All requests of this rank's tensor-parallel group, in rank order, and where this rank's start."""
+    import torch.distributed as dist
+    from vllm.distributed.parallel_state import get_tp_group
+
+    group = get_tp_group()
+    gathered: list = [None] * tp
+    dist.all_gather_object(gathered, (prompts, seeds), group=group.cpu_group)
+    first = sum(len(p) for p, _ in gathered[: group.rank_in_group])
+    return [p for ps, _ in gathered for p in ps], [s for _, ss in gathered for s in ss], first
 
 
 def _kv_storages(llm) -> list[torch.UntypedStorage]:

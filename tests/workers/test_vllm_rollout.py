@@ -198,9 +198,11 @@ def test_bad_settings_stop_with_one_line(monkeypatch):
     assert str(info.value).startswith(f"{ROLLOUT}.name=vllm: vLLM 0.10.2 is not supported") and "\n" not in str(info.value)
 
 
-def test_one_and_two_workers_give_the_same_rollouts():
+@pytest.mark.parametrize("tp", [1, 2])
+def test_one_and_two_workers_give_the_same_rollouts(tp):
     """Ray workers, as the trainer runs them: the rollouts of a batch do not depend on how many ranks
-    generate it (one seed per sample; one request per sample)."""
+    generate it (one seed per sample; one request per sample), with two independent engines (tp=1) or
+    one engine over both ranks (tp=2)."""
     from trainer.worker_group import RayWorkerGroup
     from workers.fsdp_worker import ActorRolloutRefWorker
 
@@ -208,7 +210,8 @@ def test_one_and_two_workers_give_the_same_rollouts():
     results = []
     for world in (1, 2):
         cfg = compose("trainer.backend=ray", f"trainer.n_gpus_per_node={world}", "trainer.num_threads=1",
-                      "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=8")
+                      "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+                      f"{ROLLOUT}.tensor_model_parallel_size={tp if world == 2 else 1}")
         group = RayWorkerGroup(ActorRolloutRefWorker, cfg, world, use_gpu=False)
         try:
             group.init_model()
