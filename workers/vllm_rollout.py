@@ -28,6 +28,9 @@ Integration, and why
   CPU backend has no sleep mode (its ``sleep`` is a no-op); there the engine releases the KV cache's memory
   itself (storage resized to 0, restored on wake; the prefix cache is reset so no block is read back) and
   keeps the weights, and the same "load before generating" rule applies.
+- **Threads**: vLLM drops torch to one intra-op thread "for serving" and its CPU worker disables
+  ``torch.set_num_threads``; the actor trains in the same process, so the worker's thread count is kept
+  (``OMP_NUM_THREADS``, vLLM's documented override) and ``set_num_threads`` is restored.
 - **Sampling parity with ``hf``**: one request per sample (``n=1``) with that sample's own seed, so a sample
   depends on its seed and the weights only, not on which rank or batch generated it; prompts go in as token
   ids (left padding removed); generation stops at the model's EOS ids; the returned log-probs are vLLM's
@@ -111,6 +114,11 @@ class VLLMRollout:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size),
                           LOCAL_RANK=str(device.index or 0) if device.type == "cuda" else str(rank))
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # vLLM drops torch's intra-op threads to 1 "for serving" unless OMP_NUM_THREADS is set, and its CPU
+        # worker replaces torch.set_num_threads with a no-op: in a process that also trains, keep the
+        # worker's thread count and give set_num_threads back afterwards.
+        threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -139,7 +147,12 @@ class VLLMRollout:
                 f"({KEY}.gpu_memory_utilization={rollout_cfg['gpu_memory_utilization']}, "
                 f"tensor_model_parallel_size={tp}): {type(err).__name__}: {first}"
             ) from err
+        finally:
+            torch.set_num_threads = set_num_threads
+            set_num_threads(threads)
         self.start_seconds = time.perf_counter() - started
+        print(f"[mopd] rank {rank}: vLLM {self.version} engine ready in {self.start_seconds:.1f} s "
+              f"(tp={tp}, gpu_memory_utilization={rollout_cfg['gpu_memory_utilization']})", flush=True)
         if self.free_cache_engine:
             self.sleep()  # nothing to generate until the first sync; leave the memory to training
 

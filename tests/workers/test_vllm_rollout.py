@@ -93,6 +93,14 @@ def hf_engine(worker):
     return engine
 
 
+def test_engine_leaves_the_trainer_its_threads(worker):
+    # vLLM would drop torch to 1 intra-op thread and disable set_num_threads; training shares the process.
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(2)
+
+
 def test_engine_refuses_to_generate_before_the_first_sync(worker):
     from workers.hf_rollout import SamplingParams
 
