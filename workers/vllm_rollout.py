@@ -183,7 +183,8 @@ class VLLMRollout:
         self._weights_loaded = False  # level-2 semantics: the next generation needs a fresh sync
 
     def kv_cache_bytes(self) -> int:
-        """Bytes held by the KV cache now (0 while asleep)."""
+        """Bytes of the KV cache's storages (0 while asleep on CPU; CUDA's sleep unmaps them behind
+        unchanged storages)."""
         return sum(s.nbytes() for s in _kv_storages(self.llm))
 
     def _release_kv_cache(self) -> None:

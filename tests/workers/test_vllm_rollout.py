@@ -76,7 +76,8 @@ def worker():
     from trainer.worker_group import LocalWorkerGroup
     from workers.fsdp_worker import ActorRolloutRefWorker
 
-    group = LocalWorkerGroup(ActorRolloutRefWorker, compose("trainer.backend=local", "trainer.num_threads=2"))
+    group = LocalWorkerGroup(ActorRolloutRefWorker, compose("trainer.backend=local", "trainer.num_threads=2",
+                                                            "actor_rollout_ref.model.dtype=float32"))
     group.init_model()
     yield group.worker
     group.worker.rollout.llm = None  # let the engine go before the next test module starts its own
@@ -95,6 +96,8 @@ def hf_engine(worker):
 
 def test_engine_leaves_the_trainer_its_threads(worker):
     # vLLM would drop torch to 1 intra-op thread and disable set_num_threads; training shares the process.
+    if worker.device.type != "cpu":
+        pytest.skip("trainer.num_threads applies to CPU workers")
     assert torch.get_num_threads() == 2
     torch.set_num_threads(1)
     assert torch.get_num_threads() == 1
@@ -168,8 +171,9 @@ def test_sleep_wake_sync_generate_gives_the_synced_model(worker):
     worker.sync_rollout_weights()
     assert engine.kv_cache_bytes() > 0
     engine.generate(items["input_ids"], items["attention_mask"], params, list(range(8)))
-    # Asleep after generating: the KV cache's memory is released ...
-    assert engine.kv_cache_bytes() == 0
+    # Asleep after generating: the KV cache's memory is released (CPU: by us; CUDA: vLLM's sleep) ...
+    if not engine._native_sleep:
+        assert engine.kv_cache_bytes() == 0
     # ... and its weights count as released (level-2 sleep): generating now is refused, not garbage.
     with pytest.raises(RuntimeError, match="before load_weights"):
         engine.generate(items["input_ids"], items["attention_mask"], params, list(range(8)))
