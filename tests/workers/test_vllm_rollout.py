@@ -190,6 +190,18 @@ def test_sleep_wake_sync_generate_gives_the_synced_model(worker):
     torch.testing.assert_close(ours["rollout_log_probs"], ref["rollout_log_probs"], atol=LOGPROB_ATOL, rtol=0)
 
 
+def test_hf_export_works_without_an_hf_rollout_copy(worker, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from workers import model_utils
+
+    worker.export_hf(str(tmp_path))
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    actor = {k: v.detach().cpu() for k, v in model_utils.full_state_dict(worker.actor).items()}
+    for name, tensor in exported.state_dict().items():
+        torch.testing.assert_close(tensor, actor[name], atol=0, rtol=0)
+
+
 def test_bad_settings_stop_with_one_line(monkeypatch):
     import vllm
 
