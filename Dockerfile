@@ -10,8 +10,9 @@ RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /workspace/mopd
-# CUDA torch first, so requirements.txt's CPU pin is already satisfied by a compatible build.
-RUN pip install --upgrade pip && pip install torch --index-url https://download.pytorch.org/whl/cu124
+# vLLM first (the rollout engine, workers/vllm_rollout.py; tested 0.32.0): it brings the CUDA torch it was
+# built against (2.13.0), which then satisfies requirements.txt's torch pin.
+RUN pip install --upgrade pip && pip install "vllm==0.32.0"
 COPY requirements.txt setup.py README.md ./
 COPY mopd mopd
 COPY workers workers

@@ -27,7 +27,8 @@ setup(
     install_requires=REQUIRES,
     entry_points={"console_scripts": ["mopd-train=trainer.main:main"]},
     extras_require={
-        "gpu": ["vllm>=0.8", "flash-attn>=2.6"],
+        # workers/vllm_rollout.py needs vLLM's V1 in-place reload_weights (>= 0.20); tested with 0.32.0.
+        "gpu": ["vllm>=0.20,<0.33", "flash-attn>=2.6"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],
     },
 )

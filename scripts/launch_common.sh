@@ -116,6 +116,9 @@ mopd_select_mode() {
   else
     mopd_note "no CUDA device: YAML defaults with MODEL_PATH=$MODEL_PATH and the env settings given"
   fi
+  if [ "$MOPD_GPU" = 0 ] && [ -z "${ROLLOUT_NAME:-}" ]; then
+    mopd_note "no CUDA device: rollout with hf (vllm is the default on CUDA machines that have it)"
+  fi
 }
 
 # mopd_gpu_stack: once, on the GPU path, the defaults that depend on the machine (devices, vllm, FA2).
@@ -123,7 +126,14 @@ mopd_gpu_stack() {
   [ -n "${MOPD_GPU_STACK:-}" ] && return 0
   MOPD_GPU_STACK=1
   MOPD_GPU_COUNT="${N_GPUS_PER_NODE:-$(mopd_gpu_count)}"
-  MOPD_ROLLOUT=hf  # the vLLM engine is not in this release yet
+  if [ -n "${ROLLOUT_NAME:-}" ]; then
+    :  # the user's choice, forwarded below
+  elif mopd_module_available vllm; then
+    MOPD_ROLLOUT=vllm
+  else
+    MOPD_ROLLOUT=hf
+    mopd_note "vllm is not installed: rollout with hf (transformers generate); pip install -e .[gpu] for the vLLM engine"
+  fi
   MOPD_ATTN=""
   mopd_module_available flash_attn && MOPD_ATTN=flash_attention_2
   return 0

