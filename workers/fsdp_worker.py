@@ -115,12 +115,11 @@ class ActorRolloutRefWorker:
     @register(Dispatch.ONE_TO_ALL)
     def sync_rollout_weights(self) -> None:
         """Refresh this rank's rollout copy from the FSDP2 actor (a collective across ranks)."""
-        if isinstance(self.rollout, HFRollout):
-            self.rollout.load_weights(model_utils.full_state_dict(self.actor))
-        else:  # vllm: bucket by bucket, in the compute dtype, straight into the engine
-            from workers.weight_sync import iter_full_parameters
+        from workers.weight_sync import iter_full_parameters
 
-            self.rollout.load_weights(iter_full_parameters(self.actor, self.dtype))
+        # Bucket by bucket, cast to the compute dtype before the gather, straight into the engine's
+        # weights: never a second full copy of the model on the device.
+        self.rollout.load_weights(iter_full_parameters(self.actor, self.dtype))
 
     @register(Dispatch.DP_COMPUTE)
     def generate(self, batch: dict) -> dict:

@@ -12,6 +12,7 @@ vocabulary).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -40,11 +41,19 @@ class HFRollout:
         self.pad_id = tokenizer.pad_token_id
 
     @torch.no_grad()
-    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        # load_state_dict copies into the existing (compute-dtype) tensors, casting as it goes.
-        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
-        # Tied embeddings appear once in a gathered state dict; everything else must match.
-        missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    def load_weights(self, weights: dict[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy ``(name, tensor)`` pairs (a state dict, or the bucketed stream of ``workers.weight_sync``)
+        into the copy's own tensors, casting to its dtype; each tensor can be freed once copied."""
+        targets = self.model.state_dict()  # shares storage with the parameters
+        seen, unexpected = set(), []
+        for name, tensor in (weights.items() if isinstance(weights, dict) else weights):
+            if name in targets:
+                targets[name].copy_(tensor)
+                seen.add(name)
+            else:
+                unexpected.append(name)
+        # A tied LM head shares the embedding's storage: filled when the embedding is.
+        missing = [k for k in targets if k not in seen and not k.endswith("lm_head.weight")]
         if missing or unexpected:
             raise RuntimeError(f"rollout weight sync mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
