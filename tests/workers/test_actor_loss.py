@@ -264,7 +264,8 @@ def _fsdp_worker(rank: int, world: int, port: int) -> None:
             ref_kwargs = _loss_kwargs(case, plain_models, batch)
             want = plain_loss(case, plain_models, batch, ref_kwargs)
             want_grads = torch.autograd.grad(want, list(plain_models[0].parameters()))
-            student, other = (model_utils.fsdp2_wrap(copy.deepcopy(m), torch.device("cpu"), world, torch.float32)
+            student, other = (model_utils.fsdp2_wrap(copy.deepcopy(m), torch.device("cpu"), world, torch.float32,
+                                                     shard_single_rank=True)
                               for m in plain_models)
             kwargs = _loss_kwargs(case, (student, other), batch, remove_padding=True)
             counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])
