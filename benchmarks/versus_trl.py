@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPTS, N, NEW_TOKENS, LR = 16, 8, 16, 3e-4
 
 
-def ours(loss: str, steps: int, backend: str, overrides: list[str]) -> list[float]:
+def ours(loss: str, steps: int, backend: str, overrides: list[str], root: Path = ROOT) -> list[float]:
     with tempfile.TemporaryDirectory() as run:
         cmd = [sys.executable, "-m", "trainer.main", "--config-name", loss, f"trainer.backend={backend}",
                f"data.train_batch_size={PROMPTS}", f"actor_rollout_ref.rollout.n={N}",
@@ -39,8 +39,8 @@ def ours(loss: str, steps: int, backend: str, overrides: list[str]) -> list[floa
                f"trainer.total_training_steps={steps}", "trainer.test_freq=-1", "trainer.val_before_train=false",
                "trainer.save_freq=-1", "trainer.logger=[jsonl]", "trainer.rollout_data_dir=null",
                "trainer.validation_data_dir=null", f"trainer.default_local_dir={run}", *overrides]
-        env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
-        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        env = dict(os.environ, PYTHONPATH=str(root), RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
+        result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
         if result.returncode:
             raise SystemExit(f"our {loss} run failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
         records = [json.loads(line) for line in open(Path(run) / "metrics.jsonl")]
@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--backend", default="local", choices=["local", "ray"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads for TRL (ours: trainer.num_threads)")
     parser.add_argument("--skip-mopd", action="store_true")
+    parser.add_argument("--baseline-root", help="another checkout of this project (e.g. `git archive` of an older "
+                        "commit): its GRPO/MOPD run in the same session, for before/after ratios")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override for our runs")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child-trl", help=argparse.SUPPRESS)
@@ -120,13 +122,29 @@ def main() -> None:
         trl_child(args.steps, args.threads, args.child_trl)
         return
     overrides = list(args.override) + ([f"trainer.num_threads={args.threads}"] if args.threads else [])
-    runs = {"trl_grpo": trl(args.steps, args.threads), "ours_grpo": ours("grpo", args.steps, args.backend, overrides)}
+    base = Path(args.baseline_root).resolve() if args.baseline_root else None
+    plan = {"trl_grpo": lambda: trl(args.steps, args.threads),
+            "ours_grpo": lambda: ours("grpo", args.steps, args.backend, overrides)}
+    if base:
+        plan["before_grpo"] = lambda: ours("grpo", args.steps, args.backend, overrides, base)
     if not args.skip_mopd:
-        runs["ours_mopd"] = ours("mopd", args.steps, args.backend, overrides)
+        plan["ours_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides)
+        if base:
+            plan["before_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides, base)
+    runs = {}
+    for name, run in plan.items():
+        runs[name] = run()
+        print(f"{name}: {', '.join(f'{t:.2f}' for t in runs[name])} s/step", flush=True)
     medians = {k: median_from_step_3(v) for k, v in runs.items()}
     ratios = {"ours_grpo/trl_grpo": medians["ours_grpo"] / medians["trl_grpo"]}
     if "ours_mopd" in medians:
         ratios["ours_mopd/ours_grpo"] = medians["ours_mopd"] / medians["ours_grpo"]
+    if "before_grpo" in medians:
+        ratios["before_grpo/trl_grpo"] = medians["before_grpo"] / medians["trl_grpo"]
+        ratios["ours_grpo/before_grpo"] = medians["ours_grpo"] / medians["before_grpo"]
+    if "before_mopd" in medians:
+        ratios["before_mopd/before_grpo"] = medians["before_mopd"] / medians["before_grpo"]
+        ratios["ours_mopd/before_mopd"] = medians["ours_mopd"] / medians["before_mopd"]
     print(f"{PROMPTS} prompts x {N} completions, {NEW_TOKENS} new tokens, lr {LR}, median s/step over steps 3..{args.steps}")
     for k, v in medians.items():
         print(f"  {k:10} {v:7.3f} s/step   (all: {', '.join(f'{t:.2f}' for t in runs[k])})")

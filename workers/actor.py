@@ -13,7 +13,7 @@ from typing import Iterable
 
 import torch
 
-from mopd import losses
+from mopd import losses, sequence_losses
 from mopd.config import SelfDistillationConfig
 from mopd.fused_head import fused_head
 from workers import forward, model_utils
@@ -145,7 +145,7 @@ def _sequence_level_loss(batch, token_lp, response_mask, loss_mode, actor_cfg, r
     policy = actor_cfg["policy_loss"]
     rewards = batch["scores"].tolist()
     if loss_mode == "verified_sft":
-        return losses.verified_sft_loss(token_lp, response_mask, rewards, success_threshold=policy["sft_success_threshold"],
+        return sequence_losses.verified_sft_loss(token_lp, response_mask, rewards, success_threshold=policy["sft_success_threshold"],
                                         length_normalize=policy["sft_length_normalize"], normalizer=normalizer)
     seq_lp = (token_lp * response_mask).sum(-1)
     uids = batch["uid"]
@@ -153,9 +153,9 @@ def _sequence_level_loss(batch, token_lp, response_mask, loss_mode, actor_cfg, r
         ref_lp = forward.response_log_probs(ref_module, batch["input_ids"], batch["attention_mask"],
                                             batch["position_ids"], batch["responses"], response_mask, temperature,
                                             remove_padding)
-        return losses.dpo_loss(seq_lp, ref_lp.sum(-1), uids, rewards, beta=policy["dpo_beta"],
+        return sequence_losses.dpo_loss(seq_lp, ref_lp.sum(-1), uids, rewards, beta=policy["dpo_beta"],
                                label_smoothing=policy["pref_label_smoothing"], normalizer=normalizer)
-    return losses.simpo_loss(seq_lp, response_mask.sum(-1), uids, rewards, beta=policy["simpo_beta"],
+    return sequence_losses.simpo_loss(seq_lp, response_mask.sum(-1), uids, rewards, beta=policy["simpo_beta"],
                              gamma=policy["simpo_gamma"], label_smoothing=policy["pref_label_smoothing"],
                              normalizer=normalizer)
 
@@ -167,9 +167,9 @@ def loss_normalizer_counts(batch: dict, loss_mode: str, actor_cfg: dict) -> tupl
     tokens = float(mask.sum().item())
     policy = actor_cfg["policy_loss"]
     if loss_mode in PREFERENCE_MODES:
-        return float(losses.preference_pair_count(batch["uid"], batch["scores"].tolist())), tokens
+        return float(sequence_losses.preference_pair_count(batch["uid"], batch["scores"].tolist())), tokens
     if loss_mode == "verified_sft":
-        return float(losses.verified_sft_count(mask, batch["scores"].tolist(), policy["sft_success_threshold"])), tokens
+        return float(sequence_losses.verified_sft_count(mask, batch["scores"].tolist(), policy["sft_success_threshold"])), tokens
     if loss_mode in DISTILLATION_MODES:
         mask = mask * batch["distillation_mask"].float().unsqueeze(-1)
     agg_mode = actor_cfg["loss_agg_mode"]

@@ -66,8 +66,16 @@ def response_head(module, input_ids, attention_mask, position_ids, response_mask
         def call(hidden, weight):  # hidden: [1, tokens, H]
             return fn(hidden[0, rows], weight)
     else:
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      logits_to_keep=width + 1)
+        # Columns that are padding in every row (left of the longest prompt, right of the longest
+        # response) change nothing but cost compute: drop them. Micro-batches are cut from a batch
+        # padded to its longest sequence, so this is often most of the teacher's prompt width.
+        used = attention_mask.bool().any(0).nonzero()
+        first, last = int(used[0]), int(used[-1])
+        width -= attention_mask.shape[1] - 1 - last
+        valid = valid[:, :width]
+        cols = slice(first, last + 1)
+        inputs = dict(input_ids=input_ids[:, cols], attention_mask=attention_mask[:, cols],
+                      position_ids=position_ids[:, cols], logits_to_keep=width + 1)
 
         def call(hidden, weight):  # hidden: [B, R + 1, H]
             return fn(hidden[:, :-1][valid], weight)

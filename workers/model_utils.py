@@ -39,8 +39,10 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return []
 
 
-def fsdp2_wrap(model, device: torch.device, world_size: int, compute_dtype: torch.dtype = torch.float32):
-    """``fully_shard`` every decoder layer and the root over a 1-D mesh of all ranks.
+def fsdp2_wrap(model, device: torch.device, world_size: int, compute_dtype: torch.dtype = torch.float32, *,
+               shard_single_rank: bool = False):
+    """``fully_shard`` every decoder layer and the root over a 1-D mesh of all ranks (a plain module on a
+    single float32 rank, where sharding is a no-op).
 
     Parameters stay float32 (the optimizer's and the EMA's master copy); with a lower ``compute_dtype``
     FSDP2 casts them for forward/backward and reduces gradients in float32.
@@ -48,6 +50,12 @@ def fsdp2_wrap(model, device: torch.device, world_size: int, compute_dtype: torc
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    if world_size == 1 and compute_dtype == torch.float32 and not shard_single_rank:
+        # Nothing to shard, gather or cast: FSDP2 would only copy every parameter into its all-gather
+        # buffer before each forward and every gradient out of its reduce-scatter buffer after each
+        # backward (measured ~9% of a CPU GRPO update). The module keeps the same parameter names, so
+        # checkpoints and state dicts are interchangeable with the sharded ones.
+        return model
     mesh = init_device_mesh(device.type, (world_size,))
     kwargs = {"mesh": mesh}
     if compute_dtype != torch.float32:

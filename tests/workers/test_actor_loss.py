@@ -188,7 +188,7 @@ def _plain_logits(module, ids, mask, pos, width, temperature):
 
 def plain_loss(case, models, batch, kwargs):
     """The independent reference: [B, R, V] logits from the model's own head, then mopd.losses."""
-    from mopd import losses
+    from mopd import losses, sequence_losses
     from mopd.teacher import trust_region_logits
 
     student, other = models
@@ -215,15 +215,15 @@ def plain_loss(case, models, batch, kwargs):
         rewards, policy = batch["scores"].tolist(), cfg["policy_loss"]
         seq = (lp * mask).sum(-1)
         if loss_mode == "verified_sft":
-            loss, _ = losses.verified_sft_loss(lp, mask, rewards)
+            loss, _ = sequence_losses.verified_sft_loss(lp, mask, rewards)
         elif loss_mode == "dpo":
             with torch.no_grad():
                 ref = losses.token_log_probs(_plain_logits(other, batch["input_ids"], batch["attention_mask"],
                                                            batch["position_ids"], width, t), batch["responses"])
-            loss, _ = losses.dpo_loss(seq, (ref * mask).sum(-1), batch["uid"], rewards, beta=policy["dpo_beta"],
+            loss, _ = sequence_losses.dpo_loss(seq, (ref * mask).sum(-1), batch["uid"], rewards, beta=policy["dpo_beta"],
                                       label_smoothing=policy["pref_label_smoothing"])
         else:
-            loss, _ = losses.simpo_loss(seq, mask.sum(-1), batch["uid"], rewards, beta=policy["simpo_beta"],
+            loss, _ = sequence_losses.simpo_loss(seq, mask.sum(-1), batch["uid"], rewards, beta=policy["simpo_beta"],
                                         gamma=policy["simpo_gamma"], label_smoothing=policy["pref_label_smoothing"])
     if kwargs["entropy_coeff"]:
         log_p = torch.log_softmax(logits, dim=-1)
@@ -264,7 +264,8 @@ def _fsdp_worker(rank: int, world: int, port: int) -> None:
             ref_kwargs = _loss_kwargs(case, plain_models, batch)
             want = plain_loss(case, plain_models, batch, ref_kwargs)
             want_grads = torch.autograd.grad(want, list(plain_models[0].parameters()))
-            student, other = (model_utils.fsdp2_wrap(copy.deepcopy(m), torch.device("cpu"), world, torch.float32)
+            student, other = (model_utils.fsdp2_wrap(copy.deepcopy(m), torch.device("cpu"), world, torch.float32,
+                                                     shard_single_rank=True)
                               for m in plain_models)
             kwargs = _loss_kwargs(case, (student, other), batch, remove_padding=True)
             counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])

@@ -96,3 +96,13 @@ def test_packed_log_probs_and_gradients_equal_padded():
     torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     for x, y in zip(grads_a, grads_b):
         torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-10)
+
+
+def test_padded_path_drops_all_padding_columns_exactly():
+    """Without packing, columns that are padding in every row are dropped: same logits as the full rows."""
+    model = _model(torch.float64)
+    ids, mask, pos, _, response_mask = _batch([3, 6, 2], [4, 1, 5], prompt_width=10, response_width=8)
+    got = forward.response_head(model, ids, mask, pos, response_mask, lambda h, w: h @ w.t())
+    full = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+    want = full[:, -9:-1][response_mask.bool()]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
