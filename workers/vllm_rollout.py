@@ -127,6 +127,8 @@ class VLLMRollout:
         # have ("CPU Generator does not use offset"); on CPU every prompt is prefilled in one step instead
         # (then max_num_batched_tokens must be >= the prompt + response budget).
         chunked_prefill = not current_platform.is_cpu()
+        if current_platform.is_cpu() and tp > 1:
+            _unique_cpu_shm_names()
         started = time.perf_counter()
         try:
             self.llm = LLM(
@@ -252,6 +254,22 @@ class VLLMRollout:
         if self.free_cache_engine:
             self.sleep()
         return {"responses": responses, "response_mask": response_mask, "rollout_log_probs": log_probs}
+
+
+def _unique_cpu_shm_names() -> None:
+    """vLLM's CPU tensor-parallel communicator names its /dev/shm segments after the init method, which is
+    the constant ``env://`` with external_launcher: a segment left by a killed run (or another run on the
+    machine) then fails the next start with "create shm in SHMManager failed. errno: 17". Prefix the names
+    with this run's rendezvous port (the same on every rank of the run)."""
+    from vllm.distributed.device_communicators import cpu_communicator
+
+    shm = getattr(cpu_communicator, "_CPUSHMDistributed", None)
+    if shm is None or getattr(shm, "_mopd_unique", False):
+        return
+    plain = shm.make_group_name
+    shm.make_group_name = staticmethod(  # shm_open wants one leading "/" and no other
+        lambda comm: f"/mopd{os.environ.get('MASTER_PORT', '')}{plain(comm).lstrip('/')}")
+    shm._mopd_unique = True
 
 
 def _gather_tp_requests(prompts: list[list[int]], seeds: list[int], tp: int) -> tuple[list, list, int]:
