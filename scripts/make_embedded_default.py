@@ -3,30 +3,33 @@
 
     python scripts/make_embedded_default.py            # writes datasets/embedded/ (what is shipped)
 
-CPU-only, seeded, deterministic torch algorithms, 2 threads; 7-9 minutes on 2 cores. Steps:
+CPU-only, seeded, deterministic torch algorithms, 2 threads; ~10 minutes on 2 idle cores. Steps:
 
 1. ``datasets/embedded/{train,test}.parquet`` from ``mopd.embedded_task`` (2000 / 256 problems).
 2. A ~1 M parameter Qwen3 (random init, the project's byte-level tokenizer) trained by supervised
    fine-tuning on chat-templated examples, loss on the answer tokens + ``<|im_end|>`` only. The examples
-   are (a) plain questions and (b) MOPD teacher prompts: simulated groups of 8 rollouts (some correct,
-   some plausible wrong answers) go through ``mopd.peers.select_peers`` and
-   ``mopd.reprompt.render_teacher_messages`` with the 2-success-1-failure configuration, exactly as
-   training renders them, and the target is always the correct answer -- so the model learns to read
-   peer evidence the way a pretrained LLM reads demonstrations.
-   Phase 1 trains on teacher prompts only, until the model copies a shown correct answer (reading
-   context is learned first; trained together, both skills appear at the same time and the base would
-   have nothing to learn from its teacher). Phase 2 adds plain questions (128 per step, plus 8 teacher
-   prompts so the context skill is kept).
+   are (a) plain questions and (b) teacher prompts: simulated groups of 8 rollouts (some correct, some
+   plausible wrong answers, the verifier's feedback attached) go through ``mopd.peers.select_peers`` and
+   ``mopd.reprompt.render_teacher_messages`` exactly as training renders them, with the configuration of
+   one of the methods drawn uniformly -- SDPO (``sdpo.yaml``: one correct peer; the rollout's own feedback
+   when no success is shown), MOPD 2S1F (``mopd.yaml``) and positive-only (2S, no failure) -- plus 10%
+   failure-only prompts (one failed peer, no feedback); 25% of the groups have no success. The target is
+   always the correct answer, so the model learns to read every context a method shows its teacher, the
+   way a pretrained LLM reads demonstrations (and, shown no success, to answer as well as without context).
+   Phase 1 trains on teacher prompts that show a success only, until the model copies a shown correct
+   answer (reading context is learned first; trained together, both skills appear at the same time and
+   the base would have nothing to learn from its teacher). Phase 2 adds plain questions (128 per step,
+   plus 16 teacher prompts of the whole mixture).
 3. Phase 2 stops at the first evaluation where the sampled (T=1) accuracy on held-out questions *without*
-   context has reached ``--target-nc`` while the accuracy *with* context stays >= ``--min-ctx``; if that
-   never happens, the in-band snapshot that reads context best is kept. The model is saved to
-   ``datasets/embedded/base_model`` (HF format + tokenizer) with ``embedded_stats.json``: the numbers
-   re-measured on the saved model, and the evaluation history.
+   context has reached ``--target-nc`` (0.28) while the accuracy with success-showing contexts (SDPO's,
+   MOPD's, positive-only's) stays >= ``--min-ctx``; if that never happens, the snapshot in ``--band``
+   (0.25-0.45) that reads context best is kept. The model is saved to ``datasets/embedded/base_model`` (HF
+   format + tokenizer) with ``embedded_stats.json``: the numbers re-measured on the saved model (sampled
+   accuracy per teacher context, ``context_sampled_acc``), and the evaluation history.
 
-Reproducibility: two runs (2026-11-21 and 2026-11-22) wrote bit-identical weights (the shipped ones,
-SFT step 520: no-context mean@8 0.364, with-context 0.799); one further run diverged in the first steps
-for a reason we did not find (float reduction order is the usual suspect) and stopped at step 370 with
-0.407 / 0.750 -- also in band. The files in the repository are the reference.
+Reproducibility: one seeded command (seeds above; deterministic torch algorithms, 2 threads). An earlier
+recipe (2S1F prompts only) wrote bit-identical weights in two runs and diverged once in the first steps
+(float reduction order is the usual suspect), so treat the files in the repository as the reference.
 """
 
 from __future__ import annotations
@@ -72,8 +75,26 @@ MAX_NEW_TOKENS = 6
 
 
 def peer_config() -> SelfDistillationConfig:
+    """MOPD's 2-successes-1-failure context (trainer/config/mopd.yaml)."""
     return SelfDistillationConfig(include_another_solution=True, include_failure_solution=True,
                                   failure_solution_condition="always")
+
+
+# The teacher contexts the methods render, as their YAML/launch flags configure mopd.peers: SDPO
+# (sdpo.yaml: one success; the rollout's own feedback when no success is shown), MOPD 2S1F (mopd.yaml) and
+# positive-only (mopd.yaml with INCLUDE_FAILURE_SOLUTION=False). The SFT mixture draws from all three, plus
+# failure-only prompts (a failed peer, no feedback), so the base reads every context a method shows it.
+def method_configs() -> dict[str, SelfDistillationConfig]:
+    return {
+        "sdpo": SelfDistillationConfig(),
+        "mopd": peer_config(),
+        "mopd_pos": SelfDistillationConfig(include_another_solution=True, include_failure_solution=False,
+                                           failure_solution_condition="always"),
+    }
+
+
+FAILURE_ONLY_FRACTION = 0.10  # of the context examples: a failed peer only (MOPD's all-failed group, no feedback)
+NO_SUCCESS_FRACTION = 0.25  # of the other context examples: a group without a success (feedback, failed peer)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -159,6 +180,50 @@ def context_messages(problem: dict, rng: random.Random, cfg: SelfDistillationCon
     return msgs
 
 
+def mixture_context_messages(problem: dict, rng: random.Random, *, require_success: bool = False) -> list[dict]:
+    """One SFT teacher prompt from the method mixture (uniform over SDPO, MOPD 2S1F, positive-only;
+    ``FAILURE_ONLY_FRACTION`` failure-only); the target is always the correct answer."""
+    configs = method_configs()
+    if require_success:  # phase 1: any group size, the verifier's feedback as in training
+        return context_messages(problem, rng, configs[rng.choice(sorted(configs))], with_feedback=True,
+                                require_success=True)
+    if rng.random() < FAILURE_ONLY_FRACTION:
+        return context_messages(problem, rng, configs["mopd"], n_correct=0, with_feedback=False)
+    # Training always attaches the verifier's feedback; groups without a success are over-weighted (the
+    # base fails every rollout of ~16% of the problems, and there SDPO's teacher sees only the feedback).
+    k = 0 if rng.random() < NO_SUCCESS_FRACTION else rng.randint(1, GROUP_SIZE)
+    return context_messages(problem, rng, configs[rng.choice(sorted(configs))], n_correct=k, with_feedback=True)
+
+
+def eval_group_messages(problem: dict, rng: random.Random, cfg: SelfDistillationConfig, n_correct: int,
+                        feedback: bool) -> list[dict]:
+    """Held-out teacher prompt of a *failed* rollout (rollout 0) in a group of ``GROUP_SIZE`` with
+    ``n_correct`` successes, rendered with ``cfg`` (feedback: the verifier's feedback is attached)."""
+    answer, (a, b) = problem["answer"], (problem["a"], problem["b"])
+    others = [answer] * n_correct + [wrong_answer(a, b, rng) for _ in range(GROUP_SIZE - 1 - n_correct)]
+    rng.shuffle(others)
+    rollouts = []
+    for text in [wrong_answer(a, b, rng)] + others:
+        score = compute_score(text, answer)
+        rollouts.append(Rollout(uid="u", reward=score["score"], text=text,
+                                feedback=score["feedback"] if feedback else None))
+    ctx = select_peers(rollouts, cfg, rng).contexts[0]
+    msgs, _ = render_teacher_messages(prompt_messages(problem), ctx, rollouts,
+                                      rollouts[0].feedback if ctx.use_feedback else None, cfg)
+    return msgs
+
+
+# name -> (method config, successes in the group, feedback attached, what the context shows)
+EVAL_CONTEXTS = {
+    "sdpo_one_success": ("sdpo", 1, True, "one correct peer (SDPO)"),
+    "sdpo_feedback_only": ("sdpo", 0, True, "the rollout's own feedback only (SDPO, no success in the group)"),
+    "mopd_2s1f": ("mopd", 3, True, "two correct peers and one failed peer (MOPD)"),
+    "mopd_no_success": ("mopd", 0, True, "one failed peer and the own feedback (MOPD, no success)"),
+    "positive_only_2s": ("mopd_pos", 3, True, "two correct peers (positive-only)"),
+    "failure_only": ("mopd", 0, False, "one failed peer only"),
+}
+
+
 def eval_context_messages(problem: dict, rng: random.Random, cfg: SelfDistillationConfig) -> list[dict]:
     """Held-out teacher prompt of a failed rollout: one or two correct peers and one failed peer."""
     answer, (a, b) = problem["answer"], (problem["a"], problem["b"])
@@ -230,6 +295,11 @@ class Evaluator:
         self.ctx = [chat_prompt(tokenizer, eval_context_messages(p, rng, cfg)) for p in test_problems]
         self.fail_only = [chat_prompt(tokenizer, context_messages(p, rng, cfg, n_correct=0, with_feedback=False))
                           for p in test_problems]
+        configs = method_configs()
+        self.per_context = {
+            name: [chat_prompt(tokenizer, eval_group_messages(p, rng, configs[kind], k, fb)) for p in test_problems]
+            for name, (kind, k, fb, _) in EVAL_CONTEXTS.items()
+        }
 
     def quick(self, model, seed: int, n: int, plain: bool = True) -> dict:
         """Sampled accuracy on the first ``n`` test problems: no context (2 samples each) and with context."""
@@ -238,16 +308,28 @@ class Evaluator:
             out["nc_sampled"] = accuracy(generate_answers(model, self.tok, self.plain[:n] * 2, sample=True, seed=seed),
                                          self.answers[:n] * 2)
         m = n if not plain else n // 2
-        out["ctx_sampled"] = accuracy(generate_answers(model, self.tok, self.ctx[:m], sample=True, seed=seed + 1),
-                                      self.answers[:m])
+        # Contexts that show a success, one third each of SDPO's, MOPD's and positive-only's.
+        out["ctx_sampled"] = self.quick_mixture(model, seed + 1, m)
         return out
+
+    def quick_mixture(self, model, seed: int, n: int) -> float:
+        """Mean sampled accuracy over the per-method contexts that show a success (first ``n`` problems)."""
+        names = ["sdpo_one_success", "mopd_2s1f", "positive_only_2s"]
+        prompts = [q for name in names for q in self.per_context[name][:n]]
+        return accuracy(generate_answers(model, self.tok, prompts, sample=True, seed=seed), self.answers[:n] * len(names))
 
     def full(self, model, samples: int = 8) -> dict:
         n = len(self.answers)
+        per_context = {"no_context": None}
+        for k, (name, prompts) in enumerate(self.per_context.items()):
+            per_context[name] = accuracy(generate_answers(model, self.tok, prompts * 2, sample=True, seed=EVAL_SEED + 10 + k),
+                                         self.answers * 2)
         sampled = generate_answers(model, self.tok, self.plain * samples, sample=True, seed=EVAL_SEED)
         per_problem = [sum(compute_score(sampled[k * n + i], self.answers[i])["score"] for k in range(samples))
                        for i in range(n)]
+        per_context["no_context"] = sum(per_problem) / (n * samples)
         return {
+            "context_sampled_acc": per_context,
             "no_context_greedy_acc": accuracy(generate_answers(model, self.tok, self.plain, sample=False, seed=0),
                                               self.answers),
             "no_context_sampled_acc": sum(per_problem) / (n * samples),
@@ -278,13 +360,13 @@ def main() -> None:
     parser.add_argument("--p1-max-steps", type=int, default=450)
     parser.add_argument("--p1-ctx-acc", type=float, default=0.4, help="phase 1 ends at this with-context acc")
     parser.add_argument("--p2-plain-batch", type=int, default=128, help="phase 2: plain questions + ...")
-    parser.add_argument("--p2-ctx-batch", type=int, default=8, help="... teacher prompts")
+    parser.add_argument("--p2-ctx-batch", type=int, default=16, help="... teacher prompts")
     parser.add_argument("--p2-ctx-weight", type=float, default=1.0)
     parser.add_argument("--p2-max-steps", type=int, default=400)
     parser.add_argument("--eval-dense-below", type=float, default=0.95)
     parser.add_argument("--eval-n", type=int, default=128, help="test problems in the periodic evaluation")
-    parser.add_argument("--target-nc", type=float, default=0.25, help="stop once sampled no-context acc >= this")
-    parser.add_argument("--band", type=float, nargs=2, default=(0.15, 0.40), help="acceptable no-context acc")
+    parser.add_argument("--target-nc", type=float, default=0.28, help="stop once sampled no-context acc >= this")
+    parser.add_argument("--band", type=float, nargs=2, default=(0.25, 0.45), help="acceptable no-context acc")
     parser.add_argument("--min-ctx", type=float, default=0.8, help="...and with-context acc >= this")
     args = parser.parse_args()
 
@@ -325,7 +407,7 @@ def main() -> None:
     def train_step(n_plain: int, n_ctx: int, require_success: bool = False, ctx_weight: float = 1.0) -> dict:
         plain = rng.sample(sft_pool, n_plain)
         ctx_problems = rng.sample(sft_pool, n_ctx)
-        ctx_prompts = [chat_prompt(tok, context_messages(p, rng, cfg, require_success=require_success))
+        ctx_prompts = [chat_prompt(tok, mixture_context_messages(p, rng, require_success=require_success))
                        for p in ctx_problems]
         losses, total = {}, 0.0
         if plain:
@@ -427,7 +509,9 @@ def main() -> None:
         "wall_seconds": round(time.time() - started, 1),
         "threads": THREADS,
         "eval": "held-out test split; sampled = T 1.0, top_k 0, top_p 1.0; no-context sampled acc is mean@8; "
-                "with-context prompts show 1-2 correct peers and 1 failed peer (2-success-1-failure config)",
+                "with-context prompts show 1-2 correct peers and 1 failed peer (2-success-1-failure config); "
+                "context_sampled_acc: a failed rollout's teacher prompt in a group of 8, per method context "
+                "(2 samples per problem): " + "; ".join(f"{k} = {v[3]}" for k, v in EVAL_CONTEXTS.items()),
         "history": history,
         "args": vars(args),
     })
