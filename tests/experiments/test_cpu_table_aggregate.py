@@ -83,3 +83,19 @@ def test_a_missing_run_or_prompt_is_a_clear_error(tmp_path):
     _write_dump(tmp_path / "runs" / "grpo" / "seed0" / "validation" / "3.jsonl", [[1.0] * 8])
     with pytest.raises(SystemExit, match="missing from a dump"):
         agg.collect(tmp_path, ["grpo"])
+
+
+def test_run_script_rejects_bad_settings_before_running_anything(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+    env.update(PYTHON=sys.executable, OUTPUT_DIR=str(tmp_path / "out"))
+    for bad, message in (({"SEEDS": "0"}, "SEEDS must be a positive integer"),
+                         ({"METHODS": "grpo ppo"}, "unknown method 'ppo'"),
+                         ({"JOBS": "x"}, "JOBS must be a positive integer")):
+        proc = subprocess.run(["bash", str(ROOT / "experiments" / "cpu_table" / "run.sh")], env={**env, **bad},
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr, (bad, proc.stderr)
+        assert not (tmp_path / "out").exists()
