@@ -5,12 +5,13 @@
 #   SEEDS=1 METHODS="grpo sdpo mopd" bash experiments/cpu_table/run.sh
 #   DEV=1 LR=1e-3 STEPS=40 SEEDS=1 OUTPUT_DIR=outputs/cpu_sweep/lr1e-3 bash experiments/cpu_table/run.sh  # a sweep point
 # Env: SEEDS (count, 3), METHODS ("grpo sdpo mopd_pos mopd"), OUTPUT_DIR (outputs/cpu_table), JOBS (runs at
-#      a time, 2), STEPS (100), TEST_FREQ (10), LR (one lr for every method: sweeps only), DEV=1 (train on
+#      a time, 2), STEPS (100), TEST_FREQ (25), LR (one lr for every method: sweeps only), DEV=1 (train on
 #      the first 1744 training prompts and validate on the last 256 of the training split: the sweep's dev
 #      slice; never the held-out test), PYTHON.
 # Equal budgets: every method runs STEPS steps of 16 prompts x 8 rollouts (the embedded YAML defaults),
-# validation on the same held-out prompts x 8 samples every TEST_FREQ steps and at the end; seed k sets
-# trainer.seed and data.seed. The base is evaluated once (a 1-step run's step-0 validation).
+# validation on the same held-out prompts x 8 samples every TEST_FREQ steps and at the end; seed k (1..SEEDS)
+# sets trainer.seed and data.seed (seed 1 = the YAML defaults, i.e. the main job's settings).
+# The base is evaluated once (a 1-step run's step-0 validation).
 # Writes OUTPUT_DIR/{results.json,table.md,curves.png}; runs in OUTPUT_DIR/runs/<method>/seed<k>/ (train.log,
 # metrics.jsonl, validation/ and rollouts/ dumps). Finished runs are kept, so a rerun only does what is left.
 set -euo pipefail
@@ -25,7 +26,7 @@ METHODS="${METHODS:-grpo sdpo mopd_pos mopd}"
 OUTPUT_DIR="${OUTPUT_DIR:-outputs/cpu_table}"
 JOBS="${JOBS:-2}"
 STEPS="${STEPS:-100}"
-TEST_FREQ="${TEST_FREQ:-10}"
+TEST_FREQ="${TEST_FREQ:-25}"
 SD=actor_rollout_ref.actor.self_distillation
 die() { echo "cpu_table/run.sh: $*" >&2; exit 2; }
 [[ "$SEEDS" =~ ^[1-9][0-9]*$ ]] || die "SEEDS must be a positive integer, got '$SEEDS'"
@@ -87,7 +88,7 @@ run_one "$OUTPUT_DIR/base" $(method_args grpo) "${COMMON[@]}" trainer.total_trai
   trainer.val_before_train=true trainer.test_freq=-1 trainer.rollout_data_dir=null &
 dirs=("$OUTPUT_DIR/base")
 for method in $METHODS; do
-  for ((k = 0; k < SEEDS; k++)); do
+  for ((k = 1; k <= SEEDS; k++)); do
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
     # shellcheck disable=SC2046
     run_one "$OUTPUT_DIR/runs/$method/seed$k" $(method_args "$method") "${COMMON[@]}" \

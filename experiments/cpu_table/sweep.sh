@@ -3,7 +3,7 @@
 # last 256 training prompts; run.sh DEV=1): never on the held-out test.
 #   bash experiments/cpu_table/sweep.sh
 # Env: LRS ("3e-4 1e-3"), METHODS ("grpo sdpo mopd"; mopd_pos takes mopd's value), STEPS (20), JOBS (1),
-#      OUTPUT_DIR (outputs/cpu_sweep). One seed per point (seed 0). Prints dev mean@8 per method and lr.
+#      OUTPUT_DIR (outputs/cpu_sweep). One seed per point (seed 1). Prints dev mean@8 per method and lr.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 LRS="${LRS:-3e-4 1e-3}"
