@@ -155,6 +155,11 @@ mopd_common_args() {
   fi
   if [ -n "${DATA_PATH:-}" ]; then
     mopd_data "$DATA_PATH"
+    if [ "$MOPD_GPU" = 0 ] && [ -z "${MAX_PROMPT_LENGTH:-}" ]; then
+      # The YAML's 256-token limit fits the embedded task only; a benchmark's prompts (SciKnowEval: up
+      # to 1869 tokens) would all be filtered out, so a DATA_PATH gets the release's prompt limit.
+      mopd_add data.max_prompt_length=2048
+    fi
   fi
   mopd_setting TRAIN_BATCH_SIZE data.train_batch_size
   mopd_setting ROLLOUT_N actor_rollout_ref.rollout.n

@@ -142,6 +142,7 @@ def test_sdpo_env_flags_map_to_their_keys():
         "actor_rollout_ref.model.path": "/models/qwen",
         "data.train_files": "datasets/lcb_v6/train.parquet",
         "data.val_files": "datasets/lcb_v6/test.parquet",
+        "data.max_prompt_length": "2048",
         "trainer.experiment_name": "exp1",
         "data.train_batch_size": "4",
         f"{ROLLOUT}.n": "2",
@@ -227,6 +228,15 @@ def test_bad_boolean_flag_is_a_clear_error():
     assert result.stdout == ""
 
 
+def test_cpu_data_path_gets_the_release_prompt_limit_unless_set():
+    # The YAML's 256 tokens fit the embedded task only: every SciKnowEval prompt would be filtered out.
+    got = as_dict(command("run_local_sdpo.sh", DATA_PATH="datasets/sciknoweval/chemistry"))
+    assert got["data.max_prompt_length"] == "2048"
+    got = as_dict(command("run_local_sdpo.sh", DATA_PATH="datasets/sciknoweval/chemistry", MAX_PROMPT_LENGTH="4096"))
+    assert got["data.max_prompt_length"] == "4096"
+    assert "data.max_prompt_length" not in as_dict(command("run_local_sdpo.sh"))
+
+
 def test_missing_data_stops_before_launching():
     result = run("run_local_sdpo.sh", dry=False, DATA_PATH="/nonexistent/lcb")
     assert result.returncode == 2
@@ -240,7 +250,8 @@ def test_missing_data_stops_before_launching():
 def test_grpo_script():
     cmd = command("run_local_grpo.sh", "x.y=1", DATA_PATH="d", LR="1e-6")
     assert cmd[4] == "grpo" and overrides(cmd) == [
-        "data.train_files=d/train.parquet", "data.val_files=d/test.parquet", f"{ACTOR}.optim.lr=1e-6", "x.y=1"]
+        "data.train_files=d/train.parquet", "data.val_files=d/test.parquet", "data.max_prompt_length=2048",
+        f"{ACTOR}.optim.lr=1e-6", "x.y=1"]
     got = as_dict(command("run_local_grpo.sh", **gpu_env()))
     assert got["actor_rollout_ref.model.path"] == "Qwen/Qwen3-4B" and got["data.max_response_length"] == "8192"
     assert not any(k.startswith(SD) for k in got)
