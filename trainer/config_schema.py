@@ -27,11 +27,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mopd.config import CONFIG_PREFIX, ConfigError, SelfDistillationConfig
 from mopd.losses import LOSS_AGG_MODES
+from mopd.loss_modes import DISTILLATION_MODES, GROUP_MODES, LOSS_MODES, PREFERENCE_MODES
 
-LOSS_MODES = ("mopd", "sdpo", "grpo", "vanilla", "dpo", "simpo", "verified_sft")
-DISTILLATION_MODES = ("mopd", "sdpo")  # the reference model is the teacher
-PAIRWISE_MODES = ("dpo", "simpo")  # preference pairs are formed within one micro-batch
-GROUP_MODES = ("mopd", "grpo", "vanilla", "dpo", "simpo")  # need >= 2 samples per prompt
 ROLLOUT_NAMES = ("hf", "vllm")
 BACKENDS = ("auto", "ray", "local")
 DEVICES = ("auto", "cpu", "cuda")
@@ -286,7 +283,7 @@ def _check_loss_mode_rules(t: dict) -> None:
             f"{ACTOR}.policy_loss.loss_mode={mode} compares samples of the same prompt: "
             f"{ROLLOUT}.n must be >= 2, got {n}"
         )
-    if mode in PAIRWISE_MODES:
+    if mode in PREFERENCE_MODES:  # pairs are formed within one micro-batch
         micro = _get(t, f"{ACTOR}.ppo_micro_batch_size_per_gpu")
         if micro % n:
             raise ConfigError(

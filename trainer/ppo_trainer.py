@@ -19,13 +19,13 @@ import torch
 from mopd.advantages import grpo_advantages
 from mopd.config import SelfDistillationConfig
 from mopd.errors import ConfigError, RewardError, WorkerDiedError
+from mopd.loss_modes import DISTILLATION_MODES
 from mopd.losses import rollout_is_weights
 from mopd.models import EMBEDDED_DIR, load_tokenizer, resolve_model_path
 from mopd.peers import Rollout, UidSuccessTracker, select_peers
 from mopd.reprompt import build_teacher_inputs, compute_step_ids
 from mopd.rewards import summarize_health
 from trainer import rollout_io
-from workers.actor import DISTILLATION_MODES
 from workers.batch import truncate_batch
 
 

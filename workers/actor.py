@@ -16,11 +16,9 @@ import torch
 from mopd import losses, sequence_losses
 from mopd.config import SelfDistillationConfig
 from mopd.fused_head import fused_head
+from mopd.loss_modes import DISTILLATION_MODES, PPO_MODES, PREFERENCE_MODES
 from workers import forward, model_utils
 
-DISTILLATION_MODES = ("mopd", "sdpo")
-PPO_MODES = ("grpo", "vanilla")
-PREFERENCE_MODES = ("dpo", "simpo")
 
 
 class TeacherForward:
