@@ -22,13 +22,7 @@ PROMPTS = 4
 PROMPT_WIDTH, TEACHER_WIDTH, RESPONSE_WIDTH = 6, 11, 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny float64 kernels: threads only contend (10x slower on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
