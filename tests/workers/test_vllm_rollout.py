@@ -46,7 +46,7 @@ def compose(*overrides: str) -> dict:
 
 def prompts(count: int, split: str = "test"):
     """The first ``count`` embedded-task prompts of a split, left-padded as the trainer batches them."""
-    from trainer.dataset import PromptDataset, collate_prompts
+    from trainer.prompt_dataset import PromptDataset, collate_prompts
     from workers import model_utils
 
     tok = model_utils.load_tokenizer(model_utils.resolve_model_path("embedded"))
