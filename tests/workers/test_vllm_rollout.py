@@ -46,11 +46,12 @@ def compose(*overrides: str) -> dict:
 
 def prompts(count: int, split: str = "test"):
     """The first ``count`` embedded-task prompts of a split, left-padded as the trainer batches them."""
+    from mopd.models import EMBEDDED_DIR
     from trainer.prompt_dataset import PromptDataset, collate_prompts
     from workers import model_utils
 
     tok = model_utils.load_tokenizer(model_utils.resolve_model_path("embedded"))
-    data = PromptDataset(str(model_utils.EMBEDDED_DIR / f"{split}.parquet"), tok, max_prompt_length=256,
+    data = PromptDataset(str(EMBEDDED_DIR / f"{split}.parquet"), tok, max_prompt_length=256,
                          max_samples=count)
     return collate_prompts([data[i] for i in range(count)], tok.pad_token_id)
 
@@ -78,7 +79,7 @@ def worker():
 
     group = LocalWorkerGroup(ActorRolloutRefWorker, compose("trainer.backend=local", "trainer.num_threads=2",
                                                             "actor_rollout_ref.model.dtype=float32"))
-    group.init_model()
+    group.init_model(10)  # the LR schedule's horizon (optimizer steps)
     yield group.worker
     group.worker.rollout.llm = None  # let the engine go before the next test module starts its own
 
@@ -138,12 +139,12 @@ def test_sampled_log_probs_match_the_actor_after_a_training_step(worker):
 
     # One step of plain SFT on the sampled responses (a real FSDP2 backward + AdamW step).
     from mopd.losses import token_log_probs
-    from workers.actor import response_logits
 
     worker.actor.train()
     worker.optimizer.zero_grad(set_to_none=True)
-    logits = response_logits(worker.actor, batch["input_ids"], batch["attention_mask"], batch["position_ids"],
-                             batch["responses"].shape[1], 0.7)
+    width = batch["responses"].shape[1]
+    logits = worker.actor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          position_ids=batch["position_ids"], use_cache=False).logits[:, -width - 1 : -1] / 0.7
     loss = -(token_log_probs(logits, batch["responses"]) * batch["response_mask"]).sum() / batch["response_mask"].sum()
     loss.backward()
     worker.optimizer.step()
@@ -238,7 +239,7 @@ def test_one_and_two_workers_give_the_same_rollouts(tp):
                       f"{ROLLOUT}.tensor_model_parallel_size={tp if world == 2 else 1}")
         group = RayWorkerGroup(ActorRolloutRefWorker, cfg, world, use_gpu=False)
         try:
-            group.init_model()
+            group.init_model(10)
             group.sync_rollout_weights()
             results.append(group.generate(gen_request(items, step=3, n=4, temperature=1.0, top_k=20, top_p=0.9)))
         finally:
@@ -247,9 +248,9 @@ def test_one_and_two_workers_give_the_same_rollouts(tp):
     assert torch.equal(one["responses"], two["responses"])
     assert torch.equal(one["response_mask"], two["response_mask"])
     torch.testing.assert_close(one["rollout_log_probs"], two["rollout_log_probs"], atol=LOGPROB_ATOL, rtol=0)
-    # Samples of one prompt differ (each has its own seed), so equality above is not trivial.
-    assert not torch.equal(one["responses"][0], one["responses"][1]) or not torch.equal(
-        one["responses"][4], one["responses"][5])
+    # Samples of one prompt differ somewhere (each has its own seed), so equality above is not trivial.
+    groups = one["responses"].view(8, 4, -1)
+    assert any(not torch.equal(g[0], g[j]) for g in groups for j in range(1, 4))
 
 
 @pytest.mark.gpu
