@@ -369,7 +369,7 @@ def main(argv=None) -> int:
             "steps": args.steps, "device": limits, "date": time.strftime("%Y-%m-%d"),
             "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
     results = {}
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--child",)]
+    passthrough = list(argv if argv is not None else sys.argv[1:])  # the children get the same flags
     for mode in args.modes:
         cmd = [sys.executable, str(Path(__file__).resolve()), *passthrough, "--workdir", str(workdir),
                "--child", mode, "--device", args.device]

@@ -112,6 +112,7 @@ class SeededSampler(LogitsProcessor):
         self.params = params
         self.temperature = params.temperature if params.do_sample else 1.0
         self.keep_log_probs = keep_log_probs
+        self.filtered = bool(params.top_k and params.top_k > 0) or params.top_p < 1.0
         self.step = 0
         self._log_probs: list[torch.Tensor] = []
         self.uniforms = None
@@ -124,18 +125,17 @@ class SeededSampler(LogitsProcessor):
         logits = scores.float()
         if self.temperature != 1.0:
             logits = logits / self.temperature
+        peak, top = logits.max(dim=-1, keepdim=True)
         # exp(logits - max) serves both the log-probs (its sum is the partition function) and, when no
-        # top-k/top-p filter applies, the sampling weights: one pass over [B, V] instead of several.
-        peak = logits.max(dim=-1, keepdim=True).values
-        weights = (logits - peak).exp_()
-        filtered = (self.params.top_k and self.params.top_k > 0) or self.params.top_p < 1.0
+        # top-k/top-p filter applies, the sampling weights: one pass over [B, V], made only if needed.
+        weights = None
+        if self.keep_log_probs or (self.uniforms is not None and not self.filtered):
+            weights = (logits - peak).exp_()
         if self.uniforms is None:
-            choice = logits.argmax(dim=-1)
-        elif filtered:
-            kept = _filter_top_k_top_p(logits, self.params)
-            choice = _inverse_cdf_sample((kept - peak).exp_(), self.uniforms[:, self.step])
+            choice = top.squeeze(-1)
         else:
-            choice = _inverse_cdf_sample(weights, self.uniforms[:, self.step])
+            kept = (_filter_top_k_top_p(logits, self.params) - peak).exp_() if self.filtered else weights
+            choice = _inverse_cdf_sample(kept, self.uniforms[:, self.step])
         if self.keep_log_probs:
             log_partition = weights.sum(dim=-1, dtype=torch.float64).log().float() + peak.squeeze(-1)
             self._log_probs.append(logits.gather(-1, choice.unsqueeze(-1)).squeeze(-1) - log_partition)

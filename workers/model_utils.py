@@ -70,7 +70,8 @@ def full_state_dict(model, *, rank0_only: bool = False) -> dict[str, torch.Tenso
     """Unsharded weights (a collective: every rank must call it).
 
     ``rank0_only``: gathered to CPU on rank 0 only (others get ``{}``), for exports; otherwise every
-    rank gets the full tensors on the model's device, for syncing its rollout copy.
+    rank gets the full tensors on the model's device (tests compare engines against it). Rollout
+    engines are synced bucket by bucket instead (``workers.weight_sync``).
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
