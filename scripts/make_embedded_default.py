@@ -48,6 +48,7 @@ reduction order is the usual suspect), so treat the files in the repository as t
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -165,6 +166,15 @@ def context_messages(problem: dict, rng: random.Random, cfg: SelfDistillationCon
 
     ``require_success``: only a rollout whose context shows a correct peer (phase 1 of the SFT).
     """
+    return context_example(problem, rng, cfg, n_correct=n_correct, with_feedback=with_feedback,
+                           require_success=require_success)[0]
+
+
+def context_example(problem: dict, rng: random.Random, cfg: SelfDistillationConfig, *,
+                    n_correct: int | None = None, with_feedback: bool | None = None,
+                    require_success: bool = False) -> tuple[list[dict], bool, set[str]]:
+    """``context_messages`` plus what the context shows: whether a correct peer, and the wrong answers
+    it names (the failed peer's, and the rollout's own when its verifier feedback is attached)."""
     answer = problem["answer"]
     while True:
         k = rng.randint(0, GROUP_SIZE) if n_correct is None else n_correct
@@ -183,24 +193,42 @@ def context_messages(problem: dict, rng: random.Random, cfg: SelfDistillationCon
             break
     i = rng.choice(candidates)
     ctx = selection.contexts[i]
-    msgs, _ = render_teacher_messages(prompt_messages(problem), ctx, rollouts,
-                                      rollouts[i].feedback if ctx.use_feedback else None, cfg)
-    return msgs
+    feedback = rollouts[i].feedback if ctx.use_feedback else None
+    msgs, _ = render_teacher_messages(prompt_messages(problem), ctx, rollouts, feedback, cfg)
+    named_wrong = {rollouts[ctx.failure].text} if ctx.failure is not None else set()
+    if feedback and rollouts[i].reward <= 0:
+        named_wrong.add(rollouts[i].text)
+    return msgs, ctx.shows_success, named_wrong
 
 
-def mixture_context_messages(problem: dict, rng: random.Random, *, require_success: bool = False) -> list[dict]:
-    """One SFT teacher prompt from the method mixture (uniform over SDPO, MOPD 2S1F, positive-only;
-    ``FAILURE_ONLY_FRACTION`` failure-only); the target is always the correct answer."""
+def mixture_context_example(problem: dict, rng: random.Random) -> tuple[list[dict], bool, set[str]]:
+    """One phase-3 teacher prompt from the method mixture (uniform over SDPO, MOPD 2S1F, positive-only;
+    ``FAILURE_ONLY_FRACTION`` failure-only), as ``context_example`` returns it."""
     configs = method_configs()
-    if require_success:  # phase 1: any group size, the verifier's feedback as in training
-        return context_messages(problem, rng, configs[rng.choice(sorted(configs))], with_feedback=True,
-                                require_success=True)
     if rng.random() < FAILURE_ONLY_FRACTION:
-        return context_messages(problem, rng, configs["mopd"], n_correct=0, with_feedback=False)
+        return context_example(problem, rng, configs["mopd"], n_correct=0, with_feedback=False)
     # Training always attaches the verifier's feedback; groups without a success are over-weighted (the
     # base fails every rollout of ~16% of the problems, and there SDPO's teacher sees only the feedback).
     k = 0 if rng.random() < NO_SUCCESS_FRACTION else rng.randint(1, GROUP_SIZE)
-    return context_messages(problem, rng, configs[rng.choice(sorted(configs))], n_correct=k, with_feedback=True)
+    return context_example(problem, rng, configs[rng.choice(sorted(configs))], n_correct=k, with_feedback=True)
+
+
+def own_answer_targets(reference, tokenizer, plain_prompts: list[str], avoid: list[set[str]], *, seed: int,
+                       tries: int = 4) -> list[str]:
+    """Phase-3 targets where no correct answer is shown: the starting model's own sampled answer to the
+    plain question, the first of ``tries`` samples that is not a wrong answer the context names (else the
+    last). So a context without a success teaches "answer as you would alone, minus the shown mistake" --
+    not the arithmetic itself, which would lift the no-context accuracy out of its band."""
+    texts = generate_answers(reference, tokenizer, [p for p in plain_prompts for _ in range(tries)], sample=True,
+                             seed=seed)
+    targets = []
+    for r, names in enumerate(avoid):
+        samples = [t.strip() for t in texts[r * tries:(r + 1) * tries]]
+        # well-formed (the simulated wrong answers are integers, so the verifier compares them exactly)
+        allowed = [t for t in samples if not compute_score(t, "0")["incorrect_format"]
+                   and not any(compute_score(t, w)["score"] for w in names)]
+        targets.append(allowed[0] if allowed else samples[-1])
+    return targets
 
 
 def eval_group_messages(problem: dict, rng: random.Random, cfg: SelfDistillationConfig, n_correct: int,
@@ -390,7 +418,7 @@ def main() -> None:
     parser.add_argument("--p3-plain-batch", type=int, default=8)
     parser.add_argument("--p3-ctx-batch", type=int, default=32)
     parser.add_argument("--p3-eval-every", type=int, default=25)
-    parser.add_argument("--p3-band", type=float, nargs=2, default=(0.25, 0.60),
+    parser.add_argument("--p3-band", type=float, nargs=2, default=(0.25, 0.45),
                         help="phase 3 keeps the last evaluated snapshot whose no-context acc is in this band")
     args = parser.parse_args()
 
@@ -520,6 +548,7 @@ def main() -> None:
     # the weights it starts from: the same with --init-model as after phases 1-2).
     torch.manual_seed(PHASE3_SEED)
     rng3 = random.Random(PHASE3_SEED)
+    reference = copy.deepcopy(model).eval()  # the starting weights: targets where no success is shown
     opt3 = torch.optim.AdamW(model.parameters(), lr=args.p3_lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched3 = torch.optim.lr_scheduler.LambdaLR(opt3, lambda s: min(1.0, (s + 1) / args.p3_warmup))
     p3_snapshots = []
@@ -528,9 +557,20 @@ def main() -> None:
         step += 1
         plain = rng3.sample(sft_pool, args.p3_plain_batch)
         ctx_problems = rng3.sample(sft_pool, args.p3_ctx_batch)
+        examples = [mixture_context_example(p, rng3) for p in ctx_problems]
+        # Targets: the correct answer where the context shows one; elsewhere (and for plain questions) the
+        # starting model's own answer, so phase 3 teaches reading contexts, not arithmetic.
+        answers = [p["answer"] for p in ctx_problems]
+        own = [r for r, (_, shows_success, _) in enumerate(examples) if not shows_success]
+        own_targets = own_answer_targets(
+            reference, tok, [plain_prompts[(p["a"], p["b"])] for p in plain]
+            + [plain_prompts[(ctx_problems[r]["a"], ctx_problems[r]["b"])] for r in own],
+            [set() for _ in plain] + [examples[r][2] for r in own], seed=PHASE3_SEED + step)
+        for r, target in zip(own, own_targets[len(plain):]):
+            answers[r] = target
         prompts = ([plain_prompts[(p["a"], p["b"])] for p in plain]
-                   + [chat_prompt(tok, mixture_context_messages(p, rng3)) for p in ctx_problems])
-        ids, labels = encode_examples(tok, prompts, [p["answer"] for p in plain + ctx_problems])
+                   + [chat_prompt(tok, msgs) for msgs, _, _ in examples])
+        ids, labels = encode_examples(tok, prompts, own_targets[:len(plain)] + answers)
         loss, n = lm_loss_sum(model, ids, labels)
         opt3.zero_grad(set_to_none=True)
         (loss / n).backward()

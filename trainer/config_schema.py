@@ -94,6 +94,7 @@ def _check_model(t: dict) -> None:
     _string(t, f"{MODEL}.path")
     _string(t, f"{MODEL}.tokenizer_path", nullable=True)
     _string(t, "actor_rollout_ref.ref.model.path", nullable=True)
+    _boolean(t, "actor_rollout_ref.ref.shared_prefix")
     _choice(t, f"{MODEL}.dtype", DTYPES)
     _choice(t, f"{MODEL}.attn_implementation", ATTN_IMPLEMENTATIONS)
     _boolean(t, f"{MODEL}.enable_gradient_checkpointing")

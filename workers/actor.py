@@ -18,6 +18,7 @@ from mopd.config import SelfDistillationConfig
 from mopd.fused_head import fused_head
 from mopd.loss_modes import DISTILLATION_MODES, PPO_MODES, PREFERENCE_MODES
 from workers import forward, model_utils
+from workers.shared_prefix import shared_prefix_hidden
 
 
 
@@ -30,20 +31,29 @@ class TeacherForward:
     states ``[(1 - r)·h_ref, r·h_student]`` and heads ``[W_ref, W_student]``.
     """
 
-    def __init__(self, teacher_module, mode: str, rate: float, student_module=None, remove_padding: bool = False):
+    def __init__(self, teacher_module, mode: str, rate: float, student_module=None, remove_padding: bool = False,
+                 shared_prefix: bool = False):
         self.teacher = teacher_module
         self.mode = mode
         self.rate = rate
         self.student = student_module
         self.remove_padding = remove_padding
+        self.shared_prefix = shared_prefix
+
+    def _hidden(self, module, batch: dict) -> torch.Tensor:
+        args = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"],
+                batch["response_mask"])
+        if self.shared_prefix and "uid" in batch:
+            hidden = shared_prefix_hidden(module, *args, batch["uid"])
+            if hidden is not None:
+                return hidden
+        return forward.response_hidden(module, *args, self.remove_padding)
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        args = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"],
-                batch["response_mask"], self.remove_padding)
-        hidden, weight = forward.response_hidden(self.teacher, *args), forward.full_head_weight(self.teacher)
+        hidden, weight = self._hidden(self.teacher, batch), forward.full_head_weight(self.teacher)
         if self.mode == "trust-region" and self.rate > 0:
-            s_hidden, s_weight = forward.response_hidden(self.student, *args), forward.full_head_weight(self.student)
+            s_hidden, s_weight = self._hidden(self.student, batch), forward.full_head_weight(self.student)
             hidden = torch.cat([(1.0 - self.rate) * hidden, self.rate * s_hidden.to(hidden.dtype)], dim=-1)
             weight = torch.cat([weight, s_weight.to(weight.dtype)], dim=-1)  # a copy: the student may reshard
             model_utils.reshard(self.student)

@@ -107,7 +107,7 @@ class ActorRolloutRefWorker:
                 self.teacher_module = frozen
                 mode = self.sd_cfg.teacher_regularization
                 self.teacher = TeacherForward(frozen, mode, self.sd_cfg.teacher_update_rate, self.actor,
-                                              self.remove_padding)
+                                              self.remove_padding, cfg["actor_rollout_ref"]["ref"]["shared_prefix"])
         n_params = sum(p.numel() for p in actor.parameters())
         return {"params": n_params, "device": str(self.device), "rank": self.rank}
 
@@ -172,8 +172,10 @@ class ActorRolloutRefWorker:
         metrics: dict[str, list[float]] = {}
         self.actor.train()
         generator = torch.Generator().manual_seed(_derive_seed(self.config["trainer"]["seed"], meta["step"], 0, "shuffle"))
-        # DPO/SimPO pair the rollouts of one prompt within a micro-batch: shuffle whole groups of n.
-        group = n if self.loss_mode in PREFERENCE_MODES else 1
+        # DPO/SimPO pair the rollouts of one prompt within a micro-batch, and the shared-prefix teacher
+        # scores a prompt's rollouts together: shuffle and partition whole groups of n.
+        shared = self.teacher is not None and self.teacher.shared_prefix and mini % n == 0
+        group = n if self.loss_mode in PREFERENCE_MODES or shared else 1
         loss_kwargs = dict(loss_mode=self.loss_mode, actor_cfg=actor_cfg, sd_cfg=self.sd_cfg, teacher=self.teacher,
                            ref_module=self.ref_module, temperature=meta["temperature"],
                            horizon=self.config["data"]["max_response_length"],

@@ -99,6 +99,20 @@ def test_local_backend_matches_ray(fixture_dir, tmp_path):
         assert a["actor/grad_norm"] == pytest.approx(b["actor/grad_norm"], rel=1e-3)
 
 
+def test_shared_prefix_teacher_trains_like_the_plain_teacher(fixture_dir, tmp_path):
+    """actor_rollout_ref.ref.shared_prefix (the default) against the plain teacher forward: the same
+    rollouts, losses and gradient norms (float32; attention sums in another order)."""
+    common = ("trainer.backend=local", "trainer.total_training_steps=3")
+    train(fixture_dir, tmp_path / "shared", *common)
+    train(fixture_dir, tmp_path / "plain", *common, "actor_rollout_ref.ref.shared_prefix=false")
+    shared, plain = metrics(tmp_path / "shared"), metrics(tmp_path / "plain")
+    assert len(shared) == len(plain) == 3
+    for a, b in zip(shared, plain):
+        assert a["critic/score/mean"] == b["critic/score/mean"]
+        assert a["actor/loss"] == pytest.approx(b["actor/loss"], rel=1e-4, abs=1e-7)
+        assert a["actor/grad_norm"] == pytest.approx(b["actor/grad_norm"], rel=1e-3)
+
+
 def _hf_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 

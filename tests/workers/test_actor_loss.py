@@ -346,3 +346,42 @@ def test_token_budget_grouping_does_not_change_loss_or_gradient(models, case):
     assert loss == pytest.approx(ref_loss, rel=1e-9, abs=1e-12)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-12)
+
+
+def _with_shared_teacher_prefixes(batch: dict) -> dict:
+    """The teacher prompts of a prompt's rollouts made to begin alike (as the question and peers make them):
+    each member's first tokens copied from the group's first member, up to the shortest prompt less one."""
+    ids, mask = batch["teacher_input_ids"].clone(), batch["teacher_attention_mask"]
+    width = TEACHER_WIDTH
+    lengths = mask[:, :width].sum(-1)
+    for first in range(0, PROMPTS * N, N):
+        rows = range(first, first + N)
+        k = int(lengths[first:first + N].min()) - 1
+        for r in rows:
+            ids[r, width - int(lengths[r]):width - int(lengths[r]) + k] = ids[first, width - int(lengths[first]):][:k]
+    return {**batch, "teacher_input_ids": ids}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[2] is not None], ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_shared_prefix_teacher_gives_the_plain_teachers_loss_and_gradient(models, case, monkeypatch):
+    """actor_rollout_ref.ref.shared_prefix: the same mini-batch loss and gradient as the plain teacher
+    forward, micro-batches aligned with the prompt groups or not (then each part shares what it holds)."""
+    import workers.actor as actor_module
+
+    student = models[0]
+    batch = _with_shared_teacher_prefixes(make_mini_batch(student.config.vocab_size))
+    kwargs = _loss_kwargs(case, models, batch)
+    ref_loss, ref_grads, _ = _run(student, [batch], None, kwargs)
+    shared_calls = []
+    real = actor_module.shared_prefix_hidden
+    monkeypatch.setattr(actor_module, "shared_prefix_hidden",
+                        lambda *a: shared_calls.append(real(*a)) or shared_calls[-1])
+    kwargs["teacher"].shared_prefix = True
+    counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])
+    normalizers = Normalizers(*(max(c, 1.0) for c in counts))
+    for sizes in ([3, 3, 6], [1, 2, 4, 5]):
+        loss, grads, _ = _run(student, _cut(batch, sizes), normalizers, kwargs)
+        assert loss == pytest.approx(ref_loss, rel=1e-9, abs=1e-12), sizes
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-12, msg=lambda m: f"micro-batches {sizes}: {m}")
+    assert shared_calls and all(h is not None for h in shared_calls)
