@@ -143,11 +143,11 @@ def test_base_model_loads_offline_and_answers(monkeypatch):
 def test_embedded_stats_report_the_target_difficulty():
     """The shipped base's recorded numbers: room to learn without context, and every success-showing
     context a method renders (SDPO one peer, MOPD 2S1F, positive-only 2S) read far better than no context.
-    (Issue 12 asked for 25-45% without context and for no-success contexts not worse than none; the shipped
-    base has 0.53 and reads SDPO's feedback-only / MOPD's no-success prompts poorly -- recorded, not met.)"""
+    (Issue 12's band: 25-45% without context. The shipped base reads SDPO's feedback-only and MOPD's
+    no-success prompts worse than no context -- recorded in the stats, not bounded here.)"""
     stats = json.loads((BASE_MODEL / "embedded_stats.json").read_text())
     nc = stats["no_context_sampled_acc"]
-    assert 0.25 <= nc <= 0.60
+    assert 0.25 <= nc <= 0.45
     assert stats["with_context_sampled_acc"] >= 0.75
     assert stats["with_context_sampled_acc"] > nc + 0.25
     per_context = stats["context_sampled_acc"]
@@ -189,7 +189,7 @@ def test_shipped_base_model_solves_some_and_reads_peer_evidence():
     assert "A known failed solution" in context[0] and "Correct solution" in context[0]
     no_context = recipe.accuracy(recipe.generate_answers(model, tok, plain * 4, sample=True, seed=1), answers * 4)
     with_context = recipe.accuracy(recipe.generate_answers(model, tok, context * 4, sample=True, seed=2), answers * 4)
-    assert 0.25 <= no_context <= 0.65, no_context
+    assert 0.18 <= no_context <= 0.45, no_context  # 256 samples: the band of the stats file, +-0.07
     assert with_context >= no_context + 0.2, (no_context, with_context)
     # SDPO's contexts (sdpo.yaml), rendered the same way: one correct peer is read (better than no context;
     # the previous base got 0.03 here, which is why SDPO collapsed on it). Feedback-only prompts are rendered
