@@ -115,6 +115,9 @@ def main() -> None:
     parser.add_argument("--baseline-root", help="another checkout of this project (e.g. `git archive` of an older "
                         "commit): its GRPO/MOPD run in the same session, for before/after ratios")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override for our runs")
+    parser.add_argument("--mopd-variant", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE]",
+                        help="also time our MOPD with these overrides, e.g. "
+                             "plain_teacher=actor_rollout_ref.ref.shared_prefix=false (row ours_mopd_NAME)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child-trl", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -129,6 +132,12 @@ def main() -> None:
         plan["before_grpo"] = lambda: ours("grpo", args.steps, args.backend, overrides, base)
     if not args.skip_mopd:
         plan["ours_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides)
+        for variant in args.mopd_variant:
+            name, _, extra = variant.partition("=")
+            if not name or not extra:
+                raise SystemExit(f"--mopd-variant {variant!r}: expected NAME=OVERRIDE[,OVERRIDE]")
+            plan[f"ours_mopd_{name}"] = (lambda extra=extra: ours("mopd", args.steps, args.backend,
+                                                                  overrides + extra.split(",")))
         if base:
             plan["before_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides, base)
     runs = {}
@@ -137,8 +146,8 @@ def main() -> None:
         print(f"{name}: {', '.join(f'{t:.2f}' for t in runs[name])} s/step", flush=True)
     medians = {k: median_from_step_3(v) for k, v in runs.items()}
     ratios = {"ours_grpo/trl_grpo": medians["ours_grpo"] / medians["trl_grpo"]}
-    if "ours_mopd" in medians:
-        ratios["ours_mopd/ours_grpo"] = medians["ours_mopd"] / medians["ours_grpo"]
+    for name in [k for k in medians if k.startswith("ours_mopd")]:
+        ratios[f"{name}/ours_grpo"] = medians[name] / medians["ours_grpo"]
     if "before_grpo" in medians:
         ratios["before_grpo/trl_grpo"] = medians["before_grpo"] / medians["trl_grpo"]
         ratios["ours_grpo/before_grpo"] = medians["ours_grpo"] / medians["before_grpo"]

@@ -43,8 +43,8 @@ class TeacherForward:
     def _hidden(self, module, batch: dict) -> torch.Tensor:
         args = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"],
                 batch["response_mask"])
-        if self.shared_prefix and "uid" in batch:
-            hidden = shared_prefix_hidden(module, *args, batch["uid"])
+        if self.shared_prefix:
+            hidden = shared_prefix_hidden(module, *args)
             if hidden is not None:
                 return hidden
         return forward.response_hidden(module, *args, self.remove_padding)

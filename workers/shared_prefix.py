@@ -1,14 +1,14 @@
-"""Shared-prefix teacher scoring: run each group's common teacher-prompt prefix once.
+"""Shared-prefix teacher scoring: run each distinct teacher-prompt prefix once.
 
 The teacher prompts of one prompt's rollouts begin alike: the chat template, the question, and often
-the same successful peers (on the embedded task ~165 of ~190 tokens). ``shared_prefix_hidden`` runs
-each group's longest common prompt prefix once with a KV cache, repeats the cache to the group's rows,
-and runs every row's own rest (prompt tail + response) against it. Attention, positions and masks are
+the same successful peers. ``shared_prefix_hidden`` clusters a micro-batch's rows by common prompt
+prefix (``prefix_clusters``), runs each cluster's prefix once with a KV cache, repeats the cache to the
+cluster's rows, and runs every row's own rest (prompt tail + response) against it. Attention, positions and masks are
 those of the plain forward, so the hidden states equal ``forward.response_hidden``'s to float rounding
 (tests/workers/test_shared_prefix.py); only the no-grad teacher uses it.
 
 Layout. Inputs are ``[left-padded prompt | right-padded response (R columns)]`` rows. The prefix pass
-holds one left-padded row per group; the rest pass holds each row's tail followed by its R response
+holds one left-padded row per cluster; the rest pass holds each row's tail followed by its R response
 columns, right-padded, so valid tokens stay contiguous (what flash-attention's unpadding expects). A
 prefix stops one token short of the shortest member prompt, so every row's last prompt token -- whose
 hidden state scores the first response token -- is in the rest pass.
@@ -23,24 +23,54 @@ import torch
 from workers.forward import _HeadCall, output_head
 
 
-def group_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int,
-                   group_of_row: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row: its group index ``[B]``, the group's shared prefix length ``[G]``, the row's first prompt
-    column ``[B]``. Rows with equal ``group_of_row`` keys (the prompt uid) form a group."""
+def prefix_clusters(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    response_width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: its cluster ``[B]``, the cluster's shared prefix length ``[C]``, the row's first prompt
+    column ``[B]``.
+
+    Rows are sorted by their prompt tokens, so rows sharing a prefix are neighbours and the common prefix
+    of a run of rows is the smallest common prefix of adjacent pairs; the runs are then cut to save the
+    most tokens (a run of k rows sharing P tokens saves (k - 1) * P; dynamic programming over cut points).
+    A prefix stops one token short of each member's prompt. Grouping by content, not by prompt uid:
+    members of one prompt group can differ early (feedback shown or not) and agree later with others.
+    """
     prompt_width = input_ids.shape[1] - response_width
-    prompt_len = attention_mask[:, :prompt_width].sum(-1)
-    starts = prompt_width - prompt_len
-    keys: dict = {}
-    row_group = torch.tensor([keys.setdefault(k, len(keys)) for k in group_of_row], dtype=torch.long)
-    prefix_len = torch.zeros(len(keys), dtype=torch.long)
-    for g in range(len(keys)):
-        rows = (row_group == g).nonzero().flatten().to(input_ids.device)
-        shortest = int(prompt_len[rows].min())
-        cols = starts[rows].unsqueeze(1) + torch.arange(shortest, device=input_ids.device)
-        tokens = input_ids[rows.unsqueeze(1), cols]  # member prompts aligned at their first token
-        agree = (tokens == tokens[:1]).all(0).long().cumprod(0)
-        prefix_len[g] = min(int(agree.sum()), shortest - 1)
-    return row_group, prefix_len, starts.cpu()
+    prompt_len = attention_mask[:, :prompt_width].sum(-1).tolist()
+    starts = [prompt_width - n for n in prompt_len]
+    rows = input_ids[:, :prompt_width].tolist()
+    prompts = [row[s:] for row, s in zip(rows, starts)]
+    order = sorted(range(len(prompts)), key=lambda r: prompts[r])
+    adjacent = []  # usable common prefix of sorted neighbours k and k + 1
+    for a, b in zip(order, order[1:]):
+        cap = min(len(prompts[a]), len(prompts[b])) - 1
+        n = 0
+        while n < cap and prompts[a][n] == prompts[b][n]:
+            n += 1
+        adjacent.append(n)
+    count = len(order)
+    best, cut = [0] * (count + 1), [0] * (count + 1)  # best saving over the first j sorted rows
+    for j in range(1, count + 1):
+        best[j], cut[j] = best[j - 1], j - 1  # row j - 1 alone
+        shared = None
+        for i in range(j - 2, -1, -1):  # rows i .. j - 1 together
+            shared = adjacent[i] if shared is None else min(shared, adjacent[i])
+            if shared == 0:
+                break
+            if best[i] + (j - i - 1) * shared > best[j]:
+                best[j], cut[j] = best[i] + (j - i - 1) * shared, i
+    row_cluster = [0] * count
+    prefix_len: list[int] = []
+    j = count
+    while j > 0:
+        i = cut[j]
+        members = order[i:j]
+        shared = min(adjacent[i:j - 1]) if j - i > 1 else len(prompts[members[0]]) - 1
+        for r in members:
+            row_cluster[r] = len(prefix_len)
+        prefix_len.append(max(shared, 0))
+        j = i
+    return (torch.tensor(row_cluster, dtype=torch.long), torch.tensor(prefix_len, dtype=torch.long),
+            torch.tensor(starts, dtype=torch.long))
 
 
 def _cache_kwarg(module) -> str:
@@ -64,24 +94,27 @@ def _gather_rows(tensor: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, 
 
 
 @torch.no_grad()
-def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor,
-                         group_of_row: list) -> torch.Tensor | None:
+def shared_prefix_hidden(module, input_ids, attention_mask, position_ids,
+                         response_mask: torch.Tensor) -> torch.Tensor | None:
     """Final hidden states at the valid response positions ``[M, H]`` (row-major over ``response_mask``),
     as ``forward.response_hidden`` returns them; ``None`` when no row has a prefix to share (the caller
     runs the plain forward)."""
     device = input_ids.device
     batch, width = input_ids.shape
     resp = response_mask.shape[1]
-    row_group, prefix_len, starts = group_prefixes(input_ids, attention_mask, resp, group_of_row)
-    if int(prefix_len.min()) < 1:
+    row_cluster, prefix_len, starts = prefix_clusters(input_ids, attention_mask, resp)
+    saved = int(prefix_len[row_cluster].sum()) - int(prefix_len.sum())
+    # A cluster without a prefix (a one-token prompt) would run an all-padding prefix row; and a saving
+    # under 1/8 of the tokens does not pay for the second model call.
+    if int(prefix_len.min()) < 1 or 8 * saved < int(attention_mask.sum()):
         return None
-    prefix_len, starts, row_group = prefix_len.to(device), starts.to(device), row_group.to(device)
-    groups = prefix_len.shape[0]
+    prefix_len, starts, row_cluster = prefix_len.to(device), starts.to(device), row_cluster.to(device)
+    clusters = prefix_len.shape[0]
     name, head = output_head(module)
     cache_arg = _cache_kwarg(module)
 
-    # The prefix pass: one left-padded row per group (its first member's columns).
-    first_row = torch.stack([(row_group == g).nonzero()[0, 0] for g in range(groups)])
+    # The prefix pass: one left-padded row per cluster (its first member's columns).
+    first_row = torch.stack([(row_cluster == g).nonzero()[0, 0] for g in range(clusters)])
     p_width = int(prefix_len.max())
     ar = torch.arange(p_width, device=device)
     p_valid = ar.unsqueeze(0) >= (p_width - prefix_len).unsqueeze(1)
@@ -91,10 +124,10 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
     p_mask = p_valid.to(attention_mask.dtype)
 
     # The rest pass: each row's prompt tail, then its R response columns, right-padded.
-    tail_len = (width - resp) - starts - prefix_len[row_group]
+    tail_len = (width - resp) - starts - prefix_len[row_cluster]
     r_width = int(tail_len.max()) + resp
     ar = torch.arange(r_width, device=device)
-    r_cols = (starts + prefix_len[row_group]).unsqueeze(1) + ar.unsqueeze(0)
+    r_cols = (starts + prefix_len[row_cluster]).unsqueeze(1) + ar.unsqueeze(0)
     in_rest = ar.unsqueeze(0) < (tail_len + resp).unsqueeze(1)
     r_ids = _gather_rows(input_ids, r_cols, in_rest)
     r_pos = _gather_rows(position_ids, r_cols, in_rest)
@@ -118,19 +151,17 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
         setattr(module, name, _HeadCall(head, keep_nothing))
         module(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
                logits_to_keep=1, **{cache_arg: cache})
-        cache.reorder_cache(row_group)  # the group's prefix K/V, once per member row
+        cache.reorder_cache(row_cluster)  # the cluster's prefix K/V, once per member row
         setattr(module, name, _HeadCall(head, keep_scored))
-        module(input_ids=r_ids, attention_mask=torch.cat([p_mask[row_group], r_mask], dim=1), position_ids=r_pos,
+        module(input_ids=r_ids, attention_mask=torch.cat([p_mask[row_cluster], r_mask], dim=1), position_ids=r_pos,
                use_cache=True, logits_to_keep=0, **{cache_arg: cache})
     finally:
         setattr(module, name, head)
     return picked[0]
 
 
-def shared_tokens(attention_mask: torch.Tensor, response_width: int, group_of_row: list,
-                  input_ids: torch.Tensor) -> tuple[int, int]:
-    """(teacher tokens the plain forward runs, tokens the shared-prefix forward runs) for a batch: the
-    ``perf/teacher_*`` figures."""
-    row_group, prefix_len, _ = group_prefixes(input_ids, attention_mask, response_width, group_of_row)
+def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int) -> tuple[int, int]:
+    """(tokens the plain teacher forward runs, tokens the shared-prefix forward runs), padding excluded."""
+    row_cluster, prefix_len, _ = prefix_clusters(input_ids, attention_mask, response_width)
     plain = int(attention_mask.sum())
-    return plain, plain - int((prefix_len[row_group]).sum()) + int(prefix_len.sum())
+    return plain, plain - int(prefix_len[row_cluster].sum()) + int(prefix_len.sum())
