@@ -44,10 +44,10 @@ method_args() {
     *) die "unknown method '$1' (METHODS: grpo sdpo mopd_pos mopd)" ;;
   esac
 }
-LR_GRPO=3e-4
-LR_SDPO=3e-4
-LR_MOPD_POS=3e-4
-LR_MOPD=3e-4
+LR_GRPO="${LR_GRPO:-3e-4}"
+LR_SDPO="${LR_SDPO:-3e-4}"
+LR_MOPD_POS="${LR_MOPD_POS:-3e-4}"
+LR_MOPD="${LR_MOPD:-3e-4}"
 for m in $METHODS; do method_args "$m" >/dev/null; done
 
 mkdir -p "$OUTPUT_DIR"
