@@ -49,12 +49,31 @@ class TeacherForward:
                 return hidden
         return forward.response_hidden(module, *args, self.remove_padding)
 
+    @property
+    def mixes_student(self) -> bool:
+        return self.mode == "trust-region" and self.rate > 0
+
+    @torch.no_grad()
+    def hidden(self, batch: dict) -> torch.Tensor:
+        """The head inputs ``[M, H]`` (``[M, 2H]`` for trust-region) at the batch's valid response positions."""
+        hidden = self._hidden(self.teacher, batch)
+        if self.mixes_student:
+            s_hidden = self._hidden(self.student, batch)
+            hidden = torch.cat([(1.0 - self.rate) * hidden, self.rate * s_hidden.to(hidden.dtype)], dim=-1)
+            model_utils.reshard(self.student)
+        return hidden
+
     @torch.no_grad()
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden, weight = self._hidden(self.teacher, batch), forward.full_head_weight(self.teacher)
-        if self.mode == "trust-region" and self.rate > 0:
-            s_hidden, s_weight = self._hidden(self.student, batch), forward.full_head_weight(self.student)
-            hidden = torch.cat([(1.0 - self.rate) * hidden, self.rate * s_hidden.to(hidden.dtype)], dim=-1)
+        """(head inputs, head weight); the head inputs come from ``batch["teacher_hidden"]`` (``[B, R, H]``,
+        the worker's teacher pass over the mini-batch) when present."""
+        if "teacher_hidden" in batch:
+            hidden = batch["teacher_hidden"][batch["response_mask"].bool()]
+        else:
+            hidden = self.hidden(batch)
+        weight = forward.full_head_weight(self.teacher)
+        if self.mixes_student:
+            s_weight = forward.full_head_weight(self.student)
             weight = torch.cat([weight, s_weight.to(weight.dtype)], dim=-1)  # a copy: the student may reshard
             model_utils.reshard(self.student)
         return hidden, weight

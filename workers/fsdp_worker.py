@@ -185,6 +185,8 @@ class ActorRolloutRefWorker:
             order = _shuffled(local, group, generator) if actor_cfg["shuffle"] else torch.arange(local)
             for m_start in range(0, local, mini):
                 mini_batch = index_batch(batch, order[m_start : m_start + mini])
+                if self.teacher is not None:
+                    mini_batch["teacher_hidden"] = self._teacher_pass(mini_batch, group)
                 normalizers = self._global_normalizers(mini_batch) if actor_cfg["global_token_normalization"] else None
                 self.optimizer.zero_grad(set_to_none=True)
                 micro_batches = self._micro_batches(mini_batch, micro, group)
@@ -204,6 +206,33 @@ class ActorRolloutRefWorker:
                 metrics.setdefault("actor/lr", []).append(self.scheduler.get_last_lr()[0])
         self._finite_steps = finite_steps
         return {"metrics": [metrics]}
+
+    @torch.no_grad()
+    def _teacher_pass(self, mini_batch: dict, group: int) -> torch.Tensor:
+        """The teacher's head inputs for a mini-batch ``[rows, R, H]`` on the device, in chunks of
+        ``rollout.log_prob_micro_batch_size_per_gpu`` sequences (``use_dynamic_bsz``: teacher tokens within
+        ``log_prob_max_token_len_per_gpu``), whole prompt groups together. One pass before the micro-batches:
+        fewer, larger forwards than one per micro-batch, and more rows to share prompt prefixes between.
+        The student's weights do not change within a mini-batch, so trust-region mixing is the same."""
+        rollout = self.config["actor_rollout_ref"]["rollout"]
+        rows = mini_batch["responses"].shape[0]
+        if self.config["actor_rollout_ref"]["actor"]["use_dynamic_bsz"]:
+            parts = self._token_budget_parts(sequence_lengths(mini_batch, "teacher_attention_mask"),
+                                             rollout["log_prob_max_token_len_per_gpu"], group)
+        else:
+            size = max(rollout["log_prob_micro_batch_size_per_gpu"] // group, 1) * group
+            parts = [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
+        out = None
+        for index in parts:
+            mb = to_device(index_batch(mini_batch, index), self.device)
+            valid = mb["response_mask"].bool()
+            hidden = self.teacher.hidden(mb)
+            if out is None:
+                out = torch.zeros((rows, *valid.shape[1:], hidden.shape[-1]), dtype=hidden.dtype, device=self.device)
+            chunk = torch.zeros((len(index), *valid.shape[1:], hidden.shape[-1]), dtype=hidden.dtype, device=self.device)
+            chunk[valid] = hidden
+            out[torch.as_tensor(index, device=self.device)] = chunk
+        return out
 
     def _micro_batches(self, mini_batch: dict, size: int, group: int) -> list[dict]:
         """Fixed-size slices, or (``use_dynamic_bsz``) token-budget groups: student and teacher tokens
