@@ -16,6 +16,7 @@ hidden state scores the first response token -- is in the rest pass.
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -71,6 +72,19 @@ def prefix_clusters(input_ids: torch.Tensor, attention_mask: torch.Tensor,
         j = i
     return (torch.tensor(row_cluster, dtype=torch.long), torch.tensor(prefix_len, dtype=torch.long),
             torch.tensor(starts, dtype=torch.long))
+
+
+# The rest pass keeps every layer's K/V for its rows' prefix and rest at once (the plain forward keeps one
+# layer's at a time), so it goes in row chunks whose cache stays under this many bytes.
+_CACHE_BYTES = {"cpu": 512 * 1024 * 1024, "cuda": 4 * 1024 * 1024 * 1024}
+
+
+def _rows_per_pass(module, columns: int, device: torch.device, dtype: torch.dtype) -> int:
+    cfg = module.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    per_token = cfg.num_hidden_layers * 2 * heads * head_dim * torch.finfo(dtype).bits // 8
+    return max(1, _CACHE_BYTES.get(device.type, _CACHE_BYTES["cuda"]) // (per_token * max(columns, 1)))
 
 
 def _cache_kwarg(module) -> str:
@@ -134,30 +148,38 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids,
     r_mask = _gather_rows(attention_mask, r_cols, in_rest)
     # Response token j of row r is scored by the hidden state at rest column tail_len[r] - 1 + j.
     valid = response_mask.bool()
-    rows, j = valid.nonzero(as_tuple=True)
-    score_cols = tail_len[rows] - 1 + j
-
-    cache = _empty_cache(module)
+    prefix_cache = _empty_cache(module)
     picked: list[torch.Tensor] = []
+    chunk = _rows_per_pass(module, p_width + r_width, device, next(module.parameters()).dtype)
 
-    def keep_nothing(hidden, weight):
-        return hidden[:, :0]
-
-    def keep_scored(hidden, weight):
-        picked.append(hidden[rows, score_cols])
+    def keep_nothing(hidden, weight):  # the prefix pass scores nothing: its hidden states are not needed
         return hidden[:, :0]
 
     try:
         setattr(module, name, _HeadCall(head, keep_nothing))
         module(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
-               logits_to_keep=1, **{cache_arg: cache})
-        cache.reorder_cache(row_cluster)  # the cluster's prefix K/V, once per member row
-        setattr(module, name, _HeadCall(head, keep_scored))
-        module(input_ids=r_ids, attention_mask=torch.cat([p_mask[row_cluster], r_mask], dim=1), position_ids=r_pos,
-               use_cache=True, logits_to_keep=0, **{cache_arg: cache})
+               logits_to_keep=1, **{cache_arg: prefix_cache})
+        for start in range(0, batch, chunk):  # contiguous row ranges: the output stays row-major
+            part = slice(start, min(start + chunk, batch))
+            rows, j = valid[part].nonzero(as_tuple=True)
+            score_cols = tail_len[part][rows] - 1 + j
+            cache = copy.deepcopy(prefix_cache)
+            cache.reorder_cache(row_cluster[part])  # each row's cluster prefix K/V
+            setattr(module, name, _HeadCall(head, _keep(picked, rows, score_cols)))
+            module(input_ids=r_ids[part], attention_mask=torch.cat([p_mask[row_cluster[part]], r_mask[part]], dim=1),
+                   position_ids=r_pos[part], use_cache=True, logits_to_keep=0, **{cache_arg: cache})
+            del cache
     finally:
         setattr(module, name, head)
-    return picked[0]
+    return torch.cat(picked)
+
+
+def _keep(picked: list, rows: torch.Tensor, cols: torch.Tensor):
+    """A stand-in head that keeps the hidden states at (rows, cols) and returns no logits."""
+    def keep(hidden, weight):
+        picked.append(hidden[rows, cols])
+        return hidden[:, :0]
+    return keep
 
 
 def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int) -> tuple[int, int]:

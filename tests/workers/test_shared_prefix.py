@@ -59,6 +59,20 @@ def test_shared_prefix_hidden_equals_the_plain_forward(dtype, tol):
     assert forward.output_head(model)[1] is model.get_output_embeddings()
 
 
+def test_rest_pass_in_row_chunks_gives_the_same_hidden_states(monkeypatch):
+    """Under a small cache budget the rest pass runs a row at a time (each with its own copy of the prefix
+    cache); the output is the same, in the same row-major order."""
+    import workers.shared_prefix as shared_prefix
+
+    model = _model(torch.float64)
+    prompts = _prompts(seed=5)
+    ids, mask, pos, response_mask = _teacher_batch(prompts, [3, 2, 5, 1, 4, 5, 2, 3], response_width=5, seed=5)
+    whole = shared_prefix_hidden(model, ids, mask, pos, response_mask)
+    monkeypatch.setitem(shared_prefix._CACHE_BYTES, "cpu", 1)  # one row per rest pass
+    assert shared_prefix._rows_per_pass(model, ids.shape[1], torch.device("cpu"), torch.float64) == 1
+    torch.testing.assert_close(shared_prefix_hidden(model, ids, mask, pos, response_mask), whole, rtol=0, atol=1e-10)
+
+
 def test_shared_prefix_hidden_with_eager_attention():
     model, reference = _model(torch.float32, "eager"), _model(torch.float32)
     prompts = _prompts(seed=3)
