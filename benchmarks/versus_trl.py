@@ -1,8 +1,10 @@
 """Seconds per training step on CPU: our GRPO (and MOPD) against TRL's ``GRPOTrainer``, side by side.
 
 Same model (the shipped embedded base), same task (embedded two-digit addition, train split), same batch
-(16 prompts x 8 completions = 128 sequences), one optimizer update per step, same learning rate and
-completion length (16 tokens), sampling at temperature 1, no KL term, no evaluation or checkpoints. Each
+(16 prompts x 8 completions = 128 sequences, by default all in one forward/backward on both sides, as TRL's
+per_device_train_batch_size runs them; ``--micro-batch 0`` keeps our YAML's 16), one optimizer update per
+step, same learning rate and completion length (16 tokens), sampling at temperature 1, no KL term, no
+evaluation or checkpoints. Each
 framework runs in its own process, one after the other; the figure is the median of steps 3..N (the
 first steps include start-up and allocator warm-up). Ratios are only meaningful within one run:
 
@@ -30,7 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPTS, N, NEW_TOKENS, LR = 16, 8, 16, 3e-4
 
 
-def ours(loss: str, steps: int, backend: str, overrides: list[str], root: Path = ROOT) -> list[float]:
+def ours(loss: str, steps: int, backend: str, overrides: list[str], root: Path = ROOT,
+         micro_batch: int | None = None) -> list[float]:
+    micro = ([f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch}",
+              f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch}"] if micro_batch else [])
     with tempfile.TemporaryDirectory() as run:
         cmd = [sys.executable, "-m", "trainer.main", "--config-name", loss, f"trainer.backend={backend}",
                f"data.train_batch_size={PROMPTS}", f"actor_rollout_ref.rollout.n={N}",
@@ -38,7 +43,7 @@ def ours(loss: str, steps: int, backend: str, overrides: list[str], root: Path =
                f"actor_rollout_ref.actor.optim.lr={LR}", "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
                f"trainer.total_training_steps={steps}", "trainer.test_freq=-1", "trainer.val_before_train=false",
                "trainer.save_freq=-1", "trainer.logger=[jsonl]", "trainer.rollout_data_dir=null",
-               "trainer.validation_data_dir=null", f"trainer.default_local_dir={run}", *overrides]
+               "trainer.validation_data_dir=null", f"trainer.default_local_dir={run}", *micro, *overrides]
         env = dict(os.environ, PYTHONPATH=str(root), RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
         result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
         if result.returncode:
@@ -115,6 +120,9 @@ def main() -> None:
     parser.add_argument("--baseline-root", help="another checkout of this project (e.g. `git archive` of an older "
                         "commit): its GRPO/MOPD run in the same session, for before/after ratios")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override for our runs")
+    parser.add_argument("--micro-batch", type=int, default=PROMPTS * N,
+                        help="our sequences per forward/backward (and per log-prob/teacher pass); default: all "
+                             f"{PROMPTS * N}, as TRL's per_device_train_batch_size runs them; 0: the YAML default (16)")
     parser.add_argument("--mopd-variant", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE]",
                         help="also time our MOPD with these overrides, e.g. "
                              "plain_teacher=actor_rollout_ref.ref.shared_prefix=false (row ours_mopd_NAME)")
@@ -127,19 +135,20 @@ def main() -> None:
     overrides = list(args.override) + ([f"trainer.num_threads={args.threads}"] if args.threads else [])
     base = Path(args.baseline_root).resolve() if args.baseline_root else None
     plan = {"trl_grpo": lambda: trl(args.steps, args.threads),
-            "ours_grpo": lambda: ours("grpo", args.steps, args.backend, overrides)}
+            "ours_grpo": lambda: ours("grpo", args.steps, args.backend, overrides, micro_batch=args.micro_batch)}
     if base:
-        plan["before_grpo"] = lambda: ours("grpo", args.steps, args.backend, overrides, base)
+        plan["before_grpo"] = lambda: ours("grpo", args.steps, args.backend, overrides, base, micro_batch=args.micro_batch)
     if not args.skip_mopd:
-        plan["ours_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides)
+        plan["ours_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides, micro_batch=args.micro_batch)
         for variant in args.mopd_variant:
             name, _, extra = variant.partition("=")
             if not name or not extra:
                 raise SystemExit(f"--mopd-variant {variant!r}: expected NAME=OVERRIDE[,OVERRIDE]")
             plan[f"ours_mopd_{name}"] = (lambda extra=extra: ours("mopd", args.steps, args.backend,
-                                                                  overrides + extra.split(",")))
+                                                                  overrides + extra.split(","),
+                                                                  micro_batch=args.micro_batch))
         if base:
-            plan["before_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides, base)
+            plan["before_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides, base, micro_batch=args.micro_batch)
     runs = {}
     for name, run in plan.items():
         runs[name] = run()

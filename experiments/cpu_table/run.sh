@@ -33,8 +33,9 @@ die() { echo "cpu_table/run.sh: $*" >&2; exit 2; }
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "JOBS must be a positive integer, got '$JOBS'"
 [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || die "STEPS must be a positive integer, got '$STEPS'"
 
-# Per-method settings. Learning rates chosen by the dev-slice sweep (experiments/cpu_table/sweep.sh,
-# results in experiments/cpu_table/README.md); everything else is the YAML default of each config.
+# Per-method settings. Learning rates chosen by the dev-slice sweep (experiments/cpu_table/sweep.sh: 1e-4,
+# 3e-4, 1e-3, 100 steps, seed 1, 2026-11-28; experiments/cpu_table/README.md); everything else is the YAML
+# default of each config (cosine schedule, 10 warm-up steps). LR_<METHOD> in the environment overrides.
 method_args() {
   case "$1" in
     grpo) echo "--config-name grpo actor_rollout_ref.actor.optim.lr=${LR:-$LR_GRPO}" ;;
@@ -44,10 +45,10 @@ method_args() {
     *) die "unknown method '$1' (METHODS: grpo sdpo mopd_pos mopd)" ;;
   esac
 }
-LR_GRPO="${LR_GRPO:-3e-4}"
-LR_SDPO="${LR_SDPO:-3e-4}"
-LR_MOPD_POS="${LR_MOPD_POS:-3e-4}"
-LR_MOPD="${LR_MOPD:-3e-4}"
+LR_GRPO="${LR_GRPO:-1e-3}"  # dev mean@8 after 100 steps: 1e-4 0.597, 3e-4 0.744, 1e-3 0.802
+LR_SDPO="${LR_SDPO:-3e-4}"  # 0.543, 0.552, 0.160 (1e-3 collapses)
+LR_MOPD="${LR_MOPD:-3e-4}"  # 0.599, 0.729, 0.006 (1e-3 collapses)
+LR_MOPD_POS="${LR_MOPD_POS:-$LR_MOPD}"  # not swept: MOPD's context less the failed peer
 for m in $METHODS; do method_args "$m" >/dev/null; done
 
 mkdir -p "$OUTPUT_DIR"
