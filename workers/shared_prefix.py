@@ -79,12 +79,11 @@ def prefix_clusters(input_ids: torch.Tensor, attention_mask: torch.Tensor,
 _CACHE_BYTES = {"cpu": 512 * 1024 * 1024, "cuda": 4 * 1024 * 1024 * 1024}
 
 
-def _rows_per_pass(module, columns: int, device: torch.device, dtype: torch.dtype) -> int:
+def _cache_bytes_per_token(module, dtype: torch.dtype) -> int:
     cfg = module.config
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    per_token = cfg.num_hidden_layers * 2 * heads * head_dim * torch.finfo(dtype).bits // 8
-    return max(1, _CACHE_BYTES.get(device.type, _CACHE_BYTES["cuda"]) // (per_token * max(columns, 1)))
+    return cfg.num_hidden_layers * 2 * heads * head_dim * torch.finfo(dtype).bits // 8
 
 
 def _cache_kwarg(module) -> str:
@@ -137,20 +136,16 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids,
     p_pos = _gather_rows(position_ids[first_row], p_cols, p_valid)
     p_mask = p_valid.to(attention_mask.dtype)
 
-    # The rest pass: each row's prompt tail, then its R response columns, right-padded.
+    # The rest passes: each row's prompt tail, then its R response columns, right-padded; rows in order of
+    # tail length, cut into chunks that bound the padding and the cache (``_rest_chunks``).
     tail_len = (width - resp) - starts - prefix_len[row_cluster]
-    r_width = int(tail_len.max()) + resp
-    ar = torch.arange(r_width, device=device)
-    r_cols = (starts + prefix_len[row_cluster]).unsqueeze(1) + ar.unsqueeze(0)
-    in_rest = ar.unsqueeze(0) < (tail_len + resp).unsqueeze(1)
-    r_ids = _gather_rows(input_ids, r_cols, in_rest)
-    r_pos = _gather_rows(position_ids, r_cols, in_rest)
-    r_mask = _gather_rows(attention_mask, r_cols, in_rest)
-    # Response token j of row r is scored by the hidden state at rest column tail_len[r] - 1 + j.
     valid = response_mask.bool()
+    counts = valid.sum(-1)
+    first_out = counts.cumsum(0) - counts  # where row r's scored positions start in the row-major output
+    per_token = _cache_bytes_per_token(module, next(module.parameters()).dtype)
+    budget = _CACHE_BYTES.get(device.type, _CACHE_BYTES["cuda"])
     prefix_cache = _empty_cache(module)
-    picked: list[torch.Tensor] = []
-    chunk = _rows_per_pass(module, p_width + r_width, device, next(module.parameters()).dtype)
+    out = None
 
     def keep_nothing(hidden, weight):  # the prefix pass scores nothing: its hidden states are not needed
         return hidden[:, :0]
@@ -159,19 +154,49 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids,
         setattr(module, name, _HeadCall(head, keep_nothing))
         module(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
                logits_to_keep=1, **{cache_arg: prefix_cache})
-        for start in range(0, batch, chunk):  # contiguous row ranges: the output stays row-major
-            part = slice(start, min(start + chunk, batch))
-            rows, j = valid[part].nonzero(as_tuple=True)
-            score_cols = tail_len[part][rows] - 1 + j
+        for chunk in _rest_chunks(tail_len.tolist(), resp, p_width, budget // per_token):
+            idx = torch.tensor(chunk, device=device)
+            tails = tail_len[idx]
+            ar = torch.arange(int(tails.max()) + resp, device=device)
+            cols = (starts[idx] + prefix_len[row_cluster[idx]]).unsqueeze(1) + ar.unsqueeze(0)
+            in_rest = ar.unsqueeze(0) < (tails + resp).unsqueeze(1)
+            r_ids = _gather_rows(input_ids[idx], cols, in_rest)
+            r_pos = _gather_rows(position_ids[idx], cols, in_rest)
+            r_mask = _gather_rows(attention_mask[idx], cols, in_rest)
+            # Response token j of a row is scored by the hidden state at rest column tail - 1 + j.
+            rows, j = valid[idx].nonzero(as_tuple=True)
+            picked: list[torch.Tensor] = []
             cache = copy.deepcopy(prefix_cache)
-            cache.reorder_cache(row_cluster[part])  # each row's cluster prefix K/V
-            setattr(module, name, _HeadCall(head, _keep(picked, rows, score_cols)))
-            module(input_ids=r_ids[part], attention_mask=torch.cat([p_mask[row_cluster[part]], r_mask[part]], dim=1),
-                   position_ids=r_pos[part], use_cache=True, logits_to_keep=0, **{cache_arg: cache})
+            cache.reorder_cache(row_cluster[idx])  # each row's cluster prefix K/V
+            setattr(module, name, _HeadCall(head, _keep(picked, rows, tails[rows] - 1 + j)))
+            module(input_ids=r_ids, attention_mask=torch.cat([p_mask[row_cluster[idx]], r_mask], dim=1),
+                   position_ids=r_pos, use_cache=True, logits_to_keep=0, **{cache_arg: cache})
             del cache
+            if out is None:
+                out = picked[0].new_empty((int(counts.sum()), picked[0].shape[-1]))
+            out[first_out[idx][rows] + j] = picked[0]
     finally:
         setattr(module, name, head)
-    return torch.cat(picked)
+    return out
+
+
+def _rest_chunks(tails: list[int], resp: int, prefix_width: int, max_cached_tokens: int,
+                 waste: float = 1.25) -> list[list[int]]:
+    """Rows by ascending tail length, cut where the next row would make the chunk's padded rest tokens
+    exceed ``waste`` x its real ones, or its cache (prefix + rest columns) exceed ``max_cached_tokens``."""
+    chunks: list[list[int]] = []
+    real = 0
+    for r in sorted(range(len(tails)), key=lambda r: tails[r]):
+        width = tails[r] + resp  # the widest row so far: rows come in ascending tail order
+        size = len(chunks[-1]) + 1 if chunks else 1
+        if (chunks and size * width <= waste * (real + width)
+                and size * (prefix_width + width) <= max(max_cached_tokens, prefix_width + width)):
+            chunks[-1].append(r)
+            real += width
+        else:
+            chunks.append([r])
+            real = width
+    return chunks
 
 
 def _keep(picked: list, rows: torch.Tensor, cols: torch.Tensor):

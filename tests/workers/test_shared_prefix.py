@@ -69,8 +69,22 @@ def test_rest_pass_in_row_chunks_gives_the_same_hidden_states(monkeypatch):
     ids, mask, pos, response_mask = _teacher_batch(prompts, [3, 2, 5, 1, 4, 5, 2, 3], response_width=5, seed=5)
     whole = shared_prefix_hidden(model, ids, mask, pos, response_mask)
     monkeypatch.setitem(shared_prefix._CACHE_BYTES, "cpu", 1)  # one row per rest pass
-    assert shared_prefix._rows_per_pass(model, ids.shape[1], torch.device("cpu"), torch.float64) == 1
+    assert all(len(c) == 1 for c in shared_prefix._rest_chunks([3, 9, 4, 30], 5, 40, 1 // 8))
     torch.testing.assert_close(shared_prefix_hidden(model, ids, mask, pos, response_mask), whole, rtol=0, atol=1e-10)
+
+
+def test_rest_chunks_cover_every_row_once_with_bounded_padding():
+    from workers.shared_prefix import _rest_chunks
+
+    tails = [12, 170, 15, 11, 160, 14, 90, 13, 165, 12]
+    chunks = _rest_chunks(tails, 16, 200, max_cached_tokens=10**9)
+    assert sorted(r for c in chunks for r in c) == list(range(len(tails)))
+    for c in chunks:
+        widths = [tails[r] + 16 for r in c]
+        assert len(c) * max(widths) <= 1.25 * sum(widths)
+    assert len(chunks) <= 4  # short, medium and long tails: not one chunk per row
+    # the cache bound: at most 3 rows of 200 + 186 columns
+    assert max(len(c) for c in _rest_chunks([170] * 10, 16, 200, max_cached_tokens=3 * 386)) == 3
 
 
 def test_shared_prefix_hidden_with_eager_attention():
