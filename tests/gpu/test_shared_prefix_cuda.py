@@ -1,0 +1,37 @@
+"""The shared-prefix teacher forward on the device, in bf16, with every attention kernel installed there
+(sdpa; flash_attention_2 when flash-attn is importable): the same hidden states as the plain forward.
+The CPU tests check it exactly in float64 (tests/workers/test_shared_prefix.py); here the question is
+whether a kernel handles the cached, left-padded prefix and right-padded rest as the plain path does."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from tests.workers.test_shared_prefix import _prompts, _teacher_batch
+
+pytestmark = pytest.mark.gpu
+
+KERNELS = ["sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
+
+
+@pytest.mark.parametrize("attn", KERNELS)
+def test_shared_prefix_hidden_equals_the_plain_forward_on_the_device(device, attn):
+    from workers import forward, model_utils
+    from workers.shared_prefix import shared_prefix_hidden
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if attn == "flash_attention_2" and device != "cuda":
+        pytest.skip("flash-attn needs CUDA")
+    model = model_utils.load_causal_lm(model_utils.resolve_model_path("embedded"), dtype=dtype,
+                                       attn_implementation=attn, device=torch.device(device))
+    prompts = _prompts(seed=7)
+    batch = [t.to(device) for t in _teacher_batch(prompts, [5, 1, 7, 3, 7, 2, 6, 4], response_width=7, seed=7)]
+    with torch.no_grad():
+        plain = forward.response_hidden(model, *batch).float()
+        shared = shared_prefix_hidden(model, *batch)
+    assert shared is not None
+    # bf16: one rounding of ~8 bits per layer; the two paths sum attention in different orders.
+    torch.testing.assert_close(shared.float(), plain, rtol=0.05, atol=0.05)
