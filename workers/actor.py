@@ -17,8 +17,8 @@ from mopd import losses, sequence_losses
 from mopd.config import SelfDistillationConfig
 from mopd.fused_head import fused_head
 from mopd.loss_modes import DISTILLATION_MODES, PPO_MODES, PREFERENCE_MODES
-from workers import forward, model_utils
-from workers.shared_prefix import shared_prefix_hidden
+from workers import forward, model_utils, shared_prefix
+from workers.batch import to_device
 
 
 
@@ -40,14 +40,60 @@ class TeacherForward:
         self.remove_padding = remove_padding
         self.shared_prefix = shared_prefix
 
-    def _hidden(self, module, batch: dict) -> torch.Tensor:
+    def plan(self, batch: dict) -> shared_prefix.Plan | None:
+        """How the shared-prefix forward would run this batch (``None``: the plain forward)."""
+        if not self.shared_prefix:
+            return None
+        return shared_prefix.plan(self.teacher, batch["teacher_input_ids"], batch["teacher_attention_mask"],
+                                  batch["response_mask"].shape[1])
+
+    def _hidden(self, module, batch: dict, batch_plan: shared_prefix.Plan | None) -> torch.Tensor:
         args = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"],
                 batch["response_mask"])
-        if self.shared_prefix:
-            hidden = shared_prefix_hidden(module, *args)
-            if hidden is not None:
-                return hidden
+        if batch_plan is not None:
+            return shared_prefix.shared_prefix_hidden(module, *args, batch_plan)
         return forward.response_hidden(module, *args, self.remove_padding)
+
+    @torch.no_grad()
+    def mini_batch_hidden(self, chunks: list[dict], rows: list[list[int]], size: int, device: torch.device,
+                          most_over_ranks=lambda calls: calls) -> torch.Tensor:
+        """The head inputs ``[size, R, H]`` (``2H`` for trust-region) of a mini-batch cut into ``chunks``
+        (``chunks[i]`` holds the mini-batch rows ``rows[i]``); zeros at padding.
+
+        Under FSDP2 every forward all-gathers, so every rank must make as many, and in the same order per
+        module; the shared-prefix path makes a data-dependent number. ``most_over_ranks`` (a MAX
+        all-reduce) agrees on the most before any forward; a rank with fewer makes one-token forwards at
+        the end of each module's pass, so nothing else runs between the all-gathers. The teacher's pass
+        and the student's (trust-region) are separate for the same reason."""
+        plans = [self.plan(chunk) for chunk in chunks]
+        calls = most_over_ranks(sum(p.forwards if p is not None else 1 for p in plans))
+        out = self._module_pass(self.teacher, chunks, plans, rows, size, device, calls)
+        if self.mixes_student:
+            s_out = self._module_pass(self.student, chunks, plans, rows, size, device, calls)
+            model_utils.reshard(self.student)
+            out = torch.cat([(1.0 - self.rate) * out, self.rate * s_out.to(out.dtype)], dim=-1)
+        return out
+
+    def _module_pass(self, module, chunks, plans, rows, size, device, calls: int) -> torch.Tensor:
+        made = [0]
+        handle = module.register_forward_pre_hook(lambda *_: made.__setitem__(0, made[0] + 1))
+        try:
+            out = None
+            for chunk, batch_plan, index in zip(chunks, plans, rows):
+                mb = to_device(chunk, device)
+                valid = mb["response_mask"].bool()
+                hidden = self._hidden(module, mb, batch_plan)
+                if out is None:
+                    out = torch.zeros((size, *valid.shape[1:], hidden.shape[-1]), dtype=hidden.dtype, device=device)
+                part = torch.zeros((len(index), *valid.shape[1:], hidden.shape[-1]), dtype=hidden.dtype, device=device)
+                part[valid] = hidden
+                out[torch.as_tensor(index, device=device)] = part
+            token = torch.zeros((1, 1), dtype=torch.long, device=device)
+            while made[0] < calls:
+                module(input_ids=token, use_cache=False, logits_to_keep=1)
+        finally:
+            handle.remove()
+        return out
 
     @property
     def mixes_student(self) -> bool:
@@ -55,10 +101,12 @@ class TeacherForward:
 
     @torch.no_grad()
     def hidden(self, batch: dict) -> torch.Tensor:
-        """The head inputs ``[M, H]`` (``[M, 2H]`` for trust-region) at the batch's valid response positions."""
-        hidden = self._hidden(self.teacher, batch)
+        """The head inputs ``[M, H]`` (``[M, 2H]`` for trust-region) at the batch's valid response positions
+        (one rank's view: ``mini_batch_hidden`` is the FSDP2-safe pass over a mini-batch)."""
+        batch_plan = self.plan(batch)
+        hidden = self._hidden(self.teacher, batch, batch_plan)
         if self.mixes_student:
-            s_hidden = self._hidden(self.student, batch)
+            s_hidden = self._hidden(self.student, batch, batch_plan)
             hidden = torch.cat([(1.0 - self.rate) * hidden, self.rate * s_hidden.to(hidden.dtype)], dim=-1)
             model_utils.reshard(self.student)
         return hidden
@@ -223,8 +271,6 @@ def backward_mini_batch(micro_batches: Iterable[dict], student_module, normalize
     Returns this rank's mini-batch loss (the sum of the scaled micro-batch losses) and the
     micro-batches' metrics. Without ``normalizers`` each micro-batch mean is divided by their number.
     """
-    from workers.batch import to_device
-
     micro_batches = list(micro_batches)
     if loss_kwargs["loss_mode"] in PREFERENCE_MODES:
         _check_groups_intact(micro_batches)

@@ -222,17 +222,15 @@ class ActorRolloutRefWorker:
         else:
             size = max(rollout["log_prob_micro_batch_size_per_gpu"] // group, 1) * group
             parts = [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
-        out = None
-        for index in parts:
-            mb = to_device(index_batch(mini_batch, index), self.device)
-            valid = mb["response_mask"].bool()
-            hidden = self.teacher.hidden(mb)
-            if out is None:
-                out = torch.zeros((rows, *valid.shape[1:], hidden.shape[-1]), dtype=hidden.dtype, device=self.device)
-            chunk = torch.zeros((len(index), *valid.shape[1:], hidden.shape[-1]), dtype=hidden.dtype, device=self.device)
-            chunk[valid] = hidden
-            out[torch.as_tensor(index, device=self.device)] = chunk
-        return out
+        def most_over_ranks(calls: int) -> int:
+            if self.world_size == 1:
+                return calls
+            most = model_utils.device_tensor([calls], self.device, torch.int64)
+            dist.all_reduce(most, op=dist.ReduceOp.MAX)
+            return int(most.item())
+
+        return self.teacher.mini_batch_hidden([index_batch(mini_batch, index) for index in parts], parts, rows,
+                                              self.device, most_over_ranks)
 
     def _micro_batches(self, mini_batch: dict, size: int, group: int) -> list[dict]:
         """Fixed-size slices, or (``use_dynamic_bsz``) token-budget groups: student and teacher tokens

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from dataclasses import dataclass
 
 import torch
 
@@ -106,22 +107,52 @@ def _gather_rows(tensor: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, 
     return out.masked_fill(~valid, fill)
 
 
-@torch.no_grad()
-def shared_prefix_hidden(module, input_ids, attention_mask, position_ids,
-                         response_mask: torch.Tensor) -> torch.Tensor | None:
-    """Final hidden states at the valid response positions ``[M, H]`` (row-major over ``response_mask``),
-    as ``forward.response_hidden`` returns them; ``None`` when no row has a prefix to share (the caller
-    runs the plain forward)."""
-    device = input_ids.device
-    batch, width = input_ids.shape
-    resp = response_mask.shape[1]
-    row_cluster, prefix_len, starts = prefix_clusters(input_ids, attention_mask, resp)
+@dataclass
+class Plan:
+    """How ``shared_prefix_hidden`` runs a batch: each row's cluster, the clusters' prefix lengths, the
+    rows' first prompt columns, and the row chunks of the rest passes."""
+
+    row_cluster: torch.Tensor
+    prefix_len: torch.Tensor
+    starts: torch.Tensor
+    rest_chunks: list[list[int]]
+
+    @property
+    def forwards(self) -> int:
+        return 1 + len(self.rest_chunks)
+
+
+def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int) -> Plan | None:
+    """The plan for a batch, or ``None`` when the plain forward should run instead. Host-side only (no
+    forward, no collective), so a rank can learn how many forwards it will make before making any."""
+    row_cluster, prefix_len, starts = prefix_clusters(input_ids, attention_mask, response_width)
     saved = int(prefix_len[row_cluster].sum()) - int(prefix_len.sum())
     # A cluster without a prefix (a one-token prompt) would run an all-padding prefix row; and a saving
     # under 1/8 of the tokens does not pay for the second model call.
     if int(prefix_len.min()) < 1 or 8 * saved < int(attention_mask.sum()):
         return None
-    prefix_len, starts, row_cluster = prefix_len.to(device), starts.to(device), row_cluster.to(device)
+    tails = (input_ids.shape[1] - response_width) - starts - prefix_len[row_cluster]
+    param = next(module.parameters())
+    per_token = _cache_bytes_per_token(module, param.dtype)
+    budget = _CACHE_BYTES.get(param.device.type, _CACHE_BYTES["cuda"])
+    chunks = _rest_chunks(tails.tolist(), response_width, int(prefix_len.max()), budget // per_token)
+    return Plan(row_cluster, prefix_len, starts, chunks)
+
+
+@torch.no_grad()
+def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor,
+                         batch_plan: Plan | None = None) -> torch.Tensor | None:
+    """Final hidden states at the valid response positions ``[M, H]`` (row-major over ``response_mask``),
+    as ``forward.response_hidden`` returns them, in ``batch_plan.forwards`` calls of ``module``; ``None``
+    when ``plan`` says to run the plain forward."""
+    device = input_ids.device
+    batch, width = input_ids.shape
+    resp = response_mask.shape[1]
+    batch_plan = batch_plan or plan(module, input_ids, attention_mask, resp)
+    if batch_plan is None:
+        return None
+    prefix_len, starts, row_cluster = (t.to(device) for t in (batch_plan.prefix_len, batch_plan.starts,
+                                                              batch_plan.row_cluster))
     clusters = prefix_len.shape[0]
     name, head = output_head(module)
     cache_arg = _cache_kwarg(module)
@@ -142,8 +173,6 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids,
     valid = response_mask.bool()
     counts = valid.sum(-1)
     first_out = counts.cumsum(0) - counts  # where row r's scored positions start in the row-major output
-    per_token = _cache_bytes_per_token(module, next(module.parameters()).dtype)
-    budget = _CACHE_BYTES.get(device.type, _CACHE_BYTES["cuda"])
     prefix_cache = _empty_cache(module)
     out = None
 
@@ -154,7 +183,7 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids,
         setattr(module, name, _HeadCall(head, keep_nothing))
         module(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
                logits_to_keep=1, **{cache_arg: prefix_cache})
-        for chunk in _rest_chunks(tail_len.tolist(), resp, p_width, budget // per_token):
+        for chunk in batch_plan.rest_chunks:
             idx = torch.tensor(chunk, device=device)
             tails = tail_len[idx]
             ar = torch.arange(int(tails.max()) + resp, device=device)

@@ -15,19 +15,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _worker(*overrides: str):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
     from trainer.worker_group import free_port
     from workers.fsdp_worker import ActorRolloutRefWorker
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        cfg = compose(config_name="mopd", overrides=[
-            "trainer.backend=local", "trainer.device=cpu", "actor_rollout_ref.model.dtype=float32",
-            f"data.train_batch_size={PROMPTS}", f"actor_rollout_ref.rollout.n={N}",
-            f"actor_rollout_ref.actor.ppo_mini_batch_size={PROMPTS}", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3",
-            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=7", *overrides])
-    worker = ActorRolloutRefWorker(OmegaConf.to_container(cfg, resolve=True), 0, 1)
+    worker = ActorRolloutRefWorker(_config(*overrides), 0, 1)
     worker.set_master("127.0.0.1", free_port())
     worker.init_model(total_optimizer_steps=10)
     return worker
@@ -54,3 +45,70 @@ def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides):
             assert not stored[start:start + 2][~valid].any()
     finally:
         worker.shutdown()
+
+
+def _two_rank_teacher_pass(rank: int, port: int, out_dir: str, overrides: tuple = ()) -> None:
+    """Rank 0's rows share teacher prefixes (a prefix pass + rest passes per chunk), rank 1's do not (one
+    plain forward per chunk): different forward counts, which FSDP2's per-forward all-gathers must not see."""
+    from workers.fsdp_worker import ActorRolloutRefWorker
+
+    torch.set_num_threads(1)
+    worker = ActorRolloutRefWorker(_config(*overrides), rank, 2)
+    worker.set_master("127.0.0.1", port)
+    worker.init_model(total_optimizer_steps=10)
+    try:
+        torch.manual_seed(rank)
+        with torch.no_grad():  # a student unlike the teacher: a mixed-up all-gather would show
+            for p in worker.actor.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        batch = make_mini_batch(worker.actor.config.vocab_size, seed=rank)
+        batch = _with_shared_teacher_prefixes(batch) if rank == 0 else batch
+        calls = [0]
+        hook = worker.teacher_module.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        shared = worker._teacher_pass(batch, N)
+        hook.remove()
+        made = calls[0]
+        worker.teacher.shared_prefix = False
+        plain = worker._teacher_pass(batch, N)
+        torch.save({"shared": shared, "plain": plain, "forwards": made}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        worker.shutdown()
+
+
+def _config(*overrides: str) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(config_name="mopd", overrides=[
+            "trainer.backend=local", "trainer.device=cpu", "actor_rollout_ref.model.dtype=float32",
+            f"data.train_batch_size={PROMPTS}", f"actor_rollout_ref.rollout.n={N}",
+            f"actor_rollout_ref.actor.ppo_mini_batch_size={PROMPTS}", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3",
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=7", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("overrides", [(), ("actor_rollout_ref.actor.self_distillation.teacher_regularization=trust-region",)],
+                         ids=["ema", "trust-region"])
+def test_teacher_pass_under_fsdp2_matches_forward_counts_across_ranks(tmp_path, overrides):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.start_processes(_two_rank_teacher_pass, args=(port, str(tmp_path), overrides), nprocs=2, join=False,
+                             start_method="spawn")
+    for process in ctx.processes:
+        process.join(timeout=300)
+    hung = [p.pid for p in ctx.processes if p.is_alive()]
+    for p in ctx.processes:
+        if p.is_alive():
+            p.kill()
+    assert not hung, "the teacher pass hung under FSDP2: ranks made different numbers of forwards"
+    assert all(p.exitcode == 0 for p in ctx.processes), [p.exitcode for p in ctx.processes]
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert results[0]["forwards"] == results[1]["forwards"] > 2  # rank 1 padded to rank 0's count
+    for r in results:
+        torch.testing.assert_close(r["shared"], r["plain"], rtol=0, atol=2e-5)
