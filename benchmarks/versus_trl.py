@@ -32,10 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPTS, N, NEW_TOKENS, LR = 16, 8, 16, 3e-4
 
 
-def ours(loss: str, steps: int, backend: str, overrides: list[str], root: Path = ROOT,
-         micro_batch: int | None = None) -> list[float]:
-    micro = ([f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch}",
-              f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch}"] if micro_batch else [])
+def ours(loss: str, steps: int, backend: str, overrides: list[str], root: Path = ROOT) -> list[float]:
     with tempfile.TemporaryDirectory() as run:
         cmd = [sys.executable, "-m", "trainer.main", "--config-name", loss, f"trainer.backend={backend}",
                f"data.train_batch_size={PROMPTS}", f"actor_rollout_ref.rollout.n={N}",
@@ -43,7 +40,7 @@ def ours(loss: str, steps: int, backend: str, overrides: list[str], root: Path =
                f"actor_rollout_ref.actor.optim.lr={LR}", "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
                f"trainer.total_training_steps={steps}", "trainer.test_freq=-1", "trainer.val_before_train=false",
                "trainer.save_freq=-1", "trainer.logger=[jsonl]", "trainer.rollout_data_dir=null",
-               "trainer.validation_data_dir=null", f"trainer.default_local_dir={run}", *micro, *overrides]
+               "trainer.validation_data_dir=null", f"trainer.default_local_dir={run}", *overrides]
         env = dict(os.environ, PYTHONPATH=str(root), RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
         result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
         if result.returncode:
@@ -133,22 +130,24 @@ def main() -> None:
         trl_child(args.steps, args.threads, args.child_trl)
         return
     overrides = list(args.override) + ([f"trainer.num_threads={args.threads}"] if args.threads else [])
+    if args.micro_batch:
+        overrides = [f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={args.micro_batch}",
+                     f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={args.micro_batch}", *overrides]
     base = Path(args.baseline_root).resolve() if args.baseline_root else None
     plan = {"trl_grpo": lambda: trl(args.steps, args.threads),
-            "ours_grpo": lambda: ours("grpo", args.steps, args.backend, overrides, micro_batch=args.micro_batch)}
+            "ours_grpo": lambda: ours("grpo", args.steps, args.backend, overrides)}
     if base:
-        plan["before_grpo"] = lambda: ours("grpo", args.steps, args.backend, overrides, base, micro_batch=args.micro_batch)
+        plan["before_grpo"] = lambda: ours("grpo", args.steps, args.backend, overrides, base)
     if not args.skip_mopd:
-        plan["ours_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides, micro_batch=args.micro_batch)
+        plan["ours_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides)
         for variant in args.mopd_variant:
             name, _, extra = variant.partition("=")
             if not name or not extra:
                 raise SystemExit(f"--mopd-variant {variant!r}: expected NAME=OVERRIDE[,OVERRIDE]")
             plan[f"ours_mopd_{name}"] = (lambda extra=extra: ours("mopd", args.steps, args.backend,
-                                                                  overrides + extra.split(","),
-                                                                  micro_batch=args.micro_batch))
+                                                                  overrides + extra.split(",")))
         if base:
-            plan["before_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides, base, micro_batch=args.micro_batch)
+            plan["before_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides, base)
     runs = {}
     for name, run in plan.items():
         runs[name] = run()

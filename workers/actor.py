@@ -69,10 +69,14 @@ class TeacherForward:
         calls = most_over_ranks(sum(p.forwards if p is not None else 1 for p in plans))
         out = self._module_pass(self.teacher, chunks, plans, rows, size, device, calls)
         if self.mixes_student:
-            s_out = self._module_pass(self.student, chunks, plans, rows, size, device, calls)
-            model_utils.reshard(self.student)
-            out = torch.cat([(1.0 - self.rate) * out, self.rate * s_out.to(out.dtype)], dim=-1)
+            out = self._mix(out, self._module_pass(self.student, chunks, plans, rows, size, device, calls))
         return out
+
+    def _mix(self, teacher_hidden: torch.Tensor, student_hidden: torch.Tensor) -> torch.Tensor:
+        """Trust-region head inputs ``[(1 - r)·h_ref, r·h_student]``; the student's pass is over, reshard it."""
+        model_utils.reshard(self.student)
+        return torch.cat([(1.0 - self.rate) * teacher_hidden, self.rate * student_hidden.to(teacher_hidden.dtype)],
+                         dim=-1)
 
     def _module_pass(self, module, chunks, plans, rows, size, device, calls: int) -> torch.Tensor:
         made = [0]
@@ -106,9 +110,7 @@ class TeacherForward:
         batch_plan = self.plan(batch)
         hidden = self._hidden(self.teacher, batch, batch_plan)
         if self.mixes_student:
-            s_hidden = self._hidden(self.student, batch, batch_plan)
-            hidden = torch.cat([(1.0 - self.rate) * hidden, self.rate * s_hidden.to(hidden.dtype)], dim=-1)
-            model_utils.reshard(self.student)
+            hidden = self._mix(hidden, self._hidden(self.student, batch, batch_plan))
         return hidden
 
     @torch.no_grad()

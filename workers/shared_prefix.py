@@ -3,8 +3,8 @@
 The teacher prompts of one prompt's rollouts begin alike: the chat template, the question, and often
 the same successful peers. ``shared_prefix_hidden`` clusters a micro-batch's rows by common prompt
 prefix (``prefix_clusters``), runs each cluster's prefix once with a KV cache, repeats the cache to the
-cluster's rows, and runs every row's own rest (prompt tail + response) against it. Attention, positions and masks are
-those of the plain forward, so the hidden states equal ``forward.response_hidden``'s to float rounding
+cluster's rows, and runs every row's own rest (prompt tail + response) against it. Attention, positions
+and masks are those of the plain forward, so the hidden states equal ``forward.response_hidden``'s to float rounding
 (tests/workers/test_shared_prefix.py); only the no-grad teacher uses it.
 
 Layout. Inputs are ``[left-padded prompt | right-padded response (R columns)]`` rows. The prefix pass
@@ -107,14 +107,22 @@ def _gather_rows(tensor: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, 
     return out.masked_fill(~valid, fill)
 
 
+def _saved_tokens(row_cluster: torch.Tensor, prefix_len: torch.Tensor) -> int:
+    """Tokens the shared-prefix forward does not run: each cluster's prefix, once per member but one."""
+    return int(prefix_len[row_cluster].sum()) - int(prefix_len.sum())
+
+
 @dataclass
 class Plan:
-    """How ``shared_prefix_hidden`` runs a batch: each row's cluster, the clusters' prefix lengths, the
-    rows' first prompt columns, and the row chunks of the rest passes."""
+    """How ``shared_prefix_hidden`` runs a batch (host tensors): each row's cluster, the clusters' prefix
+    lengths and first rows, the rows' first prompt columns and tail lengths (prompt after the prefix),
+    and the row chunks of the rest passes."""
 
     row_cluster: torch.Tensor
     prefix_len: torch.Tensor
+    first_row: torch.Tensor
     starts: torch.Tensor
+    tails: torch.Tensor
     rest_chunks: list[list[int]]
 
     @property
@@ -126,17 +134,18 @@ def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response
     """The plan for a batch, or ``None`` when the plain forward should run instead. Host-side only (no
     forward, no collective), so a rank can learn how many forwards it will make before making any."""
     row_cluster, prefix_len, starts = prefix_clusters(input_ids, attention_mask, response_width)
-    saved = int(prefix_len[row_cluster].sum()) - int(prefix_len.sum())
     # A cluster without a prefix (a one-token prompt) would run an all-padding prefix row; and a saving
     # under 1/8 of the tokens does not pay for the second model call.
-    if int(prefix_len.min()) < 1 or 8 * saved < int(attention_mask.sum()):
+    if int(prefix_len.min()) < 1 or 8 * _saved_tokens(row_cluster, prefix_len) < int(attention_mask.sum()):
         return None
     tails = (input_ids.shape[1] - response_width) - starts - prefix_len[row_cluster]
+    clusters = row_cluster.tolist()
+    first_row = torch.tensor([clusters.index(c) for c in range(len(prefix_len))], dtype=torch.long)
     param = next(module.parameters())
     per_token = _cache_bytes_per_token(module, param.dtype)
     budget = _CACHE_BYTES.get(param.device.type, _CACHE_BYTES["cuda"])
     chunks = _rest_chunks(tails.tolist(), response_width, int(prefix_len.max()), budget // per_token)
-    return Plan(row_cluster, prefix_len, starts, chunks)
+    return Plan(row_cluster, prefix_len, first_row, starts, tails, chunks)
 
 
 @torch.no_grad()
@@ -146,19 +155,17 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
     as ``forward.response_hidden`` returns them, in ``batch_plan.forwards`` calls of ``module``; ``None``
     when ``plan`` says to run the plain forward."""
     device = input_ids.device
-    batch, width = input_ids.shape
     resp = response_mask.shape[1]
     batch_plan = batch_plan or plan(module, input_ids, attention_mask, resp)
     if batch_plan is None:
         return None
-    prefix_len, starts, row_cluster = (t.to(device) for t in (batch_plan.prefix_len, batch_plan.starts,
-                                                              batch_plan.row_cluster))
-    clusters = prefix_len.shape[0]
+    prefix_len, first_row, starts, row_cluster, tail_len = (
+        t.to(device) for t in (batch_plan.prefix_len, batch_plan.first_row, batch_plan.starts,
+                               batch_plan.row_cluster, batch_plan.tails))
     name, head = output_head(module)
     cache_arg = _cache_kwarg(module)
 
     # The prefix pass: one left-padded row per cluster (its first member's columns).
-    first_row = torch.stack([(row_cluster == g).nonzero()[0, 0] for g in range(clusters)])
     p_width = int(prefix_len.max())
     ar = torch.arange(p_width, device=device)
     p_valid = ar.unsqueeze(0) >= (p_width - prefix_len).unsqueeze(1)
@@ -169,7 +176,6 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
 
     # The rest passes: each row's prompt tail, then its R response columns, right-padded; rows in order of
     # tail length, cut into chunks that bound the padding and the cache (``_rest_chunks``).
-    tail_len = (width - resp) - starts - prefix_len[row_cluster]
     valid = response_mask.bool()
     counts = valid.sum(-1)
     first_out = counts.cumsum(0) - counts  # where row r's scored positions start in the row-major output
@@ -240,4 +246,4 @@ def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, respons
     """(tokens the plain teacher forward runs, tokens the shared-prefix forward runs), padding excluded."""
     row_cluster, prefix_len, _ = prefix_clusters(input_ids, attention_mask, response_width)
     plain = int(attention_mask.sum())
-    return plain, plain - int(prefix_len[row_cluster].sum()) + int(prefix_len.sum())
+    return plain, plain - _saved_tokens(row_cluster, prefix_len)
