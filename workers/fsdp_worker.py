@@ -141,16 +141,8 @@ class ActorRolloutRefWorker:
         from workers.forward import response_log_probs
 
         temperature = batch["meta"]["temperature"]
-        rollout = self.config["actor_rollout_ref"]["rollout"]
-        rows = batch["responses"].shape[0]
-        if self.config["actor_rollout_ref"]["actor"]["use_dynamic_bsz"]:
-            parts = self._token_budget_parts(sequence_lengths(batch, "attention_mask"),
-                                             rollout["log_prob_max_token_len_per_gpu"], 1)
-        else:
-            size = rollout["log_prob_micro_batch_size_per_gpu"]
-            parts = [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
         out = torch.zeros(batch["responses"].shape, dtype=torch.float32)
-        for index in parts:
+        for index in self._log_prob_parts(batch, "attention_mask", 1):
             mb = to_device(index_batch(batch, index), self.device)
             out[index] = response_log_probs(self.actor, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
                                             mb["responses"], mb["response_mask"], temperature,
@@ -214,14 +206,9 @@ class ActorRolloutRefWorker:
         ``log_prob_max_token_len_per_gpu``), whole prompt groups together. One pass before the micro-batches:
         fewer, larger forwards than one per micro-batch, and more rows to share prompt prefixes between.
         The student's weights do not change within a mini-batch, so trust-region mixing is the same."""
-        rollout = self.config["actor_rollout_ref"]["rollout"]
         rows = mini_batch["responses"].shape[0]
-        if self.config["actor_rollout_ref"]["actor"]["use_dynamic_bsz"]:
-            parts = self._token_budget_parts(sequence_lengths(mini_batch, "teacher_attention_mask"),
-                                             rollout["log_prob_max_token_len_per_gpu"], group)
-        else:
-            size = max(rollout["log_prob_micro_batch_size_per_gpu"] // group, 1) * group
-            parts = [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
+        parts = self._log_prob_parts(mini_batch, "teacher_attention_mask", group)
+
         def most_over_ranks(calls: int) -> int:
             if self.world_size == 1:
                 return calls
@@ -231,6 +218,18 @@ class ActorRolloutRefWorker:
 
         return self.teacher.mini_batch_hidden([index_batch(mini_batch, index) for index in parts], parts, rows,
                                               self.device, most_over_ranks)
+
+    def _log_prob_parts(self, batch: dict, mask_key: str, group: int) -> list[list[int]]:
+        """Row indices of each no-grad forward: ``rollout.log_prob_micro_batch_size_per_gpu`` sequences
+        (rounded to whole groups of ``group``), or (``use_dynamic_bsz``) ``mask_key`` tokens within
+        ``rollout.log_prob_max_token_len_per_gpu``, as many parts on every rank."""
+        rollout = self.config["actor_rollout_ref"]["rollout"]
+        if self.config["actor_rollout_ref"]["actor"]["use_dynamic_bsz"]:
+            return self._token_budget_parts(sequence_lengths(batch, mask_key),
+                                            rollout["log_prob_max_token_len_per_gpu"], group)
+        rows = batch["responses"].shape[0]
+        size = max(rollout["log_prob_micro_batch_size_per_gpu"] // group, 1) * group
+        return [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
 
     def _micro_batches(self, mini_batch: dict, size: int, group: int) -> list[dict]:
         """Fixed-size slices, or (``use_dynamic_bsz``) token-budget groups: student and teacher tokens
