@@ -1,46 +1,52 @@
-"""Shared-prefix teacher scoring: run each distinct teacher-prompt prefix once.
+"""Shared-prefix teacher scoring: run each distinct teacher-prompt prefix once, as a tree of prefixes.
 
-The teacher prompts of one prompt's rollouts begin alike: the chat template, the question, and often
-the same successful peers. ``shared_prefix_hidden`` clusters a micro-batch's rows by common prompt
-prefix (``prefix_clusters``), runs each cluster's prefix once with a KV cache, repeats the cache to the
-cluster's rows, and runs every row's own rest (prompt tail + response) against it. Attention, positions
-and masks are those of the plain forward, so the hidden states equal ``forward.response_hidden``'s to float rounding
-(tests/workers/test_shared_prefix.py); only the no-grad teacher uses it.
+The teacher prompts of one prompt's rollouts begin alike: the chat template, the question, then often
+the same successful peers; prompts of different groups share the template. ``prefix_tree`` arranges a
+batch's prompts into a tree whose nodes are shared prefixes (a node's prefix extends its parent's), and
+``shared_prefix_hidden`` runs it depth by depth: every node runs only its own segment (its prefix minus
+its parent's) against its parent's keys/values, and every row finally runs its prompt tail and response
+against its deepest node's. Attention, positions and masks are those of the plain forward, so the hidden
+states equal ``forward.response_hidden``'s to float rounding (tests/workers/test_shared_prefix.py); only
+the no-grad teacher uses it.
 
-Layout. Inputs are ``[left-padded prompt | right-padded response (R columns)]`` rows. The prefix pass
-holds one left-padded row per cluster; the rest pass holds each row's tail followed by its R response
-columns, right-padded, so valid tokens stay contiguous (what flash-attention's unpadding expects). A
-prefix stops one token short of the shortest member prompt, so every row's last prompt token -- whose
-hidden state scores the first response token -- is in the rest pass.
+Layout. Inputs are ``[left-padded prompt | right-padded response (R columns)]`` rows, so a node's segment
+and a row's tail + response are each one contiguous column range of a row. Each forward runs a chunk of
+segments right-padded after their parents' keys/values (left-padded), so a row's valid keys and queries
+are contiguous (what flash-attention's unpadding expects). A node stops at least one token short of each
+member's prompt, so every row's last prompt token -- whose hidden state scores the first response token
+-- is in the rows' pass.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from workers.forward import _HeadCall, output_head
 
+# Rounds of clustering, the tree's depth at most: rows under their shared peers, those under their
+# question (a third level, the chat template, saves little and costs a forward). Measured on an embedded
+# MOPD mini-batch: 2 levels 0.79x the one-level forward's time, 4 levels 0.81x.
+_MAX_DEPTH = 2
+# What keeping a node costs beyond its tokens (a row in a forward, its keys/values copied to its
+# children), in tokens: a node must save more than this.
+_NODE_TOKENS = 16
+# A forward keeps every layer's K/V for its rows' parents and segments at once (the plain forward keeps
+# one layer's at a time), so each runs a chunk of segments whose K/V stays under this many bytes.
+_CACHE_BYTES = {"cpu": 512 * 1024 * 1024, "cuda": 4 * 1024 * 1024 * 1024}
+# A forward's fixed cost counted in tokens, against which padding is weighed when cutting chunks: Python,
+# kernel launches and (FSDP2) the weights' all-gather; a GPU runs far more tokens in that time.
+_FORWARD_TOKENS = {"cpu": 128, "cuda": 1024}
 
-def prefix_clusters(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    response_width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row: its cluster ``[B]``, the cluster's shared prefix length ``[C]``, the row's first prompt
-    column ``[B]``.
 
-    Rows are sorted by their prompt tokens, so rows sharing a prefix are neighbours and the common prefix
-    of a run of rows is the smallest common prefix of adjacent pairs; the runs are then cut to save the
-    most tokens (a run of k rows sharing P tokens saves (k - 1) * P; dynamic programming over cut points).
-    A prefix stops one token short of each member's prompt. Grouping by content, not by prompt uid:
-    members of one prompt group can differ early (feedback shown or not) and agree later with others.
-    """
-    prompt_width = input_ids.shape[1] - response_width
-    prompt_len = attention_mask[:, :prompt_width].sum(-1).tolist()
-    starts = [prompt_width - n for n in prompt_len]
-    rows = input_ids[:, :prompt_width].tolist()
-    prompts = [row[s:] for row, s in zip(rows, starts)]
+def _sorted_trie(prompts: list[list[int]]) -> tuple:
+    """The compressed trie of the prompts, each usable up to one token short of its end: a node is
+    ``(shared length, children)``, a leaf a row index. Sorted, prompts sharing a prefix are neighbours and
+    a run's common prefix is the smallest common prefix of its adjacent pairs, so the trie splits the
+    sorted order at its smallest adjacent common prefix, recursively."""
     order = sorted(range(len(prompts)), key=lambda r: prompts[r])
     adjacent = []  # usable common prefix of sorted neighbours k and k + 1
     for a, b in zip(order, order[1:]):
@@ -49,35 +55,157 @@ def prefix_clusters(input_ids: torch.Tensor, attention_mask: torch.Tensor,
         while n < cap and prompts[a][n] == prompts[b][n]:
             n += 1
         adjacent.append(n)
-    count = len(order)
-    best, cut = [0] * (count + 1), [0] * (count + 1)  # best saving over the first j sorted rows
-    for j in range(1, count + 1):
-        best[j], cut[j] = best[j - 1], j - 1  # row j - 1 alone
-        shared = None
-        for i in range(j - 2, -1, -1):  # rows i .. j - 1 together
-            shared = adjacent[i] if shared is None else min(shared, adjacent[i])
-            if shared == 0:
+
+    def build(lo: int, hi: int):
+        if hi - lo == 1:
+            return order[lo]
+        shared = min(adjacent[lo:hi - 1])
+        cuts = [lo] + [i + 1 for i in range(lo, hi - 1) if adjacent[i] == shared] + [hi]
+        return shared, [build(a, b) for a, b in zip(cuts, cuts[1:])]
+
+    return build(0, len(order))
+
+
+@dataclass
+class Tree:
+    """Shared prefixes of a batch's prompts. Node n is the first ``length[n]`` prompt tokens of row
+    ``row[n]`` (and of every row below it); ``parent`` is a node id or -1, for nodes and for rows. A
+    node's parent has a smaller id."""
+
+    length: list[int]
+    row: list[int]
+    parent: list[int]
+    row_parent: list[int]
+
+    def depth(self) -> list[int]:
+        depth: list[int] = []
+        for p in self.parent:
+            depth.append(depth[p] + 1 if p >= 0 else 0)
+        return depth
+
+    def prefix(self, node: int) -> int:
+        return self.length[node] if node >= 0 else 0
+
+
+def prefix_tree(prompts: list[list[int]], max_depth: int | None = None) -> Tree:
+    """The prefixes worth running once: the trie's nodes that save the most tokens with at most
+    ``max_depth`` nodes above any row (each depth is another forward). Keeping a node of prefix L under a
+    kept prefix P runs its L - P tokens once instead of once per child; dynamic programming over the trie
+    chooses, for every node, keep or dissolve (its children then run those tokens themselves). The rows
+    of a group share their successful peers, the group its question; by content, not by prompt uid: rows
+    of one group can differ early (feedback shown or not) and agree later with others."""
+    max_depth = _MAX_DEPTH if max_depth is None else max_depth
+    trie = _sorted_trie(prompts)
+    memo: dict = {}
+
+    def cost(item, levels: int, above: int) -> tuple[int, bool]:
+        """(tokens the subtree runs under a kept prefix of ``above`` tokens, whether to keep ``item``)."""
+        if isinstance(item, int):
+            return len(prompts[item]) - above, False
+        key = (id(item), levels, above)
+        if key not in memo:
+            shared, children = item
+            dissolve = sum(cost(c, levels, above)[0] for c in children)
+            keep = (shared - above + _NODE_TOKENS + sum(cost(c, levels - 1, shared)[0] for c in children)
+                    if levels > 0 and shared > above else dissolve + 1)
+            memo[key] = (keep, True) if keep < dissolve else (dissolve, False)
+        return memo[key]
+
+    tree = Tree([], [], [], [-1] * len(prompts))
+
+    def place(item, levels: int, above: int, parent: int) -> int:
+        """Record the kept nodes of ``item``'s subtree under ``parent``; returns a row of the subtree."""
+        if isinstance(item, int):
+            tree.row_parent[item] = parent
+            return item
+        shared, children = item
+        if not cost(item, levels, above)[1]:
+            return [place(c, levels, above, parent) for c in children][0]
+        node = len(tree.length)
+        tree.length.append(shared)
+        tree.parent.append(parent)
+        tree.row.append(-1)
+        tree.row[node] = [place(c, levels - 1, shared, node) for c in children][0]
+        return tree.row[node]
+
+    place(trie, max_depth, 0, -1)
+    return tree
+
+
+@dataclass
+class Plan:
+    """How ``shared_prefix_hidden`` runs a batch (host-side): the tree, each row's first prompt column,
+    and the forwards: ``depths[d]`` lists chunks of node ids (one forward each), ``row_chunks`` chunks of
+    rows (ordered by tail length)."""
+
+    tree: Tree
+    starts: list[int]
+    depths: list[list[list[int]]]
+    row_chunks: list[list[int]]
+
+    @property
+    def forwards(self) -> int:
+        return sum(len(chunks) for chunks in self.depths) + len(self.row_chunks)
+
+
+def _prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int):
+    prompt_width = input_ids.shape[1] - response_width
+    starts = [prompt_width - n for n in attention_mask[:, :prompt_width].sum(-1).tolist()]
+    return [row[s:prompt_width] for row, s in zip(input_ids[:, :prompt_width].tolist(), starts)], starts
+
+
+def _run_tokens(tree: Tree, prompts: list[list[int]]) -> int:
+    """Prompt tokens the tree's forwards run: each node's segment once, each row's tail."""
+    nodes = sum(tree.length[n] - tree.prefix(tree.parent[n]) for n in range(len(tree.length)))
+    return nodes + sum(len(p) - tree.prefix(parent) for p, parent in zip(prompts, tree.row_parent))
+
+
+def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int) -> Plan | None:
+    """The plan for a batch, or ``None`` when the plain forward should run instead (a saving under 1/8 of
+    the tokens does not pay for the extra model calls). Host-side only (no forward, no collective), so a
+    rank can learn how many forwards it will make before making any."""
+    prompts, starts = _prompts(input_ids, attention_mask, response_width)
+    tree = prefix_tree(prompts)
+    saved = sum(map(len, prompts)) - _run_tokens(tree, prompts)
+    if 8 * saved < int(attention_mask.sum()):
+        return None
+    param = next(module.parameters())
+    budget = _CACHE_BYTES.get(param.device.type, _CACHE_BYTES["cuda"]) // _cache_bytes_per_token(module, param.dtype)
+    per_forward = _FORWARD_TOKENS.get(param.device.type, _FORWARD_TOKENS["cuda"])
+    depth = tree.depth()
+    depths = []
+    for d in range(max(depth, default=-1) + 1):
+        nodes = [n for n in range(len(depth)) if depth[n] == d]
+        own = [tree.length[n] - tree.prefix(tree.parent[n]) for n in nodes]
+        above = [tree.prefix(tree.parent[n]) for n in nodes]
+        depths.append([[nodes[i] for i in chunk] for chunk in _chunks(own, above, budget, per_forward)])
+    tails = [len(p) - tree.prefix(parent) + response_width for p, parent in zip(prompts, tree.row_parent)]
+    rows_above = [tree.prefix(parent) for parent in tree.row_parent]
+    return Plan(tree, starts, depths, _chunks(tails, rows_above, budget, per_forward))
+
+
+def _chunks(widths: list[int], above: list[int], max_cached_tokens: int, forward_tokens: int) -> list[list[int]]:
+    """Segments (``widths[i]`` columns after ``above[i]`` cached ones) cut into chunks, one forward each:
+    contiguous runs of the segments in ascending width (each runs right-padded to its widest), chosen by
+    dynamic programming to run the fewest padded columns plus ``forward_tokens`` per forward, with each
+    chunk's K/V (widest parent + widest segment, per member) within ``max_cached_tokens``."""
+    order = sorted(range(len(widths)), key=lambda i: widths[i])
+    cost, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        top = 0
+        for i in range(j - 1, -1, -1):  # order[i:j] in one forward; its widest segment is order[j - 1]
+            top = max(top, above[order[i]])
+            size, width = j - i, widths[order[j - 1]]
+            if size > 1 and size * (top + width) > max_cached_tokens:
                 break
-            if best[i] + (j - i - 1) * shared > best[j]:
-                best[j], cut[j] = best[i] + (j - i - 1) * shared, i
-    row_cluster = [0] * count
-    prefix_len: list[int] = []
-    j = count
+            if cost[i] + forward_tokens + size * width < cost[j]:
+                cost[j], cut[j] = cost[i] + forward_tokens + size * width, i
+    chunks = []
+    j = len(order)
     while j > 0:
-        i = cut[j]
-        members = order[i:j]
-        shared = min(adjacent[i:j - 1]) if j - i > 1 else len(prompts[members[0]]) - 1
-        for r in members:
-            row_cluster[r] = len(prefix_len)
-        prefix_len.append(max(shared, 0))
-        j = i
-    return (torch.tensor(row_cluster, dtype=torch.long), torch.tensor(prefix_len, dtype=torch.long),
-            torch.tensor(starts, dtype=torch.long))
-
-
-# The rest pass keeps every layer's K/V for its rows' prefix and rest at once (the plain forward keeps one
-# layer's at a time), so it goes in row chunks whose cache stays under this many bytes.
-_CACHE_BYTES = {"cpu": 512 * 1024 * 1024, "cuda": 4 * 1024 * 1024 * 1024}
+        chunks.append(order[cut[j]:j])
+        j = cut[j]
+    return chunks[::-1]
 
 
 def _cache_bytes_per_token(module, dtype: torch.dtype) -> int:
@@ -92,60 +220,63 @@ def _cache_kwarg(module) -> str:
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
-def _empty_cache(module):
+class _KV:
+    """The keys/values of a chunk of nodes after their forward, left-padded per row (``width`` columns),
+    with the mask of their valid columns."""
+
+    def __init__(self, cache, mask: torch.Tensor):
+        # After the forward a row holds [left-padded parent | right-padded segment]; rotating each row right
+        # by its segment padding makes it [padding | parent | segment]: left-padded, valid columns contiguous.
+        width = mask.shape[1]
+        pad = width - 1 - torch.where(mask.bool(), torch.arange(width, device=mask.device), -1).max(-1).values
+        keep = int(mask.sum(-1).max())
+        cols = ((torch.arange(width, device=mask.device) - pad.unsqueeze(1)) % width)[:, width - keep:]
+        self.mask = mask.gather(1, cols)
+        self.layers = []
+        for keys, values in _layers(cache):
+            index = cols[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
+            self.layers.append((keys.gather(2, index), values.gather(2, index)))
+
+
+def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.54
+
+
+def _parent_cache(module, stored: dict[int, tuple[_KV, int]], parents: list[int], mask_dtype: torch.dtype):
+    """A cache holding each parent's keys/values, left-padded to the widest (a parent -1: none), and its
+    ``[rows, width]`` mask."""
     from transformers import DynamicCache
 
     try:
-        return DynamicCache(config=module.config)
+        cache = DynamicCache(config=module.config)
     except TypeError:  # older transformers: no per-layer types to set up
-        return DynamicCache()
-
-
-def _gather_rows(tensor: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, fill: int = 0) -> torch.Tensor:
-    """``tensor[r, cols[r, j]]`` where ``valid``, ``fill`` elsewhere."""
-    out = tensor.gather(1, cols.clamp(min=0, max=tensor.shape[1] - 1))
-    return out.masked_fill(~valid, fill)
-
-
-def _saved_tokens(row_cluster: torch.Tensor, prefix_len: torch.Tensor) -> int:
-    """Tokens the shared-prefix forward does not run: each cluster's prefix, once per member but one."""
-    return int(prefix_len[row_cluster].sum()) - int(prefix_len.sum())
-
-
-@dataclass
-class Plan:
-    """How ``shared_prefix_hidden`` runs a batch (host tensors): each row's cluster, the clusters' prefix
-    lengths and first rows, the rows' first prompt columns and tail lengths (prompt after the prefix),
-    and the row chunks of the rest passes."""
-
-    row_cluster: torch.Tensor
-    prefix_len: torch.Tensor
-    first_row: torch.Tensor
-    starts: torch.Tensor
-    tails: torch.Tensor
-    rest_chunks: list[list[int]]
-
-    @property
-    def forwards(self) -> int:
-        return 1 + len(self.rest_chunks)
-
-
-def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int) -> Plan | None:
-    """The plan for a batch, or ``None`` when the plain forward should run instead. Host-side only (no
-    forward, no collective), so a rank can learn how many forwards it will make before making any."""
-    row_cluster, prefix_len, starts = prefix_clusters(input_ids, attention_mask, response_width)
-    # A cluster without a prefix (a one-token prompt) would run an all-padding prefix row; and a saving
-    # under 1/8 of the tokens does not pay for the second model call.
-    if int(prefix_len.min()) < 1 or 8 * _saved_tokens(row_cluster, prefix_len) < int(attention_mask.sum()):
-        return None
-    tails = (input_ids.shape[1] - response_width) - starts - prefix_len[row_cluster]
-    clusters = row_cluster.tolist()
-    first_row = torch.tensor([clusters.index(c) for c in range(len(prefix_len))], dtype=torch.long)
-    param = next(module.parameters())
-    per_token = _cache_bytes_per_token(module, param.dtype)
-    budget = _CACHE_BYTES.get(param.device.type, _CACHE_BYTES["cuda"])
-    chunks = _rest_chunks(tails.tolist(), response_width, int(prefix_len.max()), budget // per_token)
-    return Plan(row_cluster, prefix_len, first_row, starts, tails, chunks)
+        cache = DynamicCache()
+    groups: dict[int, tuple[_KV, list[int], list[int]]] = {}  # per stored chunk: (K/V, rows here, rows there)
+    for j, p in enumerate(parents):
+        if p >= 0:
+            kv, i = stored[p]
+            entry = groups.setdefault(id(kv), (kv, [], []))
+            entry[1].append(j)
+            entry[2].append(i)
+    if not groups:
+        return cache, None
+    width = max(kv.mask.shape[1] for kv, _, _ in groups.values())
+    anchor = next(iter(groups.values()))[0]
+    picks = [(kv, torch.tensor(here, device=kv.mask.device), torch.tensor(there, device=kv.mask.device))
+             for kv, here, there in groups.values()]
+    mask = anchor.mask.new_zeros((len(parents), width), dtype=mask_dtype)
+    for kv, here, there in picks:
+        mask[here, width - kv.mask.shape[1]:] = kv.mask[there].to(mask_dtype)
+    for layer, (keys, values) in enumerate(anchor.layers):
+        k = keys.new_zeros((len(parents), keys.shape[1], width, keys.shape[3]))
+        v = torch.zeros_like(k)
+        for kv, here, there in picks:
+            k[here, :, width - kv.mask.shape[1]:] = kv.layers[layer][0][there]
+            v[here, :, width - kv.mask.shape[1]:] = kv.layers[layer][1][there]
+        cache.update(k, v, layer)
+    return cache, mask
 
 
 @torch.no_grad()
@@ -156,82 +287,68 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
     when ``plan`` says to run the plain forward."""
     device = input_ids.device
     resp = response_mask.shape[1]
+    prompt_width = input_ids.shape[1] - resp
     batch_plan = batch_plan or plan(module, input_ids, attention_mask, resp)
     if batch_plan is None:
         return None
-    prefix_len, first_row, starts, row_cluster, tail_len = (
-        t.to(device) for t in (batch_plan.prefix_len, batch_plan.first_row, batch_plan.starts,
-                               batch_plan.row_cluster, batch_plan.tails))
+    tree, starts = batch_plan.tree, batch_plan.starts
     name, head = output_head(module)
     cache_arg = _cache_kwarg(module)
+    stored: dict[int, tuple[_KV, int]] = {}  # node -> (its chunk's keys/values, its row there)
 
-    # The prefix pass: one left-padded row per cluster (its first member's columns).
-    p_width = int(prefix_len.max())
-    ar = torch.arange(p_width, device=device)
-    p_valid = ar.unsqueeze(0) >= (p_width - prefix_len).unsqueeze(1)
-    p_cols = starts[first_row].unsqueeze(1) + ar.unsqueeze(0) - (p_width - prefix_len).unsqueeze(1)
-    p_ids = _gather_rows(input_ids[first_row], p_cols, p_valid)
-    p_pos = _gather_rows(position_ids[first_row], p_cols, p_valid)
-    p_mask = p_valid.to(attention_mask.dtype)
+    def run(rows: list[int], first: list[int], ends: list[int], parents: list[int], fn, keep_cache: bool):
+        """One forward: row ``rows[i]``'s columns ``first[i]:ends[i]``, right-padded, after ``parents[i]``'s
+        cached keys/values."""
+        cache, p_mask = _parent_cache(module, stored, parents, attention_mask.dtype)
+        index = torch.tensor(rows, device=device)
+        first_t = torch.tensor(first, device=device)
+        lengths = torch.tensor(ends, device=device) - first_t
+        ar = torch.arange(int(lengths.max()), device=device)
+        cols = first_t.unsqueeze(1) + ar.unsqueeze(0)
+        inside = ar.unsqueeze(0) < lengths.unsqueeze(1)
+        ids, pos, mask = (_gather_rows(t[index], cols, inside) for t in (input_ids, position_ids, attention_mask))
+        if p_mask is not None:
+            mask = torch.cat([p_mask, mask], dim=1)
+        setattr(module, name, _HeadCall(head, fn))
+        module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+               logits_to_keep=1 if keep_cache else 0, **{cache_arg: cache})
+        return _KV(cache, mask) if keep_cache else None
 
-    # The rest passes: each row's prompt tail, then its R response columns, right-padded; rows in order of
-    # tail length, cut into chunks that bound the padding and the cache (``_rest_chunks``).
-    valid = response_mask.bool()
-    counts = valid.sum(-1)
-    first_out = counts.cumsum(0) - counts  # where row r's scored positions start in the row-major output
-    prefix_cache = _empty_cache(module)
-    out = None
-
-    def keep_nothing(hidden, weight):  # the prefix pass scores nothing: its hidden states are not needed
+    def keep_nothing(hidden, weight):  # a prefix scores nothing: its hidden states are not needed
         return hidden[:, :0]
 
+    valid = response_mask.bool()
+    counts = valid.sum(-1)
+    first_out = (counts.cumsum(0) - counts).tolist()  # where row r's scored positions start in the output
+    out = None
     try:
-        setattr(module, name, _HeadCall(head, keep_nothing))
-        module(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
-               logits_to_keep=1, **{cache_arg: prefix_cache})
-        for chunk in batch_plan.rest_chunks:
-            idx = torch.tensor(chunk, device=device)
-            tails = tail_len[idx]
-            ar = torch.arange(int(tails.max()) + resp, device=device)
-            cols = (starts[idx] + prefix_len[row_cluster[idx]]).unsqueeze(1) + ar.unsqueeze(0)
-            in_rest = ar.unsqueeze(0) < (tails + resp).unsqueeze(1)
-            r_ids = _gather_rows(input_ids[idx], cols, in_rest)
-            r_pos = _gather_rows(position_ids[idx], cols, in_rest)
-            r_mask = _gather_rows(attention_mask[idx], cols, in_rest)
-            # Response token j of a row is scored by the hidden state at rest column tail - 1 + j.
-            rows, j = valid[idx].nonzero(as_tuple=True)
+        for chunks in batch_plan.depths:
+            for chunk in chunks:
+                parents = [tree.parent[n] for n in chunk]
+                rows = [tree.row[n] for n in chunk]
+                kv = run(rows, [starts[r] + tree.prefix(p) for r, p in zip(rows, parents)],
+                         [starts[r] + tree.length[n] for r, n in zip(rows, chunk)], parents, keep_nothing, True)
+                stored.update({n: (kv, i) for i, n in enumerate(chunk)})
+        for chunk in batch_plan.row_chunks:
+            parents = [tree.row_parent[r] for r in chunk]
+            tails = [prompt_width - starts[r] - tree.prefix(p) for r, p in zip(chunk, parents)]
+            # Response token j of a row is scored by the hidden state at its column tail - 1 + j.
+            rows, j = valid[chunk].nonzero(as_tuple=True)
             picked: list[torch.Tensor] = []
-            cache = copy.deepcopy(prefix_cache)
-            cache.reorder_cache(row_cluster[idx])  # each row's cluster prefix K/V
-            setattr(module, name, _HeadCall(head, _keep(picked, rows, tails[rows] - 1 + j)))
-            module(input_ids=r_ids, attention_mask=torch.cat([p_mask[row_cluster[idx]], r_mask], dim=1),
-                   position_ids=r_pos, use_cache=True, logits_to_keep=0, **{cache_arg: cache})
-            del cache
+            run(chunk, [prompt_width - t for t in tails], [prompt_width + resp] * len(chunk), parents,
+                _keep(picked, rows, torch.tensor(tails, device=device)[rows] - 1 + j), False)
             if out is None:
                 out = picked[0].new_empty((int(counts.sum()), picked[0].shape[-1]))
-            out[first_out[idx][rows] + j] = picked[0]
+            out[torch.tensor([first_out[r] for r in chunk], device=device)[rows] + j] = picked[0]
     finally:
         setattr(module, name, head)
     return out
 
 
-def _rest_chunks(tails: list[int], resp: int, prefix_width: int, max_cached_tokens: int,
-                 waste: float = 1.25) -> list[list[int]]:
-    """Rows by ascending tail length, cut where the next row would make the chunk's padded rest tokens
-    exceed ``waste`` x its real ones, or its cache (prefix + rest columns) exceed ``max_cached_tokens``."""
-    chunks: list[list[int]] = []
-    real = 0
-    for r in sorted(range(len(tails)), key=lambda r: tails[r]):
-        width = tails[r] + resp  # the widest row so far: rows come in ascending tail order
-        size = len(chunks[-1]) + 1 if chunks else 1
-        if (chunks and size * width <= waste * (real + width)
-                and size * (prefix_width + width) <= max(max_cached_tokens, prefix_width + width)):
-            chunks[-1].append(r)
-            real += width
-        else:
-            chunks.append([r])
-            real = width
-    return chunks
+def _gather_rows(tensor: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, fill: int = 0) -> torch.Tensor:
+    """``tensor[r, cols[r, j]]`` where ``valid``, ``fill`` elsewhere."""
+    out = tensor.gather(1, cols.clamp(min=0, max=tensor.shape[1] - 1))
+    return out.masked_fill(~valid, fill)
 
 
 def _keep(picked: list, rows: torch.Tensor, cols: torch.Tensor):
@@ -244,6 +361,6 @@ def _keep(picked: list, rows: torch.Tensor, cols: torch.Tensor):
 
 def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int) -> tuple[int, int]:
     """(tokens the plain teacher forward runs, tokens the shared-prefix forward runs), padding excluded."""
-    row_cluster, prefix_len, _ = prefix_clusters(input_ids, attention_mask, response_width)
-    plain = int(attention_mask.sum())
-    return plain, plain - _saved_tokens(row_cluster, prefix_len)
+    prompts, _ = _prompts(input_ids, attention_mask, response_width)
+    responses = int(attention_mask[:, input_ids.shape[1] - response_width:].sum())
+    return int(attention_mask.sum()), _run_tokens(prefix_tree(prompts), prompts) + responses
