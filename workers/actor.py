@@ -45,7 +45,7 @@ class TeacherForward:
         if not self.shared_prefix:
             return None
         return shared_prefix.plan(self.teacher, batch["teacher_input_ids"], batch["teacher_attention_mask"],
-                                  batch["response_mask"].shape[1])
+                                  batch["response_mask"])
 
     def _hidden(self, module, batch: dict, batch_plan: shared_prefix.Plan | None) -> torch.Tensor:
         args = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"],

@@ -23,13 +23,12 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from workers.forward import _HeadCall, output_head
 
-# Rounds of clustering, the tree's depth at most: rows under their shared peers, those under their
-# question (a third level, the chat template, saves little and costs a forward). Measured on an embedded
-# MOPD mini-batch: 2 levels 0.79x the one-level forward's time, 4 levels 0.81x.
+# Kept prefixes above any row, at most (each depth is another forward): typically rows under their shared
+# peers, those under their question; a third level (the chat template) saves little. On an embedded MOPD
+# mini-batch (docs/performance.md) a third level ran fewer tokens but no faster.
 _MAX_DEPTH = 2
 # What keeping a node costs beyond its tokens (a row in a forward, its keys/values copied to its
 # children), in tokens: a node must save more than this.
@@ -134,12 +133,13 @@ def prefix_tree(prompts: list[list[int]], max_depth: int | None = None) -> Tree:
 
 @dataclass
 class Plan:
-    """How ``shared_prefix_hidden`` runs a batch (host-side): the tree, each row's first prompt column,
-    and the forwards: ``depths[d]`` lists chunks of node ids (one forward each), ``row_chunks`` chunks of
+    """How ``shared_prefix_hidden`` runs a batch (host-side): the tree, each row's first prompt column and
+    response columns to run (``_response_run``), and the forwards: ``depths[d]`` lists chunks of node ids (one forward each), ``row_chunks`` chunks of
     rows (ordered by tail length)."""
 
     tree: Tree
     starts: list[int]
+    scored: list[int]
     depths: list[list[list[int]]]
     row_chunks: list[list[int]]
 
@@ -160,14 +160,22 @@ def _run_tokens(tree: Tree, prompts: list[list[int]]) -> int:
     return nodes + sum(len(p) - tree.prefix(parent) for p, parent in zip(prompts, tree.row_parent))
 
 
-def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int) -> Plan | None:
+def _response_run(response_mask: torch.Tensor) -> list[int]:
+    """Per row, the response columns it runs: response token j is scored by the hidden state of the token
+    before it, so a row whose last scored token is j runs columns 0 .. j - 1 of its response (and its
+    prompt tail); -1: nothing to score, the row does not run."""
+    last = response_mask.shape[1] - 1 - response_mask.flip(1).to(torch.long).argmax(1)
+    return last.masked_fill(~response_mask.bool().any(1), -1).tolist()
+
+
+def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> Plan | None:
     """The plan for a batch, or ``None`` when the plain forward should run instead (a saving under 1/8 of
     the tokens does not pay for the extra model calls). Host-side only (no forward, no collective), so a
     rank can learn how many forwards it will make before making any."""
-    prompts, starts = _prompts(input_ids, attention_mask, response_width)
+    prompts, starts = _prompts(input_ids, attention_mask, response_mask.shape[1])
     tree = prefix_tree(prompts)
-    saved = sum(map(len, prompts)) - _run_tokens(tree, prompts)
-    if 8 * saved < int(attention_mask.sum()):
+    scored = _response_run(response_mask)
+    if 8 * (int(attention_mask.sum()) - _run_tokens(tree, prompts) - sum(max(n, 0) for n in scored)) < int(attention_mask.sum()):
         return None
     param = next(module.parameters())
     budget = _CACHE_BYTES.get(param.device.type, _CACHE_BYTES["cuda"]) // _cache_bytes_per_token(module, param.dtype)
@@ -179,9 +187,13 @@ def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response
         own = [tree.length[n] - tree.prefix(tree.parent[n]) for n in nodes]
         above = [tree.prefix(tree.parent[n]) for n in nodes]
         depths.append([[nodes[i] for i in chunk] for chunk in _chunks(own, above, budget, per_forward)])
-    tails = [len(p) - tree.prefix(parent) + response_width for p, parent in zip(prompts, tree.row_parent)]
-    rows_above = [tree.prefix(parent) for parent in tree.row_parent]
-    return Plan(tree, starts, depths, _chunks(tails, rows_above, budget, per_forward))
+    # A row runs its prompt tail and its response up to the last scored token's predecessor; a row with
+    # nothing to score does not run.
+    rows = [r for r in range(len(prompts)) if scored[r] >= 0]
+    widths = [len(prompts[r]) - tree.prefix(tree.row_parent[r]) + scored[r] for r in rows]
+    above = [tree.prefix(tree.row_parent[r]) for r in rows]
+    row_chunks = [[rows[i] for i in chunk] for chunk in _chunks(widths, above, budget, per_forward)]
+    return Plan(tree, starts, scored, depths, row_chunks)
 
 
 def _chunks(widths: list[int], above: list[int], max_cached_tokens: int, forward_tokens: int) -> list[list[int]]:
@@ -264,17 +276,25 @@ def _parent_cache(module, stored: dict[int, tuple[_KV, int]], parents: list[int]
         return cache, None
     width = max(kv.mask.shape[1] for kv, _, _ in groups.values())
     anchor = next(iter(groups.values()))[0]
-    picks = [(kv, torch.tensor(here, device=kv.mask.device), torch.tensor(there, device=kv.mask.device))
+    device = anchor.mask.device
+    picks = [(kv, torch.tensor(here, device=device), torch.tensor(there, device=device))
              for kv, here, there in groups.values()]
+    orphans = torch.tensor([j for j, p in enumerate(parents) if p < 0], device=device, dtype=torch.long)
     mask = anchor.mask.new_zeros((len(parents), width), dtype=mask_dtype)
     for kv, here, there in picks:
         mask[here, width - kv.mask.shape[1]:] = kv.mask[there].to(mask_dtype)
-    for layer, (keys, values) in enumerate(anchor.layers):
-        k = keys.new_zeros((len(parents), keys.shape[1], width, keys.shape[3]))
-        v = torch.zeros_like(k)
-        for kv, here, there in picks:
-            k[here, :, width - kv.mask.shape[1]:] = kv.layers[layer][0][there]
-            v[here, :, width - kv.mask.shape[1]:] = kv.layers[layer][1][there]
+    for layer in range(len(anchor.layers)):
+        if len(picks) == 1 and not len(orphans):  # one source, rows in order: a single gather
+            k, v = (t.index_select(0, picks[0][2]) for t in anchor.layers[layer])
+        else:  # masked columns hold zeros, not whatever memory held (0 x NaN would leak through softmax)
+            keys = anchor.layers[layer][0]
+            k = keys.new_empty((len(parents), keys.shape[1], width, keys.shape[3]))
+            v = torch.empty_like(k)
+            k[orphans], v[orphans] = 0, 0
+            for kv, here, there in picks:
+                pad = width - kv.mask.shape[1]
+                k[here, :, :pad], v[here, :, :pad] = 0, 0
+                k[here, :, pad:], v[here, :, pad:] = kv.layers[layer][0][there], kv.layers[layer][1][there]
         cache.update(k, v, layer)
     return cache, mask
 
@@ -288,7 +308,7 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
     device = input_ids.device
     resp = response_mask.shape[1]
     prompt_width = input_ids.shape[1] - resp
-    batch_plan = batch_plan or plan(module, input_ids, attention_mask, resp)
+    batch_plan = batch_plan or plan(module, input_ids, attention_mask, response_mask)
     if batch_plan is None:
         return None
     tree, starts = batch_plan.tree, batch_plan.starts
@@ -335,7 +355,7 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
             # Response token j of a row is scored by the hidden state at its column tail - 1 + j.
             rows, j = valid[chunk].nonzero(as_tuple=True)
             picked: list[torch.Tensor] = []
-            run(chunk, [prompt_width - t for t in tails], [prompt_width + resp] * len(chunk), parents,
+            run(chunk, [prompt_width - t for t in tails], [prompt_width + batch_plan.scored[r] for r in chunk], parents,
                 _keep(picked, rows, torch.tensor(tails, device=device)[rows] - 1 + j), False)
             if out is None:
                 out = picked[0].new_empty((int(counts.sum()), picked[0].shape[-1]))
@@ -359,8 +379,7 @@ def _keep(picked: list, rows: torch.Tensor, cols: torch.Tensor):
     return keep
 
 
-def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int) -> tuple[int, int]:
+def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[int, int]:
     """(tokens the plain teacher forward runs, tokens the shared-prefix forward runs), padding excluded."""
-    prompts, _ = _prompts(input_ids, attention_mask, response_width)
-    responses = int(attention_mask[:, input_ids.shape[1] - response_width:].sum())
-    return int(attention_mask.sum()), _run_tokens(prefix_tree(prompts), prompts) + responses
+    prompts, _ = _prompts(input_ids, attention_mask, response_mask.shape[1])
+    return int(attention_mask.sum()), _run_tokens(prefix_tree(prompts), prompts) + sum(max(n, 0) for n in _response_run(response_mask))

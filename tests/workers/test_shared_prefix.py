@@ -66,7 +66,7 @@ def test_shared_prefix_hidden_equals_the_plain_forward(dtype, tol, prompts, dept
     model = _model(dtype)
     ids, mask, pos, response_mask = _teacher_batch(prompts, [5, 1, 7, 3, 7, 0, 6, 2], response_width=7)
     plain = forward.response_hidden(model, ids, mask, pos, response_mask)
-    batch_plan = shared_prefix.plan(model, ids, mask, 7)
+    batch_plan = shared_prefix.plan(model, ids, mask, response_mask)
     assert len(batch_plan.depths) == depths  # nodes under nodes: shared peers under a question
     shared = shared_prefix_hidden(model, ids, mask, pos, response_mask)
     assert shared is not None and shared.shape == plain.shape == (int(response_mask.sum()), model.config.hidden_size)
@@ -83,7 +83,7 @@ def test_one_segment_per_forward_gives_the_same_hidden_states(monkeypatch):
     ids, mask, pos, response_mask = _teacher_batch(prompts, [3, 2, 5, 1, 4, 5, 2, 3], response_width=5, seed=5)
     whole = shared_prefix_hidden(model, ids, mask, pos, response_mask)
     monkeypatch.setitem(shared_prefix._CACHE_BYTES, "cpu", 1)
-    batch_plan = shared_prefix.plan(model, ids, mask, 5)
+    batch_plan = shared_prefix.plan(model, ids, mask, response_mask)
     assert all(len(c) == 1 for chunks in batch_plan.depths for c in chunks)
     assert all(len(c) == 1 for c in batch_plan.row_chunks)
     torch.testing.assert_close(shared_prefix_hidden(model, ids, mask, pos, response_mask, batch_plan), whole,
@@ -218,17 +218,18 @@ def test_prefix_tree_runs_each_distinct_prefix_once():
     assert lengths == [90] * 3 + [95] * 3
     top = {tree.parent[tree.row_parent[r]] for r in range(6)}
     assert len(top) == 1 and tree.length[top.pop()] == 30  # the two peer nodes under the shared head
-    ids, mask, _, _ = _teacher_batch(prompts, [1] * 6, response_width=1)
-    plain, shared = shared_tokens(ids, mask, 1)
-    # the head once, each peer block once, every row's own tail, and the 6 responses
-    assert plain == sum(map(len, prompts)) + 6 and shared == 30 + 60 + 65 + 3 * 3 + 3 * 2 + 6
+    ids, mask, _, response_mask = _teacher_batch(prompts, [1, 3, 0, 2, 1, 4], response_width=4)
+    plain, shared = shared_tokens(ids, mask, response_mask)
+    # the head once, each peer block once, every row's own tail, and of each response the tokens before its
+    # last (the hidden state of the token before a response token scores it)
+    assert plain == sum(map(len, prompts)) + 11 and shared == 30 + 60 + 65 + 3 * 3 + 3 * 2 + (0 + 2 + 0 + 1 + 0 + 3)
 
 
 def test_a_one_token_prompt_runs_whole_beside_shared_ones():
     model = _model(torch.float64)
     prompts = _prompts(seed=4)[:4] + [[5]]
     ids, mask, pos, response_mask = _teacher_batch(prompts, [2, 2, 1, 2, 2], response_width=2, seed=4)
-    batch_plan = shared_prefix.plan(model, ids, mask, 2)
+    batch_plan = shared_prefix.plan(model, ids, mask, response_mask)
     assert batch_plan is not None and batch_plan.tree.row_parent[4] == -1
     torch.testing.assert_close(shared_prefix_hidden(model, ids, mask, pos, response_mask),
                                forward.response_hidden(model, ids, mask, pos, response_mask), rtol=0, atol=1e-10)
