@@ -30,7 +30,13 @@ def _worker(*overrides: str):
     ("actor_rollout_ref.actor.self_distillation.teacher_regularization=trust-region",),
     ("actor_rollout_ref.actor.use_dynamic_bsz=true", "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=40"),
 ], ids=["shared", "plain", "trust-region", "token-budget"])
-def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides):
+def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides, monkeypatch):
+    import workers.shared_prefix as shared_prefix
+
+    monkeypatch.setattr(shared_prefix, "_NODE_TOKENS", 0)  # these short prompts share only a few tokens
+    shared_runs = []
+    real = shared_prefix.shared_prefix_hidden
+    monkeypatch.setattr(shared_prefix, "shared_prefix_hidden", lambda *a: shared_runs.append(real(*a)) or shared_runs[-1])
     worker = _worker(*overrides)
     try:
         for p in worker.actor.parameters():  # a student unlike the teacher, so trust-region mixing shows
@@ -43,6 +49,7 @@ def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides):
             valid = part["response_mask"].bool()
             torch.testing.assert_close(stored[start:start + 2][valid], worker.teacher.hidden(part), rtol=0, atol=2e-5)
             assert not stored[start:start + 2][~valid].any()
+        assert any(r is not None for r in shared_runs) == worker.teacher.shared_prefix  # the shared path ran
     finally:
         worker.shutdown()
 
@@ -50,8 +57,10 @@ def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides):
 def _two_rank_teacher_pass(rank: int, port: int, out_dir: str, overrides: tuple = ()) -> None:
     """Rank 0's rows share teacher prefixes (a prefix pass + rest passes per chunk), rank 1's do not (one
     plain forward per chunk): different forward counts, which FSDP2's per-forward all-gathers must not see."""
+    import workers.shared_prefix as shared_prefix
     from workers.fsdp_worker import ActorRolloutRefWorker
 
+    shared_prefix._NODE_TOKENS = 0  # these short prompts share only a few tokens (a spawned process)
     torch.set_num_threads(1)
     worker = ActorRolloutRefWorker(_config(*overrides), rank, 2)
     worker.set_master("127.0.0.1", port)
