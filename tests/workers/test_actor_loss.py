@@ -385,4 +385,5 @@ def test_shared_prefix_teacher_gives_the_plain_teachers_loss_and_gradient(models
         assert loss == pytest.approx(ref_loss, rel=1e-9, abs=1e-12), sizes
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-12, msg=lambda m: f"micro-batches {sizes}: {m}")
-    assert any(c is not None for c in shared_calls)  # the shared path ran (a one-row micro-batch has nothing to share: the plain one)
+    # the shared path ran (a one-row micro-batch has nothing to share: the plain one)
+    assert any(c is not None for c in shared_calls)
