@@ -43,9 +43,10 @@ def capture(steps: int) -> dict:
         sys.argv = ["trainer.main", "--config-name", "mopd", "trainer.backend=local", "data.train_batch_size=16",
                     "actor_rollout_ref.rollout.n=8", "actor_rollout_ref.actor.ppo_mini_batch_size=16",
                     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=128",
-                    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=128", f"trainer.total_training_steps={steps}",
-                    "trainer.test_freq=-1", "trainer.val_before_train=false", "trainer.save_freq=-1", "trainer.logger=[jsonl]",
-                    "trainer.rollout_data_dir=null", "trainer.validation_data_dir=null", f"trainer.default_local_dir={run}"]
+                    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=128",
+                    f"trainer.total_training_steps={steps}", "trainer.test_freq=-1", "trainer.val_before_train=false",
+                    "trainer.save_freq=-1", "trainer.logger=[jsonl]", "trainer.rollout_data_dir=null",
+                    "trainer.validation_data_dir=null", f"trainer.default_local_dir={run}"]
         trainer_main.main()
     actor.TeacherForward.mini_batch_hidden = real
     return kept["batch"]

@@ -118,13 +118,14 @@ def prefix_tree(prompts: list[list[int]], max_depth: int | None = None) -> Tree:
             tree.row_parent[item] = parent
             return item
         shared, children = item
-        if not cost(item, levels, above)[1]:
+        if not cost(item, levels, above)[1]:  # dissolved: its children hang from its parent
             return [place(c, levels, above, parent) for c in children][0]
-        node = len(tree.length)
+        node = len(tree.length)  # ids in placing order: a parent before its children
         tree.length.append(shared)
         tree.parent.append(parent)
         tree.row.append(-1)
-        tree.row[node] = [place(c, levels - 1, shared, node) for c in children][0]
+        rows_below = [place(c, levels - 1, shared, node) for c in children]
+        tree.row[node] = rows_below[0]  # any row below holds the node's tokens
         return tree.row[node]
 
     place(trie, max_depth, 0, -1)
@@ -134,8 +135,8 @@ def prefix_tree(prompts: list[list[int]], max_depth: int | None = None) -> Tree:
 @dataclass
 class Plan:
     """How ``shared_prefix_hidden`` runs a batch (host-side): the tree, each row's first prompt column and
-    response columns to run (``_response_run``), and the forwards: ``depths[d]`` lists chunks of node ids (one forward each), ``row_chunks`` chunks of
-    rows (ordered by tail length)."""
+    response columns to run (``_response_run``), and the forwards: ``depths[d]`` lists chunks of node ids
+    (one forward each), ``row_chunks`` chunks of rows."""
 
     tree: Tree
     starts: list[int]
@@ -154,10 +155,12 @@ def _prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_wid
     return [row[s:prompt_width] for row, s in zip(input_ids[:, :prompt_width].tolist(), starts)], starts
 
 
-def _run_tokens(tree: Tree, prompts: list[list[int]]) -> int:
-    """Prompt tokens the tree's forwards run: each node's segment once, each row's tail."""
+def _run_tokens(tree: Tree, prompts: list[list[int]], response_run: list[int] | None = None) -> int:
+    """Tokens the tree's forwards run: each node's segment once, each row's tail (and, given
+    ``_response_run``, each row's response columns)."""
     nodes = sum(tree.length[n] - tree.prefix(tree.parent[n]) for n in range(len(tree.length)))
-    return nodes + sum(len(p) - tree.prefix(parent) for p, parent in zip(prompts, tree.row_parent))
+    rows = sum(len(p) - tree.prefix(parent) for p, parent in zip(prompts, tree.row_parent))
+    return nodes + rows + sum(max(n, 0) for n in response_run or [])
 
 
 def _response_run(response_mask: torch.Tensor) -> list[int]:
@@ -175,7 +178,8 @@ def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response
     prompts, starts = _prompts(input_ids, attention_mask, response_mask.shape[1])
     tree = prefix_tree(prompts)
     scored = _response_run(response_mask)
-    if 8 * (int(attention_mask.sum()) - _run_tokens(tree, prompts) - sum(max(n, 0) for n in scored)) < int(attention_mask.sum()):
+    total = int(attention_mask.sum())
+    if 8 * (total - _run_tokens(tree, prompts, scored)) < total:
         return None
     param = next(module.parameters())
     budget = _CACHE_BYTES.get(param.device.type, _CACHE_BYTES["cuda"]) // _cache_bytes_per_token(module, param.dtype)
@@ -379,7 +383,8 @@ def _keep(picked: list, rows: torch.Tensor, cols: torch.Tensor):
     return keep
 
 
-def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[int, int]:
+def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  response_mask: torch.Tensor) -> tuple[int, int]:
     """(tokens the plain teacher forward runs, tokens the shared-prefix forward runs), padding excluded."""
     prompts, _ = _prompts(input_ids, attention_mask, response_mask.shape[1])
-    return int(attention_mask.sum()), _run_tokens(prefix_tree(prompts), prompts) + sum(max(n, 0) for n in _response_run(response_mask))
+    return int(attention_mask.sum()), _run_tokens(prefix_tree(prompts), prompts, _response_run(response_mask))

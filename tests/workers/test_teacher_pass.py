@@ -36,7 +36,8 @@ def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides, monkeypatch)
     monkeypatch.setattr(shared_prefix, "_NODE_TOKENS", 0)  # these short prompts share only a few tokens
     shared_runs = []
     real = shared_prefix.shared_prefix_hidden
-    monkeypatch.setattr(shared_prefix, "shared_prefix_hidden", lambda *a: shared_runs.append(real(*a)) or shared_runs[-1])
+    monkeypatch.setattr(shared_prefix, "shared_prefix_hidden",
+                        lambda *a: shared_runs.append(real(*a)) or shared_runs[-1])
     worker = _worker(*overrides)
     try:
         for p in worker.actor.parameters():  # a student unlike the teacher, so trust-region mixing shows
