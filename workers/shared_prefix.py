@@ -14,7 +14,9 @@ and a row's tail + response are each one contiguous column range of a row. Each 
 segments right-padded after their parents' keys/values (left-padded), so a row's valid keys and queries
 are contiguous (what flash-attention's unpadding expects). A node stops at least one token short of each
 member's prompt, so every row's last prompt token -- whose hidden state scores the first response token
--- is in the rows' pass.
+-- is in the rows' pass. Where the attention takes a 4D mask (sdpa, eager), rows under one parent whose
+tails are short share one forward row, each segment masked to its parent and itself
+(``_sibling_packs``): the parent's keys/values are then copied once for them, not once per row.
 """
 
 from __future__ import annotations
@@ -338,12 +340,42 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
                logits_to_keep=1 if keep_cache else 0, **{cache_arg: cache})
         return _KV(cache, mask) if keep_cache else None
 
+    def run_packed(packs: list[list[int]], fn):
+        """One forward whose row i runs the segments of the rows ``packs[i]`` one after another, after
+        their common parent's cached keys/values, each segment seeing the parent and itself only."""
+        cache, p_mask = _parent_cache(module, stored, [tree.row_parent[pack[0]] for pack in packs],
+                                      attention_mask.dtype)
+        width = max(sum(segment[r][1] - segment[r][0] for r in pack) for pack in packs)
+        src_row = torch.zeros((len(packs), width), dtype=torch.long)
+        src_col = torch.zeros_like(src_row)
+        owner = torch.full_like(src_row, -1)  # which segment of the forward row a column holds; -1 padding
+        for i, pack in enumerate(packs):
+            at = 0
+            for k, r in enumerate(pack):
+                first, end = segment[r]
+                src_row[i, at:at + end - first], src_col[i, at:at + end - first] = r, torch.arange(first, end)
+                owner[i, at:at + end - first] = k
+                at += end - first
+        src_row, src_col, owner = src_row.to(device), src_col.to(device), owner.to(device)
+        real = owner >= 0
+        ids = input_ids[src_row, src_col].masked_fill(~real, 0)
+        pos = position_ids[src_row, src_col].masked_fill(~real, 0)
+        ar = torch.arange(width, device=device)
+        allowed = (owner.unsqueeze(2) == owner.unsqueeze(1)) & (ar.view(1, -1, 1) >= ar.view(1, 1, -1))
+        if p_mask is not None:
+            allowed = torch.cat([p_mask.bool().unsqueeze(1).expand(-1, width, -1), allowed], dim=2)
+        setattr(module, name, _HeadCall(head, fn))
+        module(input_ids=ids, attention_mask=_as_4d_mask(module, allowed.unsqueeze(1)), position_ids=pos,
+               use_cache=True, logits_to_keep=0, **{cache_arg: cache})
+
     def keep_nothing(hidden, weight):  # a prefix scores nothing: its hidden states are not needed
         return hidden[:, :0]
 
     valid = response_mask.bool()
     counts = valid.sum(-1)
-    first_out = (counts.cumsum(0) - counts).tolist()  # where row r's scored positions start in the output
+    # Each row's columns in the rows' pass: its prompt tail, then its response up to its last scored token.
+    segment = [(starts[r] + tree.prefix(tree.row_parent[r]), prompt_width + batch_plan.scored[r])
+               for r in range(len(starts))]
     out = None
     try:
         for chunks in batch_plan.depths:
@@ -353,17 +385,20 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
                 kv = run(rows, [starts[r] + tree.prefix(p) for r, p in zip(rows, parents)],
                          [starts[r] + tree.length[n] for r, n in zip(rows, chunk)], parents, keep_nothing, True)
                 stored.update({n: (kv, i) for i, n in enumerate(chunk)})
+        packed = _takes_4d_masks(module)
         for chunk in batch_plan.row_chunks:
-            parents = [tree.row_parent[r] for r in chunk]
-            tails = [prompt_width - starts[r] - tree.prefix(p) for r, p in zip(chunk, parents)]
-            # Response token j of a row is scored by the hidden state at its column tail - 1 + j.
-            rows, j = valid[chunk].nonzero(as_tuple=True)
+            packs = _sibling_packs(tree, chunk, segment, packed)
+            rows, cols, where = _scored_positions(packs, segment, prompt_width, valid)
             picked: list[torch.Tensor] = []
-            run(chunk, [prompt_width - t for t in tails], [prompt_width + batch_plan.scored[r] for r in chunk], parents,
-                _keep(picked, rows, torch.tensor(tails, device=device)[rows] - 1 + j), False)
+            if all(len(pack) == 1 for pack in packs):
+                singles = [pack[0] for pack in packs]
+                run(singles, [segment[r][0] for r in singles], [segment[r][1] for r in singles],
+                    [tree.row_parent[r] for r in singles], _keep(picked, rows, cols), False)
+            else:
+                run_packed(packs, _keep(picked, rows, cols))
             if out is None:
                 out = picked[0].new_empty((int(counts.sum()), picked[0].shape[-1]))
-            out[torch.tensor([first_out[r] for r in chunk], device=device)[rows] + j] = picked[0]
+            out[where] = picked[0]
     finally:
         setattr(module, name, head)
     return out
@@ -381,6 +416,59 @@ def _keep(picked: list, rows: torch.Tensor, cols: torch.Tensor):
         picked.append(hidden[rows, cols])
         return hidden[:, :0]
     return keep
+
+
+def _takes_4d_masks(module) -> bool:
+    """sdpa and eager attention take a 4D mask as given; flash-attention (varlen) and flex do not."""
+    return getattr(module.config, "_attn_implementation", None) in ("sdpa", "eager")
+
+
+def _as_4d_mask(module, allowed: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, Q, K]`` allowed-to-attend as the attention takes it: sdpa a boolean mask, eager an additive one."""
+    if module.config._attn_implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(torch.float32).min)
+
+
+def _sibling_packs(tree: Tree, chunk: list[int], segment: list[tuple[int, int]], pack: bool) -> list[list[int]]:
+    """The chunk's rows as forward rows. Rows under one parent whose segments together are at most a
+    quarter of the parent's prefix share a forward row (``pack``: the attention takes 4D masks): the
+    parent's keys/values are then copied once, not once per row, and the attention each segment spends
+    on its siblings' columns (masked) stays small. Every other row runs alone."""
+    if not pack:
+        return [[r] for r in chunk]
+    siblings: dict[int, list[int]] = {}
+    for r in chunk:
+        siblings.setdefault(tree.row_parent[r], []).append(r)
+    packs: list[list[int]] = []
+    for parent, rows in siblings.items():
+        own = sum(segment[r][1] - segment[r][0] for r in rows)
+        if parent >= 0 and len(rows) > 1 and 4 * own <= tree.length[parent]:
+            packs.append(rows)
+        else:
+            packs.extend([r] for r in rows)
+    return packs
+
+
+def _scored_positions(packs: list[list[int]], segment: list[tuple[int, int]], prompt_width: int,
+                      valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(forward row, column, output index) of every scored response token of the packs' rows: token j of
+    row r is scored at its segment's column (prompt tail - 1 + j); the output is row-major over ``valid``."""
+    counts = valid.sum(-1)
+    first_out = counts.cumsum(0) - counts
+    rank = valid.long().cumsum(1) - 1
+    rows, cols, where = [], [], []
+    for i, pack in enumerate(packs):
+        at = 0
+        for r in pack:
+            first, end = segment[r]
+            j = valid[r].nonzero().squeeze(1)
+            rows.append(torch.full_like(j, i))
+            cols.append(at + (prompt_width - first) - 1 + j)
+            where.append(first_out[r] + rank[r, j])
+            at += end - first
+    return torch.cat(rows), torch.cat(cols), torch.cat(where)
 
 
 def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor,

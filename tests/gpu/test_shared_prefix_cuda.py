@@ -10,15 +10,18 @@ import importlib.util
 import pytest
 import torch
 
-from tests.workers.test_shared_prefix import _prompts, _teacher_batch
+from tests.workers.test_shared_prefix import _group_prompts, _prompts, _teacher_batch
 
 pytestmark = pytest.mark.gpu
 
 KERNELS = ["sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
 
 
+@pytest.mark.parametrize("prompts", [_prompts(seed=7), _group_prompts(0)], ids=["mixed", "groups"])
 @pytest.mark.parametrize("attn", KERNELS)
-def test_shared_prefix_hidden_equals_the_plain_forward_on_the_device(device, attn):
+def test_shared_prefix_hidden_equals_the_plain_forward_on_the_device(device, attn, prompts):
+    """"groups" packs siblings into one row under a boolean 4D mask with sdpa (flash-attention: one row
+    each); both lay the parents' keys/values out left-padded in a cache."""
     from workers import forward, model_utils
     from workers.shared_prefix import shared_prefix_hidden
 
@@ -27,7 +30,6 @@ def test_shared_prefix_hidden_equals_the_plain_forward_on_the_device(device, att
         pytest.skip("flash-attn needs CUDA")
     model = model_utils.load_causal_lm(model_utils.resolve_model_path("embedded"), dtype=dtype,
                                        attn_implementation=attn, device=torch.device(device))
-    prompts = _prompts(seed=7)
     batch = [t.to(device) for t in _teacher_batch(prompts, [5, 1, 7, 3, 7, 2, 6, 4], response_width=7, seed=7)]
     with torch.no_grad():
         plain = forward.response_hidden(model, *batch).float()

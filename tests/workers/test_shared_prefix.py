@@ -242,3 +242,33 @@ def test_little_to_share_falls_back_to_the_plain_forward():
     prompts[1][:2] = prompts[0][:2]  # 2 shared tokens of 84: not worth a second call
     ids, mask, pos, response_mask = _teacher_batch(prompts, [2] * 4, response_width=2)
     assert shared_prefix_hidden(model, ids, mask, pos, response_mask) is None
+
+
+@pytest.mark.parametrize("attn,tol", [("sdpa", 1e-10), ("eager", 2e-5)])  # eager: a float32 softmax
+def test_siblings_packed_into_one_forward_row_give_the_same_hidden_states(attn, tol, monkeypatch):
+    """Rows under one parent with short tails share a forward row under a 4D mask (each sees the parent and
+    itself, not its siblings); the result equals the plain forward and the one-row-per-row pass."""
+    model, reference = _model(torch.float64, attn), _model(torch.float64)  # (eager's own plain forward: NaN
+    prompts = _group_prompts(0)                                            # at left padding in float64)
+    ids, mask, pos, response_mask = _teacher_batch(prompts, [5, 1, 7, 3, 7, 0, 6, 2], response_width=7)
+    batch_plan = shared_prefix.plan(model, ids, mask, response_mask)
+    segment = [(batch_plan.starts[r] + batch_plan.tree.prefix(batch_plan.tree.row_parent[r]),
+                ids.shape[1] - 7 + batch_plan.scored[r]) for r in range(len(prompts))]
+    packs = [p for c in batch_plan.row_chunks for p in shared_prefix._sibling_packs(batch_plan.tree, c, segment, True)]
+    assert any(len(p) > 1 for p in packs)
+    packed = shared_prefix_hidden(model, ids, mask, pos, response_mask, batch_plan)
+    torch.testing.assert_close(packed, forward.response_hidden(reference, ids, mask, pos, response_mask),
+                               rtol=0, atol=tol)
+    monkeypatch.setattr(shared_prefix, "_takes_4d_masks", lambda module: False)  # as under flash-attention
+    torch.testing.assert_close(shared_prefix_hidden(model, ids, mask, pos, response_mask, batch_plan), packed,
+                               rtol=0, atol=tol)
+
+
+def test_sibling_packs_keep_long_tails_and_orphans_apart():
+    tree = shared_prefix.Tree(length=[100], row=[0], parent=[-1], row_parent=[0, 0, 0, -1, 0])
+    segment = [(0, 4), (0, 5), (0, 30), (0, 3), (0, 2)]
+    # rows 0, 1, 4 under the node: 11 columns, within a quarter of its 100; row 3 has no parent
+    assert shared_prefix._sibling_packs(tree, [0, 1, 3, 4], segment, True) == [[0, 1, 4], [3]]
+    # with row 2 the siblings hold 41 columns: more than a quarter, each runs alone
+    assert shared_prefix._sibling_packs(tree, [0, 1, 2, 3, 4], segment, True) == [[0], [1], [2], [4], [3]]
+    assert shared_prefix._sibling_packs(tree, [0, 1, 3, 4], segment, False) == [[0], [1], [3], [4]]
