@@ -62,7 +62,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    from workers import forward, model_utils, shared_prefix
+    from workers import forward, model_utils, prefix_plan, shared_prefix
 
     batch = capture(args.steps)
     torch.set_num_threads(args.threads)
@@ -71,7 +71,7 @@ def main() -> None:
     teacher = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"],
                batch["response_mask"])
     student = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["response_mask"])
-    plan = shared_prefix.plan(model, teacher[0], teacher[1], teacher[3])
+    plan = prefix_plan.plan(model, teacher[0], teacher[1], teacher[3])
     runs = {"plain": lambda: forward.response_hidden(model, *teacher),
             "shared": lambda: shared_prefix.shared_prefix_hidden(model, *teacher, plan),
             "student": lambda: forward.response_hidden(model, *student)}
@@ -83,7 +83,7 @@ def main() -> None:
                 start = time.perf_counter()
                 run()
                 seconds[name].append(time.perf_counter() - start)
-    plain_tokens, shared_tokens = shared_prefix.shared_tokens(teacher[0], teacher[1], teacher[3])
+    plain_tokens, shared_tokens = prefix_plan.shared_tokens(teacher[0], teacher[1], teacher[3])
     ms = {name: 1000 * statistics.median(v) for name, v in seconds.items()}
     figures = {"rows": int(teacher[0].shape[0]), "teacher_tokens": plain_tokens, "shared_tokens": shared_tokens,
                "student_tokens": int(student[1].sum()), "tree_nodes": len(plan.tree.length),

@@ -17,7 +17,7 @@ from mopd import losses, sequence_losses
 from mopd.config import SelfDistillationConfig
 from mopd.fused_head import fused_head
 from mopd.loss_modes import DISTILLATION_MODES, PPO_MODES, PREFERENCE_MODES
-from workers import forward, model_utils, shared_prefix
+from workers import forward, model_utils, prefix_plan, shared_prefix
 from workers.batch import to_device
 
 
@@ -40,14 +40,14 @@ class TeacherForward:
         self.remove_padding = remove_padding
         self.shared_prefix = shared_prefix
 
-    def plan(self, batch: dict) -> shared_prefix.Plan | None:
+    def plan(self, batch: dict) -> prefix_plan.Plan | None:
         """How the shared-prefix forward would run this batch (``None``: the plain forward)."""
         if not self.shared_prefix:
             return None
-        return shared_prefix.plan(self.teacher, batch["teacher_input_ids"], batch["teacher_attention_mask"],
+        return prefix_plan.plan(self.teacher, batch["teacher_input_ids"], batch["teacher_attention_mask"],
                                   batch["response_mask"])
 
-    def _hidden(self, module, batch: dict, batch_plan: shared_prefix.Plan | None) -> torch.Tensor:
+    def _hidden(self, module, batch: dict, batch_plan: prefix_plan.Plan | None) -> torch.Tensor:
         args = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"],
                 batch["response_mask"])
         if batch_plan is not None:

@@ -1,13 +1,11 @@
 """Shared-prefix teacher scoring: run each distinct teacher-prompt prefix once, as a tree of prefixes.
 
-The teacher prompts of one prompt's rollouts begin alike: the chat template, the question, then often
-the same successful peers; prompts of different groups share the template. ``prefix_tree`` arranges a
-batch's prompts into a tree whose nodes are shared prefixes (a node's prefix extends its parent's), and
-``shared_prefix_hidden`` runs it depth by depth: every node runs only its own segment (its prefix minus
-its parent's) against its parent's keys/values, and every row finally runs its prompt tail and response
-against its deepest node's. Attention, positions and masks are those of the plain forward, so the hidden
-states equal ``forward.response_hidden``'s to float rounding (tests/workers/test_shared_prefix.py); only
-the no-grad teacher uses it.
+``shared_prefix_hidden`` runs the plan of ``workers.prefix_plan`` depth by depth: every node of the
+prefix tree runs only its own segment (its prefix minus its parent's) against its parent's keys/values,
+and every row finally runs its prompt tail and its response (as far as it is scored) against its deepest
+node's. Attention, positions and masks are those of the plain forward, so the hidden states equal
+``forward.response_hidden``'s to float rounding (tests/workers/test_shared_prefix.py); only the no-grad
+teacher uses it.
 
 Layout. Inputs are ``[left-padded prompt | right-padded response (R columns)]`` rows, so a node's segment
 and a row's tail + response are each one contiguous column range of a row. Each forward runs a chunk of
@@ -22,216 +20,10 @@ tails are short share one forward row, each segment masked to its parent and its
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-
 import torch
 
 from workers.forward import _HeadCall, output_head
-
-# Kept prefixes above any row, at most (each depth is another forward): typically rows under their shared
-# peers, those under their question; a third level (the chat template) saves little. On an embedded MOPD
-# mini-batch (docs/performance.md) a third level ran fewer tokens but no faster.
-_MAX_DEPTH = 2
-# What keeping a node costs beyond its tokens (a row in a forward, its keys/values copied to its
-# children), in tokens: a node must save more than this.
-_NODE_TOKENS = 16
-# A forward keeps every layer's K/V for its rows' parents and segments at once (the plain forward keeps
-# one layer's at a time), so each runs a chunk of segments whose K/V stays under this many bytes.
-_CACHE_BYTES = {"cpu": 512 * 1024 * 1024, "cuda": 4 * 1024 * 1024 * 1024}
-# A forward's fixed cost counted in tokens, against which padding is weighed when cutting chunks: Python,
-# kernel launches and (FSDP2) the weights' all-gather; a GPU runs far more tokens in that time.
-_FORWARD_TOKENS = {"cpu": 128, "cuda": 1024}
-
-
-def _sorted_trie(prompts: list[list[int]]) -> tuple:
-    """The compressed trie of the prompts, each usable up to one token short of its end: a node is
-    ``(shared length, children)``, a leaf a row index. Sorted, prompts sharing a prefix are neighbours and
-    a run's common prefix is the smallest common prefix of its adjacent pairs, so the trie splits the
-    sorted order at its smallest adjacent common prefix, recursively."""
-    order = sorted(range(len(prompts)), key=lambda r: prompts[r])
-    adjacent = []  # usable common prefix of sorted neighbours k and k + 1
-    for a, b in zip(order, order[1:]):
-        cap = min(len(prompts[a]), len(prompts[b])) - 1
-        n = 0
-        while n < cap and prompts[a][n] == prompts[b][n]:
-            n += 1
-        adjacent.append(n)
-
-    def build(lo: int, hi: int):
-        if hi - lo == 1:
-            return order[lo]
-        shared = min(adjacent[lo:hi - 1])
-        cuts = [lo] + [i + 1 for i in range(lo, hi - 1) if adjacent[i] == shared] + [hi]
-        return shared, [build(a, b) for a, b in zip(cuts, cuts[1:])]
-
-    return build(0, len(order))
-
-
-@dataclass
-class Tree:
-    """Shared prefixes of a batch's prompts. Node n is the first ``length[n]`` prompt tokens of row
-    ``row[n]`` (and of every row below it); ``parent`` is a node id or -1, for nodes and for rows. A
-    node's parent has a smaller id."""
-
-    length: list[int]
-    row: list[int]
-    parent: list[int]
-    row_parent: list[int]
-
-    def depth(self) -> list[int]:
-        depth: list[int] = []
-        for p in self.parent:
-            depth.append(depth[p] + 1 if p >= 0 else 0)
-        return depth
-
-    def prefix(self, node: int) -> int:
-        return self.length[node] if node >= 0 else 0
-
-
-def prefix_tree(prompts: list[list[int]], max_depth: int | None = None) -> Tree:
-    """The prefixes worth running once: the trie's nodes that save the most tokens with at most
-    ``max_depth`` nodes above any row (each depth is another forward). Keeping a node of prefix L under a
-    kept prefix P runs its L - P tokens once instead of once per child; dynamic programming over the trie
-    chooses, for every node, keep or dissolve (its children then run those tokens themselves). The rows
-    of a group share their successful peers, the group its question; by content, not by prompt uid: rows
-    of one group can differ early (feedback shown or not) and agree later with others."""
-    max_depth = _MAX_DEPTH if max_depth is None else max_depth
-    trie = _sorted_trie(prompts)
-    memo: dict = {}
-
-    def cost(item, levels: int, above: int) -> tuple[int, bool]:
-        """(tokens the subtree runs under a kept prefix of ``above`` tokens, whether to keep ``item``)."""
-        if isinstance(item, int):
-            return len(prompts[item]) - above, False
-        key = (id(item), levels, above)
-        if key not in memo:
-            shared, children = item
-            dissolve = sum(cost(c, levels, above)[0] for c in children)
-            keep = (shared - above + _NODE_TOKENS + sum(cost(c, levels - 1, shared)[0] for c in children)
-                    if levels > 0 and shared > above else dissolve + 1)
-            memo[key] = (keep, True) if keep < dissolve else (dissolve, False)
-        return memo[key]
-
-    tree = Tree([], [], [], [-1] * len(prompts))
-
-    def place(item, levels: int, above: int, parent: int) -> int:
-        """Record the kept nodes of ``item``'s subtree under ``parent``; returns a row of the subtree."""
-        if isinstance(item, int):
-            tree.row_parent[item] = parent
-            return item
-        shared, children = item
-        if not cost(item, levels, above)[1]:  # dissolved: its children hang from its parent
-            return [place(c, levels, above, parent) for c in children][0]
-        node = len(tree.length)  # ids in placing order: a parent before its children
-        tree.length.append(shared)
-        tree.parent.append(parent)
-        tree.row.append(-1)
-        rows_below = [place(c, levels - 1, shared, node) for c in children]
-        tree.row[node] = rows_below[0]  # any row below holds the node's tokens
-        return tree.row[node]
-
-    place(trie, max_depth, 0, -1)
-    return tree
-
-
-@dataclass
-class Plan:
-    """How ``shared_prefix_hidden`` runs a batch (host-side): the tree, each row's first prompt column and
-    response columns to run (``_response_run``), and the forwards: ``depths[d]`` lists chunks of node ids
-    (one forward each), ``row_chunks`` chunks of rows."""
-
-    tree: Tree
-    starts: list[int]
-    scored: list[int]
-    depths: list[list[list[int]]]
-    row_chunks: list[list[int]]
-
-    @property
-    def forwards(self) -> int:
-        return sum(len(chunks) for chunks in self.depths) + len(self.row_chunks)
-
-
-def _prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int):
-    prompt_width = input_ids.shape[1] - response_width
-    starts = [prompt_width - n for n in attention_mask[:, :prompt_width].sum(-1).tolist()]
-    return [row[s:prompt_width] for row, s in zip(input_ids[:, :prompt_width].tolist(), starts)], starts
-
-
-def _run_tokens(tree: Tree, prompts: list[list[int]], response_run: list[int] | None = None) -> int:
-    """Tokens the tree's forwards run: each node's segment once, each row's tail (and, given
-    ``_response_run``, each row's response columns)."""
-    nodes = sum(tree.length[n] - tree.prefix(tree.parent[n]) for n in range(len(tree.length)))
-    rows = sum(len(p) - tree.prefix(parent) for p, parent in zip(prompts, tree.row_parent))
-    return nodes + rows + sum(max(n, 0) for n in response_run or [])
-
-
-def _response_run(response_mask: torch.Tensor) -> list[int]:
-    """Per row, the response columns it runs: response token j is scored by the hidden state of the token
-    before it, so a row whose last scored token is j runs columns 0 .. j - 1 of its response (and its
-    prompt tail); -1: nothing to score, the row does not run."""
-    last = response_mask.shape[1] - 1 - response_mask.flip(1).to(torch.long).argmax(1)
-    return last.masked_fill(~response_mask.bool().any(1), -1).tolist()
-
-
-def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> Plan | None:
-    """The plan for a batch, or ``None`` when the plain forward should run instead (a saving under 1/8 of
-    the tokens does not pay for the extra model calls). Host-side only (no forward, no collective), so a
-    rank can learn how many forwards it will make before making any."""
-    prompts, starts = _prompts(input_ids, attention_mask, response_mask.shape[1])
-    tree = prefix_tree(prompts)
-    scored = _response_run(response_mask)
-    total = int(attention_mask.sum())
-    if 8 * (total - _run_tokens(tree, prompts, scored)) < total:
-        return None
-    param = next(module.parameters())
-    budget = _CACHE_BYTES.get(param.device.type, _CACHE_BYTES["cuda"]) // _cache_bytes_per_token(module, param.dtype)
-    per_forward = _FORWARD_TOKENS.get(param.device.type, _FORWARD_TOKENS["cuda"])
-    depth = tree.depth()
-    depths = []
-    for d in range(max(depth, default=-1) + 1):
-        nodes = [n for n in range(len(depth)) if depth[n] == d]
-        own = [tree.length[n] - tree.prefix(tree.parent[n]) for n in nodes]
-        above = [tree.prefix(tree.parent[n]) for n in nodes]
-        depths.append([[nodes[i] for i in chunk] for chunk in _chunks(own, above, budget, per_forward)])
-    # A row runs its prompt tail and its response up to the last scored token's predecessor; a row with
-    # nothing to score does not run.
-    rows = [r for r in range(len(prompts)) if scored[r] >= 0]
-    widths = [len(prompts[r]) - tree.prefix(tree.row_parent[r]) + scored[r] for r in rows]
-    above = [tree.prefix(tree.row_parent[r]) for r in rows]
-    row_chunks = [[rows[i] for i in chunk] for chunk in _chunks(widths, above, budget, per_forward)]
-    return Plan(tree, starts, scored, depths, row_chunks)
-
-
-def _chunks(widths: list[int], above: list[int], max_cached_tokens: int, forward_tokens: int) -> list[list[int]]:
-    """Segments (``widths[i]`` columns after ``above[i]`` cached ones) cut into chunks, one forward each:
-    contiguous runs of the segments in ascending width (each runs right-padded to its widest), chosen by
-    dynamic programming to run the fewest padded columns plus ``forward_tokens`` per forward, with each
-    chunk's K/V (widest parent + widest segment, per member) within ``max_cached_tokens``."""
-    order = sorted(range(len(widths)), key=lambda i: widths[i])
-    cost, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
-    for j in range(1, len(order) + 1):
-        top = 0
-        for i in range(j - 1, -1, -1):  # order[i:j] in one forward; its widest segment is order[j - 1]
-            top = max(top, above[order[i]])
-            size, width = j - i, widths[order[j - 1]]
-            if size > 1 and size * (top + width) > max_cached_tokens:
-                break
-            if cost[i] + forward_tokens + size * width < cost[j]:
-                cost[j], cut[j] = cost[i] + forward_tokens + size * width, i
-    chunks = []
-    j = len(order)
-    while j > 0:
-        chunks.append(order[cut[j]:j])
-        j = cut[j]
-    return chunks[::-1]
-
-
-def _cache_bytes_per_token(module, dtype: torch.dtype) -> int:
-    cfg = module.config
-    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return cfg.num_hidden_layers * 2 * heads * head_dim * torch.finfo(dtype).bits // 8
-
+from workers.prefix_plan import Plan, Tree, plan
 
 def _cache_kwarg(module) -> str:
     """transformers 5.2x names the forward's cache argument ``cache`` (``past_key_values`` before)."""
@@ -469,10 +261,3 @@ def _scored_positions(packs: list[list[int]], segment: list[tuple[int, int]], pr
             where.append(first_out[r] + rank[r, j])
             at += end - first
     return torch.cat(rows), torch.cat(cols), torch.cat(where)
-
-
-def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  response_mask: torch.Tensor) -> tuple[int, int]:
-    """(tokens the plain teacher forward runs, tokens the shared-prefix forward runs), padding excluded."""
-    prompts, _ = _prompts(input_ids, attention_mask, response_mask.shape[1])
-    return int(attention_mask.sum()), _run_tokens(prefix_tree(prompts), prompts, _response_run(response_mask))

@@ -366,6 +366,7 @@ def _with_shared_teacher_prefixes(batch: dict) -> dict:
 def test_shared_prefix_teacher_gives_the_plain_teachers_loss_and_gradient(models, case, monkeypatch):
     """actor_rollout_ref.ref.shared_prefix: the same mini-batch loss and gradient as the plain teacher
     forward, micro-batches aligned with the prompt groups or not (then each part shares what it holds)."""
+    import workers.prefix_plan as prefix_plan
     import workers.shared_prefix as shared_prefix_module
 
     student = models[0]
@@ -377,7 +378,7 @@ def test_shared_prefix_teacher_gives_the_plain_teachers_loss_and_gradient(models
     monkeypatch.setattr(shared_prefix_module, "shared_prefix_hidden",
                         lambda *a: shared_calls.append(real(*a)) or shared_calls[-1])
     kwargs["teacher"].shared_prefix = True
-    monkeypatch.setattr(shared_prefix_module, "_NODE_TOKENS", 0)  # these short prompts share only a few tokens
+    monkeypatch.setattr(prefix_plan, "_NODE_TOKENS", 0)  # these short prompts share only a few tokens
     counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])
     normalizers = Normalizers(*(max(c, 1.0) for c in counts))
     for sizes in ([3, 3, 6], [1, 2, 4, 5]):

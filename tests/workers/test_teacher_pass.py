@@ -31,9 +31,10 @@ def _worker(*overrides: str):
     ("actor_rollout_ref.actor.use_dynamic_bsz=true", "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=40"),
 ], ids=["shared", "plain", "trust-region", "token-budget"])
 def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides, monkeypatch):
+    import workers.prefix_plan as prefix_plan
     import workers.shared_prefix as shared_prefix
 
-    monkeypatch.setattr(shared_prefix, "_NODE_TOKENS", 0)  # these short prompts share only a few tokens
+    monkeypatch.setattr(prefix_plan, "_NODE_TOKENS", 0)  # these short prompts share only a few tokens
     shared_runs = []
     real = shared_prefix.shared_prefix_hidden
     monkeypatch.setattr(shared_prefix, "shared_prefix_hidden",
@@ -58,10 +59,10 @@ def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides, monkeypatch)
 def _two_rank_teacher_pass(rank: int, port: int, out_dir: str, overrides: tuple = ()) -> None:
     """Rank 0's rows share teacher prefixes (a prefix pass + rest passes per chunk), rank 1's do not (one
     plain forward per chunk): different forward counts, which FSDP2's per-forward all-gathers must not see."""
-    import workers.shared_prefix as shared_prefix
+    import workers.prefix_plan as prefix_plan
     from workers.fsdp_worker import ActorRolloutRefWorker
 
-    shared_prefix._NODE_TOKENS = 0  # these short prompts share only a few tokens (a spawned process)
+    prefix_plan._NODE_TOKENS = 0  # these short prompts share only a few tokens (a spawned process)
     torch.set_num_threads(1)
     worker = ActorRolloutRefWorker(_config(*overrides), rank, 2)
     worker.set_master("127.0.0.1", port)
