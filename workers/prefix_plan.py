@@ -12,6 +12,8 @@ make before making any (FSDP2: every forward all-gathers).
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +86,23 @@ def prefix_tree(prompts: list[list[int]], max_depth: int | None = None) -> Tree:
     of a group share their successful peers, the group its question; by content, not by prompt uid: rows
     of one group can differ early (feedback shown or not) and agree later with others."""
     max_depth = _MAX_DEPTH if max_depth is None else max_depth
+    with _recursion_for(len(prompts)):
+        return _prefix_tree(prompts, max_depth)
+
+
+@contextlib.contextmanager
+def _recursion_for(rows: int):
+    """The trie can be as deep as there are rows (prompts each a prefix of the next), and building,
+    costing and placing it recurse a few frames per level: lift Python's limit for that, then restore it."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 4 * rows + 200))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _prefix_tree(prompts: list[list[int]], max_depth: int) -> Tree:
     trie = _sorted_trie(prompts)
     memo: dict = {}
 

@@ -136,3 +136,16 @@ def test_prefix_tree_runs_each_distinct_prefix_once():
     # the head once, each peer block once, every row's own tail, and of each response the tokens before its
     # last (the hidden state of the token before a response token scores it)
     assert plain == sum(map(len, prompts)) + 11 and shared == 30 + 60 + 65 + 3 * 3 + 3 * 2 + (0 + 2 + 0 + 1 + 0 + 3)
+
+
+def test_a_trie_as_deep_as_the_batch_is_planned():
+    """Prompts each a prefix of the next make a trie with one level per row: deeper than Python's default
+    recursion limit, which prefix_tree lifts for the call only."""
+    import sys
+
+    prompts = [list(range(3, n + 5)) for n in range(1500)]
+    limit = sys.getrecursionlimit()
+    tree = prefix_tree(prompts)
+    assert sys.getrecursionlimit() == limit
+    assert tree.length and max(tree.depth()) < prefix_plan._MAX_DEPTH
+    assert all(tree.prefix(tree.row_parent[r]) < len(p) for r, p in enumerate(prompts))
