@@ -105,11 +105,24 @@ def _recursion_for(rows: int):
 def _prefix_tree(prompts: list[list[int]], max_depth: int) -> Tree:
     trie = _sorted_trie(prompts)
     memo: dict = {}
+    below: dict[int, tuple[int, int]] = {}  # per trie node: (rows below, their prompt tokens)
+
+    def count(item) -> tuple[int, int]:
+        if isinstance(item, int):
+            return 1, len(prompts[item])
+        rows, tokens = map(sum, zip(*(count(c) for c in item[1])))
+        below[id(item)] = rows, tokens
+        return rows, tokens
+
+    count(trie)
 
     def cost(item, levels: int, above: int) -> tuple[int, bool]:
         """(tokens the subtree runs under a kept prefix of ``above`` tokens, whether to keep ``item``)."""
         if isinstance(item, int):
             return len(prompts[item]) - above, False
+        if levels == 0:  # nothing more can be kept: every row below runs all past ``above``
+            rows, tokens = below[id(item)]
+            return tokens - rows * above, False
         key = (id(item), levels, above)
         if key not in memo:
             shared, children = item
