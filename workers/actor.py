@@ -89,9 +89,8 @@ class TeacherForward:
                 hidden = self._hidden(module, mb, batch_plan)
                 if out is None:
                     out = torch.zeros((size, *valid.shape[1:], hidden.shape[-1]), dtype=hidden.dtype, device=device)
-                part = torch.zeros((len(index), *valid.shape[1:], hidden.shape[-1]), dtype=hidden.dtype, device=device)
-                part[valid] = hidden
-                out[torch.as_tensor(index, device=device)] = part
+                rows, cols = valid.nonzero(as_tuple=True)  # row-major, as ``hidden`` is
+                out[torch.as_tensor(index, device=device)[rows], cols] = hidden
             token = torch.zeros((1, 1), dtype=torch.long, device=device)
             while made[0] < calls:
                 module(input_ids=token, use_cache=False, logits_to_keep=1)

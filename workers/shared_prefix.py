@@ -165,6 +165,8 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
 
     valid = response_mask.bool()
     counts = valid.sum(-1)
+    # Where each scored position goes in the row-major ``[M, H]`` output.
+    out_index = (counts.cumsum(0) - counts).unsqueeze(1) + valid.long().cumsum(1) - 1
     # Each row's columns in the rows' pass: its prompt tail, then its response up to its last scored token.
     segment = [(starts[r] + tree.prefix(tree.row_parent[r]), prompt_width + batch_plan.scored[r])
                for r in range(len(starts))]
@@ -180,7 +182,7 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
         packed = _takes_4d_masks(module)
         for chunk in batch_plan.row_chunks:
             packs = _sibling_packs(tree, chunk, segment, packed)
-            rows, cols, where = _scored_positions(packs, segment, prompt_width, valid)
+            rows, cols, where = _scored_positions(packs, segment, prompt_width, valid, out_index)
             picked: list[torch.Tensor] = []
             if all(len(pack) == 1 for pack in packs):
                 singles = [pack[0] for pack in packs]
@@ -244,20 +246,21 @@ def _sibling_packs(tree: Tree, chunk: list[int], segment: list[tuple[int, int]],
 
 
 def _scored_positions(packs: list[list[int]], segment: list[tuple[int, int]], prompt_width: int,
-                      valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      valid: torch.Tensor, out_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(forward row, column, output index) of every scored response token of the packs' rows: token j of
-    row r is scored at its segment's column (prompt tail - 1 + j); the output is row-major over ``valid``."""
-    counts = valid.sum(-1)
-    first_out = counts.cumsum(0) - counts
-    rank = valid.long().cumsum(1) - 1
-    rows, cols, where = [], [], []
+    row r is scored at its segment's column (prompt tail - 1 + j), and goes to ``out_index[r, j]``."""
+    order, forward_row, first_col = [], [], []
     for i, pack in enumerate(packs):
         at = 0
         for r in pack:
             first, end = segment[r]
-            j = valid[r].nonzero().squeeze(1)
-            rows.append(torch.full_like(j, i))
-            cols.append(at + (prompt_width - first) - 1 + j)
-            where.append(first_out[r] + rank[r, j])
+            order.append(r)
+            forward_row.append(i)
+            first_col.append(at + (prompt_width - first) - 1)  # where the row's response token 0 is scored
             at += end - first
-    return torch.cat(rows), torch.cat(cols), torch.cat(where)
+    device = valid.device
+    order_t = torch.tensor(order, device=device)
+    k, j = valid[order_t].nonzero(as_tuple=True)
+    rows = torch.tensor(forward_row, device=device)[k]
+    cols = torch.tensor(first_col, device=device)[k] + j
+    return rows, cols, out_index[order_t[k], j]
