@@ -362,23 +362,29 @@ def _with_shared_teacher_prefixes(batch: dict) -> dict:
     return {**batch, "teacher_input_ids": ids}
 
 
+def _record_shared_runs(monkeypatch) -> list:
+    """The result of every shared-prefix teacher forward from now on (``None``: the plan chose the plain
+    forward), with every prefix node kept: these short test prompts share only a few tokens."""
+    import workers.prefix_plan as prefix_plan
+    import workers.shared_prefix as shared_prefix
+
+    monkeypatch.setattr(prefix_plan, "_NODE_TOKENS", 0)
+    runs: list = []
+    real = shared_prefix.shared_prefix_hidden
+    monkeypatch.setattr(shared_prefix, "shared_prefix_hidden", lambda *a: runs.append(real(*a)) or runs[-1])
+    return runs
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c[2] is not None], ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
 def test_shared_prefix_teacher_gives_the_plain_teachers_loss_and_gradient(models, case, monkeypatch):
     """actor_rollout_ref.ref.shared_prefix: the same mini-batch loss and gradient as the plain teacher
     forward, micro-batches aligned with the prompt groups or not (then each part shares what it holds)."""
-    import workers.prefix_plan as prefix_plan
-    import workers.shared_prefix as shared_prefix_module
-
     student = models[0]
     batch = _with_shared_teacher_prefixes(make_mini_batch(student.config.vocab_size))
     kwargs = _loss_kwargs(case, models, batch)
     ref_loss, ref_grads, _ = _run(student, [batch], None, kwargs)
-    shared_calls = []
-    real = shared_prefix_module.shared_prefix_hidden
-    monkeypatch.setattr(shared_prefix_module, "shared_prefix_hidden",
-                        lambda *a: shared_calls.append(real(*a)) or shared_calls[-1])
+    shared_calls = _record_shared_runs(monkeypatch)
     kwargs["teacher"].shared_prefix = True
-    monkeypatch.setattr(prefix_plan, "_NODE_TOKENS", 0)  # these short prompts share only a few tokens
     counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])
     normalizers = Normalizers(*(max(c, 1.0) for c in counts))
     for sizes in ([3, 3, 6], [1, 2, 4, 5]):

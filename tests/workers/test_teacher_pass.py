@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.workers.test_actor_loss import N, PROMPTS, _with_shared_teacher_prefixes, make_mini_batch
+from tests.workers.test_actor_loss import (N, PROMPTS, _record_shared_runs, _with_shared_teacher_prefixes,
+                                          make_mini_batch)
 from trainer.main import CONFIG_DIR
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,14 +32,7 @@ def _worker(*overrides: str):
     ("actor_rollout_ref.actor.use_dynamic_bsz=true", "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=40"),
 ], ids=["shared", "plain", "trust-region", "token-budget"])
 def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides, monkeypatch):
-    import workers.prefix_plan as prefix_plan
-    import workers.shared_prefix as shared_prefix
-
-    monkeypatch.setattr(prefix_plan, "_NODE_TOKENS", 0)  # these short prompts share only a few tokens
-    shared_runs = []
-    real = shared_prefix.shared_prefix_hidden
-    monkeypatch.setattr(shared_prefix, "shared_prefix_hidden",
-                        lambda *a: shared_runs.append(real(*a)) or shared_runs[-1])
+    shared_runs = _record_shared_runs(monkeypatch)
     worker = _worker(*overrides)
     try:
         for p in worker.actor.parameters():  # a student unlike the teacher, so trust-region mixing shows
