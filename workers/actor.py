@@ -9,6 +9,7 @@ the scalar to backpropagate and its metrics. The maths lives in ``mopd.losses`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterable
 
 import torch
@@ -147,6 +148,7 @@ def micro_batch_loss(
     entropy_coeff: float = 0.0,
     entropy_normalizer: float | None = None,
     remove_padding: bool = False,
+    student_shared_prefix: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """This micro-batch's share of the mini-batch loss.
 
@@ -176,12 +178,15 @@ def micro_batch_loss(
     # Outputs the loss does not differentiate are detached, so backward skips their vocabulary work.
     keep_grad = (not (loss_mode in DISTILLATION_MODES and sd_cfg.full_logit_distillation), bool(entropy_coeff), True)
 
-    def fn(hidden, weight):
-        outs = fused_head(hidden, weight, labels, **head_kwargs)
+    def fn(hidden, weight, where=None):  # ``where``: which of the M positions ``hidden`` holds (default all)
+        pick = (lambda t: t) if where is None else (lambda t: t if t is None else t[where])
+        outs = fused_head(hidden, weight, pick(labels), **{k: pick(v) if k == "teacher_hidden" else v
+                                                          for k, v in head_kwargs.items()})
         return torch.stack([o if keep else o.detach() for o, keep in zip(outs, keep_grad) if o is not None], dim=-1)
 
-    values = forward.response_head(student_module, batch["input_ids"], batch["attention_mask"],
-                                   batch["position_ids"], response_mask, fn, remove_padding)
+    values = shared_prefix.response_head(student_module, batch["input_ids"], batch["attention_mask"],
+                                         batch["position_ids"], response_mask, fn, remove_padding,
+                                         share=student_shared_prefix)
     log_probs, entropy = (forward.scatter_tokens(values[:, i], response_mask) for i in (0, 1))
     metrics["actor/entropy"] = _masked_mean(entropy.detach(), response_mask)
 
@@ -205,7 +210,8 @@ def micro_batch_loss(
         metrics.update(ppo_metrics)
     elif loss_mode in PREFERENCE_MODES or loss_mode == "verified_sft":
         loss, pref_metrics = _sequence_level_loss(batch, log_probs, response_mask, loss_mode, actor_cfg,
-                                                  ref_module, temperature, normalizer, remove_padding)
+                                                  ref_module, temperature, normalizer, remove_padding,
+                                                  student_shared_prefix)
         metrics.update(pref_metrics)
     else:
         raise ValueError(f"unknown actor_rollout_ref.actor.policy_loss.loss_mode {loss_mode!r}")
@@ -217,7 +223,7 @@ def micro_batch_loss(
 
 
 def _sequence_level_loss(batch, token_lp, response_mask, loss_mode, actor_cfg, ref_module, temperature, normalizer,
-                         remove_padding):
+                         remove_padding, share: bool):
     policy = actor_cfg["policy_loss"]
     rewards = batch["scores"].tolist()
     if loss_mode == "verified_sft":
@@ -228,7 +234,7 @@ def _sequence_level_loss(batch, token_lp, response_mask, loss_mode, actor_cfg, r
     if loss_mode == "dpo":
         ref_lp = forward.response_log_probs(ref_module, batch["input_ids"], batch["attention_mask"],
                                             batch["position_ids"], batch["responses"], response_mask, temperature,
-                                            remove_padding)
+                                            remove_padding, partial(shared_prefix.response_head, share=share))
         return sequence_losses.dpo_loss(seq_lp, ref_lp.sum(-1), uids, rewards, beta=policy["dpo_beta"],
                                label_smoothing=policy["pref_label_smoothing"], normalizer=normalizer)
     return sequence_losses.simpo_loss(seq_lp, response_mask.sum(-1), uids, rewards, beta=policy["simpo_beta"],

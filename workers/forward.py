@@ -107,14 +107,17 @@ def scatter_tokens(values: torch.Tensor, response_mask: torch.Tensor) -> torch.T
 
 @torch.no_grad()
 def response_log_probs(module, input_ids, attention_mask, position_ids, responses, response_mask,
-                       temperature: float, remove_padding: bool = False) -> torch.Tensor:
-    """log pi(response token) ``[B, R]`` (zeros at padding), without gradient."""
+                       temperature: float, remove_padding: bool = False, head=None) -> torch.Tensor:
+    """log pi(response token) ``[B, R]`` (zeros at padding), without gradient. ``head``: the forward to
+    run, with ``response_head``'s arguments (default: it; ``shared_prefix.response_head`` shares prompts)."""
     labels = responses[response_mask.bool()]
 
-    def fn(hidden, weight):
-        return fused_head(hidden, weight, labels, temperature=temperature)[0].unsqueeze(-1)
+    def fn(hidden, weight, where=None):  # ``where``: which of the positions ``hidden`` holds (default all)
+        return fused_head(hidden, weight, labels if where is None else labels[where],
+                          temperature=temperature)[0].unsqueeze(-1)
 
-    values = response_head(module, input_ids, attention_mask, position_ids, response_mask, fn, remove_padding)
+    values = (head or response_head)(module, input_ids, attention_mask, position_ids, response_mask, fn,
+                                     remove_padding)
     return scatter_tokens(values[:, 0], response_mask)
 
 

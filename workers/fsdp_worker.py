@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import random
@@ -15,7 +16,7 @@ import torch.distributed as dist
 from mopd.config import SelfDistillationConfig
 from mopd.errors import ConfigError
 from mopd.teacher import ema_update_
-from workers import model_utils
+from workers import model_utils, shared_prefix
 from workers.actor import (DISTILLATION_MODES, PREFERENCE_MODES, Normalizers, TeacherForward, backward_mini_batch,
                            loss_normalizer_counts)
 from workers.batch import index_batch, sequence_lengths, slice_batch, to_device, token_budget_partition
@@ -71,6 +72,8 @@ class ActorRolloutRefWorker:
         self.sd_cfg = (SelfDistillationConfig.from_dict(actor_cfg["self_distillation"])
                        if self.loss_mode in DISTILLATION_MODES else None)
 
+        self.student_shared_prefix = _student_shares_prefixes(actor_cfg["shared_prefix"], self.world_size,
+                                                              model_cfg["enable_gradient_checkpointing"], self.rank)
         actor = model_utils.load_causal_lm(path, **load)
         if model_cfg["enable_gradient_checkpointing"]:
             # Non-reentrant checkpointing: works under FSDP2 and with inputs that need no grad.
@@ -142,11 +145,13 @@ class ActorRolloutRefWorker:
 
         temperature = batch["meta"]["temperature"]
         out = torch.zeros(batch["responses"].shape, dtype=torch.float32)
-        for index in self._log_prob_parts(batch, "attention_mask", 1):
+        head = functools.partial(shared_prefix.response_head, share=True) if self.student_shared_prefix else None
+        group = self.config["actor_rollout_ref"]["rollout"]["n"] if self.student_shared_prefix else 1
+        for index in self._log_prob_parts(batch, "attention_mask", group):
             mb = to_device(index_batch(batch, index), self.device)
             out[index] = response_log_probs(self.actor, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
                                             mb["responses"], mb["response_mask"], temperature,
-                                            self.remove_padding).float().cpu()
+                                            self.remove_padding, head).float().cpu()
         return {"old_log_probs": out}
 
     # ------------------------------------------------------------------------------------------
@@ -164,14 +169,16 @@ class ActorRolloutRefWorker:
         metrics: dict[str, list[float]] = {}
         self.actor.train()
         generator = torch.Generator().manual_seed(_derive_seed(self.config["trainer"]["seed"], meta["step"], 0, "shuffle"))
-        # DPO/SimPO pair the rollouts of one prompt within a micro-batch, and the shared-prefix teacher
-        # scores a prompt's rollouts together: shuffle and partition whole groups of n.
-        shared = self.teacher is not None and self.teacher.shared_prefix and mini % n == 0
+        # DPO/SimPO pair the rollouts of one prompt within a micro-batch, and the shared-prefix forwards
+        # run a prompt's rollouts together: shuffle and partition whole groups of n.
+        shared = (self.student_shared_prefix or (self.teacher is not None and self.teacher.shared_prefix)) \
+            and mini % n == 0
         group = n if self.loss_mode in PREFERENCE_MODES or shared else 1
         loss_kwargs = dict(loss_mode=self.loss_mode, actor_cfg=actor_cfg, sd_cfg=self.sd_cfg, teacher=self.teacher,
                            ref_module=self.ref_module, temperature=meta["temperature"],
                            horizon=self.config["data"]["max_response_length"],
-                           entropy_coeff=actor_cfg["entropy_coeff"], remove_padding=self.remove_padding)
+                           entropy_coeff=actor_cfg["entropy_coeff"], remove_padding=self.remove_padding,
+                           student_shared_prefix=self.student_shared_prefix)
         finite_steps = 0
         for _epoch in range(actor_cfg["ppo_epochs"]):
             order = _shuffled(local, group, generator) if actor_cfg["shuffle"] else torch.arange(local)
@@ -345,6 +352,20 @@ class ActorRolloutRefWorker:
 
 
 # ----------------------------------------------------------------------------------------------
+def _student_shares_prefixes(requested: bool, world_size: int, checkpointing: bool, rank: int) -> bool:
+    """Whether the actor's forwards run each prompt once for its rollouts (``actor.shared_prefix``).
+
+    Not on several ranks: the number of forwards follows each rank's data, and FSDP2's backward would then
+    pair different ranks' all-gathers and reduce-scatters. Not under gradient checkpointing: transformers
+    drops the KV cache the rollouts read their prompt from."""
+    why = ("several ranks (FSDP2 needs as many forwards on each)" if world_size > 1 else
+           "actor_rollout_ref.model.enable_gradient_checkpointing=true (it drops the KV cache)" if checkpointing else None)
+    if requested and why and rank == 0:
+        print(f"[mopd] actor_rollout_ref.actor.shared_prefix: the plain forward runs instead, because of {why}",
+              flush=True)
+    return requested and why is None
+
+
 def _build_optimizer(model, optim_cfg: dict, total_optimizer_steps: int):
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=optim_cfg["lr"], betas=tuple(optim_cfg["betas"]),

@@ -1,11 +1,12 @@
-"""Shared-prefix teacher scoring: run each distinct teacher-prompt prefix once, as a tree of prefixes.
+"""Shared-prefix forwards: run each distinct prompt prefix once, as a tree of prefixes (the teacher's
+peer-context prompts, and the student's prompt under its rollouts).
 
 ``shared_prefix_hidden`` runs the plan of ``workers.prefix_plan`` depth by depth: every node of the
 prefix tree runs only its own segment (its prefix minus its parent's) against its parent's keys/values,
 and every row finally runs its prompt tail and its response (as far as it is scored) against its deepest
 node's. Attention, positions and masks are those of the plain forward, so the hidden states equal
-``forward.response_hidden``'s to float rounding (tests/workers/test_shared_prefix.py); only the no-grad
-teacher uses it.
+``forward.response_hidden``'s to float rounding (tests/workers/test_shared_prefix.py), and so do the
+gradients of the student's loss through it (tests/workers/test_actor_loss.py).
 
 Layout. Inputs are ``[left-padded prompt | right-padded response (R columns)]`` rows, so a node's segment
 and a row's tail + response are each one contiguous column range of a row. Each forward runs a chunk of
@@ -22,6 +23,7 @@ from __future__ import annotations
 import inspect
 import torch
 
+from workers import forward
 from workers.forward import _HeadCall, output_head
 from workers.prefix_plan import Plan, Tree, plan
 
@@ -103,6 +105,26 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
     """Final hidden states at the valid response positions ``[M, H]`` (row-major over ``response_mask``),
     as ``forward.response_hidden`` returns them, in ``batch_plan.forwards`` calls of ``module``; ``None``
     when ``plan`` says to run the plain forward."""
+    return shared_prefix_head(module, input_ids, attention_mask, position_ids, response_mask,
+                              lambda hidden, weight, where: hidden, batch_plan)
+
+
+def shared_prefix_head(module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor, fn,
+                       batch_plan: Plan | None = None) -> torch.Tensor | None:
+    """``fn(hidden [m, H], weight [V, H], where [m]) -> [m, K]`` on the valid response positions, as
+    ``forward.response_head`` computes it, assembled into ``[M, K]`` (row-major over ``response_mask``;
+    ``where``: the positions' indices there); ``None`` when ``plan`` says to run the plain forward.
+
+    ``fn`` runs inside each forward of the rows' pass, where FSDP2 has gathered the head weight, and the
+    result is differentiable: the gradient of each row flows into its prefixes' keys/values (the
+    student's loss uses it so). Transformers drops the cache under gradient checkpointing, so the
+    module must not checkpoint while gradients are recorded."""
+    checkpointing = getattr(module, "is_activation_checkpointing", None)  # transformers >= 5.2x's name
+    if checkpointing is None:
+        checkpointing = getattr(module, "is_gradient_checkpointing", False)
+    if torch.is_grad_enabled() and checkpointing:
+        raise ValueError(f"{type(module).__name__}: the shared-prefix forward needs the KV cache, which "
+                         "gradient checkpointing drops; turn one of them off")
     device = input_ids.device
     resp = response_mask.shape[1]
     prompt_width = input_ids.shape[1] - resp
@@ -128,9 +150,9 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
         if p_mask is not None:
             mask = torch.cat([p_mask, mask], dim=1)
         setattr(module, name, _HeadCall(head, fn))
-        module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-               logits_to_keep=1 if keep_cache else 0, **{cache_arg: cache})
-        return _KV(cache, mask) if keep_cache else None
+        out = module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                     logits_to_keep=1 if keep_cache else 0, **{cache_arg: cache})
+        return out.logits, (_KV(cache, mask) if keep_cache else None)
 
     def run_packed(packs: list[list[int]], fn):
         """One forward whose row i runs the segments of the rows ``packs[i]`` one after another, after
@@ -157,11 +179,14 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
         if p_mask is not None:
             allowed = torch.cat([p_mask.bool().unsqueeze(1).expand(-1, width, -1), allowed], dim=2)
         setattr(module, name, _HeadCall(head, fn))
-        module(input_ids=ids, attention_mask=_as_4d_mask(module, allowed.unsqueeze(1)), position_ids=pos,
-               use_cache=True, logits_to_keep=0, **{cache_arg: cache})
+        return module(input_ids=ids, attention_mask=_as_4d_mask(module, allowed.unsqueeze(1)), position_ids=pos,
+                      use_cache=True, logits_to_keep=0, **{cache_arg: cache}).logits
 
-    def keep_nothing(hidden, weight):  # a prefix scores nothing: its hidden states are not needed
-        return hidden[:, :0]
+    def anchor(hidden, weight):
+        # A prefix scores nothing, but its forward's output joins the result as a zero: FSDP2 gathers a
+        # layer's weights for backward when the gradient reaches that layer's output, and the rows reach
+        # the last layer's only through its keys/values.
+        return hidden[:, -1:, :1] * 0
 
     valid = response_mask.bool()
     counts = valid.sum(-1)
@@ -170,46 +195,52 @@ def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, respon
     # Each row's columns in the rows' pass: its prompt tail, then its response up to its last scored token.
     segment = [(starts[r] + tree.prefix(tree.row_parent[r]), prompt_width + batch_plan.scored[r])
                for r in range(len(starts))]
-    out = None
+    out, zero = None, 0
     try:
         for chunks in batch_plan.depths:
             for chunk in chunks:
                 parents = [tree.parent[n] for n in chunk]
                 rows = [tree.row[n] for n in chunk]
-                kv = run(rows, [starts[r] + tree.prefix(p) for r, p in zip(rows, parents)],
-                         [starts[r] + tree.length[n] for r, n in zip(rows, chunk)], parents, keep_nothing, True)
+                nothing, kv = run(rows, [starts[r] + tree.prefix(p) for r, p in zip(rows, parents)],
+                                  [starts[r] + tree.length[n] for r, n in zip(rows, chunk)], parents, anchor, True)
                 stored.update({n: (kv, i) for i, n in enumerate(chunk)})
+                zero = zero + nothing.sum()
         packed = _takes_4d_masks(module)
         for chunk in batch_plan.row_chunks:
             packs = _sibling_packs(tree, chunk, segment, packed)
             rows, cols, where = _scored_positions(packs, segment, prompt_width, valid, out_index)
-            picked: list[torch.Tensor] = []
+
+            def scored(hidden, weight):  # fn at the chunk's scored positions
+                return fn(hidden[rows, cols], weight, where)
+
             if all(len(pack) == 1 for pack in packs):
                 singles = [pack[0] for pack in packs]
-                run(singles, [segment[r][0] for r in singles], [segment[r][1] for r in singles],
-                    [tree.row_parent[r] for r in singles], _keep(picked, rows, cols), False)
+                values, _ = run(singles, [segment[r][0] for r in singles], [segment[r][1] for r in singles],
+                                [tree.row_parent[r] for r in singles], scored, False)
             else:
-                run_packed(packs, _keep(picked, rows, cols))
+                values = run_packed(packs, scored)
             if out is None:
-                out = picked[0].new_empty((int(counts.sum()), picked[0].shape[-1]))
-            out[where] = picked[0]
+                out = values.new_empty((int(counts.sum()), values.shape[-1]))
+            out[where] = values
     finally:
         setattr(module, name, head)
-    return out
+    return out + zero if torch.is_grad_enabled() else out
+
+
+def response_head(module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor, fn,
+                  remove_padding: bool = False, share: bool = True) -> torch.Tensor:
+    """``forward.response_head``, through the shared-prefix forward when ``share`` and the plan says it
+    pays (``fn(hidden, weight, where=None)``: ``where`` as for ``shared_prefix_head``)."""
+    batch_plan = plan(module, input_ids, attention_mask, response_mask) if share else None
+    if batch_plan is not None:
+        return shared_prefix_head(module, input_ids, attention_mask, position_ids, response_mask, fn, batch_plan)
+    return forward.response_head(module, input_ids, attention_mask, position_ids, response_mask, fn, remove_padding)
 
 
 def _gather_rows(tensor: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, fill: int = 0) -> torch.Tensor:
     """``tensor[r, cols[r, j]]`` where ``valid``, ``fill`` elsewhere."""
     out = tensor.gather(1, cols.clamp(min=0, max=tensor.shape[1] - 1))
     return out.masked_fill(~valid, fill)
-
-
-def _keep(picked: list, rows: torch.Tensor, cols: torch.Tensor):
-    """A stand-in head that keeps the hidden states at (rows, cols) and returns no logits."""
-    def keep(hidden, weight):
-        picked.append(hidden[rows, cols])
-        return hidden[:, :0]
-    return keep
 
 
 def _takes_4d_masks(module) -> bool:

@@ -246,22 +246,31 @@ def test_fused_head_loss_equals_the_plain_logits_loss(models, case, remove_paddi
 FSDP_CASES = [CASES[1], CASES[3], CASES[7], CASES[10]]  # mopd (ema, trust-region), grpo, dpo; with entropy
 
 
-def _fsdp_worker(rank: int, world: int, port: int) -> None:
+def _fsdp_worker(rank: int, world: int, port: int, student_shared_prefix: bool = False) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
     torch.set_num_threads(1)
+    if student_shared_prefix:  # as the fixtures below do in the test process
+        import workers.prefix_plan as prefix_plan
+        from transformers.models.qwen3 import modeling_qwen3
+
+        prefix_plan._NODE_TOKENS = 0
+        modeling_qwen3.Qwen3RMSNorm.forward = _float64_norm
     try:
         plain_models = _load_models()
         for case in FSDP_CASES:
             batch = make_mini_batch(plain_models[0].config.vocab_size)
+            if student_shared_prefix:
+                batch = _with_shared_student_prompts(batch)
             ref_kwargs = _loss_kwargs(case, plain_models, batch)
             want = plain_loss(case, plain_models, batch, ref_kwargs)
             want_grads = torch.autograd.grad(want, list(plain_models[0].parameters()))
             student, other = (model_utils.fsdp2_wrap(copy.deepcopy(m), torch.device("cpu"), world, torch.float32,
                                                      shard_single_rank=True)
                               for m in plain_models)
-            kwargs = _loss_kwargs(case, (student, other), batch, remove_padding=True)
+            kwargs = _loss_kwargs(case, (student, other), batch, remove_padding=not student_shared_prefix)
+            kwargs["student_shared_prefix"] = student_shared_prefix
             counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])
             normalizers = Normalizers(*(max(c, 1.0) / world for c in counts))
             per_rank = PROMPTS * N // world
@@ -289,10 +298,11 @@ def _load_models():
     return student, other
 
 
-@pytest.mark.parametrize("world", [1, 2])
-def test_fused_loss_under_fsdp2_equals_the_plain_loss(world):
+@pytest.mark.parametrize("world,student_shared_prefix", [(1, False), (2, False), (1, True)])
+def test_fused_loss_under_fsdp2_equals_the_plain_loss(world, student_shared_prefix):
     """FSDP2 shards the embedding / LM head on the root module: the fused head must see the full weight
-    (student through its own forward, teacher unsharded explicitly) and the gradients must match."""
+    (student through its own forward, teacher unsharded explicitly) and the gradients must match; also
+    with the student's prompts shared (several forwards of the FSDP2 module before one backward)."""
     import socket
 
     import torch.multiprocessing as mp
@@ -300,7 +310,7 @@ def test_fused_loss_under_fsdp2_equals_the_plain_loss(world):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_fsdp_worker, args=(world, port), nprocs=world, join=True)
+    mp.spawn(_fsdp_worker, args=(world, port, student_shared_prefix), nprocs=world, join=True)
 
 
 # --- token-budget micro-batches (use_dynamic_bsz) -------------------------------------------------------
@@ -394,3 +404,54 @@ def test_shared_prefix_teacher_gives_the_plain_teachers_loss_and_gradient(models
             torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-12, msg=lambda m: f"micro-batches {sizes}: {m}")
     # the shared path ran (a one-row micro-batch has nothing to share: the plain one)
     assert any(c is not None for c in shared_calls)
+
+
+def _with_shared_student_prompts(batch: dict) -> dict:
+    """Every rollout of a prompt carries that prompt (as the rollout makes them): each group's prompt
+    columns copied from its first member."""
+    ids = batch["input_ids"].clone()
+    for first in range(0, PROMPTS * N, N):
+        ids[first:first + N, :PROMPT_WIDTH] = ids[first, :PROMPT_WIDTH]
+    return {**batch, "input_ids": ids}
+
+
+def _float64_norm(self, hidden):
+    return self.weight * (hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+
+@pytest.fixture
+def float64_norms(monkeypatch):
+    """Qwen3's RMSNorm computes in float32 whatever the weights' dtype. A shared prefix sums its rollouts'
+    gradients before that norm's backward, the plain forward after it, so the two agree only to float32
+    rounding (~1e-7 relative); computed in the input dtype they agree to float64 rounding."""
+    from transformers.models.qwen3 import modeling_qwen3
+
+    monkeypatch.setattr(modeling_qwen3.Qwen3RMSNorm, "forward", _float64_norm)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-entropy{c[4]}")
+def test_shared_prefix_student_gives_the_plain_loss_and_gradient(models, case, monkeypatch, float64_norms):
+    """actor_rollout_ref.actor.shared_prefix: the student's forward/backward with each prompt run once for
+    its rollouts gives the plain forward's mini-batch loss and gradient, for every loss mode, micro-batches
+    aligned with the prompt groups or not."""
+    import workers.prefix_plan as prefix_plan
+    import workers.shared_prefix as shared_prefix
+
+    student = models[0]
+    batch = _with_shared_student_prompts(make_mini_batch(student.config.vocab_size))
+    kwargs = _loss_kwargs(case, models, batch)
+    ref_loss, ref_grads, _ = _run(student, [batch], None, kwargs)
+    monkeypatch.setattr(prefix_plan, "_NODE_TOKENS", 0)  # the test prompts share only a few tokens
+    shared_runs = []
+    real = shared_prefix.shared_prefix_head
+    monkeypatch.setattr(shared_prefix, "shared_prefix_head", lambda *a: shared_runs.append(real(*a)) or shared_runs[-1])
+    counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])
+    normalizers = Normalizers(*(max(c, 1.0) for c in counts))
+    kwargs["student_shared_prefix"] = True
+    cuts = ([6, 6], [3, 9]) if case[0] in ("dpo", "simpo") else ([6, 6], [1, 2, 4, 5])
+    for sizes in cuts:
+        loss, grads, _ = _run(student, _cut(batch, sizes), normalizers, kwargs)
+        assert loss == pytest.approx(ref_loss, rel=1e-9, abs=1e-12), sizes
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-12, msg=lambda m: f"micro-batches {sizes}: {m}")
+    assert any(r is not None and r.requires_grad for r in shared_runs)
