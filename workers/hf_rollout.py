@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from workers import model_utils
+
 
 @dataclass
 class SamplingParams:
@@ -69,8 +71,9 @@ class HFRollout:
         sampled tokens' log-probs under the temperature-scaled distribution, as the trainer computes them.
         """
         device = next(self.model.parameters()).device
-        input_ids = input_ids.to(device).repeat_interleave(params.n, dim=0)
-        attention_mask = attention_mask.to(device).repeat_interleave(params.n, dim=0)
+        prompts, prompt_mask = input_ids.to(device), attention_mask.to(device)
+        input_ids = prompts.repeat_interleave(params.n, dim=0)
+        attention_mask = prompt_mask.repeat_interleave(params.n, dim=0)
         if len(row_seeds) != input_ids.shape[0]:
             raise ValueError(f"need one seed per sample: {len(row_seeds)} seeds for {input_ids.shape[0]} samples")
         responses, log_probs = [], []
@@ -83,6 +86,7 @@ class HFRollout:
                 input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens, do_sample=False,
                 logits_processor=LogitsProcessorList([sampler]), eos_token_id=self.eos_ids,
                 pad_token_id=self.pad_id, temperature=None, top_p=None, top_k=None,
+                **self._shared_prefill(prompts, prompt_mask, start, ids.shape[0], params.n),
             )
             responses.append(_pad_right(sequences[:, ids.shape[1] :], params.max_new_tokens, self.pad_id))
             if self.calculate_log_probs:
@@ -93,6 +97,28 @@ class HFRollout:
         if self.calculate_log_probs:
             out["rollout_log_probs"] = torch.cat(log_probs).cpu() * response_mask
         return out
+
+
+    def _shared_prefill(self, prompts: torch.Tensor, prompt_mask: torch.Tensor, first_row: int, rows: int,
+                        n: int) -> dict:
+        """``generate``'s cache argument for sample rows ``first_row .. first_row + rows``: their prompts'
+        keys/values but for the last token, each distinct prompt run once, not once per sample. ``generate``
+        then runs only the last prompt token and samples on (HF's cache-reuse path); causal attention makes
+        the cached columns those of the full prefill. ``{}`` (the plain prefill) for one sample per prompt."""
+        if n == 1 or prompts.shape[1] < 2:
+            return {}
+        first, last = first_row // n, (first_row + rows - 1) // n
+        ids, mask = prompts[first:last + 1, :-1], prompt_mask[first:last + 1, :-1]
+        position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate numbers them
+        name = model_utils.cache_kwarg(self.model)
+        cache = model_utils.new_cache(self.model)
+        self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1,
+                   **{name: cache})
+        owner = torch.arange(first_row, first_row + rows, device=prompts.device) // n - first
+        samples = model_utils.new_cache(self.model)
+        for layer, (keys, values) in enumerate(model_utils.cache_layers(cache)):
+            samples.update(keys.index_select(0, owner), values.index_select(0, owner), layer)
+        return {name: samples}
 
 
 class SeededSampler(LogitsProcessor):

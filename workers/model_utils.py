@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from datetime import timedelta
 
@@ -24,6 +25,29 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
         backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30),
         init_method=f"tcp://{master_addr}:{master_port}", device_id=device if device.type == "cuda" else None,
     )
+
+
+def cache_kwarg(module) -> str:
+    """transformers 5.2x names the cache argument of ``forward``/``generate`` ``cache`` (``past_key_values``
+    before)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def new_cache(module):
+    """An empty KV cache for ``module`` (transformers' ``DynamicCache``)."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=module.config)
+    except TypeError:  # older transformers: no per-layer types to set up
+        return DynamicCache()
+
+
+def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's (keys, values) ``[B, heads, T, head_dim]`` held by a ``DynamicCache``."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.54
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:

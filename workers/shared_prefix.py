@@ -20,17 +20,11 @@ tails are short share one forward row, each segment masked to its parent and its
 
 from __future__ import annotations
 
-import inspect
 import torch
 
-from workers import forward
+from workers import forward, model_utils
 from workers.forward import _HeadCall, output_head
 from workers.prefix_plan import Plan, Tree, plan
-
-def _cache_kwarg(module) -> str:
-    """transformers 5.2x names the forward's cache argument ``cache`` (``past_key_values`` before)."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
 
 class _KV:
     """The keys/values of a chunk of nodes after their forward, left-padded per row (``width`` columns),
@@ -45,26 +39,15 @@ class _KV:
         cols = ((torch.arange(width, device=mask.device) - pad.unsqueeze(1)) % width)[:, width - keep:]
         self.mask = mask.gather(1, cols)
         self.layers = []
-        for keys, values in _layers(cache):
+        for keys, values in model_utils.cache_layers(cache):
             index = cols[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
             self.layers.append((keys.gather(2, index), values.gather(2, index)))
-
-
-def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.54
 
 
 def _parent_cache(module, stored: dict[int, tuple[_KV, int]], parents: list[int], mask_dtype: torch.dtype):
     """A cache holding each parent's keys/values, left-padded to the widest (a parent -1: none), and its
     ``[rows, width]`` mask."""
-    from transformers import DynamicCache
-
-    try:
-        cache = DynamicCache(config=module.config)
-    except TypeError:  # older transformers: no per-layer types to set up
-        cache = DynamicCache()
+    cache = model_utils.new_cache(module)
     groups: dict[int, tuple[_KV, list[int], list[int]]] = {}  # per stored chunk: (K/V, rows here, rows there)
     for j, p in enumerate(parents):
         if p >= 0:
@@ -133,7 +116,7 @@ def shared_prefix_head(module, input_ids, attention_mask, position_ids, response
         return None
     tree, starts = batch_plan.tree, batch_plan.starts
     name, head = output_head(module)
-    cache_arg = _cache_kwarg(module)
+    cache_arg = model_utils.cache_kwarg(module)
     stored: dict[int, tuple[_KV, int]] = {}  # node -> (its chunk's keys/values, its row there)
 
     def run(rows: list[int], first: list[int], ends: list[int], parents: list[int], fn, keep_cache: bool):

@@ -196,3 +196,25 @@ def test_frequencies_across_cdf_blocks_and_the_short_last_block():
     expected = torch.softmax(logits[0].double(), -1) * counts.sum()
     chi2 = ((counts[support] - expected[support]) ** 2 / expected[support]).sum().item()
     assert chi2 < 35, (chi2, counts[support], expected[support])
+
+
+@pytest.mark.parametrize("micro", [256, 5])
+def test_shared_prefill_gives_the_plain_prefills_samples(micro, monkeypatch):
+    """A prompt's n samples share one prefill of its prompt (less its last token), expanded into each
+    sample's cache: the same samples and log-probs as prefilling every sample's copy, also when a
+    micro-batch cuts a prompt's samples apart and for a prompt of one real token."""
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=10)
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12], [0, 13, 14, 15, 16], [0, 0, 0, 0, 17]])
+    mask = (ids != 0).long()
+    seeds = [300 + i for i in range(16)]
+    rollout = _rollout(micro=micro)
+    calls = []
+    rollout.model.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)),
+                                            with_kwargs=True)
+    shared = rollout.generate(ids, mask, params, seeds)
+    assert calls[0] == (min(4, (micro - 1) // 4 + 1), 4)  # the distinct prompts of the first micro-batch, once each
+    monkeypatch.setattr(HFRollout, "_shared_prefill", lambda *a: {})
+    plain = rollout.generate(ids, mask, params, seeds)
+    assert torch.equal(shared["responses"], plain["responses"])
+    assert torch.equal(shared["response_mask"], plain["response_mask"])
+    torch.testing.assert_close(shared["rollout_log_probs"], plain["rollout_log_probs"], atol=1e-5, rtol=0)
