@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import random
+import time
 import zlib
 
 import numpy as np
@@ -185,7 +186,11 @@ class ActorRolloutRefWorker:
             for m_start in range(0, local, mini):
                 mini_batch = index_batch(batch, order[m_start : m_start + mini])
                 if self.teacher is not None:
+                    start = time.perf_counter()
                     mini_batch["teacher_hidden"] = self._teacher_pass(mini_batch, group)
+                    if self.device.type == "cuda":  # the pass is queued, not done, until the device syncs
+                        torch.cuda.synchronize(self.device)
+                    metrics.setdefault("perf/teacher_pass_s", []).append(time.perf_counter() - start)
                 normalizers = self._global_normalizers(mini_batch) if actor_cfg["global_token_normalization"] else None
                 self.optimizer.zero_grad(set_to_none=True)
                 micro_batches = self._micro_batches(mini_batch, micro, group)

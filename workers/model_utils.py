@@ -81,10 +81,7 @@ def fsdp2_wrap(model, device: torch.device, world_size: int, compute_dtype: torc
         # checkpoints and state dicts are interchangeable with the sharded ones.
         return model
     mesh = init_device_mesh(device.type, (world_size,))
-    # One rank: resharding after forward frees nothing worth freeing (its shard is the whole model) and
-    # would make backward gather again; kept unsharded, a module may also run several forwards before
-    # one backward whose gradient reaches it only through cached keys/values (the shared-prefix student).
-    kwargs = {"mesh": mesh, "reshard_after_forward": world_size > 1}
+    kwargs = {"mesh": mesh}
     if compute_dtype != torch.float32:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     for layer in decoder_layers(model):
