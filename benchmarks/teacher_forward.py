@@ -8,7 +8,8 @@ the whole mini-batch in one teacher pass) and keeps the teacher batch of the las
 alternating so that both see the same machine: the plain forward (``forward.response_hidden``) and the
 shared-prefix forward (``workers.shared_prefix``, tree of prefixes), checks they agree, and reports the
 tokens each runs, the tree, and median milliseconds. The student's forward over the same rows is the
-yardstick. Figures go to docs/performance.md.
+yardstick; the student's own update (forward and backward of its log-probs) is timed plain and with its
+prompts shared (``actor.shared_prefix``). Figures go to docs/performance.md.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
+    from mopd.fused_head import fused_head
     from workers import forward, model_utils, prefix_plan, shared_prefix
 
     batch = capture(args.steps)
@@ -72,12 +74,28 @@ def main() -> None:
                batch["response_mask"])
     student = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["response_mask"])
     plan = prefix_plan.plan(model, teacher[0], teacher[1], teacher[3])
+    labels = batch["responses"][batch["response_mask"].bool()]
+
+    def student_update(share: bool) -> list:
+        """The student's forward and backward of its token log-probs (actor.shared_prefix on or off)."""
+        def fn(hidden, weight, where=None):
+            return fused_head(hidden, weight, labels if where is None else labels[where])[0].unsqueeze(-1)
+
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            shared_prefix.response_head(model, *student, fn, share=share).sum().backward()
+        return [p.grad for p in model.parameters()]
+
     runs = {"plain": lambda: forward.response_hidden(model, *teacher),
             "shared": lambda: shared_prefix.shared_prefix_hidden(model, *teacher, plan),
-            "student": lambda: forward.response_hidden(model, *student)}
+            "student": lambda: forward.response_hidden(model, *student),
+            "student_update_plain": lambda: student_update(False),
+            "student_update_shared": lambda: student_update(True)}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
         gap = (runs["shared"]() - runs["plain"]()).abs().max().item()
+        grad_gap = max((a - b).abs().max().item() for a, b in zip(runs["student_update_plain"](),
+                                                                   runs["student_update_shared"]()))
         for _ in range(args.repeats):
             for name, run in runs.items():
                 start = time.perf_counter()
@@ -88,13 +106,19 @@ def main() -> None:
     figures = {"rows": int(teacher[0].shape[0]), "teacher_tokens": plain_tokens, "shared_tokens": shared_tokens,
                "student_tokens": int(student[1].sum()), "tree_nodes": len(plan.tree.length),
                "forwards": plan.forwards, "max_abs_difference": gap, "median_ms": ms,
-               "shared_over_plain": ms["shared"] / ms["plain"], "shared_over_student": ms["shared"] / ms["student"]}
+               "shared_over_plain": ms["shared"] / ms["plain"], "shared_over_student": ms["shared"] / ms["student"],
+               "student_shared_tokens": prefix_plan.shared_tokens(student[0], student[1], student[3])[1],
+               "student_grad_max_abs_difference": grad_gap,
+               "student_update_shared_over_plain": ms["student_update_shared"] / ms["student_update_plain"]}
     print(f"{figures['rows']} rows: teacher {plain_tokens} tokens, shared-prefix runs {shared_tokens} "
           f"({shared_tokens / plain_tokens:.2f}x; {figures['tree_nodes']} prefix nodes, {plan.forwards} forwards); "
           f"student {figures['student_tokens']} tokens; max |shared - plain| {gap:.1e}")
     for name, value in ms.items():
         print(f"  {name:8s} {value:7.1f} ms")
     print(f"  shared/plain {figures['shared_over_plain']:.2f}  shared/student {figures['shared_over_student']:.2f}")
+    print(f"  student update (forward + backward of its log-probs): shared prompts run "
+          f"{figures['student_shared_tokens']} of {figures['student_tokens']} tokens, "
+          f"{figures['student_update_shared_over_plain']:.2f}x the time; max |grad gap| {grad_gap:.1e}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), **figures}, indent=1))
 

@@ -22,3 +22,5 @@ def test_teacher_forward_benchmark_writes_agreeing_figures(tmp_path):
     assert data["rows"] == 128 and data["max_abs_difference"] < 1e-4
     assert 0 < data["shared_tokens"] < data["teacher_tokens"] and data["tree_nodes"] > 0
     assert all(ms > 0 for ms in data["median_ms"].values())
+    assert 0 < data["student_shared_tokens"] < data["student_tokens"]
+    assert data["student_grad_max_abs_difference"] < 1e-3
