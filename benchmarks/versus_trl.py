@@ -5,8 +5,9 @@ Same model (the shipped embedded base), same task (embedded two-digit addition, 
 per_device_train_batch_size runs them; ``--micro-batch 0`` keeps our YAML's 16), one optimizer update per
 step, same learning rate and completion length (16 tokens), sampling at temperature 1, no KL term, no
 evaluation or checkpoints. Each
-framework runs in its own process, one after the other; the figure is the median of steps 3..N (the
-first steps include start-up and allocator warm-up). Ratios are only meaningful within one run:
+framework runs in its own process, one after the other (``--rounds R``: R times, in turn, for a machine
+whose speed drifts); the figure is the median of steps 3..N (the first steps include start-up and
+allocator warm-up) over all rounds. Ratios are only meaningful within one run:
 
     pip install trl                              # benchmark-only dependency
     python benchmarks/versus_trl.py --steps 12 --json out.json
@@ -104,15 +105,13 @@ def trl(steps: int, threads: int | None) -> list[float]:
         return json.loads(Path(out).read_text())
 
 
-def median_from_step_3(times: list[float]) -> float:
-    return statistics.median(times[2:]) if len(times) > 2 else float("nan")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--backend", default="local", choices=["local", "ray"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads for TRL (ours: trainer.num_threads)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every variant this many times, in turn; medians over all rounds' steps 3..N")
     parser.add_argument("--skip-mopd", action="store_true")
     parser.add_argument("--baseline-root", help="another checkout of this project (e.g. `git archive` of an older "
                         "commit): its GRPO/MOPD run in the same session, for before/after ratios")
@@ -148,11 +147,12 @@ def main() -> None:
                                                                   overrides + extra.split(",")))
         if base:
             plan["before_mopd"] = lambda: ours("mopd", args.steps, args.backend, overrides, base)
-    runs = {}
-    for name, run in plan.items():
-        runs[name] = run()
-        print(f"{name}: {', '.join(f'{t:.2f}' for t in runs[name])} s/step", flush=True)
-    medians = {k: median_from_step_3(v) for k, v in runs.items()}
+    runs: dict[str, list[list[float]]] = {}
+    for _ in range(args.rounds):  # rounds alternate the runs, so a machine whose speed drifts biases none
+        for name, run in plan.items():
+            runs.setdefault(name, []).append(run())
+            print(f"{name}: {', '.join(f'{t:.2f}' for t in runs[name][-1])} s/step", flush=True)
+    medians = {k: statistics.median(t for times in v for t in times[2:]) for k, v in runs.items()}
     ratios = {"ours_grpo/trl_grpo": medians["ours_grpo"] / medians["trl_grpo"]}
     for name in [k for k in medians if k.startswith("ours_mopd")]:
         ratios[f"{name}/ours_grpo"] = medians[name] / medians["ours_grpo"]
@@ -164,7 +164,7 @@ def main() -> None:
         ratios["ours_mopd/before_mopd"] = medians["ours_mopd"] / medians["before_mopd"]
     print(f"{PROMPTS} prompts x {N} completions, {NEW_TOKENS} new tokens, lr {LR}, median s/step over steps 3..{args.steps}")
     for k, v in medians.items():
-        print(f"  {k:10} {v:7.3f} s/step   (all: {', '.join(f'{t:.2f}' for t in runs[k])})")
+        print(f"  {k:10} {v:7.3f} s/step   (all: {' | '.join(', '.join(f'{t:.2f}' for t in r) for r in runs[k])})")
     for k, v in ratios.items():
         print(f"  {k}: {v:.2f}")
     if args.json:
