@@ -98,7 +98,6 @@ class HFRollout:
             out["rollout_log_probs"] = torch.cat(log_probs).cpu() * response_mask
         return out
 
-
     def _shared_prefill(self, prompts: torch.Tensor, prompt_mask: torch.Tensor, first_row: int, rows: int,
                         n: int) -> dict:
         """``generate``'s cache argument for sample rows ``first_row .. first_row + rows``: their prompts'
