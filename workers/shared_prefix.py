@@ -102,12 +102,23 @@ def shared_prefix_head(module, input_ids, attention_mask, position_ids, response
     result is differentiable: the gradient of each row flows into its prefixes' keys/values (the
     student's loss uses it so). Transformers drops the cache under gradient checkpointing, so the
     module must not checkpoint while gradients are recorded."""
-    checkpointing = getattr(module, "is_activation_checkpointing", None)  # transformers >= 5.2x's name
-    if checkpointing is None:
-        checkpointing = getattr(module, "is_gradient_checkpointing", False)
-    if torch.is_grad_enabled() and checkpointing:
+    checkpointing = [m for m in module.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    if checkpointing and torch.is_grad_enabled():
         raise ValueError(f"{type(module).__name__}: the shared-prefix forward needs the KV cache, which "
                          "gradient checkpointing drops; turn one of them off")
+    # Without gradients there is nothing to replay, but transformers before 5.2x drops the cache of a
+    # checkpointing module in training mode all the same (the trust-region teacher runs the student so):
+    # checkpointing is switched off for this pass.
+    for m in checkpointing:
+        m.gradient_checkpointing = False
+    try:
+        return _shared_prefix_head(module, input_ids, attention_mask, position_ids, response_mask, fn, batch_plan)
+    finally:
+        for m in checkpointing:
+            m.gradient_checkpointing = True
+
+
+def _shared_prefix_head(module, input_ids, attention_mask, position_ids, response_mask, fn, batch_plan):
     device = input_ids.device
     resp = response_mask.shape[1]
     prompt_width = input_ids.shape[1] - resp

@@ -145,3 +145,28 @@ def test_sibling_packs_keep_long_tails_and_orphans_apart():
     # with row 2 the siblings hold 41 columns: more than a quarter, each runs alone
     assert shared_prefix._sibling_packs(tree, [0, 1, 2, 3, 4], segment, True) == [[0], [1], [2], [4], [3]]
     assert shared_prefix._sibling_packs(tree, [0, 1, 3, 4], segment, False) == [[0], [1], [3], [4]]
+
+
+def test_the_student_path_refuses_gradient_checkpointing_and_the_worker_says_when_it_is_off(capsys):
+    """Transformers drops the KV cache under gradient checkpointing, so the shared path with gradients
+    would let rollouts miss their prompt: it refuses, and the worker turns actor.shared_prefix off (with a
+    line naming the reason) there and on several ranks."""
+    from workers.fsdp_worker import _student_shares_prefixes
+
+    model = _model(torch.float32)
+    batch = _teacher_batch(_group_prompts(0), [5, 1, 7, 3, 7, 2, 6, 4], response_width=7)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        shared_prefix.shared_prefix_head(model, *batch, lambda hidden, weight, where: hidden)
+    with torch.no_grad():  # no backward to replay: transformers keeps the cache, the no-grad pass shares
+        shared = shared_prefix.shared_prefix_head(model, *batch, lambda hidden, weight, where: hidden)
+        torch.testing.assert_close(shared, forward.response_hidden(model, *batch), rtol=2e-5, atol=2e-5)
+
+    assert _student_shares_prefixes(True, 1, False, 0) is True and capsys.readouterr().out == ""
+    assert _student_shares_prefixes(False, 2, True, 0) is False and capsys.readouterr().out == ""
+    assert _student_shares_prefixes(True, 2, False, 0) is False
+    assert "actor_rollout_ref.actor.shared_prefix" in capsys.readouterr().out
+    assert _student_shares_prefixes(True, 1, True, 0) is False
+    assert "enable_gradient_checkpointing" in capsys.readouterr().out
+    assert _student_shares_prefixes(True, 2, False, 1) is False and capsys.readouterr().out == ""  # rank 0 says it
