@@ -179,7 +179,7 @@ def micro_batch_loss(
     keep_grad = (not (loss_mode in DISTILLATION_MODES and sd_cfg.full_logit_distillation), bool(entropy_coeff), True)
 
     def fn(hidden, weight, where=None):  # ``where``: which of the M positions ``hidden`` holds (default all)
-        pick = (lambda t: t) if where is None else (lambda t: t if t is None else t[where])
+        pick = (lambda t: t) if where is None else (lambda t: t[where])
         outs = fused_head(hidden, weight, pick(labels), **{k: pick(v) if k == "teacher_hidden" else v
                                                           for k, v in head_kwargs.items()})
         return torch.stack([o if keep else o.detach() for o, keep in zip(outs, keep_grad) if o is not None], dim=-1)

@@ -146,7 +146,7 @@ class ActorRolloutRefWorker:
 
         temperature = batch["meta"]["temperature"]
         out = torch.zeros(batch["responses"].shape, dtype=torch.float32)
-        head = functools.partial(shared_prefix.response_head, share=True) if self.student_shared_prefix else None
+        head = functools.partial(shared_prefix.response_head, share=self.student_shared_prefix)
         group = self.config["actor_rollout_ref"]["rollout"]["n"] if self.student_shared_prefix else 1
         for index in self._log_prob_parts(batch, "attention_mask", group):
             mb = to_device(index_batch(batch, index), self.device)

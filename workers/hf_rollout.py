@@ -113,11 +113,8 @@ class HFRollout:
         cache = model_utils.new_cache(self.model)
         self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1,
                    **{name: cache})
-        owner = torch.arange(first_row, first_row + rows, device=prompts.device) // n - first
-        samples = model_utils.new_cache(self.model)
-        for layer, (keys, values) in enumerate(model_utils.cache_layers(cache)):
-            samples.update(keys.index_select(0, owner), values.index_select(0, owner), layer)
-        return {name: samples}
+        cache.batch_select_indices(torch.arange(first_row, first_row + rows, device=prompts.device) // n - first)
+        return {name: cache}
 
 
 class SeededSampler(LogitsProcessor):
