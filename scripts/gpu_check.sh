@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check in one command, for one H100/H200: the step-breakdown benchmark, then the GPU tests (tests/gpu);
+# The GPU check in one command, for one H100/H200: packed attention (test + benchmark, seconds), the
+# step-breakdown benchmark (packed sequences), then the GPU tests (tests/gpu) and the padded benchmark;
 # the benchmark runs a Qwen3-0.6B-shaped model (MOPD and GRPO, 64 rollouts x 1,024 tokens). Prints the table and
 # writes logs + JSON under OUT_DIR (default outputs/gpu_check). Needs torch (CUDA) and transformers; Ray,
 # vLLM and flash-attn are optional. Without hydra-core/omegaconf it installs the pure-Python wheels from
@@ -47,8 +48,21 @@ bench() {  # bench NAME SECONDS ARGS...: the step breakdown, table to the log, J
   return "$rc"
 }
 
-# The benchmark first: its figures are the point of the check, and a failing test must not hide them.
-bench "step_breakdown_${PRESET}" "${BENCH_TIMEOUT:-480}" ${BENCH_ARGS:-}
+# Packed sequences under sdpa (torch's varlen flash kernel, workers/packed_attention.py): checked first, in
+# seconds, because the benchmark packs; if the check fails, the benchmark runs padded rather than not at all.
+REMOVE_PADDING=true
+timeout "$(budget 90)" "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_packed_attention_cuda.py 2>&1 \
+  | tee "$OUT_DIR/packed_attention_tests.log"
+if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+  REMOVE_PADDING=false
+  echo "gpu_check: packed attention failed its check (packed_attention_tests.log): the benchmark runs padded"
+fi
+timeout "$(budget 60)" "$PY" benchmarks/packed_attention.py --device cuda --dtype bfloat16 \
+  --json "$OUT_DIR/packed_attention.json" 2>&1 | grep -v "Loading weights" | tee "$OUT_DIR/packed_attention.log"
+
+# The benchmark next: its figures are the point of the check, and a failing test must not hide them.
+bench "step_breakdown_${PRESET}" "${BENCH_TIMEOUT:-480}" \
+  --override "actor_rollout_ref.model.use_remove_padding=$REMOVE_PADDING" ${BENCH_ARGS:-}
 bench_rc=$?
 timeout "$(budget 30)" "$PY" benchmarks/sampler_cost.py --device cuda 2>&1 | tee "$OUT_DIR/sampler_cost.log"
 
@@ -62,7 +76,7 @@ if [ -z "${SKIP_TESTS:-}" ]; then
 fi
 
 # Same run, padded sequences: the baseline of use_remove_padding (MOPD, whose teacher inputs are longest).
-if [ -z "${SKIP_PADDED:-}" ] && [ $((DEADLINE - SECONDS)) -gt 60 ]; then
+if [ -z "${SKIP_PADDED:-}" ] && [ "$REMOVE_PADDING" = true ] && [ $((DEADLINE - SECONDS)) -gt 60 ]; then
   bench "step_breakdown_${PRESET}_padded" 200 --modes mopd --override actor_rollout_ref.model.use_remove_padding=false
 fi
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

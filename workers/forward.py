@@ -9,9 +9,12 @@ response positions ``[M, H]``, ``weight`` the (unsharded) head weight ``[V, H]``
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from mopd.fused_head import fused_head
+from workers import packed_attention
 
 
 class _HeadCall(torch.nn.Module):
@@ -48,7 +51,8 @@ def response_head(module, input_ids, attention_mask, position_ids, response_mask
     ``remove_padding``: the micro-batch's valid tokens are packed into one row, each sequence keeping its
     own position ids (0, 1, ...), with ``attention_mask=None`` and ``use_cache=False``: transformers then
     masks attention block-diagonally (``masking_utils.find_packed_sequence_indices`` for sdpa/eager/flex;
-    varlen kernels from the position ids for flash_attention_2). An all-ones mask, or a cache, would
+    varlen kernels from the position ids for flash_attention_2); a model loaded for packing with sdpa
+    (``packed_attention.PACKED_SDPA``) gets the boundaries and needs no mask. An all-ones mask, or a cache, would
     instead let the packed sequences see each other (tests/workers/test_remove_padding.py). Sequences
     are ``[left-padded prompt | right-padded response]`` rows.
     """
@@ -61,7 +65,8 @@ def response_head(module, input_ids, attention_mask, position_ids, response_mask
         packed_at = (keep.reshape(-1).cumsum(0) - 1).reshape(keep.shape)
         rows = packed_at[:, -width - 1:-1][valid]
         inputs = dict(input_ids=input_ids[keep].unsqueeze(0), attention_mask=None,
-                      position_ids=position_ids[keep].unsqueeze(0), logits_to_keep=0)
+                      position_ids=position_ids[keep].unsqueeze(0), logits_to_keep=0,
+                      **packed_attention.boundary_kwargs(module, keep.sum(1)))
 
         def call(hidden, weight):  # hidden: [1, tokens, H]
             return fn(hidden[0, rows], weight)
@@ -82,7 +87,8 @@ def response_head(module, input_ids, attention_mask, position_ids, response_mask
 
     setattr(module, name, _HeadCall(head, call))
     try:
-        out = module(**inputs, use_cache=False)
+        with packed_attention.packed() if remove_padding else contextlib.nullcontext():
+            out = module(**inputs, use_cache=False)
     finally:
         setattr(module, name, head)
     return out.logits

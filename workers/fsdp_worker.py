@@ -17,7 +17,7 @@ import torch.distributed as dist
 from mopd.config import SelfDistillationConfig
 from mopd.errors import ConfigError
 from mopd.teacher import ema_update_
-from workers import model_utils, shared_prefix
+from workers import model_utils, packed_attention, shared_prefix
 from workers.actor import (DISTILLATION_MODES, PREFERENCE_MODES, Normalizers, TeacherForward, backward_mini_batch,
                            loss_normalizer_counts)
 from workers.batch import index_batch, sequence_lengths, slice_batch, to_device, token_budget_partition
@@ -66,10 +66,12 @@ class ActorRolloutRefWorker:
         self.dtype = model_utils.pick_dtype(model_cfg["dtype"], self.device)
         path = model_utils.resolve_model_path(model_cfg["path"])
         self.tokenizer = model_utils.load_tokenizer(model_cfg.get("tokenizer_path") or path, model_cfg["trust_remote_code"])
-        load = dict(dtype=torch.float32, attn_implementation=model_cfg["attn_implementation"],
-                    trust_remote_code=model_cfg["trust_remote_code"], device=self.device)
-        self.loss_mode = actor_cfg["policy_loss"]["loss_mode"]
         self.remove_padding = model_cfg["use_remove_padding"]
+        # Packing under sdpa: per-sequence attention instead of a [T, T] mask (workers/packed_attention.py).
+        attn = packed_attention.implementation(model_cfg["attn_implementation"], self.remove_padding)
+        load = dict(dtype=torch.float32, attn_implementation=attn, trust_remote_code=model_cfg["trust_remote_code"],
+                    device=self.device)
+        self.loss_mode = actor_cfg["policy_loss"]["loss_mode"]
         self.sd_cfg = (SelfDistillationConfig.from_dict(actor_cfg["self_distillation"])
                        if self.loss_mode in DISTILLATION_MODES else None)
 
@@ -82,6 +84,8 @@ class ActorRolloutRefWorker:
         rollout_cfg = cfg["actor_rollout_ref"]["rollout"]
         # hf: an unsharded copy of the policy in the compute dtype; vllm builds its own (below).
         rollout_copy = copy.deepcopy(actor).to(self.dtype) if rollout_cfg["name"] == "hf" else None
+        if rollout_copy is not None:  # generation never packs: the requested attention
+            rollout_copy.config._attn_implementation = model_cfg["attn_implementation"]
         self.actor = model_utils.fsdp2_wrap(actor, self.device, self.world_size, self.dtype)
         self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], total_optimizer_steps)
         self.model_path, self.load_kwargs = path, load

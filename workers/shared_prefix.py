@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from workers import forward, model_utils
+from workers import forward, model_utils, packed_attention
 from workers.forward import _HeadCall, output_head
 from workers.prefix_plan import Plan, Tree, plan
 
@@ -239,12 +239,12 @@ def _gather_rows(tensor: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, 
 
 def _takes_4d_masks(module) -> bool:
     """sdpa and eager attention take a 4D mask as given; flash-attention (varlen) and flex do not."""
-    return getattr(module.config, "_attn_implementation", None) in ("sdpa", "eager")
+    return packed_attention.is_sdpa(module) or module.config._attn_implementation == "eager"
 
 
 def _as_4d_mask(module, allowed: torch.Tensor) -> torch.Tensor:
     """``[B, 1, Q, K]`` allowed-to-attend as the attention takes it: sdpa a boolean mask, eager an additive one."""
-    if module.config._attn_implementation == "sdpa":
+    if packed_attention.is_sdpa(module):
         return allowed
     return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill(
         ~allowed, torch.finfo(torch.float32).min)

@@ -113,6 +113,25 @@ def test_shared_prefix_teacher_trains_like_the_plain_teacher(fixture_dir, tmp_pa
         assert a["actor/grad_norm"] == pytest.approx(b["actor/grad_norm"], rel=1e-3)
 
 
+def test_packed_sequences_train_like_padded_ones(fixture_dir, tmp_path):
+    """actor_rollout_ref.model.use_remove_padding under sdpa (per-sequence attention, packed_attention) with
+    gradient checkpointing, shared prefixes off so that every forward packs: the padded run's rollouts,
+    losses and gradient norms; the HF export does not name the packing attention."""
+    common = ("trainer.backend=local", "trainer.total_training_steps=3", "trainer.save_freq=3",
+              "actor_rollout_ref.actor.shared_prefix=false", "actor_rollout_ref.ref.shared_prefix=false",
+              "actor_rollout_ref.model.enable_gradient_checkpointing=true")
+    train(fixture_dir, tmp_path / "packed", *common, "actor_rollout_ref.model.use_remove_padding=true")
+    train(fixture_dir, tmp_path / "padded", *common)
+    packed, padded = metrics(tmp_path / "packed"), metrics(tmp_path / "padded")
+    assert len(packed) == len(padded) == 3
+    for a, b in zip(packed, padded):
+        assert a["critic/score/mean"] == b["critic/score/mean"]
+        assert a["actor/loss"] == pytest.approx(b["actor/loss"], rel=1e-4, abs=1e-7)
+        assert a["actor/grad_norm"] == pytest.approx(b["actor/grad_norm"], rel=1e-3)
+    config = (tmp_path / "packed" / "checkpoints" / "global_step_3" / "hf" / "config.json").read_text()
+    assert "mopd_packed" not in config
+
+
 def _hf_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 

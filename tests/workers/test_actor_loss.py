@@ -242,6 +242,32 @@ def test_fused_head_loss_equals_the_plain_logits_loss(models, case, remove_paddi
         torch.testing.assert_close(g, w if w is not None else torch.zeros_like(g), rtol=1e-8, atol=1e-11)
 
 
+@pytest.fixture(scope="module")
+def packed_models(models):
+    """The models as the worker loads them for ``use_remove_padding`` under sdpa (``PACKED_SDPA``: attention
+    per sequence), the student with gradient checkpointing (backward recomputes the packed attention)."""
+    from workers import packed_attention
+
+    student, other = (copy.deepcopy(m) for m in models)
+    for m in (student, other):
+        m.config._attn_implementation = packed_attention.implementation("sdpa", remove_padding=True)
+    student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    student.train()
+    return student, other
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-entropy{c[4]}")
+def test_packed_sdpa_loss_equals_the_plain_logits_loss(models, packed_models, case):
+    batch = make_mini_batch(models[0].config.vocab_size)
+    loss, grads, _ = _run(packed_models[0], [batch], None, _loss_kwargs(case, packed_models, batch, True))
+    models[0].zero_grad(set_to_none=True)
+    want = plain_loss(case, models, batch, _loss_kwargs(case, models, batch))
+    want_grads = torch.autograd.grad(want, list(models[0].parameters()), allow_unused=True)
+    assert loss == pytest.approx(want.item(), rel=1e-9, abs=1e-12)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w if w is not None else torch.zeros_like(g), rtol=1e-8, atol=1e-11)
+
+
 # --- the same under real FSDP2 (gloo), world size 1 and 2 ---------------------------------------------
 FSDP_CASES = [CASES[1], CASES[3], CASES[7], CASES[10]]  # mopd (ema, trust-region), grpo, dpo; with entropy
 

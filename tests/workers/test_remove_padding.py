@@ -1,4 +1,6 @@
-"""workers.forward with ``remove_padding``: packed rows give the padded rows' logits, student and teacher.
+"""workers.forward with ``remove_padding``: packed rows give the padded rows' logits, student and teacher,
+under sdpa and eager (transformers' block-diagonal mask) and ``packed_attention.PACKED_SDPA`` (attention per
+sequence from the boundaries, no mask).
 
 Tolerances: float64 1e-10 (only summation order differs); float32 2e-5 absolute on logits of size ~10.
 """
@@ -8,14 +10,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers import forward, model_utils
+from workers import forward, model_utils, packed_attention
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(dtype, attn="sdpa"):
+    """``attn="packed"``: loaded as the worker loads a model for packing under sdpa."""
     path = model_utils.resolve_model_path("embedded")
+    if attn == "packed":
+        attn = packed_attention.implementation("sdpa", remove_padding=True)
     return model_utils.load_causal_lm(path, dtype=dtype, attn_implementation=attn)
 
 
@@ -39,7 +44,7 @@ def _logits(model, batch, remove_padding):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "packed"])
 def test_packed_logits_equal_padded_logits(dtype, tol, attn):
     """The reference is sdpa on padded rows (eager on left-padded float64 rows gives NaN: fully masked
     padding queries; packing has no padding at all). transformers' eager softmax runs in float32, hence
@@ -71,8 +76,15 @@ def test_packing_needs_no_mask_and_no_cache():
         assert (out[:, first:] - alone).abs().max() > 1e-3, leaky
 
 
-def test_packed_log_probs_and_gradients_equal_padded():
-    model = _model(torch.float64)
+@pytest.mark.parametrize("attn,checkpointing", [("sdpa", False), ("packed", False), ("packed", True)])
+def test_packed_log_probs_and_gradients_equal_padded(attn, checkpointing):
+    """With gradient checkpointing, backward recomputes the layers after the packed forward has returned:
+    the recomputed attention must still be per sequence (it is: the boundaries travel with the layers'
+    arguments), or the gradients would differ."""
+    model = _model(torch.float64, attn)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     ids, mask, pos, responses, response_mask = _batch([3, 7, 1], [4, 1, 6], prompt_width=7, response_width=6)
     results = []
     for remove_padding in (False, True):
@@ -101,3 +113,46 @@ def test_padded_path_drops_all_padding_columns_exactly():
     full = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
     want = full[:, -9:-1][response_mask.bool()]
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_packed_sdpa_attends_per_sequence_without_a_mask(monkeypatch):
+    """PACKED_SDPA's packed forward builds no [T, T] mask and no attention call spans two sequences; the
+    padded forward of the same model is plain sdpa with sdpa's mask."""
+    import transformers.masking_utils as masking_utils
+
+    model = _model(torch.float32, "packed")
+    calls = {"mask": 0, "widths": []}
+    real_mask, real_sdpa = masking_utils.sdpa_mask, packed_attention.F.scaled_dot_product_attention
+
+    def counting_mask(*args, **kwargs):
+        calls["mask"] += 1
+        return real_mask(*args, **kwargs)
+
+    def recording_sdpa(query, key, value, *args, **kwargs):
+        calls["widths"].append(key.shape[2])
+        return real_sdpa(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(masking_utils, "sdpa_mask", counting_mask)
+    monkeypatch.setattr(packed_attention.F, "scaled_dot_product_attention", recording_sdpa)
+    ids, mask, pos, _, response_mask = _batch([3, 7, 1, 5], [4, 1, 6, 2], prompt_width=7, response_width=6)
+    _logits(model, (ids, mask, pos, None, response_mask), True)
+    lengths = mask.sum(1).tolist()
+    assert calls["mask"] == 0
+    assert calls["widths"] == lengths * model.config.num_hidden_layers
+    _logits(model, (ids, mask, pos, None, response_mask), False)
+    layers = model.config.num_hidden_layers
+    assert calls["mask"] == 1 and calls["widths"][len(lengths) * layers:] == [ids.shape[1]] * layers  # one row each
+
+
+def test_packed_sdpa_refuses_a_packed_forward_without_boundaries():
+    model = _model(torch.float32, "packed")
+    with packed_attention.packed(), pytest.raises(RuntimeError, match="without its sequence boundaries"):
+        model(input_ids=torch.tensor([[5, 6, 7, 5, 6]]), position_ids=torch.tensor([[0, 1, 2, 0, 1]]),
+              attention_mask=None, use_cache=False)
+
+
+def test_packing_choice_of_attention():
+    assert packed_attention.implementation("sdpa", remove_padding=True) == packed_attention.PACKED_SDPA
+    for attn in ("eager", "flash_attention_2"):
+        assert packed_attention.implementation(attn, remove_padding=True) == attn
+    assert packed_attention.implementation("sdpa", remove_padding=False) == "sdpa"

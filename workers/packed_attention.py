@@ -1,0 +1,128 @@
+"""Attention over packed sequences without flash-attn: each sequence attends causally to itself, from the
+packed row's sequence boundaries, never through a ``[T, T]`` mask.
+
+``use_remove_padding`` packs a micro-batch's sequences into one row. Under flash_attention_2, transformers
+runs its varlen kernels from the position ids. Under sdpa it builds a dense block-diagonal ``[T, T]`` mask
+instead: exact, but memory and attention grow with the packed length squared (a micro-batch of 8 x 1,239
+tokens spends ~8x the attention FLOPs of its sequences). So a model loaded for packing with sdpa gets the
+implementation ``PACKED_SDPA`` (``implementation``): in a packed forward (``packed``), it runs PyTorch's own
+varlen flash-attention kernel (``torch.nn.attention.varlen``: torch >= 2.10, CUDA from Ampere on, bf16/fp16),
+or else sdpa once per sequence; every other forward (padded rows, KV caches, 4D masks) is transformers'
+sdpa, masks included. Exact against the padded forward: tests/workers/test_remove_padding.py (CPU), and
+tests/gpu/test_packed_attention_cuda.py for the CUDA kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+PACKED_SDPA = "mopd_packed_sdpa"
+
+_PACKING = contextvars.ContextVar("mopd_packing", default=False)
+
+
+def implementation(requested: str, remove_padding: bool) -> str:
+    """The attention implementation to load a model with: ``PACKED_SDPA`` for sdpa when packing."""
+    if remove_padding and requested == "sdpa":
+        _register()
+        return PACKED_SDPA
+    return requested
+
+
+def is_sdpa(module) -> bool:
+    """Whether the module's attention is sdpa (with or without the packed path)."""
+    return getattr(module.config, "_attn_implementation", None) in ("sdpa", PACKED_SDPA)
+
+
+def boundary_kwargs(module, lengths: torch.Tensor) -> dict:
+    """What a packed forward of sequences of ``lengths`` passes to the model for ``PACKED_SDPA``: the
+    cumulative boundaries and longest length (transformers' flash-attention keyword names). Empty for
+    other implementations (flash-attention finds the boundaries from the position ids)."""
+    if getattr(module.config, "_attn_implementation", None) != PACKED_SDPA:
+        return {}
+    bounds = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    longest = int(lengths.max())  # one host sync per micro-batch
+    return dict(cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest)
+
+
+@contextlib.contextmanager
+def packed():
+    """Around a packed forward: ``PACKED_SDPA`` builds no mask (its attention takes the boundaries)."""
+    token = _PACKING.set(True)
+    try:
+        yield
+    finally:
+        _PACKING.reset(token)
+
+
+def _attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' attention interface: ``query [1, Hq, T, D]``, ``key/value [1, Hkv, T, D]`` ->
+    ``([1, T, Hq, D], None)``."""
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None:
+        if _PACKING.get():
+            raise RuntimeError(f"{type(module).__name__}: a packed forward reached attention without its sequence "
+                               "boundaries (cu_seq_lens_q); this model does not pass attention kwargs through")
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if kwargs.get("sliding_window") is not None:
+        raise ValueError(f"{type(module).__name__}: sliding-window attention is not supported by {PACKED_SDPA}; "
+                         "use actor_rollout_ref.model.use_remove_padding=false or flash_attention_2")
+    if module.training and kwargs.get("dropout", 0.0):
+        raise ValueError(f"{type(module).__name__}: attention dropout is not supported by {PACKED_SDPA}")
+    scale, groups = kwargs.get("scaling"), query.shape[1] // key.shape[1]
+    if _VARLEN is not None and query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) \
+            and torch.cuda.get_device_capability(query.device)[0] >= 8:  # PyTorch's flash kernels: Ampere on
+        out = _VARLEN(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), bounds,
+                      kwargs["max_length_q"], scale, groups)
+        return out.unsqueeze(0), None
+    edges = bounds.tolist()
+    pieces = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True,
+                                             scale=scale, enable_gqa=groups > 1)
+              for a, b in zip(edges[:-1], edges[1:])]
+    return torch.cat(pieces, 2).transpose(1, 2).contiguous(), None
+
+
+def _mask(*args, **kwargs):
+    """transformers' mask interface: none in a packed forward, sdpa's otherwise."""
+    if _PACKING.get():
+        return None
+    from transformers.masking_utils import sdpa_mask
+    return sdpa_mask(*args, **kwargs)
+
+
+def _varlen_kernel():
+    """``torch.nn.attention.varlen.varlen_attn`` as ``(q, k, v [T, H, D], bounds, longest, scale, groups)``,
+    causal; ``None`` where torch has none with a causal window and a scale (before 2.10)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "window_size" not in params or "scale" not in params:
+        return None
+    native_gqa = "enable_gqa" in params
+
+    def run(q, k, v, bounds, longest, scale, groups):
+        extra = {}
+        if groups > 1 and native_gqa:
+            extra["enable_gqa"] = True
+        elif groups > 1:
+            k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+        return varlen_attn(q, k, v, bounds, bounds, longest, longest, scale=scale, window_size=(-1, 0), **extra)
+    return run
+
+
+_VARLEN = _varlen_kernel()
+
+
+def _register() -> None:
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    ALL_ATTENTION_FUNCTIONS.register(PACKED_SDPA, _attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, _mask)
