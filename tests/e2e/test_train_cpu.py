@@ -92,11 +92,7 @@ def test_local_backend_matches_ray(fixture_dir, tmp_path):
     common = ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",)
     train(fixture_dir, tmp_path / "ray", "trainer.backend=ray", "trainer.n_gpus_per_node=2", *common)
     train(fixture_dir, tmp_path / "local", "trainer.backend=local", *common)
-    ray_rows, local_rows = metrics(tmp_path / "ray"), metrics(tmp_path / "local")
-    for a, b in zip(ray_rows, local_rows):
-        assert a["critic/score/mean"] == b["critic/score/mean"]
-        assert a["actor/loss"] == pytest.approx(b["actor/loss"], rel=1e-4, abs=1e-7)
-        assert a["actor/grad_norm"] == pytest.approx(b["actor/grad_norm"], rel=1e-3)
+    _assert_trains_alike(metrics(tmp_path / "ray"), metrics(tmp_path / "local"), steps=2)
 
 
 def test_shared_prefix_teacher_trains_like_the_plain_teacher(fixture_dir, tmp_path):
@@ -105,9 +101,13 @@ def test_shared_prefix_teacher_trains_like_the_plain_teacher(fixture_dir, tmp_pa
     common = ("trainer.backend=local", "trainer.total_training_steps=3")
     train(fixture_dir, tmp_path / "shared", *common)
     train(fixture_dir, tmp_path / "plain", *common, "actor_rollout_ref.ref.shared_prefix=false")
-    shared, plain = metrics(tmp_path / "shared"), metrics(tmp_path / "plain")
-    assert len(shared) == len(plain) == 3
-    for a, b in zip(shared, plain):
+    _assert_trains_alike(metrics(tmp_path / "shared"), metrics(tmp_path / "plain"), steps=3)
+
+
+def _assert_trains_alike(rows_a: list[dict], rows_b: list[dict], steps: int) -> None:
+    """The same rollouts (scores), and losses and gradient norms to float32 summation order."""
+    assert len(rows_a) == len(rows_b) == steps
+    for a, b in zip(rows_a, rows_b):
         assert a["critic/score/mean"] == b["critic/score/mean"]
         assert a["actor/loss"] == pytest.approx(b["actor/loss"], rel=1e-4, abs=1e-7)
         assert a["actor/grad_norm"] == pytest.approx(b["actor/grad_norm"], rel=1e-3)
@@ -122,12 +122,7 @@ def test_packed_sequences_train_like_padded_ones(fixture_dir, tmp_path):
               "actor_rollout_ref.model.enable_gradient_checkpointing=true")
     train(fixture_dir, tmp_path / "packed", *common, "actor_rollout_ref.model.use_remove_padding=true")
     train(fixture_dir, tmp_path / "padded", *common)
-    packed, padded = metrics(tmp_path / "packed"), metrics(tmp_path / "padded")
-    assert len(packed) == len(padded) == 3
-    for a, b in zip(packed, padded):
-        assert a["critic/score/mean"] == b["critic/score/mean"]
-        assert a["actor/loss"] == pytest.approx(b["actor/loss"], rel=1e-4, abs=1e-7)
-        assert a["actor/grad_norm"] == pytest.approx(b["actor/grad_norm"], rel=1e-3)
+    _assert_trains_alike(metrics(tmp_path / "packed"), metrics(tmp_path / "padded"), steps=3)
     config = (tmp_path / "packed" / "checkpoints" / "global_step_3" / "hf" / "config.json").read_text()
     assert "mopd_packed" not in config
 
