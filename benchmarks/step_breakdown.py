@@ -14,8 +14,10 @@ first (the first warms up), or the only step.
 Figures: per-stage seconds (``timing_s/*``); rollout tokens/s and its fraction of the memory-bandwidth
 limit (every decoding step reads the weights once plus the batch's KV cache: weight bytes + KV bytes per
 step ÷ device bandwidth); training MFU = (6·N·student tokens + 2·N·teacher tokens) / update seconds /
-device peak (N = all parameters, tied embeddings once); peak memory (torch-allocated device memory on
-CUDA, the process's peak RSS on CPU); and MOPD/GRPO ratios. The device's bandwidth and peak FLOP/s are
+device peak (N = all parameters, tied embeddings once), with the tokens the forwards ran (each shared
+prompt prefix once, padding excluded: ``perf/*_tokens_run``), and beside it the same with the plain
+computation's tokens (every row's whole prompt: what the step achieves, not what the device ran); peak
+memory (torch-allocated device memory on CUDA, the process's peak RSS on CPU); and MOPD/GRPO ratios. The device's bandwidth and peak FLOP/s are
 the vendor's dense bf16 figures for known GPUs, and measured here (a large copy, a large matmul) on a CPU
 or an unknown GPU; the table says which.
 """
@@ -49,6 +51,11 @@ PRESETS = {
 }
 # Default workload per preset: prompts per step, rollouts per prompt, response tokens, micro-batch.
 WORKLOADS = {"tiny": (8, 8, 128, 8), "0.6b": (8, 8, 512, 8), "1.7b": (8, 8, 512, 4), "4b": (8, 8, 512, 2)}
+# Gradient checkpointing on CUDA by default only where a micro-batch's activations (bf16, ~1,239-token rows)
+# and the float32 weights, gradients and Adam moments (16 bytes a parameter) would crowd an 80 GB card:
+# 0.6b ~14 + 10 GB, 1.7b ~14 + 27 GB, 4b ~11 + 64 GB. Checkpointing recomputes each layer's forward in
+# backward (~4/3 of the compute, not counted by MFU) and turns off the student's shared prompts.
+CHECKPOINTING = {"tiny": False, "0.6b": False, "1.7b": False, "4b": True}
 # Vendor figures: (bytes/s of HBM, dense bf16 FLOP/s).
 KNOWN_GPUS = {"H200": (4.8e12, 989e12), "GH200": (4.0e12, 989e12), "H100": (3.35e12, 989e12),
               "A100": (2.0e12, 312e12)}
@@ -149,6 +156,12 @@ def prepare(workdir: Path, preset: str, num_prompts: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- child
+def checkpointing(args) -> bool:
+    if args.gradient_checkpointing == "auto":
+        return args.device == "cuda" and CHECKPOINTING[args.preset]
+    return args.gradient_checkpointing == "on"
+
+
 def overrides_for(args, workdir: Path, run_dir: Path, model: str) -> list[str]:
     prompts, n, response, micro = args.prompts, args.n, args.response_length, args.micro_batch
     teacher_budget = 256 + 4 * response + 512
@@ -161,7 +174,7 @@ def overrides_for(args, workdir: Path, run_dir: Path, model: str) -> list[str]:
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro}",
         f"actor_rollout_ref.rollout.name={args.rollout}",
         f"actor_rollout_ref.actor.self_distillation.max_reprompt_len={teacher_budget}",
-        f"actor_rollout_ref.model.enable_gradient_checkpointing={str(cuda and args.preset != 'tiny').lower()}",
+        f"actor_rollout_ref.model.enable_gradient_checkpointing={str(checkpointing(args)).lower()}",
         f"custom_reward_function.path={workdir / 'reward.py'}",
         f"trainer.total_training_steps={args.steps}", "trainer.test_freq=-1", "trainer.val_before_train=false",
         "trainer.save_freq=-1", "trainer.rollout_data_dir=null", "trainer.validation_data_dir=null",
@@ -271,7 +284,11 @@ def summarize(rows: list[dict], info: dict, limits: dict, args) -> dict:
     gen_s, update_s = median("timing_s/gen"), median("timing_s/update_actor")
     tokens_per_s = median("perf/response_num_tokens") / gen_s if gen_s else 0.0
     limit_tokens_per_s = rows_per_step * steps / limit_s
-    flops = 6 * params * median("perf/total_num_tokens") + 2 * params * median("perf/teacher_num_tokens")
+    # Model FLOPs of the plain computation (every row's prompt and response, the teacher's every prompt),
+    # and of what the forwards ran (shared prefixes once, padding excluded; falls back to the plain count).
+    plain_flops = 6 * params * median("perf/total_num_tokens") + 2 * params * median("perf/teacher_num_tokens")
+    run_flops = (6 * params * (median("perf/student_tokens_run") or median("perf/total_num_tokens"))
+                 + 2 * params * (median("perf/teacher_tokens_run") or median("perf/teacher_num_tokens")))
     peaks = [r.get(k, 0.0) for r in rows for k in r if k.startswith("perf/") and "_peak_" in k
              and (k.endswith("_allocated_gb") or k.endswith("_rss_gb"))]
     stages = {k.removeprefix("timing_s/"): median(k) for k in sorted({k for r in measured for k in r})
@@ -280,9 +297,12 @@ def summarize(rows: list[dict], info: dict, limits: dict, args) -> dict:
         "step_s": median("timing_s/step"), "gen_s": gen_s, "update_s": update_s, "stages_s": stages,
         "rollout_tokens_per_s": tokens_per_s, "rollout_limit_tokens_per_s": limit_tokens_per_s,
         "rollout_bandwidth_fraction": tokens_per_s / limit_tokens_per_s if limit_tokens_per_s else 0.0,
-        "train_mfu": flops / update_s / limits["peak_flops"] if update_s else 0.0,
+        "train_mfu": run_flops / update_s / limits["peak_flops"] if update_s else 0.0,
+        "train_plain_equivalent_mfu": plain_flops / update_s / limits["peak_flops"] if update_s else 0.0,
         "peak_memory_gb": max(peaks) if peaks else 0.0,
         "student_tokens": median("perf/total_num_tokens"), "teacher_tokens": median("perf/teacher_num_tokens"),
+        "student_tokens_run": median("perf/student_tokens_run"),
+        "teacher_tokens_run": median("perf/teacher_tokens_run"),
         "response_tokens": median("perf/response_num_tokens"), "steps_measured": len(measured),
         "loss": median("actor/loss"), "score_mean": median("critic/score/mean"),
     }
@@ -292,7 +312,8 @@ def print_table(results: dict, meta: dict) -> None:
     modes = [m for m in ("mopd", "grpo") if m in results]
     print(f"\nstep breakdown: preset {meta['preset']} ({meta['params'] / 1e6:.1f} M parameters, vocabulary "
           f"{VOCAB_SIZE}), {meta['prompts']} prompts x {meta['n']} rollouts x {meta['response_length']} tokens, "
-          f"rollout {meta['rollout']}, device {meta['device']['name']}")
+          f"rollout {meta['rollout']}, gradient checkpointing {'on' if meta['gradient_checkpointing'] else 'off'}, "
+          f"device {meta['device']['name']}")
     print(f"limits ({meta['device']['source']}): bandwidth {meta['device']['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s, "
           f"peak {meta['device']['peak_flops'] / 1e12:.1f} TFLOP/s")
     header = f"{'figure':34s}" + "".join(f"{m:>14s}" for m in modes) + ("   mopd/grpo" if len(modes) == 2 else "")
@@ -304,9 +325,12 @@ def print_table(results: dict, meta: dict) -> None:
         ("rollout tokens/s", lambda r: r["rollout_tokens_per_s"], "{:.0f}"),
         ("rollout bandwidth-limit tokens/s", lambda r: r["rollout_limit_tokens_per_s"], "{:.0f}"),
         ("rollout fraction of bandwidth limit", lambda r: r["rollout_bandwidth_fraction"], "{:.3f}"),
-        ("train MFU", lambda r: r["train_mfu"], "{:.3f}"),
+        ("train MFU (FLOPs run)", lambda r: r["train_mfu"], "{:.3f}"),
+        ("train MFU (plain-equivalent FLOPs)", lambda r: r["train_plain_equivalent_mfu"], "{:.3f}"),
         ("student tokens / step", lambda r: r["student_tokens"], "{:.0f}"),
+        ("student tokens run / step", lambda r: r["student_tokens_run"], "{:.0f}"),
         ("teacher tokens / step", lambda r: r["teacher_tokens"], "{:.0f}"),
+        ("teacher tokens run / step", lambda r: r["teacher_tokens_run"], "{:.0f}"),
         ("peak memory GB", lambda r: r["peak_memory_gb"], "{:.2f}"),
     ]
     for name, get, fmt in lines:
@@ -329,6 +353,8 @@ def parse_args(argv=None):
     p.add_argument("--response-length", type=int, default=None, help="max response tokens (preset default)")
     p.add_argument("--micro-batch", type=int, default=None, help="sequences per micro-batch (preset default)")
     p.add_argument("--rollout", default="hf", help="actor_rollout_ref.rollout.name")
+    p.add_argument("--gradient-checkpointing", choices=["auto", "on", "off"], default="auto",
+                   help="auto: on CUDA for the presets that need it (CHECKPOINTING)")
     p.add_argument("--bandwidth-gbs", type=float, default=None, help="device bandwidth (GB/s) for the limit")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak (TFLOP/s) for MFU")
     p.add_argument("--json", default=None, help="write {mode: figures} here")
@@ -366,6 +392,7 @@ def main(argv=None) -> int:
                            args.peak_tflops and args.peak_tflops * 1e12)
     meta = {"preset": args.preset, "params": info["params"], "prompts": args.prompts, "n": args.n,
             "response_length": args.response_length, "micro_batch": args.micro_batch, "rollout": args.rollout,
+            "gradient_checkpointing": checkpointing(args),
             "steps": args.steps, "device": limits, "date": time.strftime("%Y-%m-%d"),
             "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
     results = {}

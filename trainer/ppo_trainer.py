@@ -403,11 +403,13 @@ def _due(freq: int | None, step: int, is_last: bool) -> bool:
 
 
 def _reduce_worker_metrics(per_rank: list[dict]) -> dict:
+    """Means over ranks, mini- and micro-batches; counts of work done (``perf/*_tokens_run``) are summed."""
     merged: dict[str, list[float]] = {}
     for rank_metrics in per_rank:
         for key, values in rank_metrics.items():
             merged.setdefault(key, []).extend(values)
-    return {key: float(np.mean(values)) for key, values in merged.items() if values}
+    return {key: float(np.sum(values) if key.endswith("_tokens_run") else np.mean(values))
+            for key, values in merged.items() if values}
 
 
 def _peak_memory_metrics(stage: str, per_rank: list[dict]) -> dict:

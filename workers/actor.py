@@ -59,7 +59,7 @@ class TeacherForward:
     def mini_batch_hidden(self, chunks: list[dict], rows: list[list[int]], size: int, device: torch.device,
                           most_over_ranks=lambda calls: calls) -> torch.Tensor:
         """The head inputs ``[size, R, H]`` (``2H`` for trust-region) of a mini-batch cut into ``chunks``
-        (``chunks[i]`` holds the mini-batch rows ``rows[i]``); zeros at padding.
+        (``chunks[i]`` holds the mini-batch rows ``rows[i]``), zeros at padding; and the tokens it ran.
 
         Under FSDP2 every forward all-gathers, so every rank must make as many, and in the same order per
         module; the shared-prefix path makes a data-dependent number. ``most_over_ranks`` (a MAX
@@ -71,7 +71,13 @@ class TeacherForward:
         out = self._module_pass(self.teacher, chunks, plans, rows, size, device, calls)
         if self.mixes_student:
             out = self._mix(out, self._module_pass(self.student, chunks, plans, rows, size, device, calls))
-        return out
+        return out, self.tokens_run(chunks, plans)
+
+    def tokens_run(self, chunks: list[dict], plans: list[prefix_plan.Plan | None]) -> int:
+        """Tokens the pass over ``chunks`` runs, padding excluded (both modules' for trust-region)."""
+        tokens = sum(p.tokens if p is not None else int(c["teacher_attention_mask"].sum())
+                     for c, p in zip(chunks, plans))
+        return tokens * (2 if self.mixes_student else 1)
 
     def _mix(self, teacher_hidden: torch.Tensor, student_hidden: torch.Tensor) -> torch.Tensor:
         """Trust-region head inputs ``[(1 - r)·h_ref, r·h_student]``; the student's pass is over, reshard it."""
@@ -184,9 +190,11 @@ def micro_batch_loss(
                                                           for k, v in head_kwargs.items()})
         return torch.stack([o if keep else o.detach() for o, keep in zip(outs, keep_grad) if o is not None], dim=-1)
 
+    tokens_run: list[int] = []
     values = shared_prefix.response_head(student_module, batch["input_ids"], batch["attention_mask"],
                                          batch["position_ids"], response_mask, fn, remove_padding,
-                                         share=student_shared_prefix)
+                                         share=student_shared_prefix, tokens_run=tokens_run)
+    metrics["perf/student_tokens_run"] = float(tokens_run[0])
     log_probs, entropy = (forward.scatter_tokens(values[:, i], response_mask) for i in (0, 1))
     metrics["actor/entropy"] = _masked_mean(entropy.detach(), response_mask)
 

@@ -191,10 +191,11 @@ class ActorRolloutRefWorker:
                 mini_batch = index_batch(batch, order[m_start : m_start + mini])
                 if self.teacher is not None:
                     start = time.perf_counter()
-                    mini_batch["teacher_hidden"] = self._teacher_pass(mini_batch, group)
+                    mini_batch["teacher_hidden"], tokens_run = self._teacher_pass(mini_batch, group)
                     if self.device.type == "cuda":  # the pass is queued, not done, until the device syncs
                         torch.cuda.synchronize(self.device)
                     metrics.setdefault("perf/teacher_pass_s", []).append(time.perf_counter() - start)
+                    metrics.setdefault("perf/teacher_tokens_run", []).append(float(tokens_run))
                 normalizers = self._global_normalizers(mini_batch) if actor_cfg["global_token_normalization"] else None
                 self.optimizer.zero_grad(set_to_none=True)
                 micro_batches = self._micro_batches(mini_batch, micro, group)
@@ -216,9 +217,9 @@ class ActorRolloutRefWorker:
         return {"metrics": [metrics]}
 
     @torch.no_grad()
-    def _teacher_pass(self, mini_batch: dict, group: int) -> torch.Tensor:
-        """The teacher's head inputs for a mini-batch ``[rows, R, H]`` on the device, in chunks of
-        ``rollout.log_prob_micro_batch_size_per_gpu`` sequences (``use_dynamic_bsz``: teacher tokens within
+    def _teacher_pass(self, mini_batch: dict, group: int) -> tuple[torch.Tensor, int]:
+        """The teacher's head inputs for a mini-batch ``[rows, R, H]`` on the device, and the tokens it ran; in
+        chunks of ``rollout.log_prob_micro_batch_size_per_gpu`` sequences (``use_dynamic_bsz``: teacher tokens within
         ``log_prob_max_token_len_per_gpu``), whole prompt groups together. One pass before the micro-batches:
         fewer, larger forwards than one per micro-batch, and more rows to share prompt prefixes between.
         The student's weights do not change within a mini-batch, so trust-region mixing is the same."""

@@ -158,13 +158,14 @@ def _prefix_tree(prompts: list[list[int]], max_depth: int) -> Tree:
 class Plan:
     """How ``shared_prefix_hidden`` runs a batch (host-side): the tree, each row's first prompt column and
     response columns to run (``_response_run``), and the forwards: ``depths[d]`` lists chunks of node ids
-    (one forward each), ``row_chunks`` chunks of rows."""
+    (one forward each), ``row_chunks`` chunks of rows; ``tokens`` the tokens they run (padding excluded)."""
 
     tree: Tree
     starts: list[int]
     scored: list[int]
     depths: list[list[list[int]]]
     row_chunks: list[list[int]]
+    tokens: int
 
     @property
     def forwards(self) -> int:
@@ -200,8 +201,8 @@ def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response
     prompts, starts = _prompts(input_ids, attention_mask, response_mask.shape[1])
     tree = prefix_tree(prompts)
     scored = _response_run(response_mask)
-    total = int(attention_mask.sum())
-    if 8 * (total - _run_tokens(tree, prompts, scored)) < total:
+    total, tokens = int(attention_mask.sum()), _run_tokens(tree, prompts, scored)
+    if 8 * (total - tokens) < total:
         return None
     param = next(module.parameters())
     budget = _CACHE_BYTES.get(param.device.type, _CACHE_BYTES["cuda"]) // _cache_bytes_per_token(module, param.dtype)
@@ -219,7 +220,7 @@ def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response
     widths = [len(prompts[r]) - tree.prefix(tree.row_parent[r]) + scored[r] for r in rows]
     above = [tree.prefix(tree.row_parent[r]) for r in rows]
     row_chunks = [[rows[i] for i in chunk] for chunk in _chunks(widths, above, budget, per_forward)]
-    return Plan(tree, starts, scored, depths, row_chunks)
+    return Plan(tree, starts, scored, depths, row_chunks, tokens)
 
 
 def _chunks(widths: list[int], above: list[int], max_cached_tokens: int, forward_tokens: int) -> list[list[int]]:

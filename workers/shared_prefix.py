@@ -222,10 +222,14 @@ def _shared_prefix_head(module, input_ids, attention_mask, position_ids, respons
 
 
 def response_head(module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor, fn,
-                  remove_padding: bool = False, share: bool = True) -> torch.Tensor:
+                  remove_padding: bool = False, share: bool = True,
+                  tokens_run: list[int] | None = None) -> torch.Tensor:
     """``forward.response_head``, through the shared-prefix forward when ``share`` and the plan says it
-    pays (``fn(hidden, weight, where=None)``: ``where`` as for ``shared_prefix_head``)."""
+    pays (``fn(hidden, weight, where=None)``: ``where`` as for ``shared_prefix_head``). ``tokens_run``:
+    appended the tokens the forward runs, padding excluded (what the model FLOPs of a step count)."""
     batch_plan = plan(module, input_ids, attention_mask, response_mask) if share else None
+    if tokens_run is not None:
+        tokens_run.append(batch_plan.tokens if batch_plan is not None else int(attention_mask.sum()))
     if batch_plan is not None:
         return shared_prefix_head(module, input_ids, attention_mask, position_ids, response_mask, fn, batch_plan)
     return forward.response_head(module, input_ids, attention_mask, position_ids, response_mask, fn, remove_padding)

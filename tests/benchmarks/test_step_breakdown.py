@@ -30,6 +30,11 @@ def test_tiny_preset_on_cpu_prints_and_writes_every_figure(tmp_path):
         for key in FIGURES:
             assert math.isfinite(data[mode][key]) and data[mode][key] > 0, (mode, key, data[mode][key])
     assert data["mopd"]["teacher_tokens"] > data["mopd"]["response_tokens"]  # peer contexts formed
+    # MFU counts the tokens the forwards ran (shared prefixes once): never more than the plain count.
+    for mode in ("mopd", "grpo"):
+        assert 0 < data[mode]["student_tokens_run"] <= data[mode]["student_tokens"]
+        assert data[mode]["train_mfu"] <= data[mode]["train_plain_equivalent_mfu"]
+    assert 0 < data["mopd"]["teacher_tokens_run"] <= data["mopd"]["teacher_tokens"]
     assert data["grpo"]["teacher_tokens"] == 0
     assert data["meta"]["params"] > 151_936 * 128  # the real vocabulary's embedding alone
 

@@ -170,3 +170,22 @@ def test_the_student_path_refuses_gradient_checkpointing_and_the_worker_says_whe
     assert _student_shares_prefixes(True, 1, True, 0) is False
     assert "enable_gradient_checkpointing" in capsys.readouterr().out
     assert _student_shares_prefixes(True, 2, False, 1) is False and capsys.readouterr().out == ""  # rank 0 says it
+
+
+def test_tokens_run_counts_each_shared_prefix_once(monkeypatch):
+    """``response_head(..., tokens_run=)`` (what MFU counts): the plain forward runs every valid token; the
+    shared one each distinct prompt prefix once plus each row's response up to its last scored token's
+    predecessor. For the two groups of _group_prompts: the template (6), per group the question (9), the
+    first peer (20) under three rows, the second peer (21) under two, then 22 + 21 + 22 more peer tokens and
+    the rows' 2-token tails, and responses of lengths 5 1 7 3 7 2 6 4 (run: 4 0 6 2 6 1 5 3)."""
+    monkeypatch.setattr(prefix_plan, "_NODE_TOKENS", 0)  # every shared prefix a node, however short,
+    monkeypatch.setattr(prefix_plan, "_MAX_DEPTH", 10)  # and at any depth
+    model = _model(torch.float32)
+    ids, mask, pos, response_mask = _teacher_batch(_group_prompts(0), [5, 1, 7, 3, 7, 2, 6, 4], response_width=7)
+    fn = lambda hidden, weight, where=None: hidden[:, :1]  # noqa: E731
+    shared, plain = [], []
+    with torch.no_grad():
+        shared_prefix.response_head(model, ids, mask, pos, response_mask, fn, tokens_run=shared)
+        shared_prefix.response_head(model, ids, mask, pos, response_mask, fn, share=False, tokens_run=plain)
+    assert plain == [int(mask.sum())]
+    assert shared == [6 + 2 * (9 + 20 + 21 + 22 + 21 + 22 + 4 * 2) + (4 + 0 + 6 + 2 + 6 + 1 + 5 + 3)]

@@ -38,8 +38,11 @@ def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides, monkeypatch)
         for p in worker.actor.parameters():  # a student unlike the teacher, so trust-region mixing shows
             p.data.add_(0.01 * torch.randn_like(p))
         batch = _with_shared_teacher_prefixes(make_mini_batch(worker.actor.config.vocab_size))
-        stored = worker._teacher_pass(batch, N)
+        stored, tokens_run = worker._teacher_pass(batch, N)
         assert stored.shape[:2] == batch["response_mask"].shape
+        # the tokens its forwards ran (MFU's count): all valid ones plain, fewer shared; twice for trust-region
+        plain_tokens = int(batch["teacher_attention_mask"].sum()) * (2 if worker.teacher.mixes_student else 1)
+        assert 0 < tokens_run <= plain_tokens and (tokens_run < plain_tokens) == worker.teacher.shared_prefix
         for start in range(0, PROMPTS * N, 2):  # other cuts than the pass's chunks
             part = {k: (v[start:start + 2] if k != "meta" else v) for k, v in batch.items()}
             valid = part["response_mask"].bool()
@@ -70,10 +73,10 @@ def _two_rank_teacher_pass(rank: int, port: int, out_dir: str, overrides: tuple 
         batch = _with_shared_teacher_prefixes(batch) if rank == 0 else batch
         calls = [0]
         hook = worker.teacher_module.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-        shared = worker._teacher_pass(batch, N)
+        shared, _ = worker._teacher_pass(batch, N)
         made = calls[0]
         worker.teacher.shared_prefix = False
-        plain = worker._teacher_pass(batch, N)
+        plain, _ = worker._teacher_pass(batch, N)
         hook.remove()
         torch.save({"shared": shared, "plain": plain, "forwards": made, "plain_forwards": calls[0] - made},
                    f"{out_dir}/rank{rank}.pt")
