@@ -113,13 +113,16 @@ def _assert_trains_alike(rows_a: list[dict], rows_b: list[dict], steps: int) -> 
         assert a["actor/grad_norm"] == pytest.approx(b["actor/grad_norm"], rel=1e-3)
 
 
-def test_packed_sequences_train_like_padded_ones(fixture_dir, tmp_path):
-    """actor_rollout_ref.model.use_remove_padding under sdpa (per-sequence attention, packed_attention) with
-    gradient checkpointing, shared prefixes off so that every forward packs: the padded run's rollouts,
-    losses and gradient norms; the HF export does not name the packing attention."""
+@pytest.mark.parametrize("shared", [False, True], ids=["every-forward-packs", "shared-prefixes"])
+def test_packed_sequences_train_like_padded_ones(fixture_dir, tmp_path, shared):
+    """actor_rollout_ref.model.use_remove_padding under sdpa (per-sequence attention, packed_attention): the
+    padded run's rollouts, losses and gradient norms. Shared prefixes off (with gradient checkpointing):
+    every forward packs; on: the teacher's tree forwards (KV caches, 4D masks) run through the packing
+    model's plain-sdpa side. The HF export does not name the packing attention."""
     common = ("trainer.backend=local", "trainer.total_training_steps=3", "trainer.save_freq=3",
-              "actor_rollout_ref.actor.shared_prefix=false", "actor_rollout_ref.ref.shared_prefix=false",
-              "actor_rollout_ref.model.enable_gradient_checkpointing=true")
+              f"actor_rollout_ref.actor.shared_prefix={str(shared).lower()}",
+              f"actor_rollout_ref.ref.shared_prefix={str(shared).lower()}",
+              f"actor_rollout_ref.model.enable_gradient_checkpointing={str(not shared).lower()}")
     train(fixture_dir, tmp_path / "packed", *common, "actor_rollout_ref.model.use_remove_padding=true")
     train(fixture_dir, tmp_path / "padded", *common)
     _assert_trains_alike(metrics(tmp_path / "packed"), metrics(tmp_path / "padded"), steps=3)
