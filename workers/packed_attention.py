@@ -6,9 +6,9 @@ runs its varlen kernels from the position ids. Under sdpa it builds a dense bloc
 instead: exact, but memory and attention grow with the packed length squared (a micro-batch of 8 x 1,239
 tokens spends ~8x the attention FLOPs of its sequences). So a model loaded for packing with sdpa gets the
 implementation ``PACKED_SDPA`` (``implementation``): in a packed forward (``packed``), it runs PyTorch's own
-varlen flash-attention kernel (``torch.nn.attention.varlen``: torch >= 2.10, CUDA from Ampere on, bf16/fp16),
-or else sdpa once per sequence; every other forward (padded rows, KV caches, 4D masks) is transformers'
-sdpa, masks included. Exact against the padded forward: tests/workers/test_remove_padding.py (CPU), and
+varlen flash-attention kernel (``torch.nn.attention.varlen``: torch >= 2.10, CUDA from Ampere on, bf16/fp16,
+once it has agreed with sdpa on a small forward and backward), or else sdpa once per sequence; every other
+forward (padded rows, KV caches, 4D masks) is transformers' sdpa, masks included. Exact against the padded forward: tests/workers/test_remove_padding.py (CPU), and
 tests/gpu/test_packed_attention_cuda.py for the CUDA kernel.
 """
 
@@ -76,16 +76,18 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     if module.training and kwargs.get("dropout", 0.0):
         raise ValueError(f"{type(module).__name__}: attention dropout is not supported by {PACKED_SDPA}")
     scale, groups = kwargs.get("scaling"), query.shape[1] // key.shape[1]
-    if _VARLEN is not None and query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) \
-            and torch.cuda.get_device_capability(query.device)[0] >= 8:  # PyTorch's flash kernels: Ampere on
+    if _varlen_usable(query):
         out = _VARLEN(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), bounds,
                       kwargs["max_length_q"], scale, groups)
         return out.unsqueeze(0), None
-    edges = bounds.tolist()
-    pieces = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True,
-                                             scale=scale, enable_gqa=groups > 1)
-              for a, b in zip(edges[:-1], edges[1:])]
-    return torch.cat(pieces, 2).transpose(1, 2).contiguous(), None
+    return _per_sequence(query, key, value, bounds.tolist(), scale, groups).transpose(1, 2).contiguous(), None
+
+
+def _per_sequence(query, key, value, edges: list[int], scale, groups: int) -> torch.Tensor:
+    """Causal sdpa over each ``[edges[i], edges[i + 1])`` column range of ``[1, H, T, D]`` tensors."""
+    return torch.cat([F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
+                                                     is_causal=True, scale=scale, enable_gqa=groups > 1)
+                      for a, b in zip(edges[:-1], edges[1:])], 2)
 
 
 def _mask(*args, **kwargs):
@@ -119,6 +121,49 @@ def _varlen_kernel():
 
 
 _VARLEN = _varlen_kernel()
+_VARLEN_CHECKED: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def _varlen_usable(query: torch.Tensor) -> bool:
+    """The varlen kernel for this device and dtype: CUDA from Ampere on (PyTorch's flash kernels), bf16/fp16,
+    and once per process a small forward and backward that must agree with sdpa per sequence."""
+    if _VARLEN is None or not query.is_cuda or query.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    key = (str(query.device), query.dtype)
+    if key not in _VARLEN_CHECKED:
+        _VARLEN_CHECKED[key] = (torch.cuda.get_device_capability(query.device)[0] >= 8
+                                and varlen_agrees(query.device, query.dtype))
+    return _VARLEN_CHECKED[key]
+
+
+def varlen_agrees(device, dtype, kernel=None) -> bool:
+    """Whether ``kernel`` (default the varlen kernel) gives sdpa-per-sequence's outputs and gradients on three
+    causal sequences with grouped key/value heads; if not, or if it raises, one line says so."""
+    kernel = kernel or _VARLEN
+    g = torch.Generator().manual_seed(0)
+    edges, heads, kv_heads, dim = [0, 5, 6, 18], 4, 2, 64
+    q, k, v = (torch.randn(edges[-1], h, dim, generator=g).to(device, dtype).requires_grad_()
+               for h in (heads, kv_heads, kv_heads))
+    bounds = torch.tensor(edges, dtype=torch.int32, device=device)
+    try:
+        with torch.enable_grad():
+            out = kernel(q, k, v, bounds, 12, dim ** -0.5, heads // kv_heads)
+            got = (out, *torch.autograd.grad(out.float().square().sum(), (q, k, v)))
+            ref = _per_sequence(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), edges, dim ** -0.5,
+                                heads // kv_heads)[0].transpose(0, 1)
+            want = (ref, *torch.autograd.grad(ref.float().square().sum(), (q, k, v)))
+    except Exception as error:  # noqa: BLE001 -- any failure means: do not use it; said below
+        print(f"[mopd] {PACKED_SDPA}: torch's varlen attention failed its check on {device} ({type(error).__name__}: "
+              f"{str(error)[:200]}); packed sequences attend per sequence with sdpa instead", flush=True)
+        return False
+    gaps = [float((a.detach().float() - b.detach().float()).norm() / b.detach().float().norm().clamp(min=1e-6))
+            for a, b in zip(got, want)]
+    if max(gaps) > (1e-4 if dtype == torch.float32 else 0.03):
+        print(f"[mopd] {PACKED_SDPA}: torch's varlen attention disagrees with sdpa on {device} (relative gaps "
+              f"{', '.join(f'{x:.1e}' for x in gaps)}); packed sequences attend per sequence with sdpa instead",
+              flush=True)
+        return False
+    return True
 
 
 def _register() -> None:

@@ -14,11 +14,15 @@ pytestmark = pytest.mark.gpu
 
 
 def test_varlen_kernel_is_used_on_cuda(device):
+    """torch's varlen kernel exists here and passes the check the packed attention makes before using it."""
     from workers import packed_attention
 
     if device != "cuda":
         pytest.skip("the varlen kernel is CUDA only")
     assert packed_attention._VARLEN is not None, f"torch {torch.__version__} has no usable varlen_attn"
+    for dtype in (torch.bfloat16, torch.float16):
+        assert packed_attention.varlen_agrees(torch.device("cuda"), dtype), dtype
+        assert packed_attention._varlen_usable(torch.zeros(1, 4, 3, 64, dtype=dtype, device="cuda"))
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

@@ -185,7 +185,7 @@ def test_sdpo_gpu_uses_the_release_settings():
         "algorithm.rollout_correction.rollout_is": "token", f"{ACTOR}.optim.warmup_style": "constant",
         "trainer.total_training_steps": None, "actor_rollout_ref.model.enable_gradient_checkpointing": True,
         f"{ACTOR}.ppo_micro_batch_size_per_gpu": 1, f"{ACTOR}.optim.lr_warmup_steps": 10,
-        "trainer.n_gpus_per_node": 8, "trainer.save_freq": 10,
+        "trainer.n_gpus_per_node": 8, "trainer.save_freq": 10, "actor_rollout_ref.model.use_remove_padding": True,
     }
     effective = composed(cmd)
     assert {k: effective.get(k) for k in release} == release

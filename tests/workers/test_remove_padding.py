@@ -156,3 +156,30 @@ def test_packing_choice_of_attention():
     for attn in ("eager", "flash_attention_2"):
         assert packed_attention.implementation(attn, remove_padding=True) == attn
     assert packed_attention.implementation("sdpa", remove_padding=False) == "sdpa"
+
+
+def _kernel_from_sdpa(causal: bool):
+    """A varlen kernel ``(q, k, v [T, H, D], bounds, longest, scale, groups)`` built from sdpa per sequence."""
+    def run(q, k, v, bounds, longest, scale, groups):
+        edges = bounds.tolist()
+        pieces = [torch.nn.functional.scaled_dot_product_attention(
+            *(t[a:b].transpose(0, 1) for t in (q, k, v)), is_causal=causal, scale=scale, enable_gqa=groups > 1)
+            for a, b in zip(edges[:-1], edges[1:])]
+        return torch.cat(pieces, 1).transpose(0, 1)
+    return run
+
+
+def test_the_varlen_kernel_is_checked_before_use(capsys):
+    """On CUDA the varlen kernel runs only after a small forward/backward agreed with sdpa per sequence
+    (checked once per device and dtype); one line says why it is not used otherwise."""
+    assert packed_attention.varlen_agrees("cpu", torch.float32, kernel=_kernel_from_sdpa(causal=True))
+    assert capsys.readouterr().out == ""
+    assert not packed_attention.varlen_agrees("cpu", torch.float32, kernel=_kernel_from_sdpa(causal=False))
+    assert "disagrees with sdpa" in capsys.readouterr().out
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    assert not packed_attention.varlen_agrees("cpu", torch.float32, kernel=broken)
+    assert "failed its check on cpu (RuntimeError: no kernel image" in capsys.readouterr().out
+    assert not packed_attention._varlen_usable(torch.zeros(1, 4, 3, 64, dtype=torch.bfloat16))  # CPU: never
