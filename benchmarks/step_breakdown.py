@@ -17,9 +17,9 @@ step ÷ device bandwidth); training MFU = (6·N·student tokens + 2·N·teacher 
 device peak (N = all parameters, tied embeddings once), with the tokens the forwards ran (each shared
 prompt prefix once, padding excluded: ``perf/*_tokens_run``), and beside it the same with the plain
 computation's tokens (every row's whole prompt: what the step achieves, not what the device ran); peak
-memory (torch-allocated device memory on CUDA, the process's peak RSS on CPU); and MOPD/GRPO ratios. The device's bandwidth and peak FLOP/s are
-the vendor's dense bf16 figures for known GPUs, and measured here (a large copy, a large matmul) on a CPU
-or an unknown GPU; the table says which.
+memory (torch-allocated device memory on CUDA, the process's peak RSS on CPU); and MOPD/GRPO ratios. The
+device's bandwidth and peak FLOP/s are the vendor's dense bf16 figures for known GPUs, and measured here (a
+large copy, a large matmul) on a CPU or an unknown GPU; the table says which.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ tokens spends ~8x the attention FLOPs of its sequences). So a model loaded for p
 implementation ``PACKED_SDPA`` (``implementation``): in a packed forward (``packed``), it runs PyTorch's own
 varlen flash-attention kernel (``torch.nn.attention.varlen``: torch >= 2.10, CUDA from Ampere on, bf16/fp16,
 once it has agreed with sdpa on a small forward and backward), or else sdpa once per sequence; every other
-forward (padded rows, KV caches, 4D masks) is transformers' sdpa, masks included. Exact against the padded forward: tests/workers/test_remove_padding.py (CPU), and
-tests/gpu/test_packed_attention_cuda.py for the CUDA kernel.
+forward (padded rows, KV caches, 4D masks) is transformers' sdpa, masks included. Exact against the padded
+forward: tests/workers/test_remove_padding.py (CPU), and tests/gpu/test_packed_attention_cuda.py for the
+CUDA kernel.
 """
 
 from __future__ import annotations
