@@ -70,7 +70,8 @@ def metrics(run_dir: Path) -> list[dict]:
     ("grpo", ()),
     ("sdpo", ("actor_rollout_ref.actor.self_distillation.teacher_regularization=trust-region",)),
     ("mopd", ()),
-])
+    ("mopd", ("actor_rollout_ref.model.use_remove_padding=true", "actor_rollout_ref.ref.shared_prefix=false")),
+], ids=["grpo", "sdpo-trust-region", "mopd", "mopd-packed"])
 def test_two_ray_workers_fsdp2(fixture_dir, tmp_path, config, extra):
     run = tmp_path / config
     train(fixture_dir, run, "trainer.backend=ray", "trainer.n_gpus_per_node=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
