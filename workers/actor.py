@@ -75,8 +75,7 @@ class TeacherForward:
 
     def tokens_run(self, chunks: list[dict], plans: list[prefix_plan.Plan | None]) -> int:
         """Tokens the pass over ``chunks`` runs, padding excluded (both modules' for trust-region)."""
-        tokens = sum(p.tokens if p is not None else int(c["teacher_attention_mask"].sum())
-                     for c, p in zip(chunks, plans))
+        tokens = sum(prefix_plan.tokens_run(p, c["teacher_attention_mask"]) for c, p in zip(chunks, plans))
         return tokens * (2 if self.mixes_student else 1)
 
     def _mix(self, teacher_hidden: torch.Tensor, student_hidden: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,9 @@ import inspect
 
 import torch
 import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers import masking_utils
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PACKED_SDPA = "mopd_packed_sdpa"
 
@@ -69,7 +72,6 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
         if _PACKING.get():
             raise RuntimeError(f"{type(module).__name__}: a packed forward reached attention without its sequence "
                                "boundaries (cu_seq_lens_q); this model does not pass attention kwargs through")
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if kwargs.get("sliding_window") is not None:
         raise ValueError(f"{type(module).__name__}: sliding-window attention is not supported by {PACKED_SDPA}; "
@@ -95,8 +97,7 @@ def _mask(*args, **kwargs):
     """transformers' mask interface: none in a packed forward, sdpa's otherwise."""
     if _PACKING.get():
         return None
-    from transformers.masking_utils import sdpa_mask
-    return sdpa_mask(*args, **kwargs)
+    return masking_utils.sdpa_mask(*args, **kwargs)
 
 
 def _varlen_kernel():
@@ -168,7 +169,5 @@ def varlen_agrees(device, dtype, kernel=None) -> bool:
 
 
 def _register() -> None:
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     ALL_ATTENTION_FUNCTIONS.register(PACKED_SDPA, _attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, _mask)
+    masking_utils.ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, _mask)

@@ -172,6 +172,11 @@ class Plan:
         return sum(len(chunks) for chunks in self.depths) + len(self.row_chunks)
 
 
+def tokens_run(batch_plan: Plan | None, attention_mask: torch.Tensor) -> int:
+    """Tokens a forward of the batch runs, padding excluded: the plan's, or every valid token's (plain)."""
+    return batch_plan.tokens if batch_plan is not None else int(attention_mask.sum())
+
+
 def _prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int):
     prompt_width = input_ids.shape[1] - response_width
     starts = [prompt_width - n for n in attention_mask[:, :prompt_width].sum(-1).tolist()]

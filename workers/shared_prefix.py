@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from workers import forward, model_utils, packed_attention
+from workers import forward, model_utils, packed_attention, prefix_plan
 from workers.forward import _HeadCall, output_head
 from workers.prefix_plan import Plan, Tree, plan
 
@@ -229,7 +229,7 @@ def response_head(module, input_ids, attention_mask, position_ids, response_mask
     appended the tokens the forward runs, padding excluded (what the model FLOPs of a step count)."""
     batch_plan = plan(module, input_ids, attention_mask, response_mask) if share else None
     if tokens_run is not None:
-        tokens_run.append(batch_plan.tokens if batch_plan is not None else int(attention_mask.sum()))
+        tokens_run.append(prefix_plan.tokens_run(batch_plan, attention_mask))
     if batch_plan is not None:
         return shared_prefix_head(module, input_ids, attention_mask, position_ids, response_mask, fn, batch_plan)
     return forward.response_head(module, input_ids, attention_mask, position_ids, response_mask, fn, remove_padding)
