@@ -50,6 +50,7 @@ with one line at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import time
@@ -260,16 +261,28 @@ def _unique_cpu_shm_names() -> None:
     """vLLM's CPU tensor-parallel communicator names its /dev/shm segments after the init method, which is
     the constant ``env://`` with external_launcher: a segment left by a killed run (or another run on the
     machine) then fails the next start with "create shm in SHMManager failed. errno: 17". Prefix the names
-    with this run's rendezvous port (the same on every rank of the run)."""
+    with this run's rendezvous port (the same on every rank of the run). vLLM does not unlink them at exit,
+    so a later run can draw the same port: segments under this port's prefix belong to no live run (the
+    port is this run's while it lives) and rank 0 removes them before any rank creates its own."""
+    import glob
+
+    import torch.distributed as dist
     from vllm.distributed.device_communicators import cpu_communicator
 
     shm = getattr(cpu_communicator, "_CPUSHMDistributed", None)
-    if shm is None or getattr(shm, "_mopd_unique", False):
+    if shm is None:
         return
-    plain = shm.make_group_name
-    shm.make_group_name = staticmethod(  # shm_open wants one leading "/" and no other
-        lambda comm: f"/mopd{os.environ.get('MASTER_PORT', '')}{plain(comm).lstrip('/')}")
-    shm._mopd_unique = True
+    if not getattr(shm, "_mopd_unique", False):
+        plain = shm.make_group_name
+        shm.make_group_name = staticmethod(  # shm_open wants one leading "/" and no other
+            lambda comm: f"/mopd{os.environ.get('MASTER_PORT', '')}{plain(comm).lstrip('/')}")
+        shm._mopd_unique = True
+    if dist.is_initialized():
+        if dist.get_rank() == 0:
+            for stale in glob.glob(f"/dev/shm/mopd{os.environ.get('MASTER_PORT', '')}-*"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stale)
+        dist.barrier()
 
 
 def _gather_tp_requests(prompts: list[list[int]], seeds: list[int], tp: int) -> tuple[list, list, int]:

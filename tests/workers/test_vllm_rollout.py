@@ -223,6 +223,28 @@ def test_bad_settings_stop_with_one_line(monkeypatch):
     assert str(info.value).startswith(f"{ROLLOUT}.name=vllm: vLLM 0.10.2 is not supported") and "\n" not in str(info.value)
 
 
+def test_stale_shared_memory_of_this_port_is_removed_before_the_engine_starts(monkeypatch):
+    """vLLM's CPU tensor-parallel segments outlive their run; one left under the port this run now holds
+    would fail the engine's start (errno 17). Segments of other ports are left alone."""
+    import torch.distributed as dist
+
+    from trainer.worker_group import free_port
+    from workers.vllm_rollout import _unique_cpu_shm_names
+
+    port = str(free_port())
+    stale, other = (Path(f"/dev/shm/mopd{p}-tp:0-[0-1]-cpushm_0") for p in (port, port + "1"))
+    stale.write_bytes(b"left by a killed run")
+    other.write_bytes(b"another run's")
+    monkeypatch.setenv("MASTER_PORT", port)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        _unique_cpu_shm_names()
+        assert not stale.exists() and other.exists()
+    finally:
+        dist.destroy_process_group()
+        other.unlink()
+
+
 @pytest.mark.parametrize("tp", [1, 2])
 def test_one_and_two_workers_give_the_same_rollouts(tp):
     """Ray workers, as the trainer runs them: the rollouts of a batch do not depend on how many ranks
