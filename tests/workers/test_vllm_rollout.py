@@ -236,12 +236,15 @@ def test_stale_shared_memory_of_this_port_is_removed_before_the_engine_starts(mo
     stale.write_bytes(b"left by a killed run")
     other.write_bytes(b"another run's")
     monkeypatch.setenv("MASTER_PORT", port)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    own_group = not dist.is_initialized()  # an in-process worker of this module may hold one (rank 0 of 1)
+    if own_group:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         _unique_cpu_shm_names()
         assert not stale.exists() and other.exists()
     finally:
-        dist.destroy_process_group()
+        if own_group:
+            dist.destroy_process_group()
         other.unlink()
 
 
