@@ -157,12 +157,15 @@ def _prefix_tree(prompts: list[list[int]], max_depth: int) -> Tree:
 @dataclass
 class Plan:
     """How ``shared_prefix_hidden`` runs a batch (host-side): the tree, each row's first prompt column and
-    response columns to run (``_response_run``), and the forwards: ``depths[d]`` lists chunks of node ids
-    (one forward each), ``row_chunks`` chunks of rows; ``tokens`` the tokens they run (padding excluded)."""
+    response columns to run (``_response_run``), ``same_as`` the row whose forward gives each row its hidden
+    states (itself, or an identical row: ``_identical_rows``), and the forwards: ``depths[d]`` lists chunks
+    of node ids (one forward each), ``row_chunks`` chunks of rows; ``tokens`` the tokens they run (padding
+    excluded)."""
 
     tree: Tree
     starts: list[int]
     scored: list[int]
+    same_as: list[int]
     depths: list[list[list[int]]]
     row_chunks: list[list[int]]
     tokens: int
@@ -183,12 +186,11 @@ def _prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_wid
     return [row[s:prompt_width] for row, s in zip(input_ids[:, :prompt_width].tolist(), starts)], starts
 
 
-def _run_tokens(tree: Tree, prompts: list[list[int]], response_run: list[int] | None = None) -> int:
-    """Tokens the tree's forwards run: each node's segment once, each row's tail (and, given
-    ``_response_run``, each row's response columns)."""
+def _run_tokens(tree: Tree, prompts: list[list[int]], rows: list[int], response_run: list[int]) -> int:
+    """Tokens the tree's forwards run: each node's segment once, each of ``rows`` its prompt tail and its
+    response columns (``_response_run``)."""
     nodes = sum(tree.length[n] - tree.prefix(tree.parent[n]) for n in range(len(tree.length)))
-    rows = sum(len(p) - tree.prefix(parent) for p, parent in zip(prompts, tree.row_parent))
-    return nodes + rows + sum(max(n, 0) for n in response_run or [])
+    return nodes + sum(len(prompts[r]) - tree.prefix(tree.row_parent[r]) + response_run[r] for r in rows)
 
 
 def _response_run(response_mask: torch.Tensor) -> list[int]:
@@ -199,15 +201,46 @@ def _response_run(response_mask: torch.Tensor) -> list[int]:
     return last.masked_fill(~response_mask.bool().any(1), -1).tolist()
 
 
+def _identical_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
+                    prompts: list[list[int]], response_run: list[int]) -> list[int]:
+    """Per row, the first row that runs the same inputs: the same prompt and the same response columns
+    before its last scored token (ids and mask). That row's forward holds its hidden states at every
+    position it scores, so it need not run (rollouts of one prompt often answer alike, and their teacher
+    prompts agree when their peers do). The last scored token itself is not an input: rows that differ
+    only there share. Positions follow from the mask, as everywhere in the shared-prefix forward."""
+    prompt_width = input_ids.shape[1] - response_mask.shape[1]
+    ids = input_ids[:, prompt_width:].tolist()
+    mask = attention_mask[:, prompt_width:].tolist()
+    first: dict[tuple, int] = {}
+    same_as = []
+    for r, (prompt, run) in enumerate(zip(prompts, response_run)):
+        key = (tuple(prompt), tuple(ids[r][:run]), tuple(mask[r][:run]))
+        same_as.append(first.setdefault(key, r) if run >= 0 else r)
+    return same_as
+
+
+def _layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor):
+    """(prompts, their first columns, response columns run, ``same_as``, the rows that run, the tree over
+    them): the tree is built from the rows that run, so an identical row neither runs nor sways its nodes."""
+    prompts, starts = _prompts(input_ids, attention_mask, response_mask.shape[1])
+    scored = _response_run(response_mask)
+    same_as = _identical_rows(input_ids, attention_mask, response_mask, prompts, scored)
+    runs = [r for r in range(len(prompts)) if scored[r] >= 0 and same_as[r] == r]
+    tree = prefix_tree([prompts[r] for r in runs]) if runs else Tree([], [], [], [])
+    row_parent = [-1] * len(prompts)
+    for i, r in enumerate(runs):
+        row_parent[r] = tree.row_parent[i]
+    tree = Tree(tree.length, [runs[i] for i in tree.row], tree.parent, row_parent)
+    return prompts, starts, scored, same_as, runs, tree
+
+
 def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> Plan | None:
     """The plan for a batch, or ``None`` when the plain forward should run instead (a saving under 1/8 of
     the tokens does not pay for the extra model calls). Host-side only (no forward, no collective), so a
     rank can learn how many forwards it will make before making any."""
-    prompts, starts = _prompts(input_ids, attention_mask, response_mask.shape[1])
-    tree = prefix_tree(prompts)
-    scored = _response_run(response_mask)
-    total, tokens = int(attention_mask.sum()), _run_tokens(tree, prompts, scored)
-    if 8 * (total - tokens) < total:
+    prompts, starts, scored, same_as, rows, tree = _layout(input_ids, attention_mask, response_mask)
+    total, tokens = int(attention_mask.sum()), _run_tokens(tree, prompts, rows, scored)
+    if not rows or 8 * (total - tokens) < total:
         return None
     param = next(module.parameters())
     budget = _CACHE_BYTES.get(param.device.type, _CACHE_BYTES["cuda"]) // _cache_bytes_per_token(module, param.dtype)
@@ -220,12 +253,11 @@ def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response
         above = [tree.prefix(tree.parent[n]) for n in nodes]
         depths.append([[nodes[i] for i in chunk] for chunk in _chunks(own, above, budget, per_forward)])
     # A row runs its prompt tail and its response up to the last scored token's predecessor; a row with
-    # nothing to score does not run.
-    rows = [r for r in range(len(prompts)) if scored[r] >= 0]
+    # nothing to score, or identical to an earlier one, does not run.
     widths = [len(prompts[r]) - tree.prefix(tree.row_parent[r]) + scored[r] for r in rows]
     above = [tree.prefix(tree.row_parent[r]) for r in rows]
     row_chunks = [[rows[i] for i in chunk] for chunk in _chunks(widths, above, budget, per_forward)]
-    return Plan(tree, starts, scored, depths, row_chunks, tokens)
+    return Plan(tree, starts, scored, same_as, depths, row_chunks, tokens)
 
 
 def _chunks(widths: list[int], above: list[int], max_cached_tokens: int, forward_tokens: int) -> list[list[int]]:
@@ -262,5 +294,5 @@ def _cache_bytes_per_token(module, dtype: torch.dtype) -> int:
 def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   response_mask: torch.Tensor) -> tuple[int, int]:
     """(tokens the plain teacher forward runs, tokens the shared-prefix forward runs), padding excluded."""
-    prompts, _ = _prompts(input_ids, attention_mask, response_mask.shape[1])
-    return int(attention_mask.sum()), _run_tokens(prefix_tree(prompts), prompts, _response_run(response_mask))
+    prompts, _, scored, _, rows, tree = _layout(input_ids, attention_mask, response_mask)
+    return int(attention_mask.sum()), _run_tokens(tree, prompts, rows, scored)

@@ -189,6 +189,10 @@ def _shared_prefix_head(module, input_ids, attention_mask, position_ids, respons
     # Each row's columns in the rows' pass: its prompt tail, then its response up to its last scored token.
     segment = [(starts[r] + tree.prefix(tree.row_parent[r]), prompt_width + batch_plan.scored[r])
                for r in range(len(starts))]
+    copies: dict[int, list[int]] = {}  # a row that runs -> the identical rows that take its hidden states
+    for r, source in enumerate(batch_plan.same_as):
+        if source != r:
+            copies.setdefault(source, []).append(r)
     out, zero = None, 0
     try:
         for chunks in batch_plan.depths:
@@ -202,7 +206,7 @@ def _shared_prefix_head(module, input_ids, attention_mask, position_ids, respons
         packed = _takes_4d_masks(module)
         for chunk in batch_plan.row_chunks:
             packs = _sibling_packs(tree, chunk, segment, packed)
-            rows, cols, where = _scored_positions(packs, segment, prompt_width, valid, out_index)
+            rows, cols, where = _scored_positions(packs, segment, prompt_width, valid, out_index, copies)
 
             def scored(hidden, weight):  # fn at the chunk's scored positions
                 return fn(hidden[rows, cols], weight, where)
@@ -275,17 +279,20 @@ def _sibling_packs(tree: Tree, chunk: list[int], segment: list[tuple[int, int]],
 
 
 def _scored_positions(packs: list[list[int]], segment: list[tuple[int, int]], prompt_width: int,
-                      valid: torch.Tensor, out_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(forward row, column, output index) of every scored response token of the packs' rows: token j of
-    row r is scored at its segment's column (prompt tail - 1 + j), and goes to ``out_index[r, j]``."""
+                      valid: torch.Tensor, out_index: torch.Tensor, copies: dict[int, list[int]]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(forward row, column, output index) of every scored response token of the packs' rows and of their
+    ``copies`` (rows with the same inputs, each scored at its own positions there): token j of row r is scored at its segment's
+    column (prompt tail - 1 + j), and goes to ``out_index[r, j]``."""
     order, forward_row, first_col = [], [], []
     for i, pack in enumerate(packs):
         at = 0
         for r in pack:
             first, end = segment[r]
-            order.append(r)
-            forward_row.append(i)
-            first_col.append(at + (prompt_width - first) - 1)  # where the row's response token 0 is scored
+            for row in [r, *copies.get(r, [])]:
+                order.append(row)
+                forward_row.append(i)
+                first_col.append(at + (prompt_width - first) - 1)  # where the row's response token 0 is scored
             at += end - first
     device = valid.device
     order_t = torch.tensor(order, device=device)

@@ -416,10 +416,11 @@ def test_shared_prefix_teacher_gives_the_plain_teachers_loss_and_gradient(models
     """actor_rollout_ref.ref.shared_prefix: the same mini-batch loss and gradient as the plain teacher
     forward, micro-batches aligned with the prompt groups or not (then each part shares what it holds)."""
     student = models[0]
-    batch = _with_shared_teacher_prefixes(make_mini_batch(student.config.vocab_size))
+    batch = _with_identical_responses(_with_shared_teacher_prefixes(make_mini_batch(student.config.vocab_size)))
     kwargs = _loss_kwargs(case, models, batch)
     ref_loss, ref_grads, _ = _run(student, [batch], None, kwargs)
     shared_calls = _record_shared_runs(monkeypatch)
+    copies = _record_identical_rows(monkeypatch)
     kwargs["teacher"].shared_prefix = True
     counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])
     normalizers = Normalizers(*(max(c, 1.0) for c in counts))
@@ -428,8 +429,47 @@ def test_shared_prefix_teacher_gives_the_plain_teachers_loss_and_gradient(models
         assert loss == pytest.approx(ref_loss, rel=1e-9, abs=1e-12), sizes
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-12, msg=lambda m: f"micro-batches {sizes}: {m}")
-    # the shared path ran (a one-row micro-batch has nothing to share: the plain one)
-    assert any(c is not None for c in shared_calls)
+    # the shared path ran (a one-row micro-batch has nothing to share: the plain one), with rows that
+    # took an identical row's hidden states
+    assert any(c is not None for c in shared_calls) and any(copies)
+
+
+def _with_identical_responses(batch: dict) -> dict:
+    """In each group, the second rollout answers exactly as the first and the third as the first but for its
+    last token (rollouts of a prompt often answer alike): the shared-prefix forward runs such a row once
+    for both (``prefix_plan._identical_rows``), while each keeps its own advantages, teacher and labels."""
+    batch = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    width = batch["responses"].shape[1]
+    for first in range(0, PROMPTS * N, N):
+        for copy, keep_last in ((first + 1, False), (first + 2, True)):
+            response, mask = batch["responses"][first].clone(), batch["response_mask"][first]
+            if keep_last:  # the copy's own last token: not an input, so the hidden states are the same
+                last = int(mask.sum()) - 1
+                response[last] = batch["responses"][copy][min(last, width - 1)] % 250 + 3
+            batch["responses"][copy], batch["response_mask"][copy] = response, mask
+            batch["teacher_input_ids"][copy] = batch["teacher_input_ids"][first]  # the same peers shown
+            batch["teacher_attention_mask"][copy] = batch["teacher_attention_mask"][first]
+            for prefix in ("", "teacher_"):
+                batch[f"{prefix}input_ids"][copy, -width:] = response
+                batch[f"{prefix}attention_mask"][copy, -width:] = mask
+                batch[f"{prefix}position_ids"] = (batch[f"{prefix}attention_mask"].cumsum(1) - 1).clamp(min=0)
+    return batch
+
+
+def _record_identical_rows(monkeypatch) -> list[int]:
+    """How many rows of each planned forward take an identical row's hidden states instead of running."""
+    import workers.prefix_plan as prefix_plan
+
+    copies: list[int] = []
+    real = prefix_plan._identical_rows
+
+    def spy(*args):
+        same_as = real(*args)
+        copies.append(sum(s != r for r, s in enumerate(same_as)))
+        return same_as
+
+    monkeypatch.setattr(prefix_plan, "_identical_rows", spy)
+    return copies
 
 
 def _with_shared_student_prompts(batch: dict) -> dict:
@@ -464,7 +504,7 @@ def test_shared_prefix_student_gives_the_plain_loss_and_gradient(models, case, m
     import workers.shared_prefix as shared_prefix
 
     student = models[0]
-    batch = _with_shared_student_prompts(make_mini_batch(student.config.vocab_size))
+    batch = _with_identical_responses(_with_shared_student_prompts(make_mini_batch(student.config.vocab_size)))
     kwargs = _loss_kwargs(case, models, batch)
     ref_loss, ref_grads, _ = _run(student, [batch], None, kwargs)
     monkeypatch.setattr(prefix_plan, "_NODE_TOKENS", 0)  # the test prompts share only a few tokens
@@ -474,10 +514,11 @@ def test_shared_prefix_student_gives_the_plain_loss_and_gradient(models, case, m
     counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])
     normalizers = Normalizers(*(max(c, 1.0) for c in counts))
     kwargs["student_shared_prefix"] = True
+    copies = _record_identical_rows(monkeypatch)
     cuts = ([6, 6], [3, 9]) if case[0] in ("dpo", "simpo") else ([6, 6], [1, 2, 4, 5])
     for sizes in cuts:
         loss, grads, _ = _run(student, _cut(batch, sizes), normalizers, kwargs)
         assert loss == pytest.approx(ref_loss, rel=1e-9, abs=1e-12), sizes
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-12, msg=lambda m: f"micro-batches {sizes}: {m}")
-    assert any(r is not None and r.requires_grad for r in shared_runs)
+    assert any(r is not None and r.requires_grad for r in shared_runs) and any(copies)

@@ -106,7 +106,7 @@ def test_prefix_tree_runs_the_fewest_tokens_within_its_depth(monkeypatch, max_de
             below = [r for r in range(len(prompts)) if _ancestors(tree, tree.row_parent[r]) & {node}]
             assert len(below) >= 2 and length <= _common_prefix(prompts, below)
             assert length > tree.prefix(tree.parent[node])
-        ran = _run_tokens(tree, prompts) + node_tokens * len(tree.length)
+        ran = _run_tokens(tree, prompts, list(range(len(prompts))), [0] * len(prompts)) + node_tokens * len(tree.length)
         assert ran == _brute_force_tokens(prompts, max_depth, node_tokens)
 
 
@@ -131,11 +131,11 @@ def test_prefix_tree_runs_each_distinct_prefix_once():
     assert lengths == [90] * 3 + [95] * 3
     top = {tree.parent[tree.row_parent[r]] for r in range(6)}
     assert len(top) == 1 and tree.length[top.pop()] == 30  # the two peer nodes under the shared head
-    ids, mask, _, response_mask = _teacher_batch(prompts, [1, 3, 0, 2, 1, 4], response_width=4)
+    ids, mask, _, response_mask = _teacher_batch(prompts, [1, 3, 2, 2, 1, 4], response_width=4)
     plain, shared = shared_tokens(ids, mask, response_mask)
     # the head once, each peer block once, every row's own tail, and of each response the tokens before its
     # last (the hidden state of the token before a response token scores it)
-    assert plain == sum(map(len, prompts)) + 11 and shared == 30 + 60 + 65 + 3 * 3 + 3 * 2 + (0 + 2 + 0 + 1 + 0 + 3)
+    assert plain == sum(map(len, prompts)) + 13 and shared == 30 + 60 + 65 + 3 * 3 + 3 * 2 + (0 + 2 + 1 + 1 + 0 + 3)
 
 
 def test_a_trie_as_deep_as_the_batch_is_planned():

@@ -189,3 +189,38 @@ def test_tokens_run_counts_each_shared_prefix_once(monkeypatch):
         shared_prefix.response_head(model, ids, mask, pos, response_mask, fn, share=False, tokens_run=plain)
     assert plain == [int(mask.sum())]
     assert shared == [6 + 2 * (9 + 20 + 21 + 22 + 21 + 22 + 4 * 2) + (4 + 0 + 6 + 2 + 6 + 1 + 5 + 3)]
+
+
+def test_identical_rows_run_once_and_each_gets_its_hidden_states(monkeypatch):
+    """A row with the same prompt and the same response columns up to its last scored token as an earlier
+    row takes that row's hidden states instead of running; a row that differs in any of them runs."""
+    monkeypatch.setattr(prefix_plan, "_NODE_TOKENS", 0)
+    model = _model(torch.float64)
+    prompts = _group_prompts(0)[:4]
+    prompts = [prompts[0]] * 7 + prompts[1:]
+    ids, mask, pos, response_mask = _teacher_batch(prompts, [4, 4, 4, 4, 3, 5, 4, 2, 3, 4], response_width=6)
+    width = ids.shape[1] - 6
+    ids[1, width:] = ids[0, width:]  # row 1: row 0 exactly
+    ids[2, width:] = ids[0, width:]
+    ids[2, width + 3] = ids[0, width + 3] % 250 + 3  # row 2: row 0 but its last token (not an input)
+    ids[3, width:] = ids[0, width:]
+    ids[3, width + 1] = ids[0, width + 1] % 250 + 3  # row 3: differs inside its response: runs
+    ids[4, width:width + 3] = ids[0, width:width + 3]  # row 4: row 0 one token shorter: runs
+    ids[5, width:width + 4] = ids[0, width:width + 4]  # row 5: row 0 one token longer: runs
+    ids[6, width:] = ids[0, width:]
+    response_mask[6, 1] = 0  # row 6: row 0's inputs, one token not scored (a masked tool output, say)
+    batch_plan = prefix_plan.plan(model, ids, mask, response_mask)
+    assert batch_plan.same_as == [0, 0, 0, 3, 4, 5, 0, 7, 8, 9]
+    assert not any(r in chunk for chunk in batch_plan.row_chunks for r in (1, 2, 6))
+    _, tokens = prefix_plan.shared_tokens(ids, mask, response_mask)
+    assert tokens == batch_plan.tokens
+    shared = shared_prefix_hidden(model, ids, mask, pos, response_mask, batch_plan)
+    torch.testing.assert_close(shared, forward.response_hidden(model, ids, mask, pos, response_mask),
+                               rtol=0, atol=1e-10)
+    # each copy's labels are its own: a head that reads them per position sees row 2's last token
+    labels = ids[:, width:][response_mask.bool()]
+    fn = lambda hidden, weight, where=None: (hidden @ weight.T).log_softmax(-1).gather(  # noqa: E731
+        -1, (labels if where is None else labels[where]).unsqueeze(-1))
+    torch.testing.assert_close(
+        shared_prefix.response_head(model, ids, mask, pos, response_mask, fn),
+        shared_prefix.response_head(model, ids, mask, pos, response_mask, fn, share=False), rtol=0, atol=1e-10)
