@@ -8,6 +8,7 @@ the student's logits score at its response positions. Rules: ``docs/algorithm_co
 
 from __future__ import annotations
 
+import json
 import string
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -124,6 +125,10 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
 def truncate_context(tokenizer, full_text: str, content: str, pieces, max_len: int, side: str,
                       name: str) -> tuple[list[int], int]:
     """Token ids with peer-context tokens removed from ``side`` until the prompt fits ``max_len``."""
@@ -181,13 +186,18 @@ def build_teacher_inputs(
         )
     kwargs = dict(chat_template_kwargs or {})
     max_len = config.max_reprompt_len
+    rendered = [render_teacher_messages(prompts[i], selection.contexts[i], rollouts, rollouts[i].feedback, config)
+                for i in range(batch)]
+    # Rollouts of a prompt often show the same peers: each distinct chat is templated and tokenized once,
+    # the distinct texts in one batched tokenizer call.
+    keys = [json.dumps(msgs, sort_keys=True, default=str) for msgs, _ in rendered]
+    texts = {key: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kwargs)
+             for key, (msgs, _) in zip(keys, rendered)}
+    encoded = dict(zip(texts, _encode_all(tokenizer, list(texts.values()))))
     prompt_ids, messages, dropped = [], [], []
-    for i in range(batch):
+    for i, ((msgs, pieces), key) in enumerate(zip(rendered, keys)):
         name = sample_names[i] if sample_names is not None else f"#{i} (uid {rollouts[i].uid!r})"
-        msgs, pieces = render_teacher_messages(prompts[i], selection.contexts[i], rollouts,
-                                               rollouts[i].feedback, config)
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kwargs)
-        ids = _encode(tokenizer, text)
+        text, ids = texts[key], list(encoded[key])
         drop = 0
         if len(ids) > max_len:
             if config.reprompt_truncation == "error":

@@ -116,6 +116,20 @@ def test_response_ids_are_appended_unchanged_and_prompts_left_padded(tok):
     assert ti.response_slice(responses.shape[1]) == slice(width - 1, width + responses.shape[1] - 1)
 
 
+def test_each_row_gets_its_own_chat_tokenized_alone(tok):
+    """Chats shown to several rows (the same peers) are templated and tokenized once, the distinct ones in
+    one batched call: every row's prompt ids are still those of its own chat tokenized by itself."""
+    cfg = SelfDistillationConfig(**MOPD)
+    texts = ["42", "42", "41", "42", "forty", "42", "41", "x"]
+    ti, _, _, _ = _inputs(tok, cfg, texts, [1, 1, 0, 1, 0, 1, 0, 0], seed=3)
+    width = ti.prompt_width
+    chats = {repr(m) for m in ti.messages}
+    assert 1 < len(chats) < len(texts)  # some rows share a chat, not all
+    for i, length in enumerate(ti.prompt_lengths):
+        text = tok.apply_chat_template(ti.messages[i], tokenize=False, add_generation_prompt=True)
+        assert ti.input_ids[i, width - length:width].tolist() == tok(text, add_special_tokens=False)["input_ids"]
+
+
 def test_batched_teacher_log_probs_equal_unpadded_scoring(tok):
     """The teacher's logits at the response slice score the student's tokens exactly."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
