@@ -15,7 +15,9 @@ are contiguous (what flash-attention's unpadding expects). A node stops at least
 member's prompt, so every row's last prompt token -- whose hidden state scores the first response token
 -- is in the rows' pass. Where the attention takes a 4D mask (sdpa, eager), rows under one parent whose
 tails are short share one forward row, each segment masked to its parent and itself
-(``_sibling_packs``): the parent's keys/values are then copied once for them, not once per row.
+(``_sibling_packs``): the parent's keys/values are then copied once for them, not once per row. A row
+with the same inputs as an earlier one (``Plan.same_as``) does not run: its scored positions are read from
+that row's forward, each at its own output index (so ``fn`` sees its own labels there).
 """
 
 from __future__ import annotations
