@@ -286,9 +286,12 @@ def summarize(rows: list[dict], info: dict, limits: dict, args) -> dict:
     limit_tokens_per_s = rows_per_step * steps / limit_s
     # Model FLOPs of the plain computation (every row's prompt and response, the teacher's every prompt),
     # and of what the forwards ran (shared prefixes once, padding excluded; falls back to the plain count).
-    plain_flops = 6 * params * median("perf/total_num_tokens") + 2 * params * median("perf/teacher_num_tokens")
-    run_flops = (6 * params * (median("perf/student_tokens_run") or median("perf/total_num_tokens"))
-                 + 2 * params * (median("perf/teacher_tokens_run") or median("perf/teacher_num_tokens")))
+    def model_flops(student_tokens: float, teacher_tokens: float) -> float:  # forward + backward, forward only
+        return 6 * params * student_tokens + 2 * params * teacher_tokens
+
+    plain_flops = model_flops(median("perf/total_num_tokens"), median("perf/teacher_num_tokens"))
+    run_flops = model_flops(median("perf/student_tokens_run") or median("perf/total_num_tokens"),
+                            median("perf/teacher_tokens_run") or median("perf/teacher_num_tokens"))
     peaks = [r.get(k, 0.0) for r in rows for k in r if k.startswith("perf/") and "_peak_" in k
              and (k.endswith("_allocated_gb") or k.endswith("_rss_gb"))]
     stages = {k.removeprefix("timing_s/"): median(k) for k in sorted({k for r in measured for k in r})

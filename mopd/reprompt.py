@@ -121,12 +121,12 @@ class TeacherInputs:
         return slice(self.prompt_width - 1, self.prompt_width + response_length - 1)
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def _encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return _encode_all(tokenizer, [text])[0]
 
 
 def truncate_context(tokenizer, full_text: str, content: str, pieces, max_len: int, side: str,
@@ -197,7 +197,7 @@ def build_teacher_inputs(
     prompt_ids, messages, dropped = [], [], []
     for i, ((msgs, pieces), key) in enumerate(zip(rendered, keys)):
         name = sample_names[i] if sample_names is not None else f"#{i} (uid {rollouts[i].uid!r})"
-        text, ids = texts[key], list(encoded[key])
+        text, ids = texts[key], encoded[key]
         drop = 0
         if len(ids) > max_len:
             if config.reprompt_truncation == "error":

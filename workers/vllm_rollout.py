@@ -272,14 +272,15 @@ def _unique_cpu_shm_names() -> None:
     shm = getattr(cpu_communicator, "_CPUSHMDistributed", None)
     if shm is None:
         return
+    prefix = f"mopd{os.environ.get('MASTER_PORT', '')}"
     if not getattr(shm, "_mopd_unique", False):
         plain = shm.make_group_name
         shm.make_group_name = staticmethod(  # shm_open wants one leading "/" and no other
-            lambda comm: f"/mopd{os.environ.get('MASTER_PORT', '')}{plain(comm).lstrip('/')}")
+            lambda comm: f"/{prefix}{plain(comm).lstrip('/')}")
         shm._mopd_unique = True
     if dist.is_initialized():
         if dist.get_rank() == 0:
-            for stale in glob.glob(f"/dev/shm/mopd{os.environ.get('MASTER_PORT', '')}-*"):
+            for stale in glob.glob(f"/dev/shm/{prefix}-*"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(stale)
         dist.barrier()
