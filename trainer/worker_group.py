@@ -74,9 +74,11 @@ class RayWorkerGroup(_Group):
         if not ray.is_initialized():
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-            address = os.environ.get("RAY_ADDRESS")
+            # Without RAY_ADDRESS start a cluster of our own ("local"): never attach to whatever cluster a
+            # stale ray_current_cluster file names (a crashed cluster, or another job's on this machine).
+            address = os.environ.get("RAY_ADDRESS") or "local"
             # Logical CPUs are oversubscribed: a worker is one slot, not one core (helpers never starve).
-            kwargs = {} if address else {"num_cpus": max(8, 2 * world_size)}
+            kwargs = {} if address != "local" else {"num_cpus": max(8, 2 * world_size)}
             ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=True,
                      ignore_reinit_error=True, **kwargs)
             self._owns_ray = True
