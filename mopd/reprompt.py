@@ -97,9 +97,13 @@ def render_teacher_messages(prompt_messages: Sequence[Message], ctx: PeerContext
 
 
 def append_summary_instruction(messages: Sequence[Message], instruction: str) -> list[dict]:
-    """A copy of ``messages`` whose last message asks the policy to end with a <summary>."""
+    """A copy of ``messages`` whose last ``user`` message ends with ``instruction`` (the release's rule for
+    training prompts with ``summarize_solutions``: the policy then writes a <summary> its peers are shown)."""
     out = [dict(m) for m in messages]
-    out[-1]["content"] = out[-1]["content"] + instruction
+    users = [i for i, m in enumerate(out) if m.get("role") == "user"]
+    if not users:
+        raise ValueError("summarize_solutions: a prompt has no user message to append the summary instruction to")
+    out[users[-1]]["content"] = out[users[-1]]["content"] + instruction
     return out
 
 

@@ -26,14 +26,15 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mopd.config import CONFIG_PREFIX, ConfigError, SelfDistillationConfig
+from mopd.advantages import ADV_ESTIMATORS, REFUSED_ESTIMATORS
+from mopd.kl import KL_CONTROLLERS, KL_TYPES
 from mopd.losses import LOSS_AGG_MODES
-from mopd.loss_modes import DISTILLATION_MODES, GROUP_MODES, LOSS_MODES, PREFERENCE_MODES
+from mopd.loss_modes import DISTILLATION_MODES, GROUP_MODES, LOSS_MODES, PPO_MODES, PREFERENCE_MODES
 
 ROLLOUT_NAMES = ("hf", "vllm")
 BACKENDS = ("auto", "ray", "local")
 DEVICES = ("auto", "cpu", "cuda")
 RESUME_MODES = ("auto", "disable", "resume_path")
-ADV_ESTIMATORS = ("grpo",)
 ROLLOUT_IS_LEVELS = (None, "token", "sequence")
 WARMUP_STYLES = ("constant", "cosine")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -66,6 +67,18 @@ def validate_config(cfg: Any) -> None:
     _check_loss_mode_rules(tree)
     _check_self_distillation(tree)
     _check_installed(tree)
+
+
+def resolve_aliases(cfg: DictConfig) -> None:
+    """The release's names that set a neutral key: ``self_distillation.success_reward_threshold`` (by default
+    an interpolation of ``reward.success_threshold``), when given a value, sets ``reward.success_threshold``
+    too, so peers and every method's success metrics agree."""
+    sd = OmegaConf.select(cfg, CONFIG_PREFIX)
+    if sd is None or "success_reward_threshold" not in sd or OmegaConf.is_interpolation(sd, "success_reward_threshold"):
+        return
+    value = sd.success_reward_threshold
+    if OmegaConf.select(cfg, "reward") is not None:
+        cfg.reward.success_threshold = value
 
 
 def self_distillation_config(cfg: Any) -> SelfDistillationConfig:
@@ -129,6 +142,8 @@ def _check_actor(t: dict) -> None:
         _positive_int(t, f"{ACTOR}.{key}")
     for key in ("shuffle", "global_token_normalization", "use_kl_loss", "use_dynamic_bsz", "shared_prefix"):
         _boolean(t, f"{ACTOR}.{key}")
+    _number(t, f"{ACTOR}.kl_loss_coef", low=0.0)
+    _choice(t, f"{ACTOR}.kl_loss_type", KL_TYPES)
     if _get(t, f"{ACTOR}.use_dynamic_bsz") and not _get(t, f"{ACTOR}.global_token_normalization"):
         raise ConfigError(
             f"{ACTOR}.use_dynamic_bsz=true needs {ACTOR}.global_token_normalization=true (token-budget micro-batches "
@@ -173,9 +188,18 @@ def _check_actor(t: dict) -> None:
 
 
 def _check_algorithm(t: dict) -> None:
+    estimator = _get(t, "algorithm.adv_estimator")
+    if estimator in REFUSED_ESTIMATORS:
+        raise ConfigError(f"algorithm.adv_estimator={estimator} is not offered: {REFUSED_ESTIMATORS[estimator]}")
     _choice(t, "algorithm.adv_estimator", ADV_ESTIMATORS)
     _boolean(t, "algorithm.norm_adv_by_std_in_grpo")
+    _number(t, "algorithm.gamma", low=0.0, high=1.0)
     _boolean(t, "algorithm.use_kl_in_reward")
+    _choice(t, "algorithm.kl_penalty", KL_TYPES)
+    _choice(t, "algorithm.kl_ctrl.type", KL_CONTROLLERS)
+    _number(t, "algorithm.kl_ctrl.kl_coef", low=0.0)
+    _number(t, "algorithm.kl_ctrl.target_kl", low=0.0, low_open=True)
+    _positive_int(t, "algorithm.kl_ctrl.horizon")
     level = _choice(t, "algorithm.rollout_correction.rollout_is", ROLLOUT_IS_LEVELS)
     if level is not None:
         _number(t, "algorithm.rollout_correction.rollout_is_threshold", low=0.0, low_open=True)
@@ -194,6 +218,7 @@ def _check_reward(t: dict) -> None:
     workers = _integer(t, "reward.num_workers")
     if workers < 0:
         raise ConfigError(f"reward.num_workers must be >= 0 (0 = score in the driver), got {workers}")
+    _number(t, "reward.success_threshold")
 
 
 def _check_trainer(t: dict) -> None:
@@ -222,6 +247,7 @@ def _check_trainer(t: dict) -> None:
     for key in ("trainer.test_freq", "trainer.save_freq", "trainer.seed"):
         _integer(t, key)
     _boolean(t, "trainer.val_before_train")
+    _boolean(t, "trainer.balance_batch")
     nodes, per_node = _get(t, "trainer.nnodes"), _get(t, "trainer.n_gpus_per_node")
     if backend == "local" and nodes * per_node != 1:
         raise ConfigError(
@@ -298,9 +324,10 @@ def _check_loss_mode_rules(t: dict) -> None:
             "the reference model is the self-distillation teacher; set "
             + " and ".join(k + "=false" for k in kl)
         )
-    if kl:  # the release runs without KL (MOPD and its GRPO baseline); not implemented here
+    if kl and mode not in PPO_MODES:  # the sequence-level losses have no per-token policy loss to add it to
         raise ConfigError(
-            f"{' and '.join(k + '=true' for k in kl)}: a KL-to-reference penalty is not implemented; set "
+            f"{' and '.join(k + '=true' for k in kl)}: a KL-to-reference penalty applies to the RL losses "
+            f"({', '.join(PPO_MODES)}), not {ACTOR}.policy_loss.loss_mode={mode}; set "
             + " and ".join(k + "=false" for k in kl)
         )
 
@@ -483,4 +510,4 @@ def _files(t: dict, key: str, nullable: bool) -> None:
         raise ConfigError(f"{key} must be a parquet path, a list of them or 'embedded'{null}, got {value!r}")
 
 
-__all__ = ["validate_config", "self_distillation_config", "ConfigError", "LOSS_MODES"]
+__all__ = ["validate_config", "resolve_aliases", "self_distillation_config", "ConfigError", "LOSS_MODES"]

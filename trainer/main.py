@@ -12,10 +12,11 @@ def run(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from mopd.errors import UserError
-    from trainer.config_schema import validate_config
+    from trainer.config_schema import resolve_aliases, validate_config
     from trainer.ppo_trainer import Trainer
 
     try:
+        resolve_aliases(cfg)
         validate_config(cfg)
         container = OmegaConf.to_container(cfg, resolve=True)
         trainer = Trainer(container)

@@ -16,16 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mopd.advantages import grpo_advantages
 from mopd.config import SelfDistillationConfig
 from mopd.errors import ConfigError, RewardError, WorkerDiedError
-from mopd.loss_modes import DISTILLATION_MODES
+from mopd.loss_modes import DISTILLATION_MODES, PREFERENCE_MODES
 from mopd.losses import rollout_is_weights
 from mopd.models import EMBEDDED_DIR, load_tokenizer, resolve_model_path
 from mopd.peers import Rollout, UidSuccessTracker, select_peers
 from mopd.reprompt import build_teacher_inputs, compute_step_ids
 from mopd.rewards import summarize_health
 from trainer import rollout_io
+from trainer.advantage_stage import AdvantageStage, needs_reference_log_probs
+from trainer.balance import BatchBalancer
 from workers.batch import truncate_batch
 
 
@@ -48,8 +49,11 @@ class Trainer:
         self.chat_kwargs = chat_kwargs
         dataset_args = dict(max_prompt_length=data["max_prompt_length"],
                             filter_overlong_prompts=data["filter_overlong_prompts"], apply_chat_template_kwargs=chat_kwargs)
+        # Summaries on: every training prompt asks the policy for a <summary> (validation prompts do not).
+        instruction = self.sd_cfg.summary_instruction if self.sd_cfg.summarize_solutions else None
         self.train_set = PromptDataset(_data_files(data["train_files"], "train"), self.tokenizer,
-                                       max_samples=data.get("max_samples"), key="data.train_files", **dataset_args)
+                                       max_samples=data.get("max_samples"), key="data.train_files",
+                                       instruction=instruction, **dataset_args)
         self.val_set = (PromptDataset(_data_files(data["val_files"], "test"), self.tokenizer, key="data.val_files",
                                       **dataset_args) if data.get("val_files") else None)
         self.sampler = StatefulSampler(len(self.train_set), data["train_batch_size"], shuffle=data["shuffle"],
@@ -58,6 +62,9 @@ class Trainer:
         self.total_steps = trainer.get("total_training_steps") or per_epoch * trainer["total_epochs"]
         updates_per_step = data["train_batch_size"] // actor["ppo_mini_batch_size"] * actor["ppo_epochs"]
         self.off_policy = updates_per_step > 1
+        self.needs_ref = needs_reference_log_probs(cfg)
+        self.advantage = AdvantageStage(cfg["algorithm"])
+        self.success_threshold = cfg["reward"]["success_threshold"]
         rc = cfg["algorithm"]["rollout_correction"]
         self.rollout_is = rc.get("rollout_is")
         self.reward_fn = load_reward_fn(cfg["custom_reward_function"]["path"], cfg["custom_reward_function"]["name"])
@@ -70,6 +77,7 @@ class Trainer:
         self.tracker = Tracking(trainer["project_name"], trainer["experiment_name"], trainer["logger"], cfg,
                                 str(self.output_dir), total_steps=self.total_steps)
         self.group = _make_group(cfg)
+        self.balancer = _make_balancer(cfg, self.loss_mode, self.group.world_size)
         info = self.group.init_model(self.total_steps * updates_per_step)  # the LR schedule's horizon
         print(f"[mopd] {len(self.train_set)} training prompts ({self.train_set.num_filtered} filtered), "
               f"{self.total_steps} steps, loss_mode={self.loss_mode}, {self.group.world_size} worker(s) on "
@@ -116,14 +124,18 @@ class Trainer:
                     self._score(batch, items, metrics)
                 with _timer("old_log_prob", timing):
                     self._maybe_old_log_probs(batch)
+                if self.needs_ref:
+                    with _timer("ref", timing):
+                        batch.update(self.balancer.call(self.group.compute_ref_log_prob, batch))
                 with _timer("peers", timing):
                     self._maybe_teacher_inputs(batch, items, metrics)
                 with _timer("adv", timing):
-                    batch["advantages"] = grpo_advantages(
-                        batch["scores"], batch["uid"], batch["response_mask"],
-                        norm_by_std=self.config["algorithm"]["norm_adv_by_std_in_grpo"])
+                    metrics.update(self.advantage(batch))
+                    if not self.off_policy:
+                        batch.pop("old_log_probs", None)  # one on-policy update: pi_old is pi_theta itself
                 with _timer("update_actor", timing):
-                    metrics.update(_reduce_worker_metrics(self.group.update_actor(batch)["metrics"]))
+                    out = self.balancer.call(self.group.update_actor, batch, metrics)
+                    metrics.update(_reduce_worker_metrics(out["metrics"]))
                 metrics.update(_peak_memory_metrics("update", self.group.peak_memory_gb()))
                 with _timer("teacher", timing):
                     self.group.update_teacher()
@@ -233,7 +245,7 @@ class Trainer:
                 "response_length/clip_ratio": float(np.mean([r.get("truncated", False) for r in
                                                              (q[3] for q in requests)])),
             })
-            successes = (batch["scores"] >= self.sd_cfg.success_reward_threshold).tolist()
+            successes = (batch["scores"] >= self.success_threshold).tolist()
             metrics.update(self.uid_tracker.update(batch["uid"], successes))
         return results
 
@@ -262,16 +274,14 @@ class Trainer:
         return health
 
     def _maybe_old_log_probs(self, batch: dict) -> None:
-        if not (self.off_policy or self.rollout_is):
+        if not (self.off_policy or self.rollout_is or self.advantage.kl_in_reward):
             return  # on-policy single update: pi_old is pi_theta itself (IS weight exactly 1)
-        batch.update(self.group.compute_log_prob(batch))
+        batch.update(self.balancer.call(self.group.compute_log_prob, batch))
         if self.rollout_is:
             rc = self.config["algorithm"]["rollout_correction"]
             batch["rollout_is_weights"] = rollout_is_weights(
                 batch["old_log_probs"], batch["rollout_log_probs"], batch["response_mask"],
                 level=self.rollout_is, threshold=rc["rollout_is_threshold"])
-        if not self.off_policy:
-            del batch["old_log_probs"]
 
     def _maybe_teacher_inputs(self, batch: dict, items: dict, metrics: dict) -> None:
         if self.loss_mode not in DISTILLATION_MODES:
@@ -324,7 +334,7 @@ class Trainer:
             values = list(groups.values())
             metrics[f"val-core/{source}/acc/mean@{val_n}"] = float(np.mean([np.mean(v) for v in values]))
             metrics[f"val-core/{source}/acc/pass@{val_n}"] = float(np.mean(
-                [max(v) >= self.sd_cfg.success_reward_threshold for v in values]))
+                [max(v) >= self.success_threshold for v in values]))
         metrics["val/response_length/mean"] = float(np.mean(lengths)) if lengths else 0.0
         out_dir = self.config["trainer"].get("validation_data_dir")
         if out_dir:
@@ -342,7 +352,7 @@ class Trainer:
             self.group.export_hf(str(tmp / "hf"))
             atomic_torch_save({
                 "global_step": step, "sampler": self.sampler.state_dict(), "peer_rng": self.peer_rng.getstate(),
-                "uid_tracker": self.uid_tracker.state_dict(),
+                "uid_tracker": self.uid_tracker.state_dict(), "advantage": self.advantage.state_dict(),
             }, tmp / "driver_state.pt")
         except BaseException:
             self.checkpoints.abort(tmp)
@@ -360,6 +370,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.peer_rng.setstate(state["peer_rng"])
         self.uid_tracker.load_state_dict(state["uid_tracker"])
+        self.advantage.load_state_dict(state.get("advantage"))
         print(f"[mopd] resumed from {path} at step {state['global_step']}", flush=True)
         return int(state["global_step"])
 
@@ -386,6 +397,16 @@ def _make_group(cfg: dict):
         return LocalWorkerGroup(ActorRolloutRefWorker, cfg)
     use_gpu = trainer["device"] == "cuda" or (trainer["device"] == "auto" and torch.cuda.is_available())
     return RayWorkerGroup(ActorRolloutRefWorker, cfg, world, use_gpu=use_gpu)
+
+
+def _make_balancer(cfg: dict, loss_mode: str, world: int) -> BatchBalancer:
+    """Balance within each mini-batch; whole prompt groups where pairs (DPO/SimPO) or the teacher's shared
+    prefixes need a prompt's rollouts together on one rank."""
+    n = cfg["actor_rollout_ref"]["rollout"]["n"]
+    window = cfg["actor_rollout_ref"]["actor"]["ppo_mini_batch_size"] * n
+    keep_groups = loss_mode in PREFERENCE_MODES or (loss_mode in DISTILLATION_MODES
+                                                     and cfg["actor_rollout_ref"]["ref"]["shared_prefix"])
+    return BatchBalancer(world, window, n if keep_groups else 1, cfg["trainer"]["balance_batch"])
 
 
 def _data_files(files, split: str):

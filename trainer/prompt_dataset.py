@@ -9,6 +9,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from mopd.reprompt import append_summary_instruction
 from mopd.rl_parquet import read_rl_parquet
 from mopd.errors import DataError
 
@@ -24,7 +25,9 @@ class PromptDataset:
 
     Prompts longer than ``max_prompt_length`` tokens are dropped (``num_filtered``, one warning line)
     when ``filter_overlong_prompts``, else they are an error. ``max_samples`` keeps the first that many
-    prompts that fit.
+    prompts that fit. ``instruction`` (the summary instruction of ``summarize_solutions``) is appended to
+    each prompt's last user message before templating: the stored ``messages`` carry it (the teacher's
+    ``{prompt}`` then does too) and the length limit applies to the prompt as sent.
     """
 
     def __init__(
@@ -37,6 +40,7 @@ class PromptDataset:
         apply_chat_template_kwargs: dict | None = None,
         max_samples: int | None = None,
         key: str = "data.train_files",
+        instruction: str | None = None,
     ):
         paths = [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else [os.fspath(f) for f in files]
         if not paths:
@@ -61,6 +65,11 @@ class PromptDataset:
                 if max_samples is not None and len(self.items) >= max_samples:
                     break
                 messages = row["prompt"]
+                if instruction:
+                    try:
+                        messages = append_summary_instruction(messages, instruction)
+                    except ValueError as err:
+                        raise DataError(f"{key}: {path} row {row_no}: {err}") from None
                 text = tokenizer.apply_chat_template(
                     messages, tokenize=False, add_generation_prompt=True, **template_kwargs
                 )

@@ -17,6 +17,7 @@ import torch
 from mopd import losses, sequence_losses
 from mopd.config import SelfDistillationConfig
 from mopd.fused_head import fused_head
+from mopd.kl import kl_penalty
 from mopd.loss_modes import DISTILLATION_MODES, PPO_MODES, PREFERENCE_MODES
 from workers import forward, model_utils, prefix_plan, shared_prefix
 from workers.batch import to_device
@@ -215,6 +216,12 @@ def micro_batch_loss(
             rollout_is_weights=batch.get("rollout_is_weights"), normalizer=normalizer, horizon=horizon,
         )
         metrics.update(ppo_metrics)
+        if actor_cfg["use_kl_loss"]:  # KL to the frozen initial model, aggregated like the policy loss
+            kl = kl_penalty(log_probs, batch["ref_log_probs"], actor_cfg["kl_loss_type"])
+            kl_loss = losses.agg_loss(kl, response_mask, agg_mode, normalizer=normalizer, horizon=horizon)
+            loss = loss + actor_cfg["kl_loss_coef"] * kl_loss
+            metrics["actor/kl_loss"] = _masked_mean(kl.detach(), response_mask)
+            metrics["actor/kl_coef"] = float(actor_cfg["kl_loss_coef"])
     elif loss_mode in PREFERENCE_MODES or loss_mode == "verified_sft":
         loss, pref_metrics = _sequence_level_loss(batch, log_probs, response_mask, loss_mode, actor_cfg,
                                                   ref_module, temperature, normalizer, remove_padding,

@@ -72,6 +72,8 @@ class ActorRolloutRefWorker:
         load = dict(dtype=torch.float32, attn_implementation=attn, trust_remote_code=model_cfg["trust_remote_code"],
                     device=self.device)
         self.loss_mode = actor_cfg["policy_loss"]["loss_mode"]
+        if actor_cfg["strategy"] != "fsdp2":  # the one sharding strategy here; FSDP1 ("fsdp") is not offered
+            raise ValueError(f"actor_rollout_ref.actor.strategy={actor_cfg['strategy']}: only fsdp2 is implemented")
         self.sd_cfg = (SelfDistillationConfig.from_dict(actor_cfg["self_distillation"])
                        if self.loss_mode in DISTILLATION_MODES else None)
 
@@ -103,13 +105,15 @@ class ActorRolloutRefWorker:
 
         self.teacher_module, self.teacher, self.ref_module = None, None, None
         ref_path = model_utils.resolve_model_path(cfg["actor_rollout_ref"]["ref"]["model"]["path"])
-        if self.sd_cfg is not None or self.loss_mode == "dpo":
+        # The frozen initial model: the teacher (MOPD/SDPO), DPO's reference, or the reference of a KL penalty.
+        self.uses_kl = actor_cfg["use_kl_loss"] or cfg["algorithm"]["use_kl_in_reward"]
+        if self.sd_cfg is not None or self.loss_mode == "dpo" or self.uses_kl:
             frozen = model_utils.load_causal_lm(ref_path or path, **load)
             if ref_path:
                 _check_same_vocabulary(frozen, actor, ref_path, path, self.tokenizer)
             frozen.requires_grad_(False)
             frozen = model_utils.fsdp2_wrap(frozen, self.device, self.world_size, self.dtype).eval()
-            if self.loss_mode == "dpo":
+            if self.sd_cfg is None:
                 self.ref_module = frozen
             else:
                 self.teacher_module = frozen
@@ -146,6 +150,18 @@ class ActorRolloutRefWorker:
     @torch.no_grad()
     def compute_log_prob(self, batch: dict) -> dict:
         """π_old: the actor's log-probs of its responses before this step's updates."""
+        return {"old_log_probs": self._response_log_probs(self.actor, batch)}
+
+    @register(Dispatch.DP_COMPUTE)
+    @torch.no_grad()
+    def compute_ref_log_prob(self, batch: dict) -> dict:
+        """The frozen reference's log-probs of the responses (the KL penalty's ``ref``)."""
+        if self.ref_module is None:
+            raise RuntimeError("compute_ref_log_prob: no reference model (actor.use_kl_loss or "
+                               "algorithm.use_kl_in_reward loads one)")
+        return {"ref_log_probs": self._response_log_probs(self.ref_module, batch)}
+
+    def _response_log_probs(self, module, batch: dict) -> torch.Tensor:
         from workers.forward import response_log_probs
 
         temperature = batch["meta"]["temperature"]
@@ -154,10 +170,10 @@ class ActorRolloutRefWorker:
         group = self.config["actor_rollout_ref"]["rollout"]["n"] if self.student_shared_prefix else 1
         for index in self._log_prob_parts(batch, "attention_mask", group):
             mb = to_device(index_batch(batch, index), self.device)
-            out[index] = response_log_probs(self.actor, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
+            out[index] = response_log_probs(module, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
                                             mb["responses"], mb["response_mask"], temperature,
                                             self.remove_padding, head).float().cpu()
-        return {"old_log_probs": out}
+        return out
 
     # ------------------------------------------------------------------------------------------
     @register(Dispatch.DP_COMPUTE)

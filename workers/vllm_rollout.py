@@ -106,6 +106,7 @@ class VLLMRollout:
         self.pad_id = tokenizer.pad_token_id
         self.eos_ids = _eos_ids(model_path, tokenizer, trust_remote_code)
         self.free_cache_engine = bool(rollout_cfg["free_cache_engine"])
+        self.calculate_log_probs = bool(rollout_cfg["calculate_log_probs"])  # off: vLLM returns none, none kept
         self.rank = rank
         self._weights_loaded = False  # dummy weights until the first sync
         self._asleep = False
@@ -230,8 +231,8 @@ class VLLMRollout:
             # The ranks of one tensor-parallel engine must submit identical requests: every rank generates
             # the group's samples and keeps its own rows.
             prompts, seeds, first = _gather_tp_requests(prompts, seeds, self.tp)
-        common = dict(n=1, max_tokens=params.max_new_tokens, stop_token_ids=self.eos_ids, logprobs=0,
-                      detokenize=False)
+        common = dict(n=1, max_tokens=params.max_new_tokens, stop_token_ids=self.eos_ids,
+                      logprobs=0 if self.calculate_log_probs else None, detokenize=False)
         if params.do_sample:
             top_k = params.top_k if params.top_k and params.top_k > 0 else 0
             sampling = [VLLMSamplingParams(temperature=params.temperature, top_p=params.top_p, top_k=top_k,
@@ -250,11 +251,15 @@ class VLLMRollout:
             tokens = list(completion.token_ids)[:width]
             responses[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             response_mask[i, : len(tokens)] = 1  # generation stopped at the first EOS (kept) or at the budget
-            log_probs[i, : len(tokens)] = torch.tensor(
-                [step[token].logprob for step, token in zip(completion.logprobs, tokens)], dtype=torch.float32)
+            if self.calculate_log_probs:
+                log_probs[i, : len(tokens)] = torch.tensor(
+                    [step[token].logprob for step, token in zip(completion.logprobs, tokens)], dtype=torch.float32)
         if self.free_cache_engine:
             self.sleep()
-        return {"responses": responses, "response_mask": response_mask, "rollout_log_probs": log_probs}
+        out = {"responses": responses, "response_mask": response_mask}
+        if self.calculate_log_probs:
+            out["rollout_log_probs"] = log_probs
+        return out
 
 
 def _unique_cpu_shm_names() -> None:

@@ -144,7 +144,7 @@ ENUMS = [
     ("trainer.backend", "slurm", ["auto", "ray", "local"]),
     ("trainer.device", "tpu", ["auto", "cpu", "cuda"]),
     ("trainer.resume_mode", "always", ["auto", "disable", "resume_path"]),
-    ("algorithm.adv_estimator", "gae", ["grpo"]),
+    ("algorithm.adv_estimator", "ppo", ["grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"]),
     (f"{ACTOR}.optim.warmup_style", "linear", ["constant", "cosine"]),
     ("actor_rollout_ref.model.dtype", "fp8", ["auto", "float32", "bfloat16", "float16"]),
 ]
@@ -317,9 +317,41 @@ def test_vllm_engine_settings_are_validated(monkeypatch):
     assert f"{ROLLOUT}.gpu_memory_utilization" in error_of([f"{ROLLOUT}.gpu_memory_utilization=1.5"])
 
 
-def test_kl_penalty_is_refused_for_every_mode():
-    msg = error_of([f"{ACTOR}.use_kl_loss=true"], "grpo")
-    assert "not implemented" in msg and "use_kl_loss=false" in msg
+@pytest.mark.parametrize("kind", ["kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"])
+def test_kl_penalties_are_accepted_for_the_rl_losses(kind):
+    validate_config(load("grpo", [f"{ACTOR}.use_kl_loss=true", f"{ACTOR}.kl_loss_type={kind}"]))
+    validate_config(load("grpo", ["algorithm.use_kl_in_reward=true", f"algorithm.kl_penalty={kind}",
+                                  "algorithm.kl_ctrl.type=adaptive", f"{ACTOR}.policy_loss.loss_mode=vanilla"]))
+
+
+@pytest.mark.parametrize("mode", ["dpo", "simpo", "verified_sft"])
+def test_kl_penalty_is_refused_for_the_sequence_losses(mode):
+    msg = error_of([f"{ACTOR}.use_kl_loss=true", f"{ACTOR}.policy_loss.loss_mode={mode}",
+                    f"{ACTOR}.ppo_micro_batch_size_per_gpu=8"], "grpo")
+    assert f"loss_mode={mode}" in msg and "use_kl_loss=false" in msg and "\n" not in msg
+
+
+def test_kl_settings_are_validated():
+    assert error_of([f"{ACTOR}.kl_loss_type=k4"], "grpo").startswith(f"{ACTOR}.kl_loss_type must be one of")
+    assert error_of(["algorithm.kl_ctrl.type=pid"], "grpo").startswith("algorithm.kl_ctrl.type must be one of")
+    assert error_of(["algorithm.kl_ctrl.target_kl=0"], "grpo").startswith("algorithm.kl_ctrl.target_kl must be > 0")
+    assert error_of([f"{ACTOR}.kl_loss_coef=-1"], "grpo").startswith(f"{ACTOR}.kl_loss_coef must be >= 0")
+
+
+def test_remax_and_gae_are_refused_by_name():
+    assert "second generation pass" in error_of(["algorithm.adv_estimator=remax"], "grpo")
+    assert "critic" in error_of(["algorithm.adv_estimator=gae"], "grpo")
+
+
+def test_success_threshold_has_one_neutral_home_and_the_release_alias():
+    from trainer.config_schema import resolve_aliases
+
+    cfg = load("grpo", ["reward.success_threshold=0.5"])
+    resolve_aliases(cfg)
+    assert cfg.reward.success_threshold == 0.5 and self_distillation_config(cfg).success_reward_threshold == 0.5
+    cfg = load("mopd", [f"{SD}.success_reward_threshold=0.25"])  # the release's key
+    resolve_aliases(cfg)
+    assert cfg.reward.success_threshold == 0.25 and self_distillation_config(cfg).success_reward_threshold == 0.25
 
 
 def test_resume_path_needs_a_path():
