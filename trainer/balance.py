@@ -54,11 +54,34 @@ def _split_window(workloads, start: int, window: int, world: int, unit: int) -> 
     capacity = len(units) // world
     loads, parts = [0.0] * world, [[] for _ in range(world)]
     heaviest_first = sorted(units, key=lambda u: (-sum(workloads[i] for i in u), u[0]))
+    weight = {u[0]: sum(workloads[i] for i in u) for u in units}
     for u in heaviest_first:
         rank = min((r for r in range(world) if len(parts[r]) < capacity), key=lambda r: (loads[r], r))
         parts[rank].append(u)
-        loads[rank] += sum(workloads[i] for i in u)
+        loads[rank] += weight[u[0]]
+    _refine_by_swaps(parts, loads, weight)
     return [sorted(i for u in part for i in u) for part in parts]
+
+
+def _refine_by_swaps(parts: list[list[list[int]]], loads: list[float], weight: dict, rounds: int = 64) -> None:
+    """Greedy placement can leave a gap that one swap closes: swap the unit pair between the busiest and the
+    idlest rank that brings their loads closest, while that lowers the busiest load."""
+    for _ in range(rounds):
+        hi = max(range(len(loads)), key=lambda r: loads[r])
+        lo = min(range(len(loads)), key=lambda r: loads[r])
+        gap = loads[hi] - loads[lo]
+        best = None
+        for a, ua in enumerate(parts[hi]):
+            for b, ub in enumerate(parts[lo]):
+                delta = weight[ua[0]] - weight[ub[0]]
+                if 0 < delta < gap and (best is None or abs(gap - 2 * delta) < best[0]):
+                    best = (abs(gap - 2 * delta), a, b, delta)
+        if best is None:
+            return
+        _, a, b, delta = best
+        parts[hi][a], parts[lo][b] = parts[lo][b], parts[hi][a]
+        loads[hi] -= delta
+        loads[lo] += delta
 
 
 def imbalance(workloads: Sequence[float], order: Sequence[int], world: int, window: int) -> float:

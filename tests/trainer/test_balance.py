@@ -40,6 +40,12 @@ def test_a_skewed_batch_is_evened_out():
     assert after == pytest.approx(1.0)
 
 
+def test_swaps_close_the_gap_greedy_placement_leaves():
+    work = [53, 51, 51, 52, 53, 55, 52, 55, 52, 56, 56, 38, 47, 50, 61, 53]  # a real step's tokens per row
+    order = balanced_order(work, 2, 16)
+    assert imbalance(work, order, 2, 16) == pytest.approx(418 / 417.5)  # 835 tokens: 418 + 417 is the best
+
+
 def test_units_that_cannot_split_evenly_keep_the_plain_split():
     work = [float(i) for i in range(8)]
     assert balanced_order(work, 2, 8, unit=8) == list(range(8))  # one group cannot go to two ranks
