@@ -7,8 +7,12 @@
 # Peer-context flags (CUDA defaults shown; without CUDA only flags you set are forwarded, mopd.yaml
 # already holds the 2S1F context): INCLUDE_PRIMARY_SOLUTION=True INCLUDE_ANOTHER_SOLUTION=True
 # INCLUDE_FAILURE_SOLUTION=True FAILURE_SOLUTION_CONDITION=always; also ALPHA DISTILLATION_TOPK
-# DONT_REPROMPT_ON_SELF_SUCCESS INCLUDE_ENVIRONMENT_FEEDBACK SUMMARIZE_SOLUTIONS PEER_CONTROL_MODE
-# PEER_CONTROL_MATCH TEACHER_UPDATE_RATE MAX_REPROMPT_LEN, and the common ones in scripts/launch_common.sh.
+# DONT_REPROMPT_ON_SELF_SUCCESS INCLUDE_ENVIRONMENT_FEEDBACK SUMMARIZE_SOLUTIONS SUMMARY_FROM_ALL SUMMARY_K
+# PEER_CONTROL_MODE PEER_CONTROL_MATCH TEACHER_UPDATE_RATE MAX_REPROMPT_LEN, and the common ones in
+# scripts/launch_common.sh. Our default context is the paper's 2S1F; the release script's current defaults
+# (primary + 7 peer summaries from all rollouts) are:
+#   SUMMARIZE_SOLUTIONS=True SUMMARY_FROM_ALL=True SUMMARY_K=7 INCLUDE_ANOTHER_SOLUTION=False \
+#   INCLUDE_FAILURE_SOLUTION=False bash run_local_sdpo.sh
 set -euo pipefail
 source "$(dirname "$0")/scripts/launch_common.sh"
 

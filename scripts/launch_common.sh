@@ -190,6 +190,8 @@ mopd_self_distillation_env() {
   mopd_bool_setting DONT_REPROMPT_ON_SELF_SUCCESS "$SD.dont_reprompt_on_self_success"
   mopd_bool_setting INCLUDE_ENVIRONMENT_FEEDBACK "$SD.include_environment_feedback"
   mopd_bool_setting SUMMARIZE_SOLUTIONS "$SD.summarize_solutions"
+  mopd_bool_setting SUMMARY_FROM_ALL "$SD.summary_from_all"
+  mopd_setting SUMMARY_K "$SD.summary_k"
   mopd_setting PEER_CONTROL_MODE "$SD.peer_control_mode"
   mopd_setting PEER_CONTROL_MATCH "$SD.peer_control_match"
   mopd_setting ALPHA "$SD.alpha"

@@ -134,6 +134,7 @@ def test_sdpo_env_flags_map_to_their_keys():
         DATA_PATH="datasets/lcb_v6", MODEL_PATH="/models/qwen", EXPERIMENT="exp1", TRAIN_BATCH_SIZE="4",
         ROLLOUT_N="2", MINI_BATCH_SIZE="4", LR="3e-6", ALPHA="0.0", DISTILLATION_TOPK="20",
         DONT_REPROMPT_ON_SELF_SUCCESS="False", INCLUDE_ENVIRONMENT_FEEDBACK="false", SUMMARIZE_SOLUTIONS="True",
+        SUMMARY_FROM_ALL="True", SUMMARY_K="7",
         PEER_CONTROL_MATCH="token", N_GPUS_PER_NODE="2", TEACHER_UPDATE_RATE="0.1",
         INCLUDE_PRIMARY_SOLUTION="True", INCLUDE_ANOTHER_SOLUTION="False", FAILURE_SOLUTION_CONDITION="when_no_solution",
     )
@@ -154,6 +155,8 @@ def test_sdpo_env_flags_map_to_their_keys():
         f"{SD}.dont_reprompt_on_self_success": "false",
         f"{SD}.include_environment_feedback": "false",
         f"{SD}.summarize_solutions": "true",
+        f"{SD}.summary_from_all": "true",
+        f"{SD}.summary_k": "7",
         f"{SD}.peer_control_match": "token",
         f"{SD}.teacher_update_rate": "0.1",
         f"{SD}.include_primary_solution": "true",

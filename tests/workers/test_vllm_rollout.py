@@ -128,6 +128,25 @@ def test_greedy_rollouts_equal_hf(worker):
     torch.testing.assert_close(ours["rollout_log_probs"], ref["rollout_log_probs"], atol=LOGPROB_ATOL, rtol=0)
 
 
+def test_calculate_log_probs_false_returns_none_and_the_same_rollouts(worker):
+    """rollout.calculate_log_probs is honoured by vllm as by hf: off, no log-probs are asked of the engine."""
+    from workers.hf_rollout import SamplingParams
+
+    items = prompts(6)
+    params = SamplingParams(n=2, do_sample=True, temperature=1.0, max_new_tokens=16)
+    seeds = list(range(12))
+    worker.sync_rollout_weights()
+    with_lp = worker.rollout.generate(items["input_ids"], items["attention_mask"], params, seeds)
+    worker.rollout.calculate_log_probs = False
+    try:
+        worker.sync_rollout_weights()
+        without = worker.rollout.generate(items["input_ids"], items["attention_mask"], params, seeds)
+    finally:
+        worker.rollout.calculate_log_probs = True
+    assert "rollout_log_probs" in with_lp and "rollout_log_probs" not in without
+    assert torch.equal(with_lp["responses"], without["responses"])
+
+
 def test_sampled_log_probs_match_the_actor_after_a_training_step(worker):
     """A real optimizer step on the FSDP2 actor, a sync, sampling at temperature 0.7 with top-k/top-p off:
     the engine's log-probs of its sampled tokens equal the actor's recomputed ones."""
