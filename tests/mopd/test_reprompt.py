@@ -246,6 +246,35 @@ def test_append_summary_instruction_copies(tok):
     assert out[0] == SYSTEM
 
 
+def test_summary_instruction_goes_to_the_last_user_message():
+    """The release appends it to the last message whose role is user (not a trailing assistant turn)."""
+    msgs = [SYSTEM, {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "partial"}]
+    out = append_summary_instruction(msgs, " Summarize.")
+    assert [m["content"] for m in out] == [SYSTEM["content"], "Q1", "A1", "Q2 Summarize.", "partial"]
+    with pytest.raises(ValueError, match="no user message"):
+        append_summary_instruction([SYSTEM], " Summarize.")
+
+
+def test_training_prompts_carry_the_instruction_and_its_tokens(tmp_path):
+    """PromptDataset(instruction=...): the stored messages and the token ids both include it; without it,
+    the same rows are untouched (validation)."""
+    import pandas as pd
+
+    from mopd import embedded_task
+    from mopd.tiny_tokenizer import load_tiny_tokenizer
+    from trainer.prompt_dataset import PromptDataset
+
+    tok = load_tiny_tokenizer()
+    rows = [embedded_task.to_verl_row(p, "train", i) for i, p in enumerate(embedded_task.make_problems("train", 3, 0))]
+    pd.DataFrame(rows).to_parquet(tmp_path / "t.parquet")
+    plain = PromptDataset(str(tmp_path / "t.parquet"), tok, max_prompt_length=1024)
+    asked = PromptDataset(str(tmp_path / "t.parquet"), tok, max_prompt_length=1024, instruction=" <summary> please")
+    for a, b in zip(plain, asked):
+        assert b["messages"][-1]["content"] == a["messages"][-1]["content"] + " <summary> please"
+        assert " <summary> please" in tok.decode(b["prompt_ids"]) and " <summary> please" not in tok.decode(a["prompt_ids"])
+
+
 def test_summaries_render_with_item_templates(tok):
     cfg = SelfDistillationConfig(summarize_solutions=True, summary_k=2, summary_from_all=True,
                                  include_primary_solution=False)
