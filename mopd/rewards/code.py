@@ -10,7 +10,8 @@
 
 * ``stdin``: the program runs as ``__main__`` with ``inputs[i]`` on stdin; its stdout must equal
   ``outputs[i]`` after ``strip`` and whitespace normalisation (runs of spaces/newlines are one space;
-  tokens that are both numbers also match when numerically equal as decimals, "0.50" == "0.5").
+  tokens that are both ASCII decimal numbers also match when numerically equal, "0.50" == "0.5",
+  but "1_28" != "128").
 * ``functional``: ``fn_name`` (a module-level function, or the method of a LeetCode-style ``Solution``
   class, instantiated per test; without ``fn_name`` the first function the solution defines) is called
   with ``inputs[i]``: a JSON string with one JSON value per line (each an argument), a list (the
@@ -192,6 +193,10 @@ def _normalize_text(text: str) -> str:
     return " ".join(str(text).split())
 
 
+# A printed decimal number (ASCII only): Decimal() alone would also take "1_28" or "١٢٨" as 128.
+_DECIMAL_TOKEN = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _tokens_equal(out: str, expected: str) -> bool:
     if out == expected:
         return True
@@ -201,6 +206,8 @@ def _tokens_equal(out: str, expected: str) -> bool:
     for x, y in zip(a, b):
         if x == y:
             continue
+        if not (_DECIMAL_TOKEN.fullmatch(x) and _DECIMAL_TOKEN.fullmatch(y)):
+            return False
         try:
             if Decimal(x) != Decimal(y):
                 return False

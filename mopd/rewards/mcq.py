@@ -11,6 +11,8 @@ format error or a truncated response gets a one-line hint, which never names the
 GPQA (``compute_score_gpqa``) and MMLU-Pro (``compute_score_mmlu_pro``): the prompt asks for a
 ``\\boxed{X}`` (GPQA) or "the answer is (X)" (MMLU-Pro); the prediction is, in this order, the last such
 explicit answer, else the last standalone capital letter in range (A-D for GPQA, A-J for MMLU-Pro).
+A final explicit answer that names two options ("\\boxed{A, B}", "the answer is (A) or (B)") is no choice
+(score 0, format error), rather than falling through to the standalone letter inside it.
 The release upper-cased the response before looking for a standalone letter, so the English word "a"
 counted as answer A; we match capitals only.
 """
@@ -99,6 +101,14 @@ def extract_choice_letter(text: str, letters: str) -> str | None:
         for match in re.finditer(pattern, text):
             if best is None or match.start() >= best[0]:
                 best = (match.start(), match.group(1))
+    # A final explicit answer naming two options ("\\boxed{A, B}", "the answer is (A) or (B)") chooses none:
+    # without this, the box fails the patterns above and the standalone scan below reads its last letter.
+    two = rf"\(?{cls}\)?\s*(?:,|/|&|\bor\b|\band\b)\s*\(?{cls}(?![A-Za-z0-9_])"
+    hedges = [rf"\\boxed\s*\{{\s*(?:\\text\s*\{{\s*)?{two}", rf"[Aa]nswer\s+is\s*:?\s*\**{two}",
+              rf"[Aa]nswer\s*:\s*\**{two}"]
+    last_hedge = max((m.start() for h in hedges for m in re.finditer(h, text)), default=-1)
+    if last_hedge >= 0 and (best is None or last_hedge >= best[0]):
+        return None
     if best is not None:
         return best[1]
     standalone = re.findall(rf"(?<![A-Za-z0-9_]){cls}(?![A-Za-z0-9_])", text)
