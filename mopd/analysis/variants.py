@@ -54,6 +54,12 @@ _KNOWN_KEYS = {"name", "include_solution", "include_another_solution", "include_
                "peer_control", "force_reprompt", "force_raw_prompt", "score_format", "required_sections",
                "dont_reprompt_on_self_success", "feedback_only_without_solution"}
 
+# The release's analysis keys are the canonical ones here; a variant may also use the training config's
+# names for the same sections (actor_rollout_ref.actor.self_distillation.*).
+_TRAINER_NAMES = {"include_primary_solution": "include_solution", "include_environment_feedback": "include_feedback",
+                  "summarize_solutions": "include_summary",
+                  "environment_feedback_only_without_solution": "feedback_only_without_solution"}
+
 
 # ----------------------------------------------------------------------------------------------------
 # Configuration
@@ -83,6 +89,12 @@ def load_variant_config(path: str | Path | None) -> dict[str, Any]:
             if variant not in known:
                 raise ValueError(f"--variant-config {path}: unknown condition {variant!r}; built-in: {CONDITION_NAMES}")
             config["variants"][i] = variant = dict(known[variant])
+        for alias, key in _TRAINER_NAMES.items():  # the trainer config's names for the same sections
+            if alias in variant:
+                value = variant.pop(alias)
+                if key in variant and variant[key] != value:
+                    raise ValueError(f"--variant-config {path}: variant #{i} sets both {alias} and {key} differently")
+                variant[key] = value
         unknown = set(variant) - _KNOWN_KEYS
         if "name" not in variant or unknown:
             raise ValueError(f"--variant-config {path}: variant #{i} needs a 'name' and only the keys "

@@ -1,6 +1,6 @@
 """Math verifier: the last ``\\boxed{}`` of the response against the ground-truth answer.
 
-Rules (the release's ``feedback/math.py``, with two fixes noted below):
+Rules (the release's math verifier in its reward-feedback package, with two fixes noted below):
 
 1. The prediction is the content of the last brace-matched ``\\boxed{...}`` in the response (anywhere in
    it, not only in the final characters). No box, or a box that is never closed (a truncated response),

@@ -7,7 +7,7 @@ The response is read as ReAct text::
     Action: getUserProfile
     Action Input: {"userId": "g-user123"}
 
-Rules (the release's ``feedback/tooluse.py``):
+Rules (the release's tool-use verifier in its reward-feedback package):
 
 - the actions are every ``Action:[ \\t]*(\\w+)`` in the response (the release's ``\\s*`` could read the
   ``Action`` of an ``Action Input:`` line on the next line as an action name; we stop at the line end);

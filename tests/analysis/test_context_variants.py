@@ -211,6 +211,20 @@ def test_variant_config_templates_and_subset(tmp_path, candidates):
         V.build_variant_rows(candidates, V.load_variant_config(bad))
 
 
+def test_variant_config_takes_the_training_config_names(tmp_path, candidates):
+    """include_primary_solution (the trainer's name) means include_solution; both given differently is an error."""
+    config = tmp_path / "variants.json"
+    config.write_text(json.dumps({"variants": [{"name": "sol", "include_primary_solution": True},
+                                               {"name": "plain", "include_solution": True}]}))
+    rows = V.build_variant_rows(candidates, V.load_variant_config(config))
+    a, b = rows_by(rows, "sol", "a_r0"), rows_by(rows, "plain", "a_r0")
+    assert a["assembled_context_text"] == b["assembled_context_text"] and a["required_sections"] == ["solution"]
+    config.write_text(json.dumps({"variants": [{"name": "x", "include_primary_solution": True,
+                                                "include_solution": False}]}))
+    with pytest.raises(ValueError, match="include_primary_solution and include_solution"):
+        V.load_variant_config(config)
+
+
 def test_cli(tmp_path, candidates):
     cpath, epath, out = tmp_path / "c.jsonl", tmp_path / "e.jsonl", tmp_path / "v.jsonl"
     cpath.write_text("".join(json.dumps(c) + "\n" for c in candidates))
