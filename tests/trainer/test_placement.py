@@ -59,6 +59,27 @@ def test_ranks_are_ordered_by_node_then_by_the_gpu_ray_gave_the_bundle():
         placement.check_packed(split, 2)
 
 
+@pytest.mark.parametrize("overrides,start", [
+    (["trainer.placement_timeout_s=0"], "trainer.placement_timeout_s must be a positive number of seconds"),
+    (["trainer.runtime_env=[NCCL_DEBUG]"], "trainer.runtime_env must be null or a mapping"),
+    (["trainer.backend=ray", "trainer.nnodes=2", "trainer.n_gpus_per_node=3", "data.train_batch_size=6",
+      "actor_rollout_ref.actor.ppo_mini_batch_size=6", "actor_rollout_ref.rollout.name=vllm",
+      "actor_rollout_ref.rollout.tensor_model_parallel_size=2"],
+     "actor_rollout_ref.rollout.tensor_model_parallel_size (2) must divide trainer.n_gpus_per_node (3)"),
+])
+def test_placement_config_keys_are_checked(overrides, start):
+    from hydra import compose, initialize_config_dir
+
+    from trainer.config_schema import validate_config
+    from trainer.main import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(config_name="grpo", overrides=overrides)
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    assert str(info.value).startswith(start), info.value
+
+
 # ----------------------------------------------------------------------------------------------
 # Which cluster the driver uses
 
