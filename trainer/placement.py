@@ -73,7 +73,11 @@ def reserve(ray, chosen: list[dict], per_node: int, use_gpu: bool, timeout_s: fl
     world = len(chosen) * per_node
     bundles = [bundle_for_rank(use_gpu) for _ in range(world)]
     selectors = [{NODE_ID_LABEL: chosen[b // per_node]["NodeID"]} for b in range(world)]
-    group = placement_group(bundles, strategy="PACK", bundle_label_selector=selectors)
+    try:
+        group = placement_group(bundles, strategy="PACK", bundle_label_selector=selectors)
+    except TypeError as err:  # a Ray without per-bundle label selectors
+        raise ConfigError(f"Ray {ray.__version__} cannot pin placement-group bundles to nodes ({err}): "
+                          "pip install 'ray[default]>=2.50'") from None
     ready, _ = ray.wait([group.ready()], timeout=timeout_s)
     if ready:
         return group
