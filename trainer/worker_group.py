@@ -147,7 +147,8 @@ class RayWorkerGroup(_Group):
             except exceptions.RayActorError as err:
                 from trainer.placement import describe_node, lost_node
 
-                lost = lost_node(self._ray, self.placement, rank)
+                # Ray says when the actor's node died; the GCS marks that node dead a moment later.
+                lost = lost_node(self._ray, self.placement, rank, wait_s=10.0 if _node_died(err) else 0.0)
                 if lost is not None:  # the whole node went: every rank it held is gone
                     node, ranks = lost
                     return WorkerDiedError(f"{describe_node(node)} died during {method}: ranks "
@@ -186,6 +187,15 @@ class RayWorkerGroup(_Group):
 def _pid_of(err) -> str:
     pid = getattr(getattr(err, "_actor_died_error_context", None), "pid", 0) or _field(str(err), "pid:")
     return f" (pid {pid})" if pid else ""
+
+
+def _node_died(err) -> bool:
+    """Whether Ray's error says the actor's node died (not just its process)."""
+    context = getattr(err, "_actor_died_error_context", None)
+    try:
+        return context is not None and context.HasField("node_death_info")
+    except (AttributeError, ValueError):  # another Ray's error layout: look for the node in the table only
+        return False
 
 
 def _field(text: str, prefix: str) -> str:
