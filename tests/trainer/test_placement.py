@@ -149,7 +149,8 @@ class EchoWorker:
         import ray
 
         return {"rank": self.rank, "node": ray.get_runtime_context().get_node_id(),
-                "LOCAL_RANK": os.environ["LOCAL_RANK"], "device_index": self.device_index}
+                "LOCAL_RANK": os.environ["LOCAL_RANK"], "device_index": self.device_index,
+                "env": os.environ.get("MOPD_PLACEMENT_TEST")}
 
     @register(Dispatch.ONE_TO_ALL)
     def shutdown(self):
@@ -189,7 +190,8 @@ def test_ranks_are_packed_node_by_node_and_written_to_placement_json(two_nodes, 
     from trainer.worker_group import RayWorkerGroup
 
     cluster, nodes = two_nodes
-    config = {"trainer": {"nnodes": 2, "default_local_dir": str(tmp_path), "placement_timeout_s": 60}}
+    config = {"trainer": {"nnodes": 2, "default_local_dir": str(tmp_path), "placement_timeout_s": 60,
+                          "runtime_env": {"env_vars": {"MOPD_PLACEMENT_TEST": "from trainer.runtime_env"}}}}
     group = RayWorkerGroup(EchoWorker, config, 4, use_gpu=False, timeout_s=120)
     try:
         seen = group.where()
@@ -201,6 +203,7 @@ def test_ranks_are_packed_node_by_node_and_written_to_placement_json(two_nodes, 
         assert {s["node"] for s in seen} == node_ids  # the slot-less head holds no rank
         assert [s["LOCAL_RANK"] for s in seen] == ["0", "1", "0", "1"]
         assert [s["device_index"] for s in seen] == [0, 1, 0, 1]
+        assert {s["env"] for s in seen} == {"from trainer.runtime_env"}
         record = json.loads((tmp_path / "placement.json").read_text())
         assert [(r["rank"], r["node_id"], r["local_rank"], r["device"]) for r in record["ranks"]] == [
             (s["rank"], s["node"], int(s["LOCAL_RANK"]), "cpu") for s in seen]
