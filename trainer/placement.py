@@ -33,6 +33,7 @@ class RankPlace:
     node_ip: str
     local_rank: int
     device: str  # "cuda:<index in the worker's visible devices>" or "cpu"
+    device_index: int | None  # that index; None on CPU
     gpu_ids: tuple  # Ray's GPU ids for the rank (the node's physical GPU numbers); empty on CPU
     bundle: int
 
@@ -106,7 +107,8 @@ def places(probes: list[dict], per_node: int) -> list[RankPlace]:
     for rank, b in enumerate(rank_order(probes, per_node)):
         p = probes[b]
         device = f"cuda:{p['device_index']}" if p["gpu_ids"] else "cpu"
-        out.append(RankPlace(rank, p["node_id"], p["node_ip"], rank % per_node, device, tuple(p["gpu_ids"]), b))
+        out.append(RankPlace(rank, p["node_id"], p["node_ip"], rank % per_node, device,
+                             p["device_index"] if p["gpu_ids"] else None, tuple(p["gpu_ids"]), b))
     return out
 
 

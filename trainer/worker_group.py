@@ -100,7 +100,7 @@ class RayWorkerGroup(_Group):
             self.placement = placement.places(probes, per_node)
             placement.check_packed(self.placement, per_node)
             self.workers = [by_bundle[p.bundle] for p in self.placement]
-            ray.get([w.assign_rank.remote(p.rank, p.local_rank, None if p.device == "cpu" else int(p.device[5:]))
+            ray.get([w.assign_rank.remote(p.rank, p.local_rank, p.device_index)
                      for w, p in zip(self.workers, self.placement)], timeout=timeout_s)
         except BaseException:
             self._release()

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import tempfile
+from dataclasses import replace
 
 import pytest
 
@@ -52,9 +53,9 @@ def test_ranks_are_ordered_by_node_then_by_the_gpu_ray_gave_the_bundle():
     placed = placement.places(probes, per_node=2)
     assert [(p.rank, p.node_id, p.local_rank, p.device, p.bundle) for p in placed] == [
         (0, "n0", 0, "cuda:1", 1), (1, "n0", 1, "cuda:3", 0), (2, "n1", 0, "cuda:0", 2), (3, "n1", 1, "cuda:2", 3)]
+    assert [p.device_index for p in placed] == [1, 3, 0, 2] and placed[1].gpu_ids == ("3",)
     placement.check_packed(placed, 2)
-    split = [placed[0], placed[2].__class__(**{**placed[2].__dict__, "rank": 1}), placed[1].__class__(
-        **{**placed[1].__dict__, "rank": 2}), placed[3]]
+    split = [placed[0], replace(placed[2], rank=1), replace(placed[1], rank=2), placed[3]]
     with pytest.raises(RuntimeError, match="not one block of 2 consecutive ranks"):
         placement.check_packed(split, 2)
 
