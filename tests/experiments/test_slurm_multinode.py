@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -84,6 +85,7 @@ def slurm(tmp_path):
     left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
     for pid in left:  # only processes of this test's cluster (its private temp dir is on their command line)
         os.kill(int(pid), signal.SIGKILL)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not left, f"the script left Ray processes of its cluster running: {left}"
 
 
