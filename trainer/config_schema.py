@@ -248,12 +248,28 @@ def _check_trainer(t: dict) -> None:
         _integer(t, key)
     _boolean(t, "trainer.val_before_train")
     _boolean(t, "trainer.balance_batch")
+    _check_ray_placement(t)
     nodes, per_node = _get(t, "trainer.nnodes"), _get(t, "trainer.n_gpus_per_node")
     if backend == "local" and nodes * per_node != 1:
         raise ConfigError(
             f"trainer.backend=local runs a single worker: set trainer.n_gpus_per_node=1 and trainer.nnodes=1 "
             f"(got {per_node} and {nodes}), or use trainer.backend=ray"
         )
+
+
+def _check_ray_placement(t: dict) -> None:
+    timeout = _get(t, "trainer.placement_timeout_s")
+    if not _is_number(timeout) or timeout <= 0:
+        raise ConfigError(f"trainer.placement_timeout_s must be a positive number of seconds, got {timeout!r}")
+    env = _get(t, "trainer.runtime_env")
+    if env is not None and not isinstance(env, Mapping):
+        raise ConfigError(f"trainer.runtime_env must be null or a mapping (Ray's runtime_env, e.g. "
+                          f"{{env_vars: {{NCCL_DEBUG: INFO}}}}), got {env!r}")
+    tp, per_node = _get(t, f"{ROLLOUT}.tensor_model_parallel_size"), _get(t, "trainer.n_gpus_per_node")
+    if (_get(t, f"{ROLLOUT}.name") == "vllm" and _get(t, "trainer.nnodes") > 1 and _is_int(tp) and _is_int(per_node)
+            and per_node % tp):
+        raise ConfigError(f"{ROLLOUT}.tensor_model_parallel_size ({tp}) must divide trainer.n_gpus_per_node "
+                          f"({per_node}) on a multi-node run: a vLLM engine's ranks stay on one node")
 
 
 def _check_batch_arithmetic(t: dict) -> None:

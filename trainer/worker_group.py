@@ -8,7 +8,6 @@ Both read each method's ``@register`` mark (``workers.dispatch``) to split input
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
@@ -63,27 +62,53 @@ class LocalWorkerGroup(_Group):
 
 
 class RayWorkerGroup(_Group):
+    """One Ray actor per rank, placed by ``trainer.placement`` (one placement group, packed node by node)."""
+
     def __init__(self, worker_cls, config: dict, world_size: int, *, use_gpu: bool, timeout_s: float = 3600.0):
         import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from trainer import placement, ray_cluster
+        from workers.rank_placement import RankPlacementMixin
+
+        trainer = config.get("trainer", {})
+        nnodes = int(trainer.get("nnodes", 1))
+        per_node = world_size // nnodes
         self.worker_cls = worker_cls
         self.world_size = world_size
         self.timeout_s = timeout_s
         self._ray = ray
-        self._owns_ray = False
-        if not ray.is_initialized():
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-            # Without RAY_ADDRESS start a cluster of our own ("local"): never attach to whatever cluster a
-            # stale ray_current_cluster file names (a crashed cluster, or another job's on this machine).
-            address = os.environ.get("RAY_ADDRESS") or "local"
-            # Logical CPUs are oversubscribed: a worker is one slot, not one core (helpers never starve).
-            kwargs = {} if address != "local" else {"num_cpus": max(8, 2 * world_size)}
-            ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=True,
-                     ignore_reinit_error=True, **kwargs)
-            self._owns_ray = True
-        remote_cls = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(worker_cls)
-        self.workers = [remote_cls.remote(config, rank, world_size) for rank in range(world_size)]
+        self.placement_group = None
+        runtime_env = dict(trainer.get("runtime_env") or {})
+        if use_gpu:  # every GPU of the node visible to each rank (NCCL peer access); the rank picks its own
+            runtime_env["env_vars"] = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
+                                       **(runtime_env.get("env_vars") or {})}
+        self._owns_ray = ray_cluster.connect(ray, local_num_cpus=max(8, 2 * world_size), runtime_env=runtime_env)
+        try:
+            driver_node = ray.get_runtime_context().get_node_id()
+            chosen = placement.choose_nodes(ray.nodes(), nnodes, per_node, use_gpu, driver_node)
+            self.placement_group = placement.reserve(ray, chosen, per_node, use_gpu,
+                                                     float(trainer.get("placement_timeout_s") or 300))
+            # The worker class keeps its name (``ray::ActorRolloutRefWorker`` in ps) and gains the probe.
+            placed_cls = type(worker_cls.__name__, (worker_cls, RankPlacementMixin), {})
+            remote_cls = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(placed_cls)
+            by_bundle = [remote_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+                self.placement_group, placement_group_bundle_index=b)).remote(config, b, world_size)
+                for b in range(world_size)]
+            self.workers = by_bundle  # killed by _release if anything below fails
+            probes = ray.get([w.placement_probe.remote() for w in by_bundle], timeout=timeout_s)
+            self.placement = placement.places(probes, per_node)
+            placement.check_packed(self.placement, per_node)
+            self.workers = [by_bundle[p.bundle] for p in self.placement]
+            ray.get([w.assign_rank.remote(p.rank, p.local_rank, p.device_index)
+                     for w, p in zip(self.workers, self.placement)], timeout=timeout_s)
+        except BaseException:
+            self._release()
+            raise
+        for line in placement.node_lines(self.placement):
+            print(line, flush=True)
+        if trainer.get("default_local_dir"):
+            placement.write_placement(trainer["default_local_dir"], self.placement, per_node)
         # The process group's rendezvous is rank 0's node (on a multi-node cluster, not the driver's).
         master = ray.get(self.workers[0].free_address.remote(), timeout=timeout_s)
         ray.get([w.set_master.remote(*master) for w in self.workers], timeout=timeout_s)
@@ -120,6 +145,15 @@ class RayWorkerGroup(_Group):
             try:
                 self._ray.get(ref, timeout=0)
             except exceptions.RayActorError as err:
+                from trainer.placement import describe_node, lost_node
+
+                # Ray says when the actor's node died; the GCS marks that node dead a moment later.
+                lost = lost_node(self._ray, self.placement, rank, wait_s=10.0 if _node_died(err) else 0.0)
+                if lost is not None:  # the whole node went: every rank it held is gone
+                    node, ranks = lost
+                    return WorkerDiedError(f"{describe_node(node)} died during {method}: ranks "
+                                           f"{', '.join(map(str, ranks))} lost (rank {rank}{_pid_of(err)}: "
+                                           f"{_exit_cause(err)})", rank=rank)
                 return WorkerDiedError(f"worker rank {rank}{_pid_of(err)} died during {method}: {_exit_cause(err)}",
                                        rank=rank)
             except Exception:  # noqa: BLE001 - a survivor's own error: keep looking for the dead rank
@@ -132,15 +166,36 @@ class RayWorkerGroup(_Group):
         except (WorkerDiedError, self._ray.exceptions.RayError):
             pass  # a dead worker has nothing to shut down; the others are killed below
         finally:
-            for w in self.workers:
-                self._ray.kill(w)
-            if self._owns_ray:
-                self._ray.shutdown()
+            self._release()
+
+    def _release(self) -> None:
+        """Kill the workers, free the placement group, and stop the cluster if this driver started it."""
+        for w in getattr(self, "workers", []):
+            self._ray.kill(w)
+        if self.placement_group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            try:
+                remove_placement_group(self.placement_group)
+            except Exception:  # noqa: BLE001 - a cluster already gone has nothing left to free
+                pass
+            self.placement_group = None
+        if self._owns_ray:
+            self._ray.shutdown()
 
 
 def _pid_of(err) -> str:
     pid = getattr(getattr(err, "_actor_died_error_context", None), "pid", 0) or _field(str(err), "pid:")
     return f" (pid {pid})" if pid else ""
+
+
+def _node_died(err) -> bool:
+    """Whether Ray's error says the actor's node died (not just its process)."""
+    context = getattr(err, "_actor_died_error_context", None)
+    try:
+        return context is not None and context.HasField("node_death_info")
+    except (AttributeError, ValueError):  # another Ray's error layout: look for the node in the table only
+        return False
 
 
 def _field(text: str, prefix: str) -> str:

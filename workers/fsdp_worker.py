@@ -57,7 +57,7 @@ class ActorRolloutRefWorker:
         cfg, trainer = self.config, self.config["trainer"]
         model_cfg = cfg["actor_rollout_ref"]["model"]
         actor_cfg = cfg["actor_rollout_ref"]["actor"]
-        self.device = model_utils.pick_device(trainer["device"], self.rank)
+        self.device = model_utils.pick_device(trainer["device"], getattr(self, "device_index", self.rank))
         if self.device.type == "cpu":
             threads = trainer.get("num_threads") or max(1, (os.cpu_count() or 1) // self.world_size)
             torch.set_num_threads(threads)
