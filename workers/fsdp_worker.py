@@ -99,7 +99,8 @@ class ActorRolloutRefWorker:
                 trust_remote_code=model_cfg["trust_remote_code"])
         else:
             self.rollout = HFRollout(rollout_copy, self.tokenizer, rollout_cfg["micro_batch_size"],
-                                     calculate_log_probs=rollout_cfg["calculate_log_probs"])
+                                     calculate_log_probs=rollout_cfg["calculate_log_probs"],
+                                     max_token_len=rollout_cfg["generate_max_token_len_per_gpu"])
 
         self.teacher_module, self.teacher, self.ref_module = None, None, None
         ref_path = model_utils.resolve_model_path(cfg["actor_rollout_ref"]["ref"]["model"]["path"])
