@@ -130,7 +130,7 @@ def _check_actor(t: dict) -> None:
     for key in ("ppo_mini_batch_size", "ppo_micro_batch_size_per_gpu", "ppo_max_token_len_per_gpu", "ppo_epochs"):
         _positive_int(t, f"{ACTOR}.{key}")
     for key in ("shuffle", "global_token_normalization", "use_kl_loss", "use_dynamic_bsz", "shared_prefix",
-                "fsdp_config.param_offload", "fsdp_config.optimizer_offload"):
+                "fsdp_config.optimizer_offload"):
         _boolean(t, f"{ACTOR}.{key}")
     if _get(t, f"{ACTOR}.use_dynamic_bsz") and not _get(t, f"{ACTOR}.global_token_normalization"):
         raise ConfigError(

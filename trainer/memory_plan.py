@@ -88,11 +88,10 @@ def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None 
         teacher = read_model_shape(s.ref_path, "actor_rollout_ref.ref.model.path") if s.ref_path else student
     b, w = s.dtype_bytes, s.world
     sharded = w > 1 or b != 4  # one float32 rank runs a plain module (workers/model_utils.fsdp2_wrap)
-    on_device = 0.0 if s.param_offload else 1.0  # FSDP2's CPUOffloadPolicy: shards, grads and Adam on the host
 
-    actor = 4 * student.params / w * on_device
-    grads = 4 * student.params / w * on_device
-    adam = 8 * student.params / w * on_device
+    actor = 4 * student.params / w
+    grads = 4 * student.params / w
+    adam = 8 * student.params / w
     adam_resident = 0.0 if s.optimizer_offload else adam  # optimizer_offload: on the host outside the update
     teacher_w = 4 * teacher.params / w if teacher else 0.0
     engine = b * student.params if s.rollout == "hf" else 0.0
@@ -151,7 +150,7 @@ def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None 
     else:
         activations = tokens * student.layers * per_layer
     update = {"actor weights (fp32 shard)": actor, "gradients (fp32 shard)": grads, "optimizer state (Adam)": adam,
-              "optimizer step scratch": 4 * student.params / w * on_device,
+              "optimizer step scratch": 4 * student.params / w,
               "teacher weights (fp32 shard)": teacher_w, "hf engine copy (compute dtype)": engine,
               "vLLM engine share": vllm_idle,
               # unsharded units and their gradients (compute dtype) before the float32 reduce-scatter
@@ -169,9 +168,8 @@ def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None 
                             "export: one full tensor gathered": largest_tensor}
 
     host = {}
-    if s.param_offload or s.optimizer_offload:
-        per_rank = (16 if s.param_offload else 8) * student.params / w
-        host["offloaded actor state"] = per_rank * s.per_node
+    if s.optimizer_offload:
+        host["offloaded optimizer state"] = 8 * student.params / w * s.per_node
     host["safetensors page cache (shared, reclaimable)"] = (student.params + (teacher.params if teacher and
                                                             s.ref_path else 0)) * 2
     header = (f"memory plan: student {student.params / 1e9:.2f} B parameters"
@@ -203,8 +201,7 @@ class _Settings:
         self.free_cache_engine = rollout["free_cache_engine"]
         self.checkpointing = model["enable_gradient_checkpointing"]
         offload = actor.get("fsdp_config") or {}
-        self.param_offload = bool(offload.get("param_offload"))
-        self.optimizer_offload = bool(offload.get("optimizer_offload")) or self.param_offload
+        self.optimizer_offload = bool(offload.get("optimizer_offload"))
         self.dynamic = actor["use_dynamic_bsz"]
         self.teacher_shared_prefix = self.distillation and arr["ref"]["shared_prefix"]
         self.student_shares = actor["shared_prefix"] and self.world == 1 and not self.checkpointing
@@ -291,8 +288,6 @@ def _candidate_groups(cfg: dict) -> list[list[dict]]:
                        for v in _halvings(cfg[arr]["actor"]["ppo_micro_batch_size_per_gpu"], 1)])
     if not s.optimizer_offload:
         groups.append([{f"{OFFLOAD}.optimizer_offload": True}])
-    if not s.param_offload:
-        groups.append([{f"{OFFLOAD}.param_offload": True}])
     tbs, mini = cfg["data"]["train_batch_size"], cfg[arr]["actor"]["ppo_mini_batch_size"]
     more = [{"trainer.n_gpus_per_node": g} for g in (2, 4, 8) if g > s.per_node]
     more += [{"trainer.n_gpus_per_node": max(8, s.per_node), "trainer.nnodes": k} for k in (2, 4, 8) if k > s.nodes]

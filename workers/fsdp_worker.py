@@ -16,7 +16,7 @@ import torch.distributed as dist
 from mopd.config import SelfDistillationConfig
 from mopd.errors import ConfigError
 from mopd.teacher import ema_update_
-from workers import model_utils, packed_attention, shared_prefix, sharded_load
+from workers import memory, model_utils, packed_attention, shared_prefix, sharded_load
 from workers.actor import (DISTILLATION_MODES, PREFERENCE_MODES, Normalizers, TeacherForward, backward_mini_batch,
                            loss_normalizer_counts)
 from workers.batch import index_batch, sequence_lengths, slice_batch, to_device, token_budget_partition
@@ -126,7 +126,9 @@ class ActorRolloutRefWorker:
         from workers.weight_sync import iter_full_parameters
 
         # Bucket by bucket, cast to the compute dtype before the gather, straight into the engine's
-        # weights: never a second full copy of the model on the device.
+        # weights: never a second full copy of the model on the device. The update's cached blocks go back
+        # to the device first: vLLM's wake allocates its weights and KV cache outside torch's cache.
+        model_utils.release_cached_memory(self.device)
         self.rollout.load_weights(iter_full_parameters(self.actor, self.dtype))
 
     @register(Dispatch.DP_COMPUTE)
@@ -138,6 +140,7 @@ class ActorRolloutRefWorker:
         # One seed per sample from (run seed, step, prompt uid, sample index): rank-independent.
         row_seeds = [_derive_seed(seed, meta["step"], j, f"{tag}:{uid}") for uid in batch["uid"] for j in range(n)]
         out = self.rollout.generate(batch["input_ids"], batch["attention_mask"], params, row_seeds)
+        model_utils.release_cached_memory(self.device)  # the KV cache's blocks, before the training phases
         out["prompt_input_ids"] = batch["input_ids"].repeat_interleave(n, dim=0)
         out["prompt_attention_mask"] = batch["attention_mask"].repeat_interleave(n, dim=0)
         return out
@@ -157,6 +160,7 @@ class ActorRolloutRefWorker:
             out[index] = response_log_probs(self.actor, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
                                             mb["responses"], mb["response_mask"], temperature,
                                             self.remove_padding, head).float().cpu()
+        model_utils.release_cached_memory(self.device)
         return {"old_log_probs": out}
 
     # ------------------------------------------------------------------------------------------
@@ -185,6 +189,9 @@ class ActorRolloutRefWorker:
                            entropy_coeff=actor_cfg["entropy_coeff"], remove_padding=self.remove_padding,
                            student_shared_prefix=self.student_shared_prefix)
         finite_steps = 0
+        offload = actor_cfg["fsdp_config"]["optimizer_offload"]
+        if offload:
+            memory.move_optimizer_state(self.optimizer, self.device)
         for _epoch in range(actor_cfg["ppo_epochs"]):
             order = _shuffled(local, group, generator) if actor_cfg["shuffle"] else torch.arange(local)
             for m_start in range(0, local, mini):
@@ -214,6 +221,12 @@ class ActorRolloutRefWorker:
                 metrics.setdefault("actor/grad_norm", []).append(grad_norm)
                 metrics.setdefault("actor/lr", []).append(self.scheduler.get_last_lr()[0])
         self._finite_steps = finite_steps
+        # Gradients are not needed until the next update's backward: generation and the no-grad passes
+        # should not hold 4 bytes per parameter shard for them.
+        self.optimizer.zero_grad(set_to_none=True)
+        if offload:
+            memory.move_optimizer_state(self.optimizer, torch.device("cpu"))
+        model_utils.release_cached_memory(self.device)
         return {"metrics": [metrics]}
 
     @torch.no_grad()
