@@ -68,6 +68,8 @@ class ActorRolloutRefWorker:
         self.remove_padding = model_cfg["use_remove_padding"]
         # Packing under sdpa: per-sequence attention instead of a [T, T] mask (workers/packed_attention.py).
         attn = packed_attention.implementation(model_cfg["attn_implementation"], self.remove_padding)
+        if attn == packed_attention.PACKED_SDPA:  # the varlen kernel's self-check now, not in the first forward
+            packed_attention.check_at_init(self.device, self.dtype)
         self.loss_mode = actor_cfg["policy_loss"]["loss_mode"]
         self.sd_cfg = (SelfDistillationConfig.from_dict(actor_cfg["self_distillation"])
                        if self.loss_mode in DISTILLATION_MODES else None)
