@@ -209,13 +209,16 @@ class _Settings:
         self.off_policy = updates > 1
         self.mini_rows = actor["ppo_mini_batch_size"] * self.n // self.world
         seq = self.prompt_len + self.response_len
-        if self.dynamic:  # a sequence longer than the budget gets a micro-batch of its own
-            self.micro_tokens = max(actor["ppo_max_token_len_per_gpu"], seq)
+        # fsdp_worker.update_actor keeps a prompt's n rollouts in one micro-batch (token budgets) or one
+        # no-grad forward when pairs or shared prefixes need them together; a unit above the budget runs alone
+        shared = (self.teacher_shared_prefix or self.student_shares) and self.mini_rows % self.n == 0
+        self.group = self.n if shared or self.loss_mode in ("dpo", "simpo") else 1
+        if self.dynamic:
+            self.micro_tokens = max(actor["ppo_max_token_len_per_gpu"], self.group * seq)
         else:
             self.micro_tokens = actor["ppo_micro_batch_size_per_gpu"] * seq
         self._lp_rows, self._lp_budget = rollout["log_prob_micro_batch_size_per_gpu"], rollout["log_prob_max_token_len_per_gpu"]
-        group = self.n if (self.teacher_shared_prefix or self.student_shares) else 1
-        self._lp_rows = max(self._lp_rows // group, 1) * group  # whole prompt groups (fsdp_worker._log_prob_parts)
+        self._lp_rows = max(self._lp_rows // self.group, 1) * self.group  # fsdp_worker._log_prob_parts
         # hf generate(): rows per call under the token budget, and never more than a rank's share of a step
         budget_rows = max(1, rollout["generate_max_token_len_per_gpu"] // seq)
         train_rows = data["train_batch_size"] * self.n // self.world
@@ -225,7 +228,7 @@ class _Settings:
         self.generate_rows = min(rollout["micro_batch_size"], budget_rows, max(train_rows, val_rows))
 
     def log_prob_tokens(self, longest: int) -> int:
-        return max(self._lp_budget, longest) if self.dynamic else self._lp_rows * longest
+        return max(self._lp_budget, self.group * longest) if self.dynamic else self._lp_rows * longest
 
 
 def _compute_dtype(setting: str, trainer: dict) -> str:
