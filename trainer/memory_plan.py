@@ -137,7 +137,7 @@ def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None 
         logp["forward workspace"] = tokens * (shape.forward_workspace_bytes_per_token(b) + 2 * b * shape.hidden)
         if shares:  # the shared-prefix forward keeps every layer's K/V of the prompt prefixes it runs
             logp["shared-prefix KV cache"] = tokens * (1 - s.response_len / longest) * shape.kv_bytes_per_token(b)
-        logp["fused head chunks"] = FUSED_HEAD_CHUNK_BYTES * FUSED_HEAD_TEMPORARIES
+        logp["fused head chunks"] = _fused_head_bytes(tokens, shape.vocab)
         if s.distillation:
             logp["teacher hidden states (mini-batch)"] = s.mini_rows * s.response_len * teacher.hidden * b
     phases["log_prob"] = logp if forwards else {}
@@ -157,7 +157,7 @@ def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None 
               "FSDP all-gather buffers": gathered(student) + (4 * student.layer_params + b * student.root_params
                                                               if sharded else 0.0),
               "activations (micro-batch)": activations + tokens * student.hidden * b * 2,
-              "fused head chunks": FUSED_HEAD_CHUNK_BYTES * FUSED_HEAD_TEMPORARIES + b * student.vocab * student.hidden}
+              "fused head chunks": _fused_head_bytes(tokens, student.vocab) + b * student.vocab * student.hidden}
     if s.distillation:
         update["teacher hidden states (mini-batch)"] = s.mini_rows * s.response_len * teacher.hidden * b
     if s.loss_mode == "dpo":  # the reference's no-grad forward per micro-batch
@@ -178,6 +178,11 @@ def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None 
               f"loss {s.loss_mode}; device {capacity_bytes / GB:.1f} GB, usable {(capacity_bytes - RUNTIME_RESERVE_BYTES) / GB:.1f} GB "
               f"after a {RUNTIME_RESERVE_BYTES / GB:.0f} GB CUDA/NCCL reserve")
     return Plan({p: {k: v for k, v in comps.items() if v} for p, comps in phases.items()}, capacity_bytes, header, host)
+
+
+def _fused_head_bytes(tokens: int, vocab: int) -> float:
+    """A few ``chunk x V`` float32 temporaries; a chunk is 256 MB or all the positions, if fewer."""
+    return FUSED_HEAD_TEMPORARIES * min(FUSED_HEAD_CHUNK_BYTES, 4 * tokens * vocab)
 
 
 class _Settings:
