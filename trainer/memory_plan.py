@@ -11,7 +11,7 @@ not. ``trainer/main.py`` runs the same plan first (``check_before_start``); a CP
 Phases follow one rank through a step (docs/architecture.md, "What lives where"): ``load`` (init_model),
 ``generation``, ``log_prob`` (old log-probs and the teacher pass: no-grad forwards), ``update``
 (forward/backward and the optimizer step) and ``checkpoint`` (sharded save and HF export). Caches are
-released at each boundary (``workers/memory.py``), so a phase's peak is what it holds itself. Byte
+released at each boundary (``workers/model_utils.release_cached_memory``), so a phase's peak is what it holds itself. Byte
 formulas per component are in ``trainer/memory_model.py``; the figures are bounds at the configured
 maximum lengths (prompts of ``data.max_prompt_length``, responses of ``data.max_response_length``).
 """
