@@ -11,8 +11,8 @@ not. ``trainer/main.py`` runs the same plan first (``check_before_start``); a CP
 Phases follow one rank through a step (docs/architecture.md, "What lives where"): ``load`` (init_model),
 ``generation``, ``log_prob`` (old log-probs and the teacher pass: no-grad forwards), ``update``
 (forward/backward and the optimizer step) and ``checkpoint`` (sharded save and HF export). Caches are
-released at each boundary (``workers/model_utils.release_cached_memory``), so a phase's peak is what it holds itself. Byte
-formulas per component are in ``trainer/memory_model.py``; the figures are bounds at the configured
+released at each boundary (``workers/model_utils.release_cached_memory``), so a phase's peak is what it
+holds itself. Byte formulas per component are in ``trainer/memory_model.py``; the figures are bounds at the configured
 maximum lengths (prompts of ``data.max_prompt_length``, responses of ``data.max_response_length``).
 """
 
@@ -161,7 +161,8 @@ def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None 
     if s.distillation:
         update["teacher hidden states (mini-batch)"] = s.mini_rows * s.response_len * teacher.hidden * b
     if s.loss_mode == "dpo":  # the reference's no-grad forward per micro-batch
-        update["reference forward workspace"] = gathered(teacher) + tokens * teacher.forward_workspace_bytes_per_token(b)
+        update["reference forward workspace"] = (gathered(teacher)
+                                                 + tokens * teacher.forward_workspace_bytes_per_token(b))
     phases["update"] = update
 
     phases["checkpoint"] = {**resident, "vLLM engine share": vllm_idle,
@@ -175,8 +176,8 @@ def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None 
     header = (f"memory plan: student {student.params / 1e9:.2f} B parameters"
               + (f", teacher {teacher.params / 1e9:.2f} B" if teacher else "")
               + f"; {s.world} GPU(s) ({s.per_node} per node x {s.nodes}); compute {s.dtype}; rollout {s.rollout}; "
-              f"loss {s.loss_mode}; device {capacity_bytes / GB:.1f} GB, usable {(capacity_bytes - RUNTIME_RESERVE_BYTES) / GB:.1f} GB "
-              f"after a {RUNTIME_RESERVE_BYTES / GB:.0f} GB CUDA/NCCL reserve")
+              f"loss {s.loss_mode}; device {capacity_bytes / GB:.1f} GB, usable "
+              f"{(capacity_bytes - RUNTIME_RESERVE_BYTES) / GB:.1f} GB after a {RUNTIME_RESERVE_BYTES / GB:.0f} GB CUDA/NCCL reserve")
     return Plan({p: {k: v for k, v in comps.items() if v} for p, comps in phases.items()}, capacity_bytes, header, host)
 
 
@@ -222,7 +223,8 @@ class _Settings:
             self.micro_tokens = max(actor["ppo_max_token_len_per_gpu"], self.group * seq)
         else:
             self.micro_tokens = actor["ppo_micro_batch_size_per_gpu"] * seq
-        self._lp_rows, self._lp_budget = rollout["log_prob_micro_batch_size_per_gpu"], rollout["log_prob_max_token_len_per_gpu"]
+        self._lp_rows = rollout["log_prob_micro_batch_size_per_gpu"]
+        self._lp_budget = rollout["log_prob_max_token_len_per_gpu"]
         self._lp_rows = max(self._lp_rows // self.group, 1) * self.group  # fsdp_worker._log_prob_parts
         # hf generate(): rows per call under the token budget, and never more than a rank's share of a step
         budget_rows = max(1, rollout["generate_max_token_len_per_gpu"] // seq)
