@@ -129,7 +129,15 @@ mopd_gpu_stack() {
   if [ -n "${ROLLOUT_NAME:-}" ]; then
     :  # the user's choice, forwarded below
   elif mopd_module_available vllm; then
-    MOPD_ROLLOUT=vllm
+    local problem
+    # installed is not enough: a vLLM without the in-place reload would stop at engine start
+    if problem="$("$PY" -m workers.vllm_rollout 2>/dev/null)"; then
+      MOPD_ROLLOUT=vllm
+    else
+      MOPD_ROLLOUT=hf
+      problem="${problem##*$'\n'}"  # the reason is the last line (vLLM may log while importing)
+      mopd_note "${problem:-vllm cannot be imported}: rollout with hf instead"
+    fi
   else
     MOPD_ROLLOUT=hf
     mopd_note "vllm is not installed: rollout with hf (transformers generate); pip install -e .[gpu] for the vLLM engine"

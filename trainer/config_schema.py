@@ -53,8 +53,9 @@ _ABSENT = object()
 # Entry points
 
 
-def validate_config(cfg: Any) -> None:
-    """Raise ``ConfigError`` (one line) on the first mistake in a composed trainer config."""
+def validate_config(cfg: Any, check_installed: bool = True) -> None:
+    """Raise ``ConfigError`` (one line) on the first mistake in a composed trainer config. ``check_installed``
+    off: the config is for another machine (the memory plan), so optional packages are not looked for."""
     tree = _plain(cfg)
     _check_data(tree)
     _check_model(tree)
@@ -66,7 +67,8 @@ def validate_config(cfg: Any) -> None:
     _check_batch_arithmetic(tree)
     _check_loss_mode_rules(tree)
     _check_self_distillation(tree)
-    _check_installed(tree)
+    if check_installed:
+        _check_installed(tree)
 
 
 def resolve_aliases(cfg: DictConfig) -> None:
@@ -117,8 +119,8 @@ def _check_model(t: dict) -> None:
 
 def _check_rollout(t: dict) -> None:
     _choice(t, f"{ROLLOUT}.name", ROLLOUT_NAMES)
-    for key in ("n", "micro_batch_size", "log_prob_micro_batch_size_per_gpu", "log_prob_max_token_len_per_gpu",
-                "tensor_model_parallel_size", "max_num_batched_tokens", "val_kwargs.n"):
+    for key in ("n", "micro_batch_size", "generate_max_token_len_per_gpu", "log_prob_micro_batch_size_per_gpu",
+                "log_prob_max_token_len_per_gpu", "tensor_model_parallel_size", "max_num_batched_tokens", "val_kwargs.n"):
         _positive_int(t, f"{ROLLOUT}.{key}")
     for key in ("calculate_log_probs", "enforce_eager", "free_cache_engine"):
         _boolean(t, f"{ROLLOUT}.{key}")
@@ -140,7 +142,8 @@ def _check_actor(t: dict) -> None:
     _choice(t, f"{ACTOR}.strategy", STRATEGIES)
     for key in ("ppo_mini_batch_size", "ppo_micro_batch_size_per_gpu", "ppo_max_token_len_per_gpu", "ppo_epochs"):
         _positive_int(t, f"{ACTOR}.{key}")
-    for key in ("shuffle", "global_token_normalization", "use_kl_loss", "use_dynamic_bsz", "shared_prefix"):
+    for key in ("shuffle", "global_token_normalization", "use_kl_loss", "use_dynamic_bsz", "shared_prefix",
+                "fsdp_config.optimizer_offload"):
         _boolean(t, f"{ACTOR}.{key}")
     _number(t, f"{ACTOR}.kl_loss_coef", low=0.0)
     _choice(t, f"{ACTOR}.kl_loss_type", KL_TYPES)
@@ -249,6 +252,7 @@ def _check_trainer(t: dict) -> None:
     _boolean(t, "trainer.val_before_train")
     _boolean(t, "trainer.balance_batch")
     _check_ray_placement(t)
+    _number(t, "trainer.device_memory_gb", low=0.0, low_open=True, nullable=True)
     nodes, per_node = _get(t, "trainer.nnodes"), _get(t, "trainer.n_gpus_per_node")
     if backend == "local" and nodes * per_node != 1:
         raise ConfigError(

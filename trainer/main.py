@@ -13,12 +13,14 @@ def run(cfg) -> dict:
 
     from mopd.errors import UserError
     from trainer.config_schema import resolve_aliases, validate_config
+    from trainer.memory_plan import check_before_start
     from trainer.ppo_trainer import Trainer
 
     try:
         resolve_aliases(cfg)
         validate_config(cfg)
         container = OmegaConf.to_container(cfg, resolve=True)
+        check_before_start(container)  # every phase fits the GPU, before any worker starts
         trainer = Trainer(container)
         try:
             return trainer.fit()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import os
@@ -17,7 +16,7 @@ import torch.distributed as dist
 from mopd.config import SelfDistillationConfig
 from mopd.errors import ConfigError
 from mopd.teacher import ema_update_
-from workers import model_utils, packed_attention, shared_prefix
+from workers import memory, model_utils, packed_attention, shared_prefix, sharded_load
 from workers.actor import (DISTILLATION_MODES, PREFERENCE_MODES, Normalizers, TeacherForward, backward_mini_batch,
                            loss_normalizer_counts)
 from workers.batch import index_batch, sequence_lengths, slice_batch, to_device, token_budget_partition
@@ -69,8 +68,8 @@ class ActorRolloutRefWorker:
         self.remove_padding = model_cfg["use_remove_padding"]
         # Packing under sdpa: per-sequence attention instead of a [T, T] mask (workers/packed_attention.py).
         attn = packed_attention.implementation(model_cfg["attn_implementation"], self.remove_padding)
-        load = dict(dtype=torch.float32, attn_implementation=attn, trust_remote_code=model_cfg["trust_remote_code"],
-                    device=self.device)
+        if attn == packed_attention.PACKED_SDPA:  # the varlen kernel's self-check now, not in the first forward
+            packed_attention.check_at_init(self.device, self.dtype)
         self.loss_mode = actor_cfg["policy_loss"]["loss_mode"]
         if actor_cfg["strategy"] != "fsdp2":  # the one sharding strategy here; FSDP1 ("fsdp") is not offered
             raise ValueError(f"actor_rollout_ref.actor.strategy={actor_cfg['strategy']}: only fsdp2 is implemented")
@@ -79,18 +78,20 @@ class ActorRolloutRefWorker:
 
         self.student_shared_prefix = _student_shares_prefixes(actor_cfg["shared_prefix"], self.world_size,
                                                               model_cfg["enable_gradient_checkpointing"], self.rank)
-        actor = model_utils.load_causal_lm(path, **load)
-        if model_cfg["enable_gradient_checkpointing"]:
-            # Non-reentrant checkpointing: works under FSDP2 and with inputs that need no grad.
-            actor.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Built on the meta device, sharded, each rank reading its rows of the safetensors files: never a full
+        # float32 model on a device (workers/sharded_load.py).
+        shard = dict(device=self.device, rank=self.rank, world_size=self.world_size, compute_dtype=self.dtype,
+                     attn_implementation=attn, trust_remote_code=model_cfg["trust_remote_code"])
+        self.actor = sharded_load.build_sharded(path, gradient_checkpointing=model_cfg["enable_gradient_checkpointing"],
+                                                **shard)
         rollout_cfg = cfg["actor_rollout_ref"]["rollout"]
-        # hf: an unsharded copy of the policy in the compute dtype; vllm builds its own (below).
-        rollout_copy = copy.deepcopy(actor).to(self.dtype) if rollout_cfg["name"] == "hf" else None
-        if rollout_copy is not None:  # generation never packs: the requested attention
-            rollout_copy.config._attn_implementation = model_cfg["attn_implementation"]
-        self.actor = model_utils.fsdp2_wrap(actor, self.device, self.world_size, self.dtype)
+        # hf: an unsharded copy in the compute dtype, the only full copy on the device, filled by the weight
+        # sync before each generation (generation never packs: the requested attention); vllm builds its own.
+        rollout_copy = sharded_load.build_engine_copy(
+            path, dtype=self.dtype, device=self.device, attn_implementation=model_cfg["attn_implementation"],
+            trust_remote_code=model_cfg["trust_remote_code"]) if rollout_cfg["name"] == "hf" else None
         self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], total_optimizer_steps)
-        self.model_path, self.load_kwargs = path, load
+        self.model_path = path
         if rollout_cfg["name"] == "vllm":
             from workers.vllm_rollout import VLLMRollout
 
@@ -101,18 +102,18 @@ class ActorRolloutRefWorker:
                 trust_remote_code=model_cfg["trust_remote_code"])
         else:
             self.rollout = HFRollout(rollout_copy, self.tokenizer, rollout_cfg["micro_batch_size"],
-                                     calculate_log_probs=rollout_cfg["calculate_log_probs"])
+                                     calculate_log_probs=rollout_cfg["calculate_log_probs"],
+                                     max_token_len=rollout_cfg["generate_max_token_len_per_gpu"])
 
         self.teacher_module, self.teacher, self.ref_module = None, None, None
         ref_path = model_utils.resolve_model_path(cfg["actor_rollout_ref"]["ref"]["model"]["path"])
         # The frozen initial model: the teacher (MOPD/SDPO), DPO's reference, or the reference of a KL penalty.
         self.uses_kl = actor_cfg["use_kl_loss"] or cfg["algorithm"]["use_kl_in_reward"]
         if self.sd_cfg is not None or self.loss_mode == "dpo" or self.uses_kl:
-            frozen = model_utils.load_causal_lm(ref_path or path, **load)
+            frozen = sharded_load.build_sharded(ref_path or path, frozen=True, **shard, flag=(
+                "actor_rollout_ref.ref.model.path" if ref_path else "actor_rollout_ref.model.path")).eval()
             if ref_path:
-                _check_same_vocabulary(frozen, actor, ref_path, path, self.tokenizer)
-            frozen.requires_grad_(False)
-            frozen = model_utils.fsdp2_wrap(frozen, self.device, self.world_size, self.dtype).eval()
+                _check_same_vocabulary(frozen, self.actor, ref_path, path, self.tokenizer)
             if self.sd_cfg is None:
                 self.ref_module = frozen
             else:
@@ -120,7 +121,8 @@ class ActorRolloutRefWorker:
                 mode = self.sd_cfg.teacher_regularization
                 self.teacher = TeacherForward(frozen, mode, self.sd_cfg.teacher_update_rate, self.actor,
                                               self.remove_padding, cfg["actor_rollout_ref"]["ref"]["shared_prefix"])
-        n_params = sum(p.numel() for p in actor.parameters())
+        model_utils.release_cached_memory(self.device)  # the loading transients: free before the first wake
+        n_params = sum(p.numel() for p in self.actor.parameters())
         return {"params": n_params, "device": str(self.device), "rank": self.rank}
 
     # ------------------------------------------------------------------------------------------
@@ -130,7 +132,9 @@ class ActorRolloutRefWorker:
         from workers.weight_sync import iter_full_parameters
 
         # Bucket by bucket, cast to the compute dtype before the gather, straight into the engine's
-        # weights: never a second full copy of the model on the device.
+        # weights: never a second full copy of the model on the device. The update's cached blocks go back
+        # to the device first: vLLM's wake allocates its weights and KV cache outside torch's cache.
+        model_utils.release_cached_memory(self.device)
         self.rollout.load_weights(iter_full_parameters(self.actor, self.dtype))
 
     @register(Dispatch.DP_COMPUTE)
@@ -142,6 +146,7 @@ class ActorRolloutRefWorker:
         # One seed per sample from (run seed, step, prompt uid, sample index): rank-independent.
         row_seeds = [_derive_seed(seed, meta["step"], j, f"{tag}:{uid}") for uid in batch["uid"] for j in range(n)]
         out = self.rollout.generate(batch["input_ids"], batch["attention_mask"], params, row_seeds)
+        model_utils.release_cached_memory(self.device)  # the KV cache's blocks, before the training phases
         out["prompt_input_ids"] = batch["input_ids"].repeat_interleave(n, dim=0)
         out["prompt_attention_mask"] = batch["attention_mask"].repeat_interleave(n, dim=0)
         return out
@@ -173,6 +178,7 @@ class ActorRolloutRefWorker:
             out[index] = response_log_probs(module, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
                                             mb["responses"], mb["response_mask"], temperature,
                                             self.remove_padding, head).float().cpu()
+        model_utils.release_cached_memory(self.device)
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -201,6 +207,9 @@ class ActorRolloutRefWorker:
                            entropy_coeff=actor_cfg["entropy_coeff"], remove_padding=self.remove_padding,
                            student_shared_prefix=self.student_shared_prefix)
         finite_steps = 0
+        offload = actor_cfg["fsdp_config"]["optimizer_offload"]
+        if offload:
+            memory.move_optimizer_state(self.optimizer, self.device)
         for _epoch in range(actor_cfg["ppo_epochs"]):
             order = _shuffled(local, group, generator) if actor_cfg["shuffle"] else torch.arange(local)
             for m_start in range(0, local, mini):
@@ -230,6 +239,12 @@ class ActorRolloutRefWorker:
                 metrics.setdefault("actor/grad_norm", []).append(grad_norm)
                 metrics.setdefault("actor/lr", []).append(self.scheduler.get_last_lr()[0])
         self._finite_steps = finite_steps
+        # Gradients are not needed until the next update's backward: generation and the no-grad passes
+        # should not hold 4 bytes per parameter shard for them.
+        self.optimizer.zero_grad(set_to_none=True)
+        if offload:
+            memory.move_optimizer_state(self.optimizer, torch.device("cpu"))
+        model_utils.release_cached_memory(self.device)
         return {"metrics": [metrics]}
 
     @torch.no_grad()
@@ -357,10 +372,10 @@ class ActorRolloutRefWorker:
         """An HF-format copy that ``AutoModelForCausalLM.from_pretrained`` loads (rank 0 writes)."""
         state = model_utils.full_state_dict(self.actor, rank0_only=True)
         if self.rank == 0:
-            # The architecture and config come from an unsharded HF model (the hf engine's copy, or a fresh
-            # one with vllm); the weights written are the float32 master weights (``state``).
-            holder = self.rollout.model if isinstance(self.rollout, HFRollout) else model_utils.load_causal_lm(
-                self.model_path, **{**self.load_kwargs, "device": None})
+            # The architecture and config come from a weightless (meta) model of the same config: no second
+            # float32 model loaded at each checkpoint; the weights written are the float32 masters (``state``).
+            holder = sharded_load.export_holder(self.model_path, self.config["actor_rollout_ref"]["model"][
+                "trust_remote_code"])
             holder.save_pretrained(directory, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(directory)
         dist.barrier()

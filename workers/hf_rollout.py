@@ -32,12 +32,18 @@ class SamplingParams:
 
 
 class HFRollout:
-    def __init__(self, model, tokenizer, micro_batch_size: int = 256, calculate_log_probs: bool = True):
+    """``micro_batch_size`` rows at most per ``generate`` call, and (``max_token_len``,
+    ``rollout.generate_max_token_len_per_gpu``) at most that many rows x (prompt + response) tokens, so the
+    KV cache of a call, training or validation, stays within ``max_token_len`` x its bytes per token."""
+
+    def __init__(self, model, tokenizer, micro_batch_size: int = 256, calculate_log_probs: bool = True,
+                 max_token_len: int | None = None):
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.tokenizer = tokenizer
         self.micro_batch_size = micro_batch_size
+        self.max_token_len = max_token_len
         self.calculate_log_probs = calculate_log_probs
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id
@@ -77,9 +83,10 @@ class HFRollout:
         if len(row_seeds) != input_ids.shape[0]:
             raise ValueError(f"need one seed per sample: {len(row_seeds)} seeds for {input_ids.shape[0]} samples")
         responses, log_probs = [], []
-        for start in range(0, input_ids.shape[0], self.micro_batch_size):
-            ids = input_ids[start : start + self.micro_batch_size]
-            mask = attention_mask[start : start + self.micro_batch_size]
+        rows = self.rows_per_call(input_ids.shape[1], params.max_new_tokens)
+        for start in range(0, input_ids.shape[0], rows):
+            ids = input_ids[start : start + rows]
+            mask = attention_mask[start : start + rows]
             sampler = SeededSampler(row_seeds[start : start + ids.shape[0]], params, device,
                                     keep_log_probs=self.calculate_log_probs)
             sequences = self.model.generate(
@@ -97,6 +104,13 @@ class HFRollout:
         if self.calculate_log_probs:
             out["rollout_log_probs"] = torch.cat(log_probs).cpu() * response_mask
         return out
+
+    def rows_per_call(self, prompt_width: int, max_new_tokens: int) -> int:
+        """Rows of one ``generate`` call: ``micro_batch_size``, fewer when their tokens would pass the budget
+        (one row at least: a single sequence longer than the budget still runs, alone)."""
+        if self.max_token_len is None:
+            return self.micro_batch_size
+        return max(1, min(self.micro_batch_size, self.max_token_len // (prompt_width + max_new_tokens)))
 
     def _shared_prefill(self, prompts: torch.Tensor, prompt_mask: torch.Tensor, first_row: int, rows: int,
                         n: int) -> dict:

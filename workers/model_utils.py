@@ -129,6 +129,14 @@ def read_and_reset_peak_memory(device: torch.device) -> dict[str, float]:
     return {"rss": peak_kb * 1024 / 1e9}
 
 
+def release_cached_memory(device: torch.device) -> None:
+    """Return the CUDA caching allocator's free blocks to the device at a phase boundary (after loading,
+    before generation or a vLLM wake, after the update), so the next phase (and vLLM, which allocates
+    outside torch's cache) finds them free; a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def reshard(module) -> None:
     """Return FSDP2 parameters to their sharded state (a no-grad forward leaves the root unsharded)."""
     if module is not None and hasattr(module, "reshard"):

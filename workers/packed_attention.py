@@ -138,6 +138,16 @@ def _varlen_usable(query: torch.Tensor) -> bool:
     return _VARLEN_CHECKED[key]
 
 
+def check_at_init(device: torch.device, dtype: torch.dtype) -> bool:
+    """Run the varlen kernel's once-per-process check now, when the worker builds its models, rather than
+    inside the first packed forward: there it would run under gradient checkpointing's recomputation (its
+    own small backward amid the model's) and its cost would land in the first step. ``False`` where the
+    kernel cannot apply (CPU, float32, no kernel) without running anything."""
+    if _VARLEN is None or device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return False
+    return _varlen_usable(torch.empty(0, device=device, dtype=dtype))
+
+
 def varlen_agrees(device, dtype, kernel=None) -> bool:
     """Whether ``kernel`` (default the varlen kernel) gives sdpa-per-sequence's outputs and gradients on three
     causal sequences with grouped key/value heads; if not, or if it raises, one line says so."""

@@ -243,7 +243,8 @@ def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response
     if not rows or 8 * (total - tokens) < total:
         return None
     param = next(module.parameters())
-    budget = _CACHE_BYTES.get(param.device.type, _CACHE_BYTES["cuda"]) // _cache_bytes_per_token(module, param.dtype)
+    budget = _CACHE_BYTES.get(param.device.type, _CACHE_BYTES["cuda"]) // _cache_bytes_per_token(
+        module, compute_dtype(module))
     per_forward = _FORWARD_TOKENS.get(param.device.type, _FORWARD_TOKENS["cuda"])
     depth = tree.depth()
     depths = []
@@ -282,6 +283,17 @@ def _chunks(widths: list[int], above: list[int], max_cached_tokens: int, forward
         chunks.append(order[cut[j]:j])
         j = cut[j]
     return chunks[::-1]
+
+
+def compute_dtype(module) -> torch.dtype:
+    """The dtype the forward (and so the KV cache) runs in: FSDP2's mixed-precision ``param_dtype`` (bf16 over
+    float32 masters), else the parameters' own dtype. Sizing the cache budget from the float32 masters
+    would halve the tokens it holds."""
+    param_dtype = None
+    state = getattr(module, "_get_fsdp_state", None)
+    if state is not None:  # FSDP2 keeps the policy on its state (no public getter in torch 2.13)
+        param_dtype = getattr(getattr(state(), "_mp_policy", None), "param_dtype", None)
+    return param_dtype or next(module.parameters()).dtype
 
 
 def _cache_bytes_per_token(module, dtype: torch.dtype) -> int:

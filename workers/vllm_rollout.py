@@ -79,15 +79,29 @@ def check_vllm_version() -> str:
     try:
         from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-        reload_ok = "weights_iterator" in inspect.signature(GPUModelRunner.reload_weights).parameters
+        missing = missing_reload_keywords(GPUModelRunner.reload_weights)
     except (ImportError, AttributeError):
-        reload_ok = False
-    if _major_minor(version) < MIN_VLLM or not reload_ok:
+        missing = list(RELOAD_KEYWORDS)
+    if _major_minor(version) < MIN_VLLM or missing:
+        lacks = f"; its reload_weights lacks {', '.join(missing)}" if missing else ""
         raise ValueError(
             f"{KEY}.name=vllm: vLLM {version} is not supported (needs the V1 engine with in-place "
-            f"reload_weights(weights_iterator=...), vLLM >= {MIN_VLLM[0]}.{MIN_VLLM[1]}; tested {TESTED_VLLM})"
+            f"reload_weights({', '.join(k + '=...' for k in RELOAD_KEYWORDS)}), vLLM >= {MIN_VLLM[0]}.{MIN_VLLM[1]}; "
+            f"tested {TESTED_VLLM}{lacks})"
         )
     return version
+
+
+# The keywords ``load_weights`` passes to the engine's in-place reload: the gate checks every one of them.
+RELOAD_KEYWORDS = ("weights_iterator", "is_checkpoint_format")
+
+
+def missing_reload_keywords(reload_weights) -> list[str]:
+    """The keywords of ``RELOAD_KEYWORDS`` that ``reload_weights`` does not take by name (``**kwargs`` takes all)."""
+    params = inspect.signature(reload_weights).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    return [k for k in RELOAD_KEYWORDS if k not in params]
 
 
 class VLLMRollout:
@@ -343,3 +357,15 @@ def _major_minor(version: str) -> tuple[int, int]:
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts + [0] * (2 - len(parts)))  # type: ignore[return-value]
+
+
+if __name__ == "__main__":
+    # ``python -m workers.vllm_rollout``: exit 0 when the installed vLLM can serve as the rollout engine, else
+    # print why in one line and exit 1 (the launch scripts fall back to hf with that line).
+    import sys
+
+    try:
+        check_vllm_version()
+    except Exception as err:  # noqa: BLE001 -- any failure to import or check: one line, then hf
+        print(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        sys.exit(1)

@@ -25,6 +25,16 @@ def test_varlen_kernel_is_used_on_cuda(device):
         assert packed_attention._varlen_usable(torch.zeros(1, 4, 3, 64, dtype=dtype, device="cuda"))
 
 
+def test_the_varlen_check_runs_at_init_not_in_the_first_forward(device):
+    from workers import packed_attention
+
+    if device != "cuda":
+        pytest.skip("the varlen kernel is CUDA only")
+    packed_attention._VARLEN_CHECKED.clear()
+    assert packed_attention.check_at_init(torch.device("cuda", torch.cuda.current_device()), torch.bfloat16)
+    assert list(packed_attention._VARLEN_CHECKED.values()) == [True]  # cached: the forwards do not check again
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_packed_sdpa_log_probs_and_gradients_equal_padded_on_the_device(device, checkpointing):
     from mopd.fused_head import fused_head

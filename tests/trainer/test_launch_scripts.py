@@ -388,3 +388,14 @@ def test_rollout_engine_choice_is_said_in_one_line():
         for line in cpu.stderr.splitlines())
     chosen = run("run_local_sdpo.sh", **gpu_env(ROLLOUT_NAME="hf"))
     assert as_dict(commands(chosen)[0])[f"{ROLLOUT}.name"] == "hf" and "rollout with hf" not in chosen.stderr
+
+
+def test_a_too_old_vllm_falls_back_to_hf_with_one_line(tmp_path):
+    """Installed is not enough: a vLLM that the engine cannot use makes the GPU launch choose hf and say why."""
+    fake = tmp_path / "vllm"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('__version__ = "0.10.0"\n')
+    gpu = run("run_local_grpo.sh", **gpu_env(PYTHONPATH=str(tmp_path)))
+    assert as_dict(commands(gpu)[0])[f"{ROLLOUT}.name"] == "hf"
+    notes = [line for line in gpu.stderr.splitlines() if "rollout with hf instead" in line]
+    assert len(notes) == 1 and "vLLM 0.10.0 is not supported" in notes[0], gpu.stderr

@@ -218,3 +218,26 @@ def test_shared_prefill_gives_the_plain_prefills_samples(micro, monkeypatch):
     assert torch.equal(shared["responses"], plain["responses"])
     assert torch.equal(shared["response_mask"], plain["response_mask"])
     torch.testing.assert_close(shared["rollout_log_probs"], plain["rollout_log_probs"], atol=1e-5, rtol=0)
+
+
+def test_token_budget_bounds_rows_per_generate_call_and_keeps_the_samples(monkeypatch):
+    """rollout.generate_max_token_len_per_gpu: each generate() call holds at most budget // (prompt + response)
+    rows (its KV cache within the budget); the samples are those of one unbounded call."""
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=10)
+    ids, mask = _prompts()  # 3 prompts of width 5 -> 12 rows of 15 tokens
+    seeds = [1000 + i for i in range(12)]
+    whole = _rollout().generate(ids, mask, params, seeds)
+    bounded = HFRollout(_tiny_model(), _Tok(), micro_batch_size=256, max_token_len=50)
+    calls = []
+    original = bounded.model.generate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bounded.model, "generate", counting)
+    out = bounded.generate(ids, mask, params, seeds)
+    assert calls == [3, 3, 3, 3]  # 50 // 15 rows per call
+    assert torch.equal(out["responses"], whole["responses"])
+    assert torch.allclose(out["rollout_log_probs"], whole["rollout_log_probs"], atol=1e-5)
+    assert bounded.rows_per_call(prompt_width=100, max_new_tokens=10) == 1  # longer than the budget: alone
