@@ -126,9 +126,11 @@ def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None 
     # No-grad forwards: old log-probs (several updates per step) and the teacher pass (distillation).
     logp = {**resident, "vLLM engine share": vllm_idle}
     forwards = []
-    if s.off_policy:
-        longest = s.prompt_len + s.response_len
+    longest = s.prompt_len + s.response_len
+    if s.off_policy or s.uses_kl:  # old log-probs (KL in reward reads them too)
         forwards.append((student, s.log_prob_tokens(longest), s.student_shares, longest))
+    if s.uses_kl:  # the reference's log-probs
+        forwards.append((teacher, s.log_prob_tokens(longest), s.student_shares, longest))
     if s.distillation:
         forwards.append((teacher, s.log_prob_tokens(s.teacher_len), s.teacher_shared_prefix, s.teacher_len))
     if forwards:
@@ -200,7 +202,9 @@ class _Settings:
         self.prompt_len, self.response_len = data["max_prompt_length"], data["max_response_length"]
         self.n, self.loss_mode = rollout["n"], actor["policy_loss"]["loss_mode"]
         self.distillation = self.loss_mode in DISTILLATION_MODES
-        self.has_teacher = self.distillation or self.loss_mode == "dpo"
+        # a KL penalty's reference is the same frozen model as a teacher (counted under the teacher's rows)
+        self.uses_kl = bool(actor["use_kl_loss"] or cfg["algorithm"]["use_kl_in_reward"])
+        self.has_teacher = self.distillation or self.loss_mode == "dpo" or self.uses_kl
         self.teacher_len = actor["self_distillation"]["max_reprompt_len"] + self.response_len
         self.rollout = rollout["name"]
         self.gpu_memory_utilization = rollout["gpu_memory_utilization"]

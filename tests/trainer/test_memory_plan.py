@@ -144,6 +144,17 @@ def test_offload_and_checkpointing_lower_what_they_should(tmp_path):
     assert no_ckpt.phases["update"]["activations (micro-batch)"] > 10 * base.phases["update"]["activations (micro-batch)"]
 
 
+def test_a_kl_penalty_plans_its_frozen_reference_and_its_forward(tmp_path):
+    path = _model_dir(tmp_path, QWEN3_8B, "q8")
+    grpo = lambda *extra: _compose("grpo", ["release=gpu", f"actor_rollout_ref.model.path={path}",  # noqa: E731
+                                            "trainer.n_gpus_per_node=8", *extra])
+    plain = plan_memory(grpo(), 80 * GB)
+    kl = plan_memory(grpo("actor_rollout_ref.actor.use_kl_loss=true"), 80 * GB)
+    reference = "teacher weights (fp32 shard)"
+    assert plain.phases["load"].get(reference, 0) == 0 and kl.phases["load"][reference] > 0
+    assert kl.phases["log_prob"] and kl.peak >= plain.peak
+
+
 def test_trainer_check_stops_warns_or_passes(tmp_path, capsys):
     cfg = _release(tmp_path, "trainer.device_memory_gb=16", "trainer.n_gpus_per_node=1")
     with pytest.raises(MemoryPlanError) as err:
