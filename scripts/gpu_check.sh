@@ -39,7 +39,7 @@ budget() { local left=$((DEADLINE - SECONDS)); [ "$1" -lt "$left" ] && echo "$1"
 bench() {  # bench NAME SECONDS ARGS...: the step breakdown, table to the log, JSON beside it
   local name=$1 limit; limit=$(budget "$2"); shift 2
   local started=$SECONDS
-  timeout "$limit" "$PY" benchmarks/step_breakdown.py --preset "$PRESET" --device cuda \
+  timeout "$limit" "$PY" -m benchmarks.step_breakdown --preset "$PRESET" --device cuda \
     --response-length "$RESPONSE_LENGTH" --steps "${STEPS:-2}" --json "$OUT_DIR/$name.json" \
     --workdir "${BENCH_WORKDIR:-/tmp/mopd_step_breakdown}" "$@" 2>&1 \
     | grep --line-buffered -v "Loading weights" | tee "$OUT_DIR/$name.log"
@@ -57,14 +57,14 @@ if [ "${PIPESTATUS[0]}" -ne 0 ]; then
   REMOVE_PADDING=false
   echo "gpu_check: packed attention failed its check (packed_attention_tests.log): the benchmark runs padded"
 fi
-timeout "$(budget 60)" "$PY" benchmarks/packed_attention.py --device cuda --dtype bfloat16 \
+timeout "$(budget 60)" "$PY" -m benchmarks.packed_attention --device cuda --dtype bfloat16 \
   --json "$OUT_DIR/packed_attention.json" 2>&1 | grep -v "Loading weights" | tee "$OUT_DIR/packed_attention.log"
 
 # The benchmark next: its figures are the point of the check, and a failing test must not hide them.
 bench "step_breakdown_${PRESET}" "${BENCH_TIMEOUT:-480}" \
   --override "actor_rollout_ref.model.use_remove_padding=$REMOVE_PADDING" ${BENCH_ARGS:-}
 bench_rc=$?
-timeout "$(budget 30)" "$PY" benchmarks/sampler_cost.py --device cuda 2>&1 | tee "$OUT_DIR/sampler_cost.log"
+timeout "$(budget 30)" "$PY" -m benchmarks.sampler_cost --device cuda 2>&1 | tee "$OUT_DIR/sampler_cost.log"
 
 tests_rc=0
 if [ -z "${SKIP_TESTS:-}" ]; then
