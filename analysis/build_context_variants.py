@@ -5,6 +5,8 @@
         --evidence DATA/evidence_items.jsonl --output DATA/context_variants.jsonl
 
 Conditions and peer rules: mopd/analysis/variants.py; docs/analysis.md.
+
+Installed, the same command is ``mopd-build-context-variants``.
 """
 
 from mopd.analysis.cli import build_context_variants_main as main

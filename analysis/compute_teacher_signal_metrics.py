@@ -5,6 +5,8 @@
         --output DATA/teacher_metrics.json --table-output DATA/teacher_metrics_table.md
 
 Metric definitions and sample sets: mopd/analysis/metrics.py; docs/analysis.md.
+
+Installed, the same command is ``mopd-teacher-signal-metrics``.
 """
 
 from mopd.analysis.cli import teacher_signal_metrics_main as main

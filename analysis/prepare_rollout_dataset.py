@@ -4,6 +4,8 @@
     python analysis/prepare_rollout_dataset.py --input outputs/run/rollouts --output-dir outputs/ana/data
 
 Logic and field list: mopd/analysis/dataset.py; docs/analysis.md.
+
+Installed, the same command is ``mopd-prepare-rollouts``.
 """
 
 from mopd.analysis.cli import prepare_rollout_dataset_main as main

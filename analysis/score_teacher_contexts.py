@@ -7,6 +7,8 @@
 
 Default input = the trainer's chat-templated teacher prompt + the response tokens (+ eos); --raw-text
 scores the release's raw text instead. Details: mopd/analysis/scoring.py; docs/analysis.md.
+
+Installed, the same command is ``mopd-score-teacher-contexts``.
 """
 
 from mopd.analysis.cli import score_teacher_contexts_main as main

@@ -4,6 +4,8 @@
     python data/load_dataset.py --dataset_name humaneval --output_path datasets/humaneval.json          # offline
     python data/load_dataset.py --dataset_name reasoning_gym:basic_arithmetic --num_el 200 --output_path rg.json
     python data/load_dataset.py --download_hf_dataset_name ORG/NAME --download_output_dir DIR
+
+Installed, the same command is ``mopd-load-dataset``.
 """
 
 from mopd.dataprep.cli import load_dataset_main as main

@@ -6,6 +6,8 @@
 
 A run PATH is a candidate_responses.jsonl (analysis/prepare_rollout_dataset.py), a directory holding
 one, a rollout dump <step>.jsonl of the trainer, or a rollout_data_dir (all steps merged).
+
+Installed, the same command is ``mopd-diversity-metrics``.
 """
 
 from mopd.diversity.cli import compute_metrics_main as main
