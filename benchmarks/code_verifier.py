@@ -6,7 +6,7 @@
 (b) Throughput: rollouts scored per second with ``score_many(..., num_workers=N)`` (default 128 rollouts:
     HumanEval canonical solutions, half of them broken), plus an LCB-like stdin load (10 tests/rollout).
 
-    python benchmarks/code_verifier.py [--num-workers 2] [--rollouts 128] [--skip-canonical] [--json OUT]
+    python -m benchmarks.code_verifier [--num-workers 2] [--rollouts 128] [--skip-canonical] [--json OUT]
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mopd.rewards import code as cv  # noqa: E402
-from mopd.rewards import sandbox  # noqa: E402
+from mopd.rewards import code as cv
+from mopd.rewards import sandbox
 
 
 def load_humaneval() -> list[dict]:

@@ -18,9 +18,9 @@ Each variant runs in its own process so that CPU peak memory (ru_maxrss) is clea
 (the two logits tensors). "Working" = extra minus one logits-sized gradient, the result every method
 must return.
 
-    python benchmarks/distill_loss_memory.py                     # V=151,936, T=4,096, k=100, fp32, CPU
-    python benchmarks/distill_loss_memory.py --dtype bfloat16 --device cuda
-    python benchmarks/distill_loss_memory.py --tokens 1024 --hidden 256 --json out.json   # a quick CPU run
+    python -m benchmarks.distill_loss_memory                     # V=151,936, T=4,096, k=100, fp32, CPU
+    python -m benchmarks.distill_loss_memory --dtype bfloat16 --device cuda
+    python -m benchmarks.distill_loss_memory --tokens 1024 --hidden 256 --json out.json   # a quick CPU run
 
 ``--json`` writes every variant with ``peak_extra_ratio`` and ``time_ratio`` against its naive pair
 (``chunked``: ``naive``; ``fused``: ``naive_head``); gradients are included in the peak.
@@ -39,7 +39,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # children run from here (-m)
 
 
 def naive_divergence(student, teacher, alpha: float, topk: int):
@@ -162,10 +162,10 @@ def main() -> None:
     for variant in args.variants.split(","):
         runs = []
         for _ in range(args.repeats):
-            cmd = [sys.executable, __file__, "--variant", variant] + [
+            cmd = [sys.executable, "-m", "benchmarks.distill_loss_memory", "--variant", variant] + [
                 f"--{k}={v}" for k, v in vars(args).items() if k not in ("variant", "json", "repeats", "variants")
             ]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
             runs.append(json.loads(out.strip().splitlines()[-1]))
         best = min(runs, key=lambda r: r["seconds"])
         best["extra_bytes"] = max(r["extra_bytes"] for r in runs)

@@ -1,6 +1,6 @@
 """The release's memory plans as a Markdown table (docs/performance.md, "Memory plan at release scale").
 
-    python benchmarks/memory_plan_table.py > table.md
+    python -m benchmarks.memory_plan_table > table.md
 
 Qwen3-4B and Qwen3-8B (MOPD with 4,096-token responses, GRPO with the launch script's 8,192), and a
 Qwen3-4B student with a Qwen3-14B teacher (run_ts_sdpo.sh: sdpo config), each with the `hf` and the
@@ -11,11 +11,8 @@ config.json fields (written to a temp folder: the plan reads nothing else).
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 QWEN3 = {  # the published config.json fields the plan reads
     "Qwen3-4B": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,

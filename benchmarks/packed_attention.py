@@ -1,8 +1,8 @@
 """Packed sequences under sdpa: padded rows, against packing with transformers' block-diagonal mask, against
 packing with attention per sequence (``workers/packed_attention.py``).
 
-    python benchmarks/packed_attention.py                     # embedded model, CPU, 2 threads
-    python benchmarks/packed_attention.py --device cuda --dtype bfloat16 --json out.json
+    python -m benchmarks.packed_attention                     # embedded model, CPU, 2 threads
+    python -m benchmarks.packed_attention --device cuda --dtype bfloat16 --json out.json
 
 Two micro-batches of the embedded default's shapes (random lengths): 16 teacher rows of 150-220 prompt
 tokens, and 128 student rows of 28-40; 1-16 response tokens each. Each variant runs ``forward.response_hidden``
@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def micro_batch(rows: int, prompt: tuple[int, int], response: tuple[int, int], generator, vocab: int = 264):

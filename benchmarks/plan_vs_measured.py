@@ -1,7 +1,7 @@
 """The memory plan against a step-breakdown run's measured peak, per mode (scripts/gpu_check.sh runs it
 after the benchmark): same config, same model (the benchmark's workdir holds its config.json).
 
-    python benchmarks/plan_vs_measured.py --json outputs/gpu_check/step_breakdown_0.6b.json \
+    python -m benchmarks.plan_vs_measured --json outputs/gpu_check/step_breakdown_0.6b.json \
         --workdir /tmp/mopd_step_breakdown [--device-memory-gb 80]
 
 Prints one line per mode (planned GB, measured peak torch-allocated GB, ratio) and exits 1 when a mode is
@@ -16,16 +16,12 @@ import shlex
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
 
 def planned_gb(mode: str, bench_args, workdir: Path, device_memory_gb: float) -> tuple[float, str]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import step_breakdown
+    from benchmarks import step_breakdown
     from trainer.main import CONFIG_DIR
     from trainer.memory_plan import GB, plan_memory
 
@@ -44,7 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--device-memory-gb", type=float, default=None, help="default: the visible GPU's")
     p.add_argument("--tolerance", type=float, default=0.25)
     args = p.parse_args(argv)
-    import step_breakdown
+    from benchmarks import step_breakdown
 
     result = json.loads(Path(args.json).read_text())
     command = shlex.split(result["meta"]["command"])[1:]  # the benchmark's own flags

@@ -1,8 +1,8 @@
 """The ``hf`` rollout on the embedded default: each prompt prefilled once for its n samples (the shared
 prefill) against once per sample (the plain one), on real prompts of the embedded task.
 
-    python benchmarks/rollout_prefill.py                         # 16 prompts x 8, 16 new tokens, CPU
-    python benchmarks/rollout_prefill.py --json out.json --repeats 9
+    python -m benchmarks.rollout_prefill                         # 16 prompts x 8, 16 new tokens, CPU
+    python -m benchmarks.rollout_prefill --json out.json --repeats 9
 
 Both variants run in this process, alternating, so that they see the same machine; the samples must be
 the same (same seeds), and the figures are median milliseconds per ``generate`` of the whole batch, also
@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def prompts(count: int, tokenizer):

@@ -3,22 +3,19 @@
 replaced (``V`` uniforms per row and step from each row's generator) and ``torch.multinomial`` (not
 seedable per row; a floor). Variants alternate within one run, so the ratios hold on a busy machine.
 
-    python benchmarks/sampler_cost.py [--rows 64] [--vocab 151936] [--device cpu|cuda] [--repeats 7]
+    python -m benchmarks.sampler_cost [--rows 64] [--vocab 151936] [--device cpu|cuda] [--repeats 7]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workers.hf_rollout import SamplingParams, SeededSampler  # noqa: E402
+from workers.hf_rollout import SamplingParams, SeededSampler
 
 
 def gumbel_step(scores: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Where a training step's time and memory go, for MOPD and GRPO, through the real trainer (CPU or GPU).
 
-    python benchmarks/step_breakdown.py --preset tiny --device cpu
-    python benchmarks/step_breakdown.py --preset 0.6b --device cuda --response-length 1024 --json out.json
+    python -m benchmarks.step_breakdown --preset tiny --device cpu
+    python -m benchmarks.step_breakdown --preset 0.6b --device cuda --response-length 1024 --json out.json
 
 A Qwen3-shaped model is built from a config (``--preset``; random weights) with the real 151,936-entry
 vocabulary through a synthetic tokenizer made here (every vocabulary entry one character, so a decoded
@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 VOCAB_SIZE = 151_936
 # Qwen3 shapes (head_dim 128, 8 KV heads, tied embeddings as in the small Qwen3 models).
@@ -401,13 +400,13 @@ def main(argv=None) -> int:
     results = {}
     passthrough = list(argv if argv is not None else sys.argv[1:])  # the children get the same flags
     for mode in args.modes:
-        cmd = [sys.executable, str(Path(__file__).resolve()), *passthrough, "--workdir", str(workdir),
+        cmd = [sys.executable, "-m", "benchmarks.step_breakdown", *passthrough, "--workdir", str(workdir),
                "--child", mode, "--device", args.device]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                    TOKENIZERS_PARALLELISM="false")
         print(f"[bench] {mode}: {args.steps} step(s) ...", flush=True)
         started = time.perf_counter()
-        done = subprocess.run(cmd, env=env, timeout=args.timeout)
+        done = subprocess.run(cmd, env=env, timeout=args.timeout, cwd=ROOT)
         if done.returncode != 0:
             print(f"[bench] {mode} failed (exit {done.returncode}); see its output above", file=sys.stderr)
             return 1

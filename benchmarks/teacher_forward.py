@@ -1,7 +1,7 @@
 """The teacher's forward over one real MOPD mini-batch: the plain forward against the shared-prefix one.
 
-    python benchmarks/teacher_forward.py                      # embedded default, CPU, 2 threads
-    python benchmarks/teacher_forward.py --json out.json --repeats 9
+    python -m benchmarks.teacher_forward                      # embedded default, CPU, 2 threads
+    python -m benchmarks.teacher_forward --json out.json --repeats 9
 
 Trains ``--steps`` MOPD steps of the embedded default in this process (local backend, 16 prompts x 8,
 the whole mini-batch in one teacher pass) and keeps the teacher batch of the last step, then times on it,
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def capture(steps: int) -> dict:

@@ -10,7 +10,7 @@ whose speed drifts); the figure is the median of steps 3..N (the first steps inc
 allocator warm-up) over all rounds. Ratios are only meaningful within one run:
 
     pip install trl                              # benchmark-only dependency
-    python benchmarks/versus_trl.py --steps 12 --json out.json
+    python -m benchmarks.versus_trl --steps 12 --json out.json
 
 Ours runs ``python -m trainer.main`` (``trainer.backend`` as given, default local: one process like TRL)
 and reads ``timing_s/step`` from its metrics.jsonl; TRL's step is timed by a callback around
@@ -97,7 +97,7 @@ def trl_child(steps: int, threads: int | None, out: str) -> None:
 def trl(steps: int, threads: int | None) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "times.json")
-        cmd = [sys.executable, __file__, "--child-trl", out, "--steps", str(steps)] + (
+        cmd = [sys.executable, "-m", "benchmarks.versus_trl", "--child-trl", out, "--steps", str(steps)] + (
             ["--threads", str(threads)] if threads else [])
         result = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
         if result.returncode:

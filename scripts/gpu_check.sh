@@ -44,7 +44,7 @@ budget() { local left=$((DEADLINE - SECONDS)); [ "$1" -lt "$left" ] && echo "$1"
 bench() {  # bench NAME SECONDS ARGS...: the step breakdown, table to the log, JSON beside it
   local name=$1 limit; limit=$(budget "$2"); shift 2
   local started=$SECONDS
-  timeout "$limit" "$PY" benchmarks/step_breakdown.py --preset "$PRESET" --device cuda \
+  timeout "$limit" "$PY" -m benchmarks.step_breakdown --preset "$PRESET" --device cuda \
     --response-length "$RESPONSE_LENGTH" --steps "${STEPS:-2}" --json "$OUT_DIR/$name.json" \
     --workdir "${BENCH_WORKDIR:-/tmp/mopd_step_breakdown}" "$@" 2>&1 \
     | grep --line-buffered -v "Loading weights" | tee "$OUT_DIR/$name.log"
@@ -80,7 +80,7 @@ bench_rc=$?
 # The memory plan against each mode's measured peak (same config, same model).
 plan_rc=0
 if [ -f "$OUT_DIR/step_breakdown_${PRESET}.json" ]; then
-  timeout "$(budget 40)" "$PY" benchmarks/plan_vs_measured.py --json "$OUT_DIR/step_breakdown_${PRESET}.json" \
+  timeout "$(budget 40)" "$PY" -m benchmarks.plan_vs_measured --json "$OUT_DIR/step_breakdown_${PRESET}.json" \
     --workdir "${BENCH_WORKDIR:-/tmp/mopd_step_breakdown}" 2>&1 | tee "$OUT_DIR/plan_vs_measured.log"
   plan_rc=${PIPESTATUS[0]}
 fi
@@ -91,7 +91,7 @@ if [ -z "${SKIP_TESTS:-}" ] && [ $((DEADLINE - SECONDS)) -gt 60 ]; then
     tests/gpu/test_shared_prefix_cuda.py tests/gpu/test_train_cuda.py 2>&1 | tee "$OUT_DIR/gpu_tests_more.log"
 fi
 if [ -n "${SAMPLER:-}" ] && [ $((DEADLINE - SECONDS)) -gt 30 ]; then
-  timeout "$(budget 30)" "$PY" benchmarks/sampler_cost.py --device cuda 2>&1 | tee "$OUT_DIR/sampler_cost.log"
+  timeout "$(budget 30)" "$PY" -m benchmarks.sampler_cost --device cuda 2>&1 | tee "$OUT_DIR/sampler_cost.log"
 fi
 if [ -n "${PADDED:-}" ] && [ "$REMOVE_PADDING" = true ] && [ $((DEADLINE - SECONDS)) -gt 60 ]; then
   bench "step_breakdown_${PRESET}_padded" 200 --modes mopd --override actor_rollout_ref.model.use_remove_padding=false

@@ -1,6 +1,7 @@
 """The teacher-signal analysis (paper §5.3): does a teacher context rank a prompt's rollouts by reward?
 
-Pipeline (each stage is a module here and a thin CLI in ``analysis/``; rules in ``docs/analysis.md``):
+Pipeline (each stage is a module here, its command line in :mod:`mopd.analysis.cli`, called by a thin script in
+``analysis/`` and a ``mopd-*`` console script; rules in ``docs/analysis.md``):
 
 1. :mod:`mopd.analysis.dataset` — rollout dumps -> candidate responses + evidence items (prompt ids stable
    across steps, difficulty buckets).

@@ -4,7 +4,7 @@ The command-line tools in ``data/`` are thin wrappers around the functions here 
 Modules: ``schema`` (record columns, reading/writing record files), ``formatters`` (per-benchmark prompts
 and row formatters), ``loaders`` (the ``BENCHMARKS`` table of loaders, ``load_benchmark``), ``splits``,
 ``to_rl_parquet`` (records -> RL parquet: ``preprocess``), ``evalplus`` (test-only sets), ``cli``
-(the tools' plumbing).
+(the tools' command lines, also the ``mopd-<tool>`` console scripts).
 
 Record schema (what ``load_dataset`` writes, what ``split_*`` and ``preprocess`` read; JSON array or JSONL):
 ``idx`` (int, the problem's id), ``kind`` (verifier family: mcq, math, code, gpqa, mmlu_pro, tooluse,

@@ -1,5 +1,5 @@
 """Solution-diversity study (paper's diversity table): metrics, input readers, pipeline and plots.
 
-``diversity/compute_metrics.py`` and ``diversity/plot_metrics.py`` are the command lines; see
+``diversity/compute_metrics.py`` and ``diversity/plot_metrics.py`` call the command lines of ``mopd.diversity.cli``; see
 docs/diversity.md. ``mopd.diversity.metrics`` holds the per-group metric definitions.
 """

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_packed_attention_benchmark_writes_agreeing_figures(tmp_path):
     out = tmp_path / "packed.json"
-    result = subprocess.run([sys.executable, "benchmarks/packed_attention.py", "--repeats", "2", "--threads", "1",
+    result = subprocess.run([sys.executable, "-m", "benchmarks.packed_attention", "--repeats", "2", "--threads", "1",
                              "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads(out.read_text())

@@ -5,13 +5,9 @@ recorded in docs/performance.md (0.6b preset, 64 x 1,024 tokens: 22.6 / 20.2 GB)
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import plan_vs_measured  # noqa: E402
+from benchmarks import plan_vs_measured
 
 QWEN3_06B = {"model_type": "qwen3", "hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,
              "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072, "vocab_size": 151936,

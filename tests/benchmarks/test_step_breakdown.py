@@ -17,7 +17,7 @@ FIGURES = ("step_s", "gen_s", "update_s", "rollout_tokens_per_s", "rollout_bandw
 def test_tiny_preset_on_cpu_prints_and_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "benchmarks/step_breakdown.py", "--preset", "tiny", "--device", "cpu", "--steps", "1",
+        [sys.executable, "-m", "benchmarks.step_breakdown", "--preset", "tiny", "--device", "cpu", "--steps", "1",
          "--prompts", "2", "--n", "4", "--response-length", "8", "--micro-batch", "4", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -40,7 +40,6 @@ def test_tiny_preset_on_cpu_prints_and_writes_every_figure(tmp_path):
 
 
 def test_synthetic_tokenizer_has_the_real_vocabulary_and_round_trips(tmp_path):
-    sys.path.insert(0, str(ROOT))
     from benchmarks.step_breakdown import VOCAB_SIZE, synthetic_alphabet, write_tokenizer
 
     tok = write_tokenizer(tmp_path)

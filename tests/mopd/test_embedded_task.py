@@ -159,16 +159,6 @@ def test_embedded_stats_report_the_target_difficulty():
     assert 1_000_000 <= stats["parameters"] <= 4_000_000
 
 
-def _recipe_module():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "scripts" / "make_embedded_default.py"
-    spec = importlib.util.spec_from_file_location("make_embedded_default", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @needs_artifacts
 def test_shipped_base_model_solves_some_and_reads_peer_evidence():
     """Re-measured here, not read from the stats file: sampled (T=1) accuracy on 64 held-out problems
@@ -178,26 +168,31 @@ def test_shipped_base_model_solves_some_and_reads_peer_evidence():
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    recipe = _recipe_module()
+    from mopd.embedded_recipe.contexts import (
+        chat_prompt, eval_context_messages, eval_group_messages, method_configs, peer_config,
+    )
+    from mopd.embedded_recipe.evaluation import accuracy, generate_answers
+    from mopd.embedded_task import prompt_messages
+
     tok = AutoTokenizer.from_pretrained(str(BASE_MODEL))
     model = AutoModelForCausalLM.from_pretrained(str(BASE_MODEL))
     problems = make_problems("test", 256, seed=2)[:64]
     answers = [p["answer"] for p in problems]
     rng = random.Random(0)
-    plain = [recipe.chat_prompt(tok, recipe.prompt_messages(p)) for p in problems]
-    context = [recipe.chat_prompt(tok, recipe.eval_context_messages(p, rng, recipe.peer_config())) for p in problems]
+    plain = [chat_prompt(tok, prompt_messages(p)) for p in problems]
+    context = [chat_prompt(tok, eval_context_messages(p, rng, peer_config())) for p in problems]
     assert "A known failed solution" in context[0] and "Correct solution" in context[0]
-    no_context = recipe.accuracy(recipe.generate_answers(model, tok, plain * 4, sample=True, seed=1), answers * 4)
-    with_context = recipe.accuracy(recipe.generate_answers(model, tok, context * 4, sample=True, seed=2), answers * 4)
+    no_context = accuracy(generate_answers(model, tok, plain * 4, sample=True, seed=1), answers * 4)
+    with_context = accuracy(generate_answers(model, tok, context * 4, sample=True, seed=2), answers * 4)
     assert 0.18 <= no_context <= 0.45, no_context  # 256 samples: the band of the stats file, +-0.07
     assert with_context >= no_context + 0.2, (no_context, with_context)
     # SDPO's contexts (sdpo.yaml), rendered the same way: one correct peer is read (better than no context;
     # the previous base got 0.03 here, which is why SDPO collapsed on it). Feedback-only prompts are rendered
     # as training renders them; the base still reads them poorly (embedded_stats.json), so no bound here.
-    sdpo = recipe.method_configs()["sdpo"]
-    one = [recipe.chat_prompt(tok, recipe.eval_group_messages(p, rng, sdpo, 1, True)) for p in problems]
-    feedback = [recipe.chat_prompt(tok, recipe.eval_group_messages(p, rng, sdpo, 0, True)) for p in problems]
+    sdpo = method_configs()["sdpo"]
+    one = [chat_prompt(tok, eval_group_messages(p, rng, sdpo, 1, True)) for p in problems]
+    feedback = [chat_prompt(tok, eval_group_messages(p, rng, sdpo, 0, True)) for p in problems]
     assert "Correct solution" in one[0] and "Another" not in one[0] and "failed" not in one[0]
     assert "feedback from your unsuccessful" in feedback[0] and "Correct solution" not in feedback[0]
-    one_acc = recipe.accuracy(recipe.generate_answers(model, tok, one * 4, sample=True, seed=3), answers * 4)
+    one_acc = accuracy(generate_answers(model, tok, one * 4, sample=True, seed=3), answers * 4)
     assert one_acc > no_context + 0.05, (no_context, one_acc)  # 256 samples each: s.e. ~0.03

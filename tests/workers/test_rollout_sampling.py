@@ -130,8 +130,7 @@ def test_calculate_log_probs_false_returns_no_log_probs():
 
 
 _MEMORY_PROBE = """
-import json, sys, torch
-sys.path.insert(0, sys.argv[1])
+import json, torch
 from tests.workers.test_rollout_sampling import _Tok, _peak_during, _tiny_model
 from workers.hf_rollout import HFRollout, SamplingParams
 vocab, batch = 20000, 64
@@ -160,7 +159,7 @@ def test_rollout_memory_does_not_grow_with_vocabulary_times_length():
     # allocator, not live tensors). With it, RSS follows the live buffers; it costs ~30% rollout time on
     # CPU, so only the probe uses it.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(root)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True,
                          timeout=600, cwd=root, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     peaks = json.loads(out.stdout.strip().splitlines()[-1])
