@@ -30,8 +30,8 @@ def run(cfg) -> dict:
 
 
 def _exit_with(err: BaseException) -> None:
-    kind = "config error" if type(err).__name__ == "ConfigError" else "error"
-    print(f"[mopd] {kind}: {err}", file=sys.stderr, flush=True)
+    label = getattr(err, "label", "error")
+    print(f"[mopd] {label}: {err}" if label else f"[mopd] {err}", file=sys.stderr, flush=True)
     raise SystemExit(getattr(err, "exit_code", 2)) from None
 
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from mopd.config import SelfDistillationConfig
 from mopd.errors import ConfigError
 from mopd.teacher import ema_update_
-from workers import model_utils, packed_attention, shared_prefix
+from workers import model_utils, packed_attention, shared_prefix, update_health
 from workers.actor import (DISTILLATION_MODES, PREFERENCE_MODES, Normalizers, TeacherForward, backward_mini_batch,
                            loss_normalizer_counts)
 from workers.batch import index_batch, sequence_lengths, slice_batch, to_device, token_budget_partition
@@ -184,7 +184,7 @@ class ActorRolloutRefWorker:
                            horizon=self.config["data"]["max_response_length"],
                            entropy_coeff=actor_cfg["entropy_coeff"], remove_padding=self.remove_padding,
                            student_shared_prefix=self.student_shared_prefix)
-        finite_steps = 0
+        finite_steps, skipped = 0, []
         for _epoch in range(actor_cfg["ppo_epochs"]):
             order = _shuffled(local, group, generator) if actor_cfg["shuffle"] else torch.arange(local)
             for m_start in range(0, local, mini):
@@ -205,16 +205,21 @@ class ActorRolloutRefWorker:
                     metrics.setdefault(k, []).extend(v)
                 metrics.setdefault("actor/loss", []).append(mini_loss)
                 grad_norm = self._clip_grad(actor_cfg["grad_clip"])
-                if math.isfinite(grad_norm):
+                cause = update_health.skip_cause(mini_loss, grad_norm, self.device, self.world_size)
+                if cause is None:
                     self.optimizer.step()
                     finite_steps += 1
-                else:
+                else:  # counted and reported by the driver (trainer.max_consecutive_skipped_updates)
                     self.optimizer.zero_grad(set_to_none=True)
+                    skipped.append(cause)
                 self.scheduler.step()
                 metrics.setdefault("actor/grad_norm", []).append(grad_norm)
                 metrics.setdefault("actor/lr", []).append(self.scheduler.get_last_lr()[0])
         self._finite_steps = finite_steps
-        return {"metrics": [metrics]}
+        if finite_steps and not update_health.weights_finite(self.actor, self.device, self.world_size):
+            skipped.append(update_health.NONFINITE_WEIGHTS)
+        metrics["actor/skipped_updates"] = [float(len(skipped))]
+        return {"metrics": [metrics], "skipped_updates": [skipped]}
 
     @torch.no_grad()
     def _teacher_pass(self, mini_batch: dict, group: int) -> tuple[torch.Tensor, int]:

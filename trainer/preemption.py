@@ -1,0 +1,105 @@
+"""Preemption: SIGTERM / SIGUSR1 finish the current step, checkpoint it and exit; a second signal, or the
+grace deadline, stops at once.
+
+Slurm sends SIGTERM at preemption and at the time limit (then SIGKILL after ``KillWait``, 30 s by default),
+and ``--signal=B:USR1@120`` sends SIGUSR1 120 s before the limit. The handler only records the signal (a
+flag read between steps), so nothing is interrupted mid-write; the fit loop asks ``requested`` after each
+step, writes a checkpoint and raises ``PreemptedError`` (exit ``EXIT_PREEMPTED`` = 75: rerun to resume).
+
+A second signal, or ``trainer.preemption_grace_s`` seconds after the first (a SIGALRM timer), raises
+``PreemptedError(immediate=True)`` (exit 128 + signal) from the handler, wherever the driver is: a save in
+progress is aborted by the checkpoint manager's cleanup, and the last complete checkpoint is kept. The
+rename that publishes a checkpoint runs inside ``critical()``, where the stop waits until it is done.
+
+Signal handlers live in the main thread of the driver only; workers (Ray actors) keep their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from typing import Iterator
+
+from mopd.errors import EXIT_PREEMPTED, PreemptedError
+
+__all__ = ["EXIT_PREEMPTED", "PREEMPTION_SIGNALS", "PreemptionHandler"]
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class PreemptionHandler:
+    """Installs the handlers on ``install()`` (main thread), restores the previous ones on ``uninstall()``."""
+
+    def __init__(self, grace_s: float | None):
+        self.grace_s = grace_s if grace_s and grace_s > 0 else None
+        self.signal_name: str | None = None  # the first signal received
+        self.received_at: float | None = None
+        self._previous: dict[int, object] = {}
+        self._in_critical = 0
+        self._pending_stop: PreemptedError | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def install(self) -> "PreemptionHandler":
+        for sig in PREEMPTION_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+            # Restart interrupted system calls: a signal must not make a read/write in C++ code (gloo,
+            # tokenizers, the checkpoint writer) fail with EINTR; the handler only sets a flag.
+            signal.siginterrupt(sig, False)
+        self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_deadline)
+        return self
+
+    def uninstall(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    # ------------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is None:
+            self.signal_name, self.received_at = name, time.monotonic()
+            grace = f"; a second signal or {self.grace_s:g} s stops at once" if self.grace_s else \
+                "; a second signal stops at once"
+            print(f"[mopd] {name} received: finishing this step, then a checkpoint and exit{grace}", flush=True)
+            if self.grace_s:
+                signal.setitimer(signal.ITIMER_REAL, self.grace_s)
+            return
+        self._stop_now(PreemptedError(f"stopped at once by a second signal ({name} after {self.signal_name})",
+                                      exit_code=128 + signum, immediate=True))
+
+    def _on_deadline(self, _signum: int, _frame) -> None:
+        if self.signal_name is None:  # not ours: a stray SIGALRM
+            return
+        signum = signal.Signals[self.signal_name].value
+        self._stop_now(PreemptedError(
+            f"stopped at once: trainer.preemption_grace_s={self.grace_s:g} s passed since {self.signal_name} before "
+            "the step and its checkpoint were done", exit_code=128 + signum, immediate=True))
+
+    def _stop_now(self, err: PreemptedError) -> None:
+        if self._in_critical:
+            self._pending_stop = err  # raised when the critical section ends
+            return
+        raise err
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        """A section an immediate stop must not cut in two (publishing a checkpoint: renames, tracker)."""
+        self._in_critical += 1
+        try:
+            yield
+        finally:
+            self._in_critical -= 1
+        if not self._in_critical and self._pending_stop is not None:
+            err, self._pending_stop = self._pending_stop, None
+            raise err
+
+    def stopped_message(self, step: int, checkpoint: str, resumes: bool) -> str:
+        """The one line of a clean stop after a checkpoint."""
+        how = "the same command resumes" if resumes else \
+            "resume: rerun the same command with trainer.resume_mode=auto"
+        return f"stopped by {self.signal_name} after step {step}; checkpoint written: {checkpoint}; {how}"
