@@ -264,20 +264,23 @@ class CheckpointManager:
         if found is None:
             return None
         candidates = [found[0]] + [s for s in reversed(self.complete_steps()) if s < found[0]]
-        bad: list[str] = []
+        bad: list[str] = []  # one line per corrupt checkpoint, the last one also says where the run resumes
+        first_error = None
         for step in candidates:
             path = self.step_dir(step)
             try:
                 verify(path)
             except CheckpointCorrupt as err:
-                bad.append(f"{path} ({err})")
-                older = [s for s in candidates if s < step]
-                then = (f"trying the next newest, step {older[0]}" if older else "no older checkpoint is left")
-                warn(f"[mopd] checkpoint {path} is corrupt: {err}; {then}")
+                bad.append(f"[mopd] checkpoint {path} is corrupt: {err}")
+                first_error = first_error or err
                 continue
+            for line in bad[:-1]:
+                warn(line)
             if bad:
-                warn(f"[mopd] resuming from {path}, the newest checkpoint that verifies ({len(bad)} newer one(s) "
-                     "did not; they stay on disk for inspection)")
+                warn(f"{bad[-1]}; resuming from {path}, the newest checkpoint that verifies (the corrupt one stays "
+                     "on disk for inspection)")
             return path
-        raise CheckpointError(f"no checkpoint under {self.root} verifies (newest: {bad[0]}); move the directory "
-                              "aside to start over, or set trainer.resume_mode=disable")
+        for line in bad[1:]:
+            warn(line)
+        raise CheckpointError(f"no checkpoint under {self.root} verifies (the newest: {first_error}; older ones "
+                              "above); move the directory aside to start over, or set trainer.resume_mode=disable")

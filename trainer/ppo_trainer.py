@@ -145,7 +145,7 @@ class Trainer:
                 with _timer("update_actor", timing):
                     update = self.group.update_actor(batch)
                     metrics.update(_reduce_worker_metrics(update["metrics"]))
-                self.update_guard.after_update(step, update["skipped_updates"], self._resume_hint)
+                self.update_guard.after_update(step, update["skipped_updates"], self.checkpoints.latest)
                 metrics.update(_peak_memory_metrics("update", self.group.peak_memory_gb()))
                 with _timer("teacher", timing):
                     self.group.update_teacher()

@@ -28,10 +28,10 @@ class SkippedUpdateGuard:
         self._reported = False
         self._withheld_save_reported = False
 
-    def after_update(self, step: int, per_rank_causes: list[list[str]], resume_hint) -> None:
+    def after_update(self, step: int, per_rank_causes: list[list[str]], latest_checkpoint) -> None:
         """Count this step's skipped updates (rank 0's list: every rank skips the same ones); raise to stop.
 
-        ``resume_hint()`` says where the run can resume from (called only when stopping)."""
+        ``latest_checkpoint()``: (step, path) of the last complete checkpoint or None (called only when stopping)."""
         causes = per_rank_causes[0] if per_rank_causes else []
         for ranks_cause in per_rank_causes[1:]:  # the weight check is the only per-rank verdict that may differ
             causes += [c for c in ranks_cause if c.startswith(_NONFINITE_WEIGHTS) and c not in causes]
@@ -43,7 +43,7 @@ class SkippedUpdateGuard:
             raise TrainingDivergedError(
                 f"the actor's weights are non-finite after the optimizer step of step {step}: the model cannot "
                 f"recover; nothing of this step was checkpointed. Lower actor_rollout_ref.actor.optim.lr "
-                f"(now {self.lr:g}) or set actor_rollout_ref.actor.grad_clip; {resume_hint()}")
+                f"(now {self.lr:g}) or set actor_rollout_ref.actor.grad_clip; {_where(latest_checkpoint())}")
         if skips and not self._reported:
             self._reported = True
             print(f"[mopd] warning: step {step} skipped {len(skips)} optimizer update(s): {skips[0]} "
@@ -55,7 +55,7 @@ class SkippedUpdateGuard:
                 f"the last {self.consecutive} optimizer updates were all skipped (up to step {step}; latest: "
                 f"{skips[-1]}): the model no longer learns (trainer.max_consecutive_skipped_updates="
                 f"{self.max_consecutive}). Lower actor_rollout_ref.actor.optim.lr (now {self.lr:g}) or check the "
-                f"loss inputs; {resume_hint()}")
+                f"loss inputs; {_where(latest_checkpoint())}")
 
     def may_save(self, step: int) -> bool:
         """False while the latest updates were skipped: such weights are not trusted as the newest checkpoint."""
@@ -67,3 +67,10 @@ class SkippedUpdateGuard:
                   "were skipped, so the newest checkpoint stays the last one of a model still learning (shown "
                   "once per run)", file=sys.stderr, flush=True)
         return False
+
+
+def _where(latest) -> str:
+    if latest is None:
+        return "no checkpoint was written; rerun from the start"
+    return (f"the last checkpoint, step {latest[0]} at {latest[1]}, ended on an applied update but may already "
+            "carry the harm: to start over instead of resuming from it, add trainer.resume_mode=disable")
