@@ -80,3 +80,19 @@ class TrainingDivergedError(UserError):
     """The model can no longer learn: its updates keep being skipped, or its weights are non-finite."""
 
     exit_code = 1
+
+
+def exception_chain(err: BaseException):
+    """``err`` and every error it wraps (``__cause__``, ``__context__``, a worker error's ``cause``, the per-rank
+    failures of torch.distributed.checkpoint's ``CheckpointException``), each once."""
+    seen, stack = set(), [err]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        failures = getattr(e, "failures", None)  # {rank: (exception, traceback frames)}
+        if isinstance(failures, dict):
+            stack += [f[0] if isinstance(f, tuple) and f else f for f in failures.values()]

@@ -19,6 +19,7 @@ from typing import Callable
 from trainer.checkpoint import CheckpointManager
 from trainer.checkpoint_verify import CheckpointCorrupt, manifest_total_bytes
 from trainer.disk_space import disk_full_error, free_bytes, is_disk_full, mb
+from trainer.preemption import stop_in
 from mopd.errors import CheckpointError, UserError
 
 __all__ = ["CheckpointWriter"]
@@ -64,8 +65,8 @@ class CheckpointWriter:
             raise CheckpointError(f"{what} did not verify after writing ({err}); the previous checkpoint is "
                                   f"kept; check the filesystem under {self.manager.root}") from None
         except BaseException as err:
-            # Not a stop (Ctrl-C, a second signal); DCP's CheckpointException is a BaseException, so test this way.
-            stop = isinstance(err, (KeyboardInterrupt, SystemExit, GeneratorExit, UserError))
+            # Not a stop (Ctrl-C, a second signal: maybe wrapped by DCP, whose CheckpointException is a BaseException).
+            stop = isinstance(err, (SystemExit, GeneratorExit, UserError)) or stop_in(err) is not None
             full = not stop and is_disk_full(err, free_bytes(tmp.parent), needed)
             self.manager.abort(tmp)  # free the partial directory first: the line reports what is left
             if full:

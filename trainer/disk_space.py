@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mopd.errors import CheckpointError
+from mopd.errors import CheckpointError, exception_chain
 
 __all__ = ["free_bytes", "estimate_checkpoint_bytes", "is_disk_full", "mb", "disk_full_error", "raise_if_disk_full"]
 
@@ -41,23 +41,8 @@ def estimate_checkpoint_bytes(params: int, saves_teacher_copy: bool) -> int:
     return int(params) * 4 * (4 + int(saves_teacher_copy))
 
 
-def _errors_in(err: BaseException):
-    """``err``, what it wraps (cause, context, DCP's per-rank failures) and so on, each once."""
-    seen, stack = set(), [err]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-        failures = getattr(e, "failures", None)  # torch.distributed.checkpoint.CheckpointException
-        if isinstance(failures, dict):
-            stack += [f for f in failures.values() if isinstance(f, BaseException)]
-
-
 def is_disk_full(err: BaseException, free: int | None, needed: int | None) -> bool:
-    for e in _errors_in(err):
+    for e in exception_chain(err):
         if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
             return True
         if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):

@@ -26,6 +26,7 @@ from mopd.peers import Rollout, UidSuccessTracker, select_peers
 from mopd.reprompt import build_teacher_inputs, compute_step_ids
 from mopd.rewards import summarize_health
 from trainer import rollout_io
+from trainer.preemption import PreemptionHandler, stop_in
 from trainer.update_guard import SkippedUpdateGuard
 from workers.batch import truncate_batch
 
@@ -36,7 +37,6 @@ class Trainer:
         from trainer.checkpoint import CheckpointManager
         from trainer.checkpoint_save import CheckpointWriter
         from trainer.disk_space import estimate_checkpoint_bytes
-        from trainer.preemption import PreemptionHandler
         from trainer.prompt_dataset import PromptDataset, StatefulSampler
         from trainer.tracking import Tracking
 
@@ -92,14 +92,13 @@ class Trainer:
             return self._fit()
         except WorkerDiedError as err:
             raise WorkerDiedError(f"{err}; {self._resume_hint()}", rank=err.rank) from None
-        except PreemptedError as err:  # a second signal or the grace deadline: where the run can resume from
-            if not err.immediate:
+        except BaseException as err:  # a second signal, the grace deadline, Ctrl-C: say where the run resumes from
+            stop = stop_in(err)
+            if stop is None:
                 raise
-            raise PreemptedError(f"{err} during step {self.global_step}; {self._resume_hint()}",
-                                 exit_code=err.exit_code, immediate=True) from None
-        except KeyboardInterrupt:
-            raise PreemptedError(f"interrupted (Ctrl-C) during step {self.global_step}; {self._resume_hint()}",
-                                 exit_code=130, immediate=True) from None
+            what = "interrupted (Ctrl-C)" if isinstance(stop, KeyboardInterrupt) else str(stop)
+            raise PreemptedError(f"{what} during step {self.global_step}; {self._resume_hint()}",
+                                 exit_code=getattr(stop, "exit_code", 130), immediate=True) from None
         finally:
             self.preemption.uninstall()
 

@@ -7,8 +7,10 @@ flag read between steps), so nothing is interrupted mid-write; the fit loop asks
 step, writes a checkpoint and raises ``PreemptedError`` (exit ``EXIT_PREEMPTED`` = 75: rerun to resume).
 
 A second signal, or ``trainer.preemption_grace_s`` seconds after the first (a SIGALRM timer), raises
-``PreemptedError(immediate=True)`` (exit 128 + signal) from the handler, wherever the driver is: a save in
-progress is aborted by the checkpoint manager's cleanup, and the last complete checkpoint is kept. The
+``StopNow`` from the handler, wherever the driver is; the fit loop turns it into ``PreemptedError(immediate=
+True)`` (exit 128 + signal). Like KeyboardInterrupt it is a BaseException, so no ``except Exception`` on the
+way swallows it; a library that wraps it (DCP's CheckpointException) is looked through (``stop_in``). A save
+in progress is aborted by the checkpoint writer's cleanup, and the last complete checkpoint is kept. The
 rename that publishes a checkpoint runs inside ``critical()``, where the stop waits until it is done.
 
 Signal handlers live in the main thread of the driver only; workers (Ray actors) keep their own.
@@ -21,11 +23,27 @@ import signal
 import time
 from typing import Iterator
 
-from mopd.errors import EXIT_PREEMPTED, PreemptedError
+from mopd.errors import EXIT_PREEMPTED, exception_chain
 
-__all__ = ["EXIT_PREEMPTED", "PREEMPTION_SIGNALS", "PreemptionHandler"]
+__all__ = ["EXIT_PREEMPTED", "PREEMPTION_SIGNALS", "PreemptionHandler", "StopNow", "stop_in"]
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopNow(BaseException):
+    """Raised from a signal handler: stop at once (``exit_code`` = 128 + the signal's number)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def stop_in(err: BaseException) -> BaseException | None:
+    """The ``StopNow`` or ``KeyboardInterrupt`` that ``err`` is or wraps, if any."""
+    for e in exception_chain(err):
+        if isinstance(e, (StopNow, KeyboardInterrupt)):
+            return e
+    return None
 
 
 class PreemptionHandler:
@@ -37,7 +55,7 @@ class PreemptionHandler:
         self.received_at: float | None = None
         self._previous: dict[int, object] = {}
         self._in_critical = 0
-        self._pending_stop: PreemptedError | None = None
+        self._pending_stop: StopNow | None = None
 
     @property
     def requested(self) -> bool:
@@ -69,18 +87,18 @@ class PreemptionHandler:
             if self.grace_s:
                 signal.setitimer(signal.ITIMER_REAL, self.grace_s)
             return
-        self._stop_now(PreemptedError(f"stopped at once by a second signal ({name} after {self.signal_name})",
-                                      exit_code=128 + signum, immediate=True))
+        self._stop_now(StopNow(f"stopped at once by a second signal ({name} after {self.signal_name})",
+                               exit_code=128 + signum))
 
     def _on_deadline(self, _signum: int, _frame) -> None:
         if self.signal_name is None:  # not ours: a stray SIGALRM
             return
         signum = signal.Signals[self.signal_name].value
-        self._stop_now(PreemptedError(
+        self._stop_now(StopNow(
             f"stopped at once: trainer.preemption_grace_s={self.grace_s:g} s passed since {self.signal_name} before "
-            "the step and its checkpoint were done", exit_code=128 + signum, immediate=True))
+            "the step and its checkpoint were done", exit_code=128 + signum))
 
-    def _stop_now(self, err: PreemptedError) -> None:
+    def _stop_now(self, err: StopNow) -> None:
         if self._in_critical:
             self._pending_stop = err  # raised when the critical section ends
             return
