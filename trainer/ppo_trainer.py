@@ -144,7 +144,7 @@ class Trainer:
                 with _timer("update_actor", timing):
                     update = self.group.update_actor(batch)
                     metrics.update(_reduce_worker_metrics(update["metrics"]))
-                self.update_guard.after_update(step, update["skipped_updates"], self.checkpoints.latest)
+                self.update_guard.after_update(step, update["skipped_updates"])
                 metrics.update(_peak_memory_metrics("update", self.group.peak_memory_gb()))
                 with _timer("teacher", timing):
                     self.group.update_teacher()
@@ -170,6 +170,7 @@ class Trainer:
             metrics["training/global_step"] = step
             metrics["training/epoch"] = self.sampler.state_dict()["epoch"]
             self.tracker.log(metrics, step=step)
+            self.update_guard.stop_if_dead(step, self.checkpoints.latest)
             if self.preemption.requested and not is_last:
                 self._stop_for_preemption(step, saved)
         self.tracker.close()

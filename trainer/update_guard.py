@@ -25,40 +25,49 @@ class SkippedUpdateGuard:
         self.lr = lr
         self.consecutive = 0
         self.total = 0
+        self.weights_dead = False
+        self.last_cause: str | None = None
         self._reported = False
         self._withheld_save_reported = False
 
-    def after_update(self, step: int, per_rank_causes: list[list[str]], latest_checkpoint) -> None:
-        """Count this step's skipped updates (rank 0's list: every rank skips the same ones); raise to stop.
-
-        ``latest_checkpoint()``: (step, path) of the last complete checkpoint or None (called only when stopping)."""
-        causes = per_rank_causes[0] if per_rank_causes else []
-        for ranks_cause in per_rank_causes[1:]:  # the weight check is the only per-rank verdict that may differ
-            causes += [c for c in ranks_cause if c.startswith(_NONFINITE_WEIGHTS) and c not in causes]
-        weights_dead = any(c.startswith(_NONFINITE_WEIGHTS) for c in causes)
+    def after_update(self, step: int, per_rank_causes: list[list[str]]) -> None:
+        """Count this step's skipped updates (rank 0's list: every rank skips the same ones; the weight check is
+        the only verdict that may differ by rank); print the first skip's cause once."""
+        causes = list(per_rank_causes[0]) if per_rank_causes else []
+        for ranks_causes in per_rank_causes[1:]:
+            causes += [c for c in ranks_causes if c.startswith(_NONFINITE_WEIGHTS) and c not in causes]
+        self.weights_dead = self.weights_dead or any(c.startswith(_NONFINITE_WEIGHTS) for c in causes)
         skips = [c for c in causes if not c.startswith(_NONFINITE_WEIGHTS)]
         self.total += len(skips)
         self.consecutive = self.consecutive + len(skips) if skips else 0
-        if weights_dead:
-            raise TrainingDivergedError(
-                f"the actor's weights are non-finite after the optimizer step of step {step}: the model cannot "
-                f"recover; nothing of this step was checkpointed. Lower actor_rollout_ref.actor.optim.lr "
-                f"(now {self.lr:g}) or set actor_rollout_ref.actor.grad_clip; {_where(latest_checkpoint())}")
+        self.last_cause = skips[-1] if skips else self.last_cause
         if skips and not self._reported:
             self._reported = True
             print(f"[mopd] warning: step {step} skipped {len(skips)} optimizer update(s): {skips[0]} "
                   f"(counted as actor/skipped_updates; shown once per run; the run stops after "
                   f"{self.max_consecutive or 'unlimited'} in a row, trainer.max_consecutive_skipped_updates)",
                   file=sys.stderr, flush=True)
+
+    def stop_if_dead(self, step: int, latest_checkpoint) -> None:
+        """Raise when the model cannot learn any more (called once the step is logged: its metrics are kept).
+
+        ``latest_checkpoint()``: (step, path) of the last complete checkpoint, or None."""
+        if self.weights_dead:
+            raise TrainingDivergedError(
+                f"the actor's weights are non-finite after the optimizer step of step {step}: the model cannot "
+                f"recover; nothing of this step was checkpointed. Lower actor_rollout_ref.actor.optim.lr "
+                f"(now {self.lr:g}) or set actor_rollout_ref.actor.grad_clip; {_where(latest_checkpoint())}")
         if self.max_consecutive is not None and self.consecutive >= self.max_consecutive:
             raise TrainingDivergedError(
                 f"the last {self.consecutive} optimizer updates were all skipped (up to step {step}; latest: "
-                f"{skips[-1]}): the model no longer learns (trainer.max_consecutive_skipped_updates="
+                f"{self.last_cause}): the model no longer learns (trainer.max_consecutive_skipped_updates="
                 f"{self.max_consecutive}). Lower actor_rollout_ref.actor.optim.lr (now {self.lr:g}) or check the "
                 f"loss inputs; {_where(latest_checkpoint())}")
 
     def may_save(self, step: int) -> bool:
         """False while the latest updates were skipped: such weights are not trusted as the newest checkpoint."""
+        if self.weights_dead:
+            return False
         if not self.consecutive:
             return True
         if not self._withheld_save_reported:

@@ -201,25 +201,34 @@ def test_skip_causes_and_the_weight_check():
 def test_guard_counts_consecutive_skips_and_stops(capsys):
     guard = SkippedUpdateGuard(max_consecutive=3, lr=1e6)
     latest = lambda: (2, "/ckpt/global_step_2")  # noqa: E731
-    guard.after_update(1, [[]], latest)
+
+    def step(n, causes):
+        guard.after_update(n, causes)
+        guard.stop_if_dead(n, latest)
+
+    step(1, [[]])
     assert guard.may_save(1)
-    guard.after_update(2, [["non-finite loss", "non-finite loss"]], latest)
+    step(2, [["non-finite loss", "non-finite loss"]])
     assert capsys.readouterr().err.count("skipped 2 optimizer update(s): non-finite loss") == 1
     assert not guard.may_save(2)
     assert "checkpoint of step 2 not written" in capsys.readouterr().err
-    guard.after_update(3, [[]], latest)  # an applied update resets the run of skips
+    step(3, [[]])  # an applied update resets the run of skips
     assert guard.consecutive == 0 and guard.may_save(3)
-    guard.after_update(4, [["non-finite gradient norm"]], latest)
-    guard.after_update(5, [["non-finite gradient norm"]], latest)
+    step(4, [["non-finite gradient norm"]])
+    step(5, [["non-finite gradient norm"]])
     assert "optimizer update(s)" not in capsys.readouterr().err  # the first skip is shown once per run
     with pytest.raises(TrainingDivergedError) as err:
-        guard.after_update(6, [["non-finite gradient norm"]], latest)
+        step(6, [["non-finite gradient norm"]])
     assert "the last 3 optimizer updates were all skipped" in str(err.value)
+    assert "latest: non-finite gradient norm" in str(err.value)
     assert "optim.lr (now 1e+06)" in str(err.value) and "/ckpt/global_step_2" in str(err.value)
 
 
 def test_guard_stops_at_once_on_non_finite_weights_from_any_rank():
     guard = SkippedUpdateGuard(max_consecutive=None, lr=1e-3)
-    guard.after_update(1, [["non-finite gradient norm"]] * 2, lambda: None)  # no limit: keeps going
+    guard.after_update(1, [["non-finite gradient norm"]] * 2)  # no limit: keeps going
+    guard.stop_if_dead(1, lambda: None)
+    guard.after_update(2, [[], [update_health.NONFINITE_WEIGHTS]])
+    assert not guard.may_save(2)
     with pytest.raises(TrainingDivergedError, match="non-finite after the optimizer step of step 2"):
-        guard.after_update(2, [[], [update_health.NONFINITE_WEIGHTS]], lambda: None)
+        guard.stop_if_dead(2, lambda: None)
