@@ -221,6 +221,7 @@ def test_a_full_disk_ends_the_run_with_one_line_and_no_partial_checkpoint(small_
     assert [r["step"] for r in rows] == [1]  # step 2 is not logged as done
 
 
+@pytest.mark.slow
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     run = tmp_path / "run"
     common = ("trainer.backend=local", "trainer.save_freq=2", "trainer.max_actor_ckpt_to_keep=3")
