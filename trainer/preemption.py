@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 from typing import Iterator
 
@@ -62,6 +63,8 @@ class PreemptionHandler:
         return self.signal_name is not None
 
     def install(self) -> "PreemptionHandler":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Python runs handlers in the main thread only: a fit() driven from elsewhere keeps defaults
         for sig in PREEMPTION_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._on_signal)
             # Restart interrupted system calls: a signal must not make a read/write in C++ code (gloo,
@@ -71,6 +74,8 @@ class PreemptionHandler:
         return self
 
     def uninstall(self) -> None:
+        if not self._previous:
+            return
         signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)

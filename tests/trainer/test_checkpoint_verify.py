@@ -232,3 +232,32 @@ def test_guard_stops_at_once_on_non_finite_weights_from_any_rank():
     assert not guard.may_save(2)
     with pytest.raises(TrainingDivergedError, match="non-finite after the optimizer step of step 2"):
         guard.stop_if_dead(2, lambda: None)
+
+
+# ----------------------------------------------------------------------------- the preemption handler in-process
+
+
+def test_preemption_handler_flags_the_first_signal_and_stops_at_once_on_the_second(capsys):
+    import os
+    import signal
+
+    from trainer.preemption import PreemptionHandler, StopNow, stop_in
+
+    before = signal.getsignal(signal.SIGUSR1)
+    handler = PreemptionHandler(grace_s=None).install()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert handler.requested and handler.signal_name == "SIGUSR1"
+        assert "SIGUSR1 received: finishing this step" in capsys.readouterr().out
+        with pytest.raises(StopNow) as err:
+            with handler.critical():  # the stop waits for the critical section to end
+                os.kill(os.getpid(), signal.SIGTERM)
+                finished_publishing = True
+        assert finished_publishing and err.value.exit_code == 128 + signal.SIGTERM
+        assert "second signal (SIGTERM after SIGUSR1)" in str(err.value)
+        wrapped = RuntimeError("a library wrapped it")
+        wrapped.__context__ = err.value
+        assert stop_in(wrapped) is err.value and stop_in(RuntimeError("no")) is None
+    finally:
+        handler.uninstall()
+    assert signal.getsignal(signal.SIGUSR1) is before
