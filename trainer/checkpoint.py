@@ -4,7 +4,9 @@ A checkpoint is written into a hidden temp directory under the checkpoint root, 
 `COMPLETE` file and only then renamed to `global_step_N`. Readers (`latest()`, `resume_from_path`)
 accept only directories that carry the marker, so a run killed in the middle of a save leaves at
 worst an orphaned temp directory, never a half-written checkpoint that looks usable, and the
-previous checkpoint is untouched until the new one is in place.
+previous checkpoint is untouched until the new one is in place. Before the marker, a `MANIFEST.json`
+records every file's size and CRC-32 and is checked (`trainer/checkpoint_verify.py`); resuming checks it
+again and falls back past a corrupt checkpoint (`auto`) or stops (`resume_path`).
 
 One process (rank 0 of the driver) drives a `CheckpointManager`; other ranks may write shards into
 the directory that `begin()` returned, but must have finished (barrier) before `commit()`.
