@@ -261,3 +261,19 @@ def test_preemption_handler_flags_the_first_signal_and_stops_at_once_on_the_seco
     finally:
         handler.uninstall()
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_a_rollout_dump_on_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    from trainer import rollout_io
+
+    def full(path, rows):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rollout_io, "write_jsonl", full)
+    with pytest.raises(CheckpointError) as err:
+        rollout_io._write(tmp_path / "rollouts" / "3.jsonl", iter([]))
+    assert str(err.value).startswith(f"rollout dump could not be written to {tmp_path / 'rollouts' / '3.jsonl'}: "
+                                     "no space left on the device (")
+    monkeypatch.setattr(rollout_io, "write_jsonl", lambda path, rows: (_ for _ in ()).throw(PermissionError(13, "no")))
+    with pytest.raises(PermissionError):  # not a full disk: the error itself
+        rollout_io._write(tmp_path / "r.jsonl", iter([]))
