@@ -13,14 +13,14 @@ new one is complete).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from mopd.errors import CheckpointError, UserError
 from trainer.checkpoint import CheckpointManager
 from trainer.checkpoint_verify import CheckpointCorrupt, manifest_total_bytes
 from trainer.disk_space import disk_full_error, free_bytes, is_disk_full, mb
 from trainer.preemption import stop_in
-from mopd.errors import CheckpointError, UserError
 
 __all__ = ["CheckpointWriter"]
 

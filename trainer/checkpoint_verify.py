@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mopd.io import atomic_write_text
 
-__all__ = ["MANIFEST_FILE", "CheckpointCorrupt", "write_manifest", "verify", "manifest_total_bytes"]
+__all__ = ["MANIFEST_FILE", "CheckpointCorrupt", "manifest_total_bytes", "verify", "write_manifest"]
 
 MANIFEST_FILE = "MANIFEST.json"
 FULL_CRC_MAX_BYTES = 64 << 20

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mopd.errors import CheckpointError, exception_chain
 
-__all__ = ["free_bytes", "estimate_checkpoint_bytes", "is_disk_full", "mb", "disk_full_error", "raise_if_disk_full"]
+__all__ = ["disk_full_error", "estimate_checkpoint_bytes", "free_bytes", "is_disk_full", "mb", "raise_if_disk_full"]
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 

@@ -22,7 +22,7 @@ import contextlib
 import signal
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from mopd.errors import EXIT_PREEMPTED, exception_chain
 
@@ -62,7 +62,7 @@ class PreemptionHandler:
     def requested(self) -> bool:
         return self.signal_name is not None
 
-    def install(self) -> "PreemptionHandler":
+    def install(self) -> PreemptionHandler:
         if threading.current_thread() is not threading.main_thread():
             return self  # Python runs handlers in the main thread only: a fit() driven from elsewhere keeps defaults
         for sig in PREEMPTION_SIGNALS:

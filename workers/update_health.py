@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from workers import model_utils
 
-__all__ = ["NONFINITE_LOSS", "NONFINITE_GRAD_NORM", "NONFINITE_WEIGHTS", "skip_cause", "weights_finite"]
+__all__ = ["NONFINITE_GRAD_NORM", "NONFINITE_LOSS", "NONFINITE_WEIGHTS", "skip_cause", "weights_finite"]
 
 NONFINITE_LOSS = "non-finite loss"
 NONFINITE_GRAD_NORM = "non-finite gradient norm"
