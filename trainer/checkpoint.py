@@ -4,7 +4,9 @@ A checkpoint is written into a hidden temp directory under the checkpoint root, 
 `COMPLETE` file and only then renamed to `global_step_N`. Readers (`latest()`, `resume_from_path`)
 accept only directories that carry the marker, so a run killed in the middle of a save leaves at
 worst an orphaned temp directory, never a half-written checkpoint that looks usable, and the
-previous checkpoint is untouched until the new one is in place.
+previous checkpoint is untouched until the new one is in place. Before the marker, a `MANIFEST.json`
+records every file's size and CRC-32 and is checked (`trainer/checkpoint_verify.py`); resuming checks it
+again and falls back past a corrupt checkpoint (`auto`) or stops (`resume_path`).
 
 One process (rank 0 of the driver) drives a `CheckpointManager`; other ranks may write shards into
 the directory that `begin()` returned, but must have finished (barrier) before `commit()`.
@@ -16,11 +18,13 @@ import os
 import re
 import secrets
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
-from mopd.errors import ConfigError
+from mopd.errors import CheckpointError, ConfigError
 from mopd.io import atomic_write, atomic_write_text, fsync_dir, fsync_path
+from trainer.checkpoint_verify import CheckpointCorrupt, verify, write_manifest
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -148,6 +152,10 @@ class CheckpointManager:
         if not tmp_dir.is_dir():
             raise FileNotFoundError(f"checkpoint temp dir {str(tmp_dir)!r} does not exist (aborted twice?)")
         _fsync_tree(tmp_dir)
+        # Sizes and CRC-32s first, then checked (a write the filesystem lost shows here, before the
+        # checkpoint is published or an older one pruned); the marker vouches for a verified directory.
+        write_manifest(tmp_dir)
+        verify(tmp_dir)
         atomic_write_text(tmp_dir / COMPLETE_MARKER, f"{step}\n")
 
         final = self.step_dir(step)
@@ -218,13 +226,19 @@ class CheckpointManager:
             return None
         return steps[-1], self.step_dir(steps[-1])
 
-    def resolve_resume(self, mode: str, resume_path: str | os.PathLike | None) -> Path | None:
-        """The checkpoint dir to resume from for `trainer.resume_mode`, or None to start fresh."""
+    def resolve_resume(self, mode: str, resume_path: str | os.PathLike | None,
+                       warn=lambda line: print(line, file=sys.stderr, flush=True)) -> Path | None:
+        """The checkpoint dir to resume from for `trainer.resume_mode`, or None to start fresh.
+
+        Every candidate is verified against its manifest first. `auto`: the newest that verifies; each
+        newer one that does not is reported through `warn` (one line naming the bad file) and skipped, and
+        when none verifies the run stops rather than silently starting over. `resume_path`: a corrupt
+        checkpoint stops with that line.
+        """
         if mode == "disable":
             return None
         if mode == "auto":
-            found = self.latest()
-            return None if found is None else found[1]
+            return self._newest_verified(warn)
         if mode == "resume_path":
             if resume_path is None or str(resume_path) == "":
                 raise ConfigError(
@@ -239,5 +253,36 @@ class CheckpointManager:
                     f"trainer.resume_from_path: {str(path)!r} has no {COMPLETE_MARKER} marker; "
                     "the save was interrupted or the directory is not a checkpoint of this trainer"
                 )
+            try:
+                verify(path)
+            except CheckpointCorrupt as err:
+                raise CheckpointError(f"trainer.resume_from_path: checkpoint {path} is corrupt: {err}; point "
+                                      "trainer.resume_from_path at another global_step_<N> directory") from None
             return path
         raise ConfigError(f"trainer.resume_mode: unknown mode {mode!r}; allowed: {list(RESUME_MODES)}")
+
+    def _newest_verified(self, warn) -> Path | None:
+        found = self.latest()
+        if found is None:
+            return None
+        candidates = [found[0]] + [s for s in reversed(self.complete_steps()) if s < found[0]]
+        bad: list[str] = []  # one line per corrupt checkpoint, the last one also says where the run resumes
+        first_error = None
+        for step in candidates:
+            path = self.step_dir(step)
+            try:
+                verify(path)
+            except CheckpointCorrupt as err:
+                bad.append(f"[mopd] checkpoint {path} is corrupt: {err}")
+                first_error = first_error or err
+                continue
+            for line in bad[:-1]:
+                warn(line)
+            if bad:
+                warn(f"{bad[-1]}; resuming from {path}, the newest checkpoint that verifies (the corrupt one stays "
+                     "on disk for inspection)")
+            return path
+        for line in bad[1:]:
+            warn(line)
+        raise CheckpointError(f"no checkpoint under {self.root} verifies (the newest: {first_error}; older ones "
+                              "above); move the directory aside to start over, or set trainer.resume_mode=disable")

@@ -245,8 +245,10 @@ def _check_trainer(t: dict) -> None:
             raise ConfigError(f"trainer.logger entries must be drawn from {list(LOGGERS)}, got {name!r}")
     for key in ("trainer.total_epochs", "trainer.n_gpus_per_node", "trainer.nnodes"):
         _positive_int(t, key)
-    for key in ("trainer.total_training_steps", "trainer.max_actor_ckpt_to_keep", "trainer.num_threads"):
+    for key in ("trainer.total_training_steps", "trainer.max_actor_ckpt_to_keep", "trainer.num_threads",
+                "trainer.max_consecutive_skipped_updates"):
         _positive_int(t, key, nullable=True)
+    _number(t, "trainer.preemption_grace_s", low=0, low_open=True, nullable=True)
     for key in ("trainer.test_freq", "trainer.save_freq", "trainer.seed"):
         _integer(t, key)
     _boolean(t, "trainer.val_before_train")

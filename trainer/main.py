@@ -26,6 +26,10 @@ def run(cfg) -> dict:
             return trainer.fit()
         finally:
             trainer.close()
+    except KeyboardInterrupt:  # outside the fit loop (which names the checkpoint to resume from): setup or shutdown
+        print("[mopd] interrupted (Ctrl-C) outside the training steps (setup or shutdown): no step was cut short",
+              file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     except UserError as err:
         # Only the project's own error types become one line; anything else is a bug and keeps its traceback.
         # A worker's error arrives wrapped by Ray (a subclass of both): the user needs the cause, not two tracebacks.
@@ -33,8 +37,8 @@ def run(cfg) -> dict:
 
 
 def _exit_with(err: BaseException) -> None:
-    kind = "config error" if type(err).__name__ == "ConfigError" else "error"
-    print(f"[mopd] {kind}: {err}", file=sys.stderr, flush=True)
+    label = getattr(err, "label", "error")
+    print(f"[mopd] {label}: {err}" if label else f"[mopd] {err}", file=sys.stderr, flush=True)
     raise SystemExit(getattr(err, "exit_code", 2)) from None
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mopd.config import SelfDistillationConfig
-from mopd.errors import ConfigError, RewardError, WorkerDiedError
+from mopd.errors import ConfigError, PreemptedError, RewardError, WorkerDiedError
 from mopd.loss_modes import DISTILLATION_MODES, PREFERENCE_MODES
 from mopd.losses import rollout_is_weights
 from mopd.models import EMBEDDED_DIR, load_tokenizer, resolve_model_path
@@ -27,6 +27,8 @@ from mopd.rewards import summarize_health
 from trainer import rollout_io
 from trainer.advantage_stage import AdvantageStage, needs_reference_log_probs
 from trainer.balance import BatchBalancer
+from trainer.preemption import PreemptionHandler, stop_in
+from trainer.update_guard import SkippedUpdateGuard
 from workers.batch import truncate_batch
 
 
@@ -34,6 +36,8 @@ class Trainer:
     def __init__(self, config: dict):
         from mopd.rewards import RewardScorer, load_reward_fn
         from trainer.checkpoint import CheckpointManager
+        from trainer.checkpoint_save import CheckpointWriter
+        from trainer.disk_space import estimate_checkpoint_bytes
         from trainer.prompt_dataset import PromptDataset, StatefulSampler
         from trainer.tracking import Tracking
 
@@ -83,13 +87,28 @@ class Trainer:
               f"{self.total_steps} steps, loss_mode={self.loss_mode}, {self.group.world_size} worker(s) on "
               f"{info[0]['device']}, {info[0]['params'] / 1e6:.2f} M parameters", flush=True)
         self.global_step = 0
+        # Faults of a long run (docs/faults.md): preemption signals, a full disk, a model that has died.
+        self.preemption = PreemptionHandler(trainer.get("preemption_grace_s"))
+        self.ckpt_writer = CheckpointWriter(self.checkpoints, estimate_checkpoint_bytes(
+            info[0]["params"], self.loss_mode in DISTILLATION_MODES), critical=self.preemption.critical)
+        self.update_guard = SkippedUpdateGuard(trainer.get("max_consecutive_skipped_updates"), actor["optim"]["lr"])
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict:
+        self.preemption.install()
         try:
             return self._fit()
         except WorkerDiedError as err:
             raise WorkerDiedError(f"{err}; {self._resume_hint()}", rank=err.rank) from None
+        except BaseException as err:  # a second signal, the grace deadline, Ctrl-C: say where the run resumes from
+            stop = stop_in(err)
+            if stop is None:
+                raise
+            what = "interrupted (Ctrl-C)" if isinstance(stop, KeyboardInterrupt) else str(stop)
+            raise PreemptedError(f"{what} during step {self.global_step}; {self._resume_hint()}",
+                                 exit_code=getattr(stop, "exit_code", 130), immediate=True) from None
+        finally:
+            self.preemption.uninstall()
 
     def _resume_hint(self) -> str:
         latest = self.checkpoints.latest()
@@ -134,8 +153,9 @@ class Trainer:
                     if not self.off_policy:
                         batch.pop("old_log_probs", None)  # one on-policy update: pi_old is pi_theta itself
                 with _timer("update_actor", timing):
-                    out = self.balancer.call(self.group.update_actor, batch, metrics)
-                    metrics.update(_reduce_worker_metrics(out["metrics"]))
+                    update = self.balancer.call(self.group.update_actor, batch, metrics)
+                    metrics.update(_reduce_worker_metrics(update["metrics"]))
+                self.update_guard.after_update(step, update["skipped_updates"])
                 metrics.update(_peak_memory_metrics("update", self.group.peak_memory_gb()))
                 with _timer("teacher", timing):
                     self.group.update_teacher()
@@ -144,7 +164,8 @@ class Trainer:
                 with _timer("testing", timing):
                     last_val = self._validate()
                 metrics.update(last_val)
-            if _due(trainer["save_freq"], step, is_last):
+            saved = _due(trainer["save_freq"], step, is_last) and self.update_guard.may_save(step)
+            if saved:
                 with _timer("save_checkpoint", timing):
                     self._save_checkpoint(step)
             if trainer.get("rollout_data_dir"):
@@ -160,6 +181,9 @@ class Trainer:
             metrics["training/global_step"] = step
             metrics["training/epoch"] = self.sampler.state_dict()["epoch"]
             self.tracker.log(metrics, step=step)
+            self.update_guard.stop_if_dead(step, self.checkpoints.latest)
+            if self.preemption.requested and not is_last:
+                self._stop_for_preemption(step, saved)
         self.tracker.close()
         self._print_summary(first_val, last_val, time.perf_counter() - started)
         return last_val
@@ -346,19 +370,28 @@ class Trainer:
     def _save_checkpoint(self, step: int) -> None:
         from trainer.checkpoint import atomic_torch_save
 
-        tmp = self.checkpoints.begin(step)
-        try:
+        def write(tmp: Path) -> None:  # into a hidden temp dir, committed (or removed) by the writer
             self.group.save_checkpoint(str(tmp))
             self.group.export_hf(str(tmp / "hf"))
             atomic_torch_save({
                 "global_step": step, "sampler": self.sampler.state_dict(), "peer_rng": self.peer_rng.getstate(),
                 "uid_tracker": self.uid_tracker.state_dict(), "advantage": self.advantage.state_dict(),
             }, tmp / "driver_state.pt")
-        except BaseException:
-            self.checkpoints.abort(tmp)
-            raise
-        final = self.checkpoints.commit(step, tmp)
+
+        final = self.ckpt_writer.save(step, write)
         print(f"[mopd] checkpoint step {step}: {final}", flush=True)
+
+    def _stop_for_preemption(self, step: int, saved: bool) -> None:
+        """After a SIGTERM/SIGUSR1: checkpoint this step (unless just done or its updates were skipped), then stop."""
+        if not saved and self.update_guard.may_save(step):
+            self._save_checkpoint(step)
+            saved = True
+        self.tracker.close()
+        if not saved:
+            raise PreemptedError(f"stopped by {self.preemption.signal_name} after step {step}; no checkpoint of it "
+                                 f"written (its updates were skipped); {self._resume_hint()}")
+        raise PreemptedError(self.preemption.stopped_message(step, str(self.checkpoints.step_dir(step)),
+                                                             self.config["trainer"]["resume_mode"] == "auto"))
 
     def _load_checkpoint(self) -> int:
         trainer = self.config["trainer"]

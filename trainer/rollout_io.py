@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mopd.io import write_jsonl
+from trainer.disk_space import raise_if_disk_full
 
 
 def _rows(batch: dict, items: dict, tokenizer, step: int, n: int):
@@ -36,8 +37,16 @@ def _rows(batch: dict, items: dict, tokenizer, step: int, n: int):
 
 
 def dump_rollouts(path: Path, batch: dict, items: dict, tokenizer, step: int, n: int) -> None:
-    write_jsonl(path, _rows(batch, items, tokenizer, step, n))
+    _write(path, _rows(batch, items, tokenizer, step, n))
 
 
 def dump_rollouts_multi(path: Path, parts, tokenizer, step: int, n: int) -> None:
-    write_jsonl(path, (row for batch, items in parts for row in _rows(batch, items, tokenizer, step, n)))
+    _write(path, (row for batch, items in parts for row in _rows(batch, items, tokenizer, step, n)))
+
+
+def _write(path: Path, rows) -> None:
+    try:
+        write_jsonl(path, rows)  # atomic: a failed dump leaves no partial file
+    except OSError as err:
+        raise_if_disk_full(err, "rollout dump", path)
+        raise

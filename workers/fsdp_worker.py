@@ -16,7 +16,7 @@ import torch.distributed as dist
 from mopd.config import SelfDistillationConfig
 from mopd.errors import ConfigError
 from mopd.teacher import ema_update_
-from workers import memory, model_utils, packed_attention, shared_prefix, sharded_load
+from workers import memory, model_utils, packed_attention, shared_prefix, sharded_load, update_health
 from workers.actor import (DISTILLATION_MODES, PREFERENCE_MODES, Normalizers, TeacherForward, backward_mini_batch,
                            loss_normalizer_counts)
 from workers.batch import index_batch, sequence_lengths, slice_batch, to_device, token_budget_partition
@@ -206,7 +206,7 @@ class ActorRolloutRefWorker:
                            horizon=self.config["data"]["max_response_length"],
                            entropy_coeff=actor_cfg["entropy_coeff"], remove_padding=self.remove_padding,
                            student_shared_prefix=self.student_shared_prefix)
-        finite_steps = 0
+        finite_steps, skipped = 0, []
         offload = actor_cfg["fsdp_config"]["optimizer_offload"]
         if offload:
             memory.move_optimizer_state(self.optimizer, self.device)
@@ -230,22 +230,27 @@ class ActorRolloutRefWorker:
                     metrics.setdefault(k, []).extend(v)
                 metrics.setdefault("actor/loss", []).append(mini_loss)
                 grad_norm = self._clip_grad(actor_cfg["grad_clip"])
-                if math.isfinite(grad_norm):
+                cause = update_health.skip_cause(mini_loss, grad_norm, self.device, self.world_size)
+                if cause is None:
                     self.optimizer.step()
                     finite_steps += 1
-                else:
+                else:  # counted and reported by the driver (trainer.max_consecutive_skipped_updates)
                     self.optimizer.zero_grad(set_to_none=True)
+                    skipped.append(cause)
                 self.scheduler.step()
                 metrics.setdefault("actor/grad_norm", []).append(grad_norm)
                 metrics.setdefault("actor/lr", []).append(self.scheduler.get_last_lr()[0])
         self._finite_steps = finite_steps
+        if finite_steps and not update_health.weights_finite(self.actor, self.device, self.world_size):
+            skipped.append(update_health.NONFINITE_WEIGHTS)
+        metrics["actor/skipped_updates"] = [float(len(skipped))]
         # Gradients are not needed until the next update's backward: generation and the no-grad passes
         # should not hold 4 bytes per parameter shard for them.
         self.optimizer.zero_grad(set_to_none=True)
         if offload:
             memory.move_optimizer_state(self.optimizer, torch.device("cpu"))
         model_utils.release_cached_memory(self.device)
-        return {"metrics": [metrics]}
+        return {"metrics": [metrics], "skipped_updates": [skipped]}
 
     @torch.no_grad()
     def _teacher_pass(self, mini_batch: dict, group: int) -> tuple[torch.Tensor, int]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from trainer.checkpoint import CheckpointManager
+
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
     "data.train_batch_size=2", "data.max_response_length=4", "actor_rollout_ref.rollout.n=2",
@@ -178,3 +180,85 @@ def test_main_keeps_the_traceback_of_a_programming_error(monkeypatch):
     monkeypatch.setattr(config_schema, "validate_config", bug)
     with pytest.raises(ValueError, match="internal bug"):
         main.run({})
+
+
+# ----------------------------------------------------------------------------------------------
+# The fault table of issue 22: a full disk, a corrupt checkpoint, a model that has died (preemption and
+# Ctrl-C: tests/trainer/test_preemption.py)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 10 MB tmpfs: a checkpoint of the embedded default (16.8 MB) cannot fit. Needs root (mount)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()}); the stand-in ENOSPC test covers the writer "
+                    "(tests/trainer/test_checkpoint_verify.py)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_ends_the_run_with_one_line_and_no_partial_checkpoint(small_disk):
+    run = small_disk / "run"
+    result = train(run, "trainer.backend=local", "trainer.total_training_steps=4", "trainer.save_freq=2")
+    assert result.returncode == 1, result.stderr[-3000:]
+    (line,) = error_lines(result.stderr)
+    root = run / "checkpoints"
+    assert line.startswith(f"[mopd] error: checkpoint step 2 could not be written to {root}: no space left on "
+                           "the device ("), line
+    free_mb = float(line.split("device (")[1].split(" MB free")[0])
+    assert 5 < free_mb <= 10.5, line  # what is left once the partial directory is removed
+    assert "it needs 16.3 MB (estimated from the model's parameters)" in line
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "the checkpoint needs about 16.3 MB" in result.stderr  # warned before writing
+    assert sorted(p.name for p in root.iterdir()) == []  # the partial directory is gone
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1]  # step 2 is not logged as done
+
+
+@pytest.mark.slow
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    run = tmp_path / "run"
+    common = ("trainer.backend=local", "trainer.save_freq=2", "trainer.max_actor_ckpt_to_keep=3")
+    assert train(run, *common, "trainer.total_training_steps=4").returncode == 0
+    shard = run / "checkpoints" / "global_step_4" / "sharded" / "__0_0.distcp"
+    size = shard.stat().st_size
+    os.truncate(shard, size // 2)
+    result = train(run, *common, "trainer.total_training_steps=6")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if "is corrupt" in x]
+    assert line == (f"[mopd] checkpoint {shard.parents[1]} is corrupt: {shard}: {size // 2} bytes, the manifest says "
+                    f"{size} (truncated or rewritten); resuming from {run / 'checkpoints' / 'global_step_2'}, the "
+                    "newest checkpoint that verifies (the corrupt one stays on disk for inspection)")
+    assert f"resumed from {run / 'checkpoints' / 'global_step_2'} at step 2" in result.stdout
+    assert "Traceback" not in result.stderr
+
+    # resume_path to a corrupt checkpoint: one line, nothing trained
+    os.truncate(run / "checkpoints" / "global_step_6" / "driver_state.pt", 10)
+    bad = train(run, *common, "trainer.total_training_steps=8", "trainer.resume_mode=resume_path",
+                f"trainer.resume_from_path={run / 'checkpoints' / 'global_step_6'}")
+    assert bad.returncode == 1, bad.stderr[-3000:]
+    (line,) = error_lines(bad.stderr)
+    assert "trainer.resume_from_path: checkpoint" in line and "global_step_6/driver_state.pt: 10 bytes" in line
+
+
+def test_a_learning_rate_that_destroys_the_model_stops_the_run(tmp_path):
+    run = tmp_path / "run"
+    result = train(run, "trainer.backend=local", "trainer.total_training_steps=30", "trainer.save_freq=2",
+                   "actor_rollout_ref.actor.optim.lr=1e6")
+    assert result.returncode == 1, result.stderr[-3000:]
+    (line,) = error_lines(result.stderr)
+    assert "optimizer updates were all skipped" in line and "trainer.max_consecutive_skipped_updates=5" in line
+    assert "actor_rollout_ref.actor.optim.lr (now 1e+06)" in line
+    assert result.stderr.count("skipped 1 optimizer update(s): non-finite") == 1  # the first, once
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r["actor/skipped_updates"] for r in rows]
+    assert skipped[-5:] == [1.0] * 5 and len(rows) < 30  # stopped five skips after the first
+    first_skip = skipped.index(1.0) + 1
+    kept = CheckpointManager(run / "checkpoints").complete_steps()
+    assert kept and max(kept) < first_skip  # no checkpoint of the dead model's later steps
