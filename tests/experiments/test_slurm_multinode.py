@@ -37,7 +37,8 @@ export SLURM_JOB_ID=4242 SLURM_JOB_NODELIST="fake[1-$nodes]" SLURM_NNODES=$nodes
 exec bash "$@"
 """,
     "scontrol": r"""#!/usr/bin/env bash
-# scontrol stand-in: `scontrol show hostnames fake[1-N]` -> fake1 .. fakeN
+# scontrol stand-in: `scontrol show hostnames fake[1-N]` -> fake1 .. fakeN; `scontrol requeue ID` is logged
+if [[ $1 == requeue ]]; then echo "scontrol requeue $2" >> "$FAKE_SLURM_LOG"; exit 0; fi
 [[ $1 == show && $2 == hostnames ]] || { echo "scontrol stand-in: unsupported: $*" >&2; exit 2; }
 n=${3##*-}; n=${n%]}
 for i in $(seq "$n"); do echo "fake$i"; done
@@ -146,13 +147,14 @@ def test_a_cluster_that_never_fills_up_fails_naming_what_is_missing(slurm):
 
 
 def test_usr1_from_slurm_reaches_the_driver_step(slurm):
-    """``#SBATCH --signal=B:USR1@120`` signals the batch script; it forwards USR1 to the driver's step."""
+    """``#SBATCH --signal=B:USR1@120`` signals the batch script; it forwards USR1 to the driver's step, and
+    the driver's exit 75 (checkpointed on a signal) requeues the job."""
     env, tmp = slurm
     _fake_ray(env, tmp, nodes=2)
     driver = tmp / "driver.sh"
     # A trainer stand-in: Python, as the real driver (a handler on USR1 even where its shell ignores it).
     driver.write_text('exec python3 -c "import os, signal, sys, time\n'
-                      "def stop(*_):\n    open(os.environ['MARK'], 'w').write('checkpointed')\n    sys.exit(0)\n"
+                      "def stop(*_):\n    open(os.environ['MARK'], 'w').write('checkpointed')\n    sys.exit(75)\n"
                       "signal.signal(signal.SIGUSR1, stop)\nopen(os.environ['MARK'] + '.up', 'w').write('up')\n"
                       'time.sleep(60)\nsys.exit(3)"\n')
     env["MARK"] = str(tmp / "mark")
@@ -168,6 +170,7 @@ def test_usr1_from_slurm_reaches_the_driver_step(slurm):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, out + err  # the driver's own exit status
+    assert proc.returncode == 75, out + err  # the driver's own exit status
+    assert "scontrol requeue 4242" in Path(env["FAKE_SLURM_LOG"]).read_text()
     assert (tmp / "mark").read_text().strip() == "checkpointed"
     assert "USR1: asking the driver to checkpoint and exit" in out and "[mopd] Ray cluster stopped" in out
