@@ -18,7 +18,6 @@ import os
 import sys
 import time
 
-
 from mopd.rewards import code as cv
 from mopd.rewards import sandbox
 

@@ -105,7 +105,7 @@ def child(args) -> dict:
             logits = hidden @ weight.t()
             with torch.no_grad():
                 log_p = torch.log_softmax(logits.detach().float(), dim=-1)
-                entropy = -(log_p.exp() * log_p).sum(-1)
+                _entropy = -(log_p.exp() * log_p).sum(-1)  # computed as training does: part of the memory measured
                 del log_p
             value = naive_divergence(logits, t_logits, args.alpha, args.topk)
         else:

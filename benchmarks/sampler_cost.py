@@ -14,7 +14,6 @@ import time
 
 import torch
 
-
 from workers.hf_rollout import SamplingParams, SeededSampler
 
 

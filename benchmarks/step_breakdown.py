@@ -164,7 +164,6 @@ def checkpointing(args) -> bool:
 def overrides_for(args, workdir: Path, run_dir: Path, model: str) -> list[str]:
     prompts, n, response, micro = args.prompts, args.n, args.response_length, args.micro_batch
     teacher_budget = 256 + 4 * response + 512
-    cuda = args.device == "cuda"
     return [
         f"actor_rollout_ref.model.path={model}", f"data.train_files={workdir / 'train.parquet'}", "data.val_files=null",
         f"data.train_batch_size={prompts}", "data.max_prompt_length=512", f"data.max_response_length={response}",

@@ -52,10 +52,10 @@ def ours(loss: str, steps: int, backend: str, overrides: list[str], root: Path =
 
 def trl_child(steps: int, threads: int | None, out: str) -> None:
     import torch
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from datasets import Dataset
     from mopd import embedded_task
     from workers.model_utils import load_tokenizer, resolve_model_path
 

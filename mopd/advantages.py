@@ -18,7 +18,7 @@ Formulas and the reference they were checked against: ``docs/algorithm_core.md``
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 

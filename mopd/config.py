@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from mopd.errors import ConfigError  # noqa: F401  (re-exported: the schema and callers import it from here)
 
@@ -131,7 +132,7 @@ class SelfDistillationConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None, prefix: str = CONFIG_PREFIX) -> "SelfDistillationConfig":
+    def from_dict(cls, values: Mapping[str, Any] | None, prefix: str = CONFIG_PREFIX) -> SelfDistillationConfig:
         """Build from a plain mapping (e.g. ``OmegaConf.to_container``); unknown keys are errors."""
         values = dict(values or {})
         known = set(cls.field_names())

@@ -12,8 +12,9 @@ import functools
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 __all__ = [
     "atomic_output_path", "atomic_write", "atomic_write_bytes", "atomic_write_many", "atomic_write_text",

@@ -15,6 +15,7 @@ the logits' dtype plus ``chunk x V`` float32 temporaries (``benchmarks/distill_l
 from __future__ import annotations
 
 import math
+
 import torch
 
 from mopd.config import SelfDistillationConfig

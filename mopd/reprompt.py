@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 

@@ -9,7 +9,7 @@ micro-batches and ranks), so that the micro-batch shares add up to the mini-batc
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -14,7 +14,7 @@ Cost: O(B log B) on the driver per call; no tensor is copied except by the calle
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -25,11 +25,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mopd.config import CONFIG_PREFIX, ConfigError, SelfDistillationConfig
 from mopd.advantages import ADV_ESTIMATORS, REFUSED_ESTIMATORS
+from mopd.config import CONFIG_PREFIX, ConfigError, SelfDistillationConfig
 from mopd.kl import KL_CONTROLLERS, KL_TYPES
-from mopd.losses import LOSS_AGG_MODES
 from mopd.loss_modes import DISTILLATION_MODES, GROUP_MODES, LOSS_MODES, PPO_MODES, PREFERENCE_MODES
+from mopd.losses import LOSS_AGG_MODES
 
 ROLLOUT_NAMES = ("hf", "vllm")
 BACKENDS = ("auto", "ray", "local")

@@ -42,7 +42,7 @@ class Trainer:
         from trainer.tracking import Tracking
 
         self.config = cfg = config
-        data, trainer, rollout = cfg["data"], cfg["trainer"], cfg["actor_rollout_ref"]["rollout"]
+        data, trainer = cfg["data"], cfg["trainer"]
         actor = cfg["actor_rollout_ref"]["actor"]
         self.loss_mode = actor["policy_loss"]["loss_mode"]
         self.sd_cfg = SelfDistillationConfig.from_dict(actor["self_distillation"])

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from mopd.errors import DataError
 from mopd.reprompt import append_summary_instruction
 from mopd.rl_parquet import read_rl_parquet
-from mopd.errors import DataError
 
 
 class PromptDataset:

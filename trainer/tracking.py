@@ -20,8 +20,9 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from mopd.io import atomic_write_text
 
@@ -296,7 +297,7 @@ class Tracking:
             run, self._wandb_run = self._wandb_run, None
             run.finish()
 
-    def __enter__(self) -> "Tracking":
+    def __enter__(self) -> Tracking:
         return self
 
     def __exit__(self, *exc_info) -> None:

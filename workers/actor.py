@@ -8,9 +8,9 @@ the scalar to backpropagate and its metrics. The maths lives in ``mopd.losses`` 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterable
 
 import torch
 
@@ -21,7 +21,6 @@ from mopd.kl import kl_penalty
 from mopd.loss_modes import DISTILLATION_MODES, PPO_MODES, PREFERENCE_MODES
 from workers import forward, model_utils, prefix_plan, shared_prefix
 from workers.batch import to_device
-
 
 
 class TeacherForward:

@@ -10,7 +10,7 @@ The batch format and the helpers that shard and gather it live in ``workers.batc
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from collections.abc import Callable
 
 
 class Dispatch(enum.Enum):

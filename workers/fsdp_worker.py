@@ -16,9 +16,15 @@ import torch.distributed as dist
 from mopd.config import SelfDistillationConfig
 from mopd.errors import ConfigError
 from mopd.teacher import ema_update_
-from workers import memory, model_utils, packed_attention, shared_prefix, sharded_load, update_health
-from workers.actor import (DISTILLATION_MODES, PREFERENCE_MODES, Normalizers, TeacherForward, backward_mini_batch,
-                           loss_normalizer_counts)
+from workers import memory, model_utils, packed_attention, sharded_load, shared_prefix, update_health
+from workers.actor import (
+    DISTILLATION_MODES,
+    PREFERENCE_MODES,
+    Normalizers,
+    TeacherForward,
+    backward_mini_batch,
+    loss_normalizer_counts,
+)
 from workers.batch import index_batch, sequence_lengths, slice_batch, to_device, token_budget_partition
 from workers.dispatch import Dispatch, register
 from workers.hf_rollout import HFRollout, SamplingParams

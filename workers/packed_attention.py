@@ -21,8 +21,8 @@ import inspect
 
 import torch
 import torch.nn.functional as F
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers import masking_utils
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PACKED_SDPA = "mopd_packed_sdpa"

@@ -28,6 +28,7 @@ from workers import forward, model_utils, packed_attention, prefix_plan
 from workers.forward import _HeadCall, output_head
 from workers.prefix_plan import Plan, Tree, plan
 
+
 class _KV:
     """The keys/values of a chunk of nodes after their forward, left-padded per row (``width`` columns),
     with the mask of their valid columns."""

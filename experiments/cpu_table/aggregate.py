@@ -37,7 +37,7 @@ def load_validation(path: Path) -> dict[str, list[float]]:
             key = f"{row['input']}\x00{row['gts']}"
             groups.setdefault(key, []).append(float(row["score"]))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise SystemExit(f"aggregate: {path}:{k + 1}: not a validation dump row ({exc})")
+            raise SystemExit(f"aggregate: {path}:{k + 1}: not a validation dump row ({exc})") from None
     if not groups:
         raise SystemExit(f"aggregate: {path}: empty validation dump")
     return groups

@@ -11,9 +11,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from mopd.config import ConfigError
-from mopd.io import atomic_write_text as write_text, read_jsonl, write_json, write_jsonl
 from mopd.analysis.metrics import DEFAULT_SAMPLE_SET, SAMPLE_SETS
+from mopd.config import ConfigError
+from mopd.io import atomic_write_text as write_text
+from mopd.io import read_jsonl, write_json, write_jsonl
 
 
 def prepare_rollout_dataset_main(argv=None) -> int:
@@ -84,7 +85,11 @@ def _names(values):
 def score_teacher_contexts_main(argv=None) -> int:
     """Stage 3 (mopd.analysis.scoring)."""
     from mopd.analysis.scoring import (
-        load_model_and_tokenizer, pair_variants_with_targets, pick_device, pick_dtype, score_pairs,
+        load_model_and_tokenizer,
+        pair_variants_with_targets,
+        pick_device,
+        pick_dtype,
+        score_pairs,
     )
 
     p = argparse.ArgumentParser(description="Teacher score of each response under each context: mean token "

@@ -33,7 +33,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats

@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mopd.analysis.metrics import DEFAULT_SAMPLE_SET, LOWER_IS_BETTER, METRIC_LABELS, ordered_conditions
 

@@ -27,14 +27,15 @@ import inspect
 import math
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import torch
 
 from mopd import models
 from mopd.analysis.variants import pieces_from_spans
 from mopd.reprompt import truncate_context
+
 
 # ----------------------------------------------------------------------------------------------------
 # Model (loading lives in mopd.models, shared with the trainer's workers)

@@ -33,11 +33,17 @@ import hashlib
 import json
 import random
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from mopd.analysis.conditions import (  # noqa: F401  (re-exported)
-    CONDITION_NAMES, DEFAULT_GLOBAL, DEFAULT_VARIANTS, REQUIRED_SECTIONS, SECTION_KEYS, TWO_S_ONE_F,
+    CONDITION_NAMES,
+    DEFAULT_GLOBAL,
+    DEFAULT_VARIANTS,
+    REQUIRED_SECTIONS,
+    SECTION_KEYS,
+    TWO_S_ONE_F,
 )
 from mopd.config import SelfDistillationConfig
 from mopd.peers import ControlBlock, PeerContext, Rollout, context_slots, peer_candidates
@@ -115,7 +121,7 @@ def teacher_config(overrides: dict[str, Any] | None, success_threshold: float) -
 
 
 def stable_variant_id(condition: str, prompt_id: str, response_id: str) -> str:
-    return hashlib.sha1(f"{condition}|{prompt_id}|{response_id}".encode("utf-8")).hexdigest()[:20]
+    return hashlib.sha1(f"{condition}|{prompt_id}|{response_id}".encode()).hexdigest()[:20]
 
 
 def seeded_rng(*parts: str) -> random.Random:

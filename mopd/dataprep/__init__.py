@@ -27,25 +27,60 @@ and exit with status 2 (1 for a failure to reach the hub). Every output is writt
 beside it and moved into place with ``os.replace``: a failed run leaves no half-written file.
 """
 
-from mopd.errors import DataError
-from mopd.dataprep.schema import DESCRIPTION_SUFFIX, RECORD_COLUMNS, read_records, write_records
+from mopd.dataprep.cli import ArgumentParser, run_cli
+from mopd.dataprep.evalplus import EVALPLUS_DATASETS, convert_evalplus
 from mopd.dataprep.formatters import (
-    CODE_PROMPT, DATASET_NAMES, EVALPLUS_TIME_LIMIT, GPQA_PROMPT, HMMT_PROMPT, HUMANEVAL_TASK, LCB_NAME,
-    LCB_TIME_LIMIT, LCB_WINDOW, MATH_PROMPT, MATH_SETS, MMLU_PRO_PROMPT, REASONING_GYM_PREFIX,
-    SCIKNOWEVAL_DOMAINS, SCIKNOWEVAL_SYSTEM_PROMPT, decode_lcb_private_tests, encode_lcb_private_tests,
-    format_gpqa_row, format_hmmt_row, format_humaneval_row, format_lcb_row, format_math_row,
-    format_mbppplus_row, format_mmlu_pro_row, format_reasoning_gym_entry, format_sciknoweval_row,
-    gsm8k_answer, humaneval_description, in_lcb_window, keep_sciknoweval_row, parse_description,
+    CODE_PROMPT,
+    DATASET_NAMES,
+    EVALPLUS_TIME_LIMIT,
+    GPQA_PROMPT,
+    HMMT_PROMPT,
+    HUMANEVAL_TASK,
+    LCB_NAME,
+    LCB_TIME_LIMIT,
+    LCB_WINDOW,
+    MATH_PROMPT,
+    MATH_SETS,
+    MMLU_PRO_PROMPT,
+    REASONING_GYM_PREFIX,
+    SCIKNOWEVAL_DOMAINS,
+    SCIKNOWEVAL_SYSTEM_PROMPT,
+    decode_lcb_private_tests,
+    encode_lcb_private_tests,
+    format_gpqa_row,
+    format_hmmt_row,
+    format_humaneval_row,
+    format_lcb_row,
+    format_math_row,
+    format_mbppplus_row,
+    format_mmlu_pro_row,
+    format_reasoning_gym_entry,
+    format_sciknoweval_row,
+    gsm8k_answer,
+    humaneval_description,
+    in_lcb_window,
+    keep_sciknoweval_row,
+    parse_description,
 )
 from mopd.dataprep.loaders import (
-    BENCHMARKS, download_hf_dataset, finalize_records, load_benchmark, load_gpqa, load_humaneval_offline,
-    load_humanevalplus, load_livecodebench, load_math, load_mbppplus, load_mmlu_pro, load_reasoning_gym,
+    BENCHMARKS,
+    download_hf_dataset,
+    finalize_records,
+    load_benchmark,
+    load_gpqa,
+    load_humaneval_offline,
+    load_humanevalplus,
+    load_livecodebench,
+    load_math,
+    load_mbppplus,
+    load_mmlu_pro,
+    load_reasoning_gym,
     load_sciknoweval,
 )
+from mopd.dataprep.schema import DESCRIPTION_SUFFIX, RECORD_COLUMNS, read_records, write_records
 from mopd.dataprep.splits import KEEP_SHARE, split_tasks, split_tests
 from mopd.dataprep.to_rl_parquet import preprocess, records_to_rl_rows, write_rl_parquet
-from mopd.dataprep.evalplus import EVALPLUS_DATASETS, convert_evalplus
-from mopd.dataprep.cli import ArgumentParser, run_cli
+from mopd.errors import DataError
 
 __all__ = [
     "DataError", "DESCRIPTION_SUFFIX", "RECORD_COLUMNS", "read_records", "write_records", "CODE_PROMPT",

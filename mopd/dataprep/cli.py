@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mopd.errors import DataError
-
 
 # ---------------------------------------------------------------------------------------------------
 # CLI plumbing

@@ -15,7 +15,6 @@ from typing import Any
 
 from mopd.errors import DataError
 
-
 # ---------------------------------------------------------------------------------------------------
 # Prompts (the release's wording)
 

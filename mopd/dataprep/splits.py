@@ -12,7 +12,6 @@ from mopd.dataprep.schema import _jsonl_text, read_records
 from mopd.errors import DataError
 from mopd.io import atomic_write_many
 
-
 # ---------------------------------------------------------------------------------------------------
 # Splits
 

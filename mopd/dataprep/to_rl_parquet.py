@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from mopd.dataprep.schema import read_records
 from mopd.errors import DataError
 from mopd.io import atomic_output_path
-
 
 # ---------------------------------------------------------------------------------------------------
 # Records -> RL parquet

@@ -36,7 +36,7 @@ import re
 import tokenize as _pytokenize
 import warnings
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 __all__ = [
     "TOKEN_RE", "tokenize", "code_view", "normalize_code", "ngrams", "distinct_n", "unique_ratio",

@@ -18,8 +18,8 @@ import math
 import os
 import random
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mopd.diversity import metrics as M
 from mopd.diversity.io import DiversityError, Response, RunData, load_run, parse_run_spec

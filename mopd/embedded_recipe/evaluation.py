@@ -11,10 +11,15 @@ import random
 import torch
 
 from mopd.config import SelfDistillationConfig
-from mopd.embedded_task import compute_score, prompt_messages
 from mopd.embedded_recipe.contexts import (
-    EVAL_CONTEXTS, chat_prompt, context_messages, eval_context_messages, eval_group_messages, method_configs,
+    EVAL_CONTEXTS,
+    chat_prompt,
+    context_messages,
+    eval_context_messages,
+    eval_group_messages,
+    method_configs,
 )
+from mopd.embedded_task import compute_score, prompt_messages
 
 EVAL_SEED = 777
 MAX_NEW_TOKENS = 6

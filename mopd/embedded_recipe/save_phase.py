@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from mopd.embedded_task import DATA_SOURCE
 from mopd.embedded_recipe.contexts import EVAL_CONTEXTS
 from mopd.embedded_recipe.evaluation import MAX_NEW_TOKENS, Evaluator
+from mopd.embedded_task import DATA_SOURCE
 from mopd.io import write_json
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mopd.config import SelfDistillationConfig
-from mopd.embedded_recipe.contexts import context_messages, chat_prompt, encode_examples
+from mopd.embedded_recipe.contexts import chat_prompt, context_messages, encode_examples
 from mopd.embedded_recipe.evaluation import EVAL_SEED, Evaluator
 
 TORCH_SEED = 1234

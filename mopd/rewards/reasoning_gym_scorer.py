@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["compute_score", "FORMAT_FEEDBACK"]
 
@@ -20,7 +21,7 @@ FORMAT_FEEDBACK = "Your answer had the wrong format. Give the final answer as <a
 TRUNCATION_FEEDBACK = "Your response was truncated because it exceeded the maximum length."
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scorer(task: str) -> Callable[..., float]:
     import reasoning_gym
 

@@ -18,7 +18,8 @@ import importlib.util
 import numbers
 import os
 import sys
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["compute_score", "load_reward_fn", "normalize_result", "register_reward", "registered_data_sources"]
 

@@ -13,9 +13,10 @@ import pickle
 import signal
 import threading
 import traceback
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from mopd.rewards.registry import _REGISTRY, compute_score, normalize_result
 

@@ -3,7 +3,6 @@
 import datetime
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -16,7 +16,6 @@ from mopd.diversity import metrics as M
 from mopd.diversity.io import Response
 from mopd.diversity.pipeline import _stats, diversity_metric_names, prompt_metrics
 
-
 # ----------------------------------------------------------------------------------------- tokenisation
 
 def test_tokenize_identifiers_digits_symbols():
@@ -257,7 +256,7 @@ def test_prompt_metrics_equal_the_metric_functions_on_each_subset():
     rng = np.random.default_rng(5)
     pool = ["x = 1\n", "x = 1  # c\n", "def f(a):\n    return a * 2\n", "for i in range(3):\n    print(i)\n",
             "def f(a) return", "y = [v for v in z]\n", ""]
-    for trial in range(6):
+    for _trial in range(6):
         n = int(rng.integers(2, 9))
         codes = [pool[int(rng.integers(len(pool)))] for _ in range(n)]
         succ = [int(rng.integers(2)) for _ in range(n)]

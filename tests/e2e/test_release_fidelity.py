@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_train_cpu import _assert_trains_alike, fixture_dir, metrics, train  # noqa: F401 (fixture)
 
 SD = "actor_rollout_ref.actor.self_distillation"

@@ -105,7 +105,7 @@ def test_sbatch_script_starts_the_cluster_trains_on_two_nodes_and_stops_it(slurm
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-6000:]
     assert "[mopd] Ray cluster up: 2 node(s), 4 GPU(s)" in out and "[mopd] Ray cluster stopped" in out
-    assert f"joined the Ray cluster at RAY_ADDRESS=" in out
+    assert "joined the Ray cluster at RAY_ADDRESS=" in out
     ranks = json.loads((run / "placement.json").read_text())["ranks"]
     assert ranks[0]["node_id"] == ranks[1]["node_id"] != ranks[2]["node_id"] == ranks[3]["node_id"]
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]

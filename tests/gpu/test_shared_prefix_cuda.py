@@ -44,7 +44,7 @@ def test_shared_prefix_student_gradient_equals_the_plain_one_on_the_device(devic
     """The student's side (actor.shared_prefix): the gradient flows back from each row through the cached
     keys/values of its prompt. bf16 on the device: the parameter gradients agree with the plain forward's
     to a few percent of their norm (summation order differs); float64 on the CPU checks it exactly."""
-    from workers import forward, model_utils
+    from workers import model_utils
     from workers.prefix_plan import plan
     from workers.shared_prefix import response_head
 

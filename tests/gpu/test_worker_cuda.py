@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytestmark = pytest.mark.gpu
 from trainer.main import CONFIG_DIR
+
+pytestmark = pytest.mark.gpu
 
 
 def _config(device: str, *overrides: str) -> dict:
@@ -39,8 +40,8 @@ def _local(p):
 
 
 def test_bf16_compute_keeps_float32_master_weights_through_an_update(worker, device):
-    from trainer.prompt_dataset import PromptDataset, collate_prompts
     from mopd.models import EMBEDDED_DIR
+    from trainer.prompt_dataset import PromptDataset, collate_prompts
 
     assert all(_local(p).dtype == torch.float32 for p in worker.actor.parameters())
     assert all(p.dtype == torch.bfloat16 for p in worker.rollout.model.parameters())

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from mopd.advantages import (
-    ADV_ESTIMATORS, compute_advantages, discounted_returns, masked_whiten, token_level_scores,
+    ADV_ESTIMATORS,
+    compute_advantages,
+    discounted_returns,
+    masked_whiten,
+    token_level_scores,
 )
 
 # two prompts: A has three rollouts (scores 1, 0, 0.5), B two (0, 0); response lengths 3, 2, 1, 3, 2

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from mopd.embedded_task import (
-    DATA_SOURCE, compute_score, make_problems, problem_space, split_of, to_verl_row,
+    DATA_SOURCE,
+    compute_score,
+    make_problems,
+    problem_space,
+    split_of,
+    to_verl_row,
 )
 
 EMBEDDED = Path(__file__).resolve().parents[2] / "datasets" / "embedded"
@@ -169,7 +174,11 @@ def test_shipped_base_model_solves_some_and_reads_peer_evidence():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mopd.embedded_recipe.contexts import (
-        chat_prompt, eval_context_messages, eval_group_messages, method_configs, peer_config,
+        chat_prompt,
+        eval_context_messages,
+        eval_group_messages,
+        method_configs,
+        peer_config,
     )
     from mopd.embedded_recipe.evaluation import accuracy, generate_answers
     from mopd.embedded_task import prompt_messages

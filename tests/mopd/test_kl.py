@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from mopd.kl import (
-    AdaptiveKLController, FixedKLController, KL_TYPES, apply_kl_in_reward, kl_penalty, make_kl_controller,
+    KL_TYPES,
+    AdaptiveKLController,
+    FixedKLController,
+    apply_kl_in_reward,
+    kl_penalty,
+    make_kl_controller,
 )
 
 LOGP = torch.tensor([[-0.5, -1.0, -2.0], [-0.1, -3.0, -0.7]], dtype=torch.float64)

@@ -16,7 +16,6 @@ import pytest
 
 from mopd.config import SelfDistillationConfig
 from mopd.peers import (
-    ControlBlock,
     Rollout,
     UidSuccessTracker,
     extract_summary,

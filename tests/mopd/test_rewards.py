@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from mopd import rewards
-from mopd.rewards import registry
-from mopd.rewards import RewardScorer, compute_score, load_reward_fn, normalize_result, register_reward
+from mopd.rewards import RewardScorer, compute_score, load_reward_fn, normalize_result, register_reward, registry
 
 # Module-level test verifiers (picklable by reference, so the pool workers can import them too).
 

@@ -6,10 +6,8 @@ import signal
 import pytest
 
 from mopd import rewards
-from mopd.rewards import registry
-from mopd.rewards import compute_score
+from mopd.rewards import compute_score, mcq, registry, tooluse
 from mopd.rewards import math as math_verifier
-from mopd.rewards import mcq, tooluse
 
 # ---------------------------------------------------------------------------------------------------
 # math

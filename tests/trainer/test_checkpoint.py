@@ -5,13 +5,13 @@ import os
 import pytest
 import torch
 
+from mopd.io import atomic_write_bytes, atomic_write_text
 from trainer.checkpoint import (
     COMPLETE_MARKER,
     TRACKER_FILE,
     CheckpointManager,
     atomic_torch_save,
 )
-from mopd.io import atomic_write_bytes, atomic_write_text
 
 
 def save(manager, step, payload="weights"):

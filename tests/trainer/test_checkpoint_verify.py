@@ -200,7 +200,8 @@ def test_skip_causes_and_the_weight_check():
 
 def test_guard_counts_consecutive_skips_and_stops(capsys):
     guard = SkippedUpdateGuard(max_consecutive=3, lr=1e6)
-    latest = lambda: (2, "/ckpt/global_step_2")
+    def latest():
+        return 2, "/ckpt/global_step_2"
 
     def step(n, causes):
         guard.after_update(n, causes)

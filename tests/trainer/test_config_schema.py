@@ -34,7 +34,7 @@ def hydra_compose(name: str, overrides: list[str] | None = None):
         return compose(config_name=name, overrides=overrides or [])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _composed(name: str):
     return hydra_compose(name)
 

@@ -16,8 +16,15 @@ from omegaconf import OmegaConf
 
 from trainer.main import CONFIG_DIR
 from trainer.memory_model import read_model_shape, shape_from_config
-from trainer.memory_plan import (GB, GEN_BUDGET_KEY, MemoryPlanError, check_before_start, plan_memory, suggest,
-                                 verdict_line)
+from trainer.memory_plan import (
+    GB,
+    GEN_BUDGET_KEY,
+    MemoryPlanError,
+    check_before_start,
+    plan_memory,
+    suggest,
+    verdict_line,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 QWEN3_8B = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 4096, "num_hidden_layers": 36,

@@ -278,8 +278,9 @@ def _fsdp_worker(rank: int, world: int, port: int, student_shared_prefix: bool =
     dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
     torch.set_num_threads(1)
     if student_shared_prefix:  # as the fixtures below do in the test process
-        import workers.prefix_plan as prefix_plan
         from transformers.models.qwen3 import modeling_qwen3
+
+        import workers.prefix_plan as prefix_plan
 
         prefix_plan._NODE_TOKENS = 0
         modeling_qwen3.Qwen3RMSNorm.forward = _float64_norm
@@ -441,17 +442,17 @@ def _with_identical_responses(batch: dict) -> dict:
     batch = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     width = batch["responses"].shape[1]
     for first in range(0, PROMPTS * N, N):
-        for copy, keep_last in ((first + 1, False), (first + 2, True)):
+        for twin, keep_last in ((first + 1, False), (first + 2, True)):
             response, mask = batch["responses"][first].clone(), batch["response_mask"][first]
             if keep_last:  # the copy's own last token: not an input, so the hidden states are the same
                 last = int(mask.sum()) - 1
-                response[last] = batch["responses"][copy][min(last, width - 1)] % 250 + 3
-            batch["responses"][copy], batch["response_mask"][copy] = response, mask
-            batch["teacher_input_ids"][copy] = batch["teacher_input_ids"][first]  # the same peers shown
-            batch["teacher_attention_mask"][copy] = batch["teacher_attention_mask"][first]
+                response[last] = batch["responses"][twin][min(last, width - 1)] % 250 + 3
+            batch["responses"][twin], batch["response_mask"][twin] = response, mask
+            batch["teacher_input_ids"][twin] = batch["teacher_input_ids"][first]  # the same peers shown
+            batch["teacher_attention_mask"][twin] = batch["teacher_attention_mask"][first]
             for prefix in ("", "teacher_"):
-                batch[f"{prefix}input_ids"][copy, -width:] = response
-                batch[f"{prefix}attention_mask"][copy, -width:] = mask
+                batch[f"{prefix}input_ids"][twin, -width:] = response
+                batch[f"{prefix}attention_mask"][twin, -width:] = mask
                 batch[f"{prefix}position_ids"] = (batch[f"{prefix}attention_mask"].cumsum(1) - 1).clamp(min=0)
     return batch
 

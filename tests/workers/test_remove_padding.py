@@ -12,7 +12,6 @@ import torch
 
 from workers import forward, model_utils, packed_attention
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

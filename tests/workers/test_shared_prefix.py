@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers import forward, model_utils
-from workers import prefix_plan, shared_prefix
+from workers import forward, model_utils, prefix_plan, shared_prefix
 from workers.shared_prefix import shared_prefix_hidden
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,8 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.workers.test_actor_loss import (N, PROMPTS, _record_shared_runs, _with_shared_teacher_prefixes,
-                                          make_mini_batch)
+from tests.workers.test_actor_loss import (
+    PROMPTS,
+    N,
+    _record_shared_runs,
+    _with_shared_teacher_prefixes,
+    make_mini_batch,
+)
 from trainer.main import CONFIG_DIR
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,6 @@ start engines one after another.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest

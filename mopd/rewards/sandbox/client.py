@@ -71,7 +71,7 @@ def _sandbox_uid() -> int:
         return _UID_BASE + (_ID_RNG.randrange(_UID_SPAN) + next(_counter)) % _UID_SPAN
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_paths() -> list:
     import sysconfig
 
@@ -84,7 +84,7 @@ def _read_paths() -> list:
     return sorted(p for p in paths if p)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _site_paths() -> list:
     import sysconfig
 

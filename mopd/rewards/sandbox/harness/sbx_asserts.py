@@ -4,8 +4,8 @@ call into the child C and get back plain data only. Standard library only.
 
 import _signal
 
+from sbx_codec import _dec_plain, _enc_plain, _Handle, _LineIO
 from sbx_protocol import CONTEXT_FILE, TEST_FILE
-from sbx_codec import _Handle, _LineIO, _dec_plain, _enc_plain
 
 # ---------------------------------------------------------------------------------------------------
 # U side of `code` tests: the assert script runs here, against proxies
@@ -189,7 +189,7 @@ _REF_MODULES = frozenset({
     "_functools", "math", "cmath", "operator", "_operator", "heapq", "_heapq", "bisect", "_bisect", "re",
     "string", "fractions", "decimal", "_decimal", "_pydecimal", "statistics", "random", "dataclasses", "enum",
     "copy", "numbers", "array", "datetime", "_datetime", "json", "abc", "_abc", "textwrap", "unicodedata",
-    "hashlib", "_hashlib", "_sha256", "_md5", "struct", "_struct", "calendar", "itertools", "graphlib",
+    "hashlib", "_hashlib", "_sha256", "_md5", "struct", "_struct", "calendar", "graphlib",
     "numpy", "sortedcontainers",
 })
 

@@ -6,10 +6,10 @@ C side of stdin/functional tests and of `code` tests (the function server). Stan
 import os
 import sys
 
-from sbx_protocol import CONTEXT_FILE, SOLUTION_FILE, _jdumps
 import sbx_lockdown
+from sbx_codec import _dec_plain, _enc_plain, _LineIO
 from sbx_lockdown import _child_common
-from sbx_codec import _LineIO, _dec_plain, _enc_plain
+from sbx_protocol import CONTEXT_FILE, SOLUTION_FILE, _jdumps
 
 _BLOCKED_IMPORTS = frozenset({"ctypes", "_ctypes", "cffi", "_cffi_backend", "_posixsubprocess", "subprocess",
                               "_xxsubinterpreters", "_xxinterpchannels", "_testcapi", "_testinternalcapi",

@@ -5,10 +5,10 @@
 import _signal
 import os
 
-from sbx_protocol import _Out, _jloads
+from sbx_asserts import _Conn, _run_test_script
 from sbx_codec import _LineIO
 from sbx_guard import _child_code_server, _child_process_test
-from sbx_asserts import _Conn, _run_test_script
+from sbx_protocol import _jloads, _Out
 
 # ---------------------------------------------------------------------------------------------------
 # U: the test loops
