@@ -21,27 +21,31 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["mopd", "mopd.*", "workers", "trainer"]),
     # the sandbox harness is a standalone script folder (not a package), the Hydra configs are YAML
-    package_data={"mopd": ["assets/tiny_tokenizer/*", "rewards/sandbox/harness/*.py"],
-                  "trainer": ["config/*.yaml", "config/*/*.yaml"]},
+    package_data={
+        "mopd": ["assets/tiny_tokenizer/*", "rewards/sandbox/harness/*.py"],
+        "trainer": ["config/*.yaml", "config/*/*.yaml"],
+    },
     include_package_data=True,
     install_requires=REQUIRES,
     # One command per tool; the top-level data/, analysis/, diversity/ scripts call the same functions.
-    entry_points={"console_scripts": [
-        "mopd-train=trainer.main:main",
-        "mopd-load-dataset=mopd.dataprep.cli:load_dataset_main",
-        "mopd-preprocess=mopd.dataprep.cli:preprocess_main",
-        "mopd-split-tasks=mopd.dataprep.cli:split_tasks_main",
-        "mopd-split-tests=mopd.dataprep.cli:split_tests_main",
-        "mopd-convert-evalplus=mopd.dataprep.cli:convert_evalplus_main",
-        "mopd-prepare-rollouts=mopd.analysis.cli:prepare_rollout_dataset_main",
-        "mopd-build-context-variants=mopd.analysis.cli:build_context_variants_main",
-        "mopd-score-teacher-contexts=mopd.analysis.cli:score_teacher_contexts_main",
-        "mopd-teacher-signal-metrics=mopd.analysis.cli:teacher_signal_metrics_main",
-        "mopd-plot-teacher-metrics=mopd.analysis.cli:plot_teacher_metrics_main",
-        "mopd-diversity-metrics=mopd.diversity.cli:compute_metrics_main",
-        "mopd-diversity-plots=mopd.diversity.cli:plot_metrics_main",
-        "mopd-make-embedded-default=mopd.embedded_recipe.cli:main",
-    ]},
+    entry_points={
+        "console_scripts": [
+            "mopd-train=trainer.main:main",
+            "mopd-load-dataset=mopd.dataprep.cli:load_dataset_main",
+            "mopd-preprocess=mopd.dataprep.cli:preprocess_main",
+            "mopd-split-tasks=mopd.dataprep.cli:split_tasks_main",
+            "mopd-split-tests=mopd.dataprep.cli:split_tests_main",
+            "mopd-convert-evalplus=mopd.dataprep.cli:convert_evalplus_main",
+            "mopd-prepare-rollouts=mopd.analysis.cli:prepare_rollout_dataset_main",
+            "mopd-build-context-variants=mopd.analysis.cli:build_context_variants_main",
+            "mopd-score-teacher-contexts=mopd.analysis.cli:score_teacher_contexts_main",
+            "mopd-teacher-signal-metrics=mopd.analysis.cli:teacher_signal_metrics_main",
+            "mopd-plot-teacher-metrics=mopd.analysis.cli:plot_teacher_metrics_main",
+            "mopd-diversity-metrics=mopd.diversity.cli:compute_metrics_main",
+            "mopd-diversity-plots=mopd.diversity.cli:plot_metrics_main",
+            "mopd-make-embedded-default=mopd.embedded_recipe.cli:main",
+        ]
+    },
     extras_require={
         # workers/vllm_rollout.py needs vLLM's V1 in-place reload_weights (>= 0.20); tested with 0.32.0.
         "gpu": ["vllm>=0.20,<0.33", "flash-attn>=2.6"],

@@ -36,8 +36,15 @@ def humaneval_items(problems: list[dict], broken: bool = False) -> list[tuple[st
     for p in problems:
         body = "    pass\n" if broken else p["canonical_solution"]
         program = (p["prompt"].rstrip() + "\n" + body) if broken else (p["prompt"] + body)
-        gt = json.dumps({"inputs": [p["test"] + f"\ncheck({p['entry_point']})"], "outputs": [""],
-                         "testtype": "code", "fn_name": "", "time_limit": 5})
+        gt = json.dumps(
+            {
+                "inputs": [p["test"] + f"\ncheck({p['entry_point']})"],
+                "outputs": [""],
+                "testtype": "code",
+                "fn_name": "",
+                "time_limit": 5,
+            }
+        )
         items.append((f"```python\n{program}\n```", gt))
     return items
 
@@ -61,8 +68,11 @@ def run_canonical(problems, num_workers) -> dict:
     t0 = time.monotonic()
     bad = cv.score_many(humaneval_items(problems, broken=True), num_workers=num_workers)
     t_bad = time.monotonic() - t0
-    failures = [(p["task_id"], r["feedback"][:200] or r.get("sandbox_error", "")) for p, r in zip(problems, good)
-                if r["score"] != 1.0]
+    failures = [
+        (p["task_id"], r["feedback"][:200] or r.get("sandbox_error", ""))
+        for p, r in zip(problems, good)
+        if r["score"] != 1.0
+    ]
     false_passes = [p["task_id"] for p, r in zip(problems, bad) if r["score"] != 0.0]
     return {
         "problems": len(problems),
@@ -103,9 +113,11 @@ def main() -> None:
     print(f"sandbox layers: {json.dumps(report['layers'])}")
     if not args.skip_canonical:
         report["canonical"] = c = run_canonical(problems, args.num_workers)
-        print(f"(a) HumanEval canonical: {c['canonical_pass']}/{c['problems']} pass "
-              f"({c['seconds_canonical']} s); with `pass` bodies: {c['pass_body_fail']}/{c['problems']} fail "
-              f"({c['seconds_pass_body']} s)")
+        print(
+            f"(a) HumanEval canonical: {c['canonical_pass']}/{c['problems']} pass "
+            f"({c['seconds_canonical']} s); with `pass` bodies: {c['pass_body_fail']}/{c['problems']} fail "
+            f"({c['seconds_pass_body']} s)"
+        )
         for task, why in c["canonical_failures"]:
             print(f"    canonical FAILED {task}: {why}")
         for task in c["pass_body_false_passes"]:
@@ -114,16 +126,22 @@ def main() -> None:
     he = humaneval_items(problems) + humaneval_items(problems, broken=True)
     mixed = [he[(i * 37) % len(he)] for i in range(args.rollouts)]  # canonical and broken, interleaved
     report["throughput_humaneval"] = t = run_throughput(mixed, args.num_workers)
-    print(f"(b) HumanEval rollouts (1 code test each): {t['rollouts']} in {t['seconds']} s with "
-          f"num_workers={t['num_workers']} -> {t['rollouts_per_s']} rollouts/s")
+    print(
+        f"(b) HumanEval rollouts (1 code test each): {t['rollouts']} in {t['seconds']} s with "
+        f"num_workers={t['num_workers']} -> {t['rollouts_per_s']} rollouts/s"
+    )
     report["throughput_stdin10"] = t = run_throughput(stdin_items(args.rollouts // 2), args.num_workers)
-    print(f"    stdin rollouts (10 tests each): {t['rollouts']} in {t['seconds']} s -> "
-          f"{t['rollouts_per_s']} rollouts/s ({t['rollouts_per_s'] * 10:.1f} tests/s)")
+    print(
+        f"    stdin rollouts (10 tests each): {t['rollouts']} in {t['seconds']} s -> "
+        f"{t['rollouts_per_s']} rollouts/s ({t['rollouts_per_s'] * 10:.1f} tests/s)"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
-    ok = args.skip_canonical or (report["canonical"]["canonical_pass"] == len(problems)
-                                 and report["canonical"]["pass_body_fail"] == len(problems))
+    ok = args.skip_canonical or (
+        report["canonical"]["canonical_pass"] == len(problems)
+        and report["canonical"]["pass_body_fail"] == len(problems)
+    )
     sys.exit(0 if ok else 1)
 
 

@@ -109,8 +109,16 @@ def child(args) -> dict:
                 del log_p
             value = naive_divergence(logits, t_logits, args.alpha, args.topk)
         else:
-            value = fused_head(hidden, weight, labels, teacher_hidden=t_hidden, teacher_weight=t_weight,
-                               alpha=args.alpha, topk=args.topk, add_tail=True)[2]
+            value = fused_head(
+                hidden,
+                weight,
+                labels,
+                teacher_hidden=t_hidden,
+                teacher_weight=t_weight,
+                alpha=args.alpha,
+                topk=args.topk,
+                add_tail=True,
+            )[2]
         loss = value.mean()
         grads = torch.autograd.grad(loss, inputs)
         return loss.item(), grads
@@ -135,8 +143,9 @@ def child(args) -> dict:
         seconds = time.perf_counter() - start
         extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     grad_l1 = l1(grad)  # all gradients
-    return dict(variant=args.variant, seconds=seconds, extra_bytes=extra, logits_bytes=logits_bytes,
-                loss=loss, grad_l1=grad_l1)
+    return dict(
+        variant=args.variant, seconds=seconds, extra_bytes=extra, logits_bytes=logits_bytes, loss=loss, grad_l1=grad_l1
+    )
 
 
 def main() -> None:
@@ -172,18 +181,23 @@ def main() -> None:
         results[variant] = best
 
     gib = 1024**3
-    print(f"V={args.vocab} T={args.tokens} H={args.hidden} k={args.topk} alpha={args.alpha} dtype={args.dtype} "
-          f"device={args.device} threads={args.threads}; one logits tensor = "
-          f"{next(iter(results.values()))['logits_bytes'] / gib:.2f} GiB")
+    print(
+        f"V={args.vocab} T={args.tokens} H={args.hidden} k={args.topk} alpha={args.alpha} dtype={args.dtype} "
+        f"device={args.device} threads={args.threads}; one logits tensor = "
+        f"{next(iter(results.values()))['logits_bytes'] / gib:.2f} GiB"
+    )
     print(f"{'variant':11} {'time s':>8} {'extra GiB':>10} {'vs naive: memory':>17} {'time':>6} {'loss':>12}")
     for ours, naive in PAIRS.items():
         if naive in results:
             results[naive].update(peak_extra_ratio=1.0, time_ratio=1.0)
         if ours in results and naive in results:
             r, b = results[ours], results[naive]
-            r.update(peak_extra_ratio=r["extra_bytes"] / b["extra_bytes"], time_ratio=r["seconds"] / b["seconds"],
-                     loss_abs_diff=abs(r["loss"] - b["loss"]),
-                     grad_l1_rel_diff=abs(r["grad_l1"] - b["grad_l1"]) / max(b["grad_l1"], 1e-30))
+            r.update(
+                peak_extra_ratio=r["extra_bytes"] / b["extra_bytes"],
+                time_ratio=r["seconds"] / b["seconds"],
+                loss_abs_diff=abs(r["loss"] - b["loss"]),
+                grad_l1_rel_diff=abs(r["grad_l1"] - b["grad_l1"]) / max(b["grad_l1"], 1e-30),
+            )
     for name, r in results.items():
         ratio = f"{r['peak_extra_ratio']:17.3f} {r['time_ratio']:6.2f}" if "peak_extra_ratio" in r else " " * 24
         print(f"{name:11} {r['seconds']:8.2f} {r['extra_bytes'] / gib:10.3f} {ratio} {r['loss']:12.6f}")

@@ -52,11 +52,16 @@ def main() -> None:
     def load(attn):
         return model_utils.load_causal_lm(path, dtype=dtype, attn_implementation=attn, device=device).eval()
 
-    variants = {"padded": (load("sdpa"), False), "packed_with_mask": (load("sdpa"), True),
-                "packed_per_sequence": (load(packed_attention.implementation("sdpa", True)), True)}
+    variants = {
+        "padded": (load("sdpa"), False),
+        "packed_with_mask": (load("sdpa"), True),
+        "packed_per_sequence": (load(packed_attention.implementation("sdpa", True)), True),
+    }
     g = torch.Generator().manual_seed(0)
-    batches = {"teacher_16x150-220": micro_batch(16, (150, 220), (1, 16), g),
-               "student_128x28-40": micro_batch(128, (28, 40), (1, 16), g)}
+    batches = {
+        "teacher_16x150-220": micro_batch(16, (150, 220), (1, 16), g),
+        "student_128x28-40": micro_batch(128, (28, 40), (1, 16), g),
+    }
     results = {}
     for name, batch in batches.items():
         ids, mask, pos, response_mask = (t.to(device) for t in batch)
@@ -74,14 +79,23 @@ def main() -> None:
                 seconds[k].append(time.perf_counter() - start)
         median = {k: statistics.median(v[1:] or v) for k, v in seconds.items()}
         gap = {k: float((h.float() - hidden["padded"].float()).abs().max()) for k, h in hidden.items()}
-        results[name] = {"valid_tokens": int(mask.sum()), "padded_tokens": mask.numel(),
-                         "seconds": median, "ratio_to_padded": {k: v / median["padded"] for k, v in median.items()},
-                         "max_abs_gap_to_padded": gap}
+        results[name] = {
+            "valid_tokens": int(mask.sum()),
+            "padded_tokens": mask.numel(),
+            "seconds": median,
+            "ratio_to_padded": {k: v / median["padded"] for k, v in median.items()},
+            "max_abs_gap_to_padded": gap,
+        }
         print(f"{name}: {int(mask.sum())} tokens ({mask.numel()} padded)")
         for k in variants:
             print(f"  {k:22s} {median[k] * 1e3:8.1f} ms  {median[k] / median['padded']:.2f}x  gap {gap[k]:.1e}")
-    meta = {"device": args.device, "dtype": args.dtype, "threads": args.threads, "repeats": args.repeats,
-            "torch": torch.__version__}
+    meta = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "meta": meta}, indent=1))
 

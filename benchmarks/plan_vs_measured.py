@@ -57,8 +57,11 @@ def main(argv=None) -> int:
         ratio = planned / measured if measured else float("inf")
         ok = abs(ratio - 1) <= args.tolerance
         failed |= not ok
-        print(f"[plan] {mode}: planned {planned:.1f} GB ({phase}) vs measured peak {measured:.1f} GB: "
-              f"{ratio:.2f}x {'ok' if ok else f'OUTSIDE +-{args.tolerance:.0%}'}", flush=True)
+        print(
+            f"[plan] {mode}: planned {planned:.1f} GB ({phase}) vs measured peak {measured:.1f} GB: "
+            f"{ratio:.2f}x {'ok' if ok else f'OUTSIDE +-{args.tolerance:.0%}'}",
+            flush=True,
+        )
     return 1 if failed else 0
 
 

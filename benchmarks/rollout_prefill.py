@@ -26,14 +26,16 @@ def prompts(count: int, tokenizer):
 
     from mopd import embedded_task
 
-    texts = [tokenizer.apply_chat_template(embedded_task.prompt_messages(p), tokenize=False, add_generation_prompt=True)
-             for p in embedded_task.make_problems("train", count, 0)]
+    texts = [
+        tokenizer.apply_chat_template(embedded_task.prompt_messages(p), tokenize=False, add_generation_prompt=True)
+        for p in embedded_task.make_problems("train", count, 0)
+    ]
     rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     width = max(len(r) for r in rows)
     ids = torch.full((count, width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((count, width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
     return ids, mask
 
 
@@ -67,7 +69,9 @@ def main() -> None:
         finally:
             HFRollout._shared_prefill = shared_prefill
 
-    same = torch.equal(generate("shared", args.new_tokens)["responses"], generate("plain", args.new_tokens)["responses"])
+    same = torch.equal(
+        generate("shared", args.new_tokens)["responses"], generate("plain", args.new_tokens)["responses"]
+    )
     seconds = {(v, t): [] for t in (1, args.new_tokens) for v in variants}
     for _ in range(args.repeats):
         for variant, tokens in seconds:
@@ -75,12 +79,16 @@ def main() -> None:
             generate(variant, tokens)
             seconds[variant, tokens].append(time.perf_counter() - start)
     ms = {f"{v}_{t}_tokens": 1000 * statistics.median(s) for (v, t), s in seconds.items()}
-    figures = {"prompts": args.prompts, "n": args.n, "prompt_width": int(ids.shape[1]),
-               "prompt_tokens": int(mask.sum()), "same_samples": same, "median_ms": ms,
-               "shared_over_plain": {t: ms[f"shared_{t}_tokens"] / ms[f"plain_{t}_tokens"]
-                                     for t in (1, args.new_tokens)}}
-    print(f"{args.prompts} prompts x {args.n} samples, prompts {figures['prompt_width']} columns; "
-          f"same samples: {same}")
+    figures = {
+        "prompts": args.prompts,
+        "n": args.n,
+        "prompt_width": int(ids.shape[1]),
+        "prompt_tokens": int(mask.sum()),
+        "same_samples": same,
+        "median_ms": ms,
+        "shared_over_plain": {t: ms[f"shared_{t}_tokens"] / ms[f"plain_{t}_tokens"] for t in (1, args.new_tokens)},
+    }
+    print(f"{args.prompts} prompts x {args.n} samples, prompts {figures['prompt_width']} columns; same samples: {same}")
     for name, value in ms.items():
         print(f"  {name:18s} {value:7.1f} ms")
     for tokens, ratio in figures["shared_over_plain"].items():

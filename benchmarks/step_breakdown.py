@@ -39,14 +39,18 @@ ROOT = Path(__file__).resolve().parent.parent
 VOCAB_SIZE = 151_936
 # Qwen3 shapes (head_dim 128, 8 KV heads, tied embeddings as in the small Qwen3 models).
 PRESETS = {
-    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=16, num_key_value_heads=8,
-                 intermediate_size=384),
-    "0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                 intermediate_size=3072),
-    "1.7b": dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                 intermediate_size=6144),
-    "4b": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-               intermediate_size=9728),
+    "tiny": dict(
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=16, num_key_value_heads=8, intermediate_size=384
+    ),
+    "0.6b": dict(
+        hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, intermediate_size=3072
+    ),
+    "1.7b": dict(
+        hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, intermediate_size=6144
+    ),
+    "4b": dict(
+        hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, intermediate_size=9728
+    ),
 }
 # Default workload per preset: prompts per step, rollouts per prompt, response tokens, micro-batch.
 WORKLOADS = {"tiny": (8, 8, 128, 8), "0.6b": (8, 8, 512, 8), "1.7b": (8, 8, 512, 4), "4b": (8, 8, 512, 2)}
@@ -56,8 +60,7 @@ WORKLOADS = {"tiny": (8, 8, 128, 8), "0.6b": (8, 8, 512, 8), "1.7b": (8, 8, 512,
 # backward (~4/3 of the compute, not counted by MFU) and turns off the student's shared prompts.
 CHECKPOINTING = {"tiny": False, "0.6b": False, "1.7b": False, "4b": True}
 # Vendor figures: (bytes/s of HBM, dense bf16 FLOP/s).
-KNOWN_GPUS = {"H200": (4.8e12, 989e12), "GH200": (4.0e12, 989e12), "H100": (3.35e12, 989e12),
-              "A100": (2.0e12, 312e12)}
+KNOWN_GPUS = {"H200": (4.8e12, 989e12), "GH200": (4.0e12, 989e12), "H100": (3.35e12, 989e12), "A100": (2.0e12, 312e12)}
 PROMPT_CHARS = 200  # ≈ 215 tokens once chat-templated, as in the measured H200 run
 REWARD_FILE = '''import zlib
 
@@ -99,8 +102,15 @@ def write_tokenizer(out: Path, vocab_size: int = VOCAB_SIZE):
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens(specials)
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=unk,
-                                  chat_template=CHAT_TEMPLATE, padding_side="left", model_max_length=1 << 20)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=unk,
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+        model_max_length=1 << 20,
+    )
     tok.save_pretrained(str(out))
     return tok
 
@@ -108,9 +118,16 @@ def write_tokenizer(out: Path, vocab_size: int = VOCAB_SIZE):
 def model_config(preset: str, tokenizer):
     from transformers import Qwen3Config
 
-    return Qwen3Config(vocab_size=VOCAB_SIZE, head_dim=128, tie_word_embeddings=True, max_position_embeddings=32768,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       rope_theta=1_000_000.0, **PRESETS[preset])
+    return Qwen3Config(
+        vocab_size=VOCAB_SIZE,
+        head_dim=128,
+        tie_word_embeddings=True,
+        max_position_embeddings=32768,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_theta=1_000_000.0,
+        **PRESETS[preset],
+    )
 
 
 def count_parameters(config) -> int:
@@ -146,9 +163,15 @@ def prepare(workdir: Path, preset: str, num_prompts: int) -> dict:
     for i in range(num_prompts):
         picks = torch.randint(len(alphabet), (PROMPT_CHARS,), generator=generator).tolist()
         question = "Continue: " + "".join(alphabet[j] for j in picks)
-        rows.append({"data_source": "synthetic_bench", "prompt": [{"role": "user", "content": question}],
-                     "ability": "synthetic", "reward_model": {"style": "rule", "ground_truth": "-"},
-                     "extra_info": {"split": "train", "index": i}})
+        rows.append(
+            {
+                "data_source": "synthetic_bench",
+                "prompt": [{"role": "user", "content": question}],
+                "ability": "synthetic",
+                "reward_model": {"style": "rule", "ground_truth": "-"},
+                "extra_info": {"split": "train", "index": i},
+            }
+        )
     pd.DataFrame(rows).to_parquet(workdir / "train.parquet")
     (workdir / "reward.py").write_text(REWARD_FILE)
     return {"model": str(model_dir), "params": count_parameters(config), "config": config.to_dict()}
@@ -165,19 +188,31 @@ def overrides_for(args, workdir: Path, run_dir: Path, model: str) -> list[str]:
     prompts, n, response, micro = args.prompts, args.n, args.response_length, args.micro_batch
     teacher_budget = 256 + 4 * response + 512
     return [
-        f"actor_rollout_ref.model.path={model}", f"data.train_files={workdir / 'train.parquet'}", "data.val_files=null",
-        f"data.train_batch_size={prompts}", "data.max_prompt_length=512", f"data.max_response_length={response}",
-        f"actor_rollout_ref.rollout.n={n}", f"actor_rollout_ref.actor.ppo_mini_batch_size={prompts}",
+        f"actor_rollout_ref.model.path={model}",
+        f"data.train_files={workdir / 'train.parquet'}",
+        "data.val_files=null",
+        f"data.train_batch_size={prompts}",
+        "data.max_prompt_length=512",
+        f"data.max_response_length={response}",
+        f"actor_rollout_ref.rollout.n={n}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={prompts}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro}",
         f"actor_rollout_ref.rollout.name={args.rollout}",
         f"actor_rollout_ref.actor.self_distillation.max_reprompt_len={teacher_budget}",
         f"actor_rollout_ref.model.enable_gradient_checkpointing={str(checkpointing(args)).lower()}",
         f"custom_reward_function.path={workdir / 'reward.py'}",
-        f"trainer.total_training_steps={args.steps}", "trainer.test_freq=-1", "trainer.val_before_train=false",
-        "trainer.save_freq=-1", "trainer.rollout_data_dir=null", "trainer.validation_data_dir=null",
-        "trainer.logger=[jsonl]", "trainer.backend=local", f"trainer.device={args.device}",
-        f"trainer.default_local_dir={run_dir}", *args.override,
+        f"trainer.total_training_steps={args.steps}",
+        "trainer.test_freq=-1",
+        "trainer.val_before_train=false",
+        "trainer.save_freq=-1",
+        "trainer.rollout_data_dir=null",
+        "trainer.validation_data_dir=null",
+        "trainer.logger=[jsonl]",
+        "trainer.backend=local",
+        f"trainer.device={args.device}",
+        f"trainer.default_local_dir={run_dir}",
+        *args.override,
     ]
 
 
@@ -282,41 +317,62 @@ def summarize(rows: list[dict], info: dict, limits: dict, args) -> dict:
     gen_s, update_s = median("timing_s/gen"), median("timing_s/update_actor")
     tokens_per_s = median("perf/response_num_tokens") / gen_s if gen_s else 0.0
     limit_tokens_per_s = rows_per_step * steps / limit_s
+
     # Model FLOPs of the plain computation (every row's prompt and response, the teacher's every prompt),
     # and of what the forwards ran (shared prefixes once, padding excluded; falls back to the plain count).
     def model_flops(student_tokens: float, teacher_tokens: float) -> float:  # forward + backward, forward only
         return 6 * params * student_tokens + 2 * params * teacher_tokens
 
     plain_flops = model_flops(median("perf/total_num_tokens"), median("perf/teacher_num_tokens"))
-    run_flops = model_flops(median("perf/student_tokens_run") or median("perf/total_num_tokens"),
-                            median("perf/teacher_tokens_run") or median("perf/teacher_num_tokens"))
-    peaks = [r.get(k, 0.0) for r in rows for k in r if k.startswith("perf/") and "_peak_" in k
-             and (k.endswith("_allocated_gb") or k.endswith("_rss_gb"))]
-    stages = {k.removeprefix("timing_s/"): median(k) for k in sorted({k for r in measured for k in r})
-              if k.startswith("timing_s/")}
+    run_flops = model_flops(
+        median("perf/student_tokens_run") or median("perf/total_num_tokens"),
+        median("perf/teacher_tokens_run") or median("perf/teacher_num_tokens"),
+    )
+    peaks = [
+        r.get(k, 0.0)
+        for r in rows
+        for k in r
+        if k.startswith("perf/") and "_peak_" in k and (k.endswith("_allocated_gb") or k.endswith("_rss_gb"))
+    ]
+    stages = {
+        k.removeprefix("timing_s/"): median(k)
+        for k in sorted({k for r in measured for k in r})
+        if k.startswith("timing_s/")
+    }
     return {
-        "step_s": median("timing_s/step"), "gen_s": gen_s, "update_s": update_s, "stages_s": stages,
-        "rollout_tokens_per_s": tokens_per_s, "rollout_limit_tokens_per_s": limit_tokens_per_s,
+        "step_s": median("timing_s/step"),
+        "gen_s": gen_s,
+        "update_s": update_s,
+        "stages_s": stages,
+        "rollout_tokens_per_s": tokens_per_s,
+        "rollout_limit_tokens_per_s": limit_tokens_per_s,
         "rollout_bandwidth_fraction": tokens_per_s / limit_tokens_per_s if limit_tokens_per_s else 0.0,
         "train_mfu": run_flops / update_s / limits["peak_flops"] if update_s else 0.0,
         "train_plain_equivalent_mfu": plain_flops / update_s / limits["peak_flops"] if update_s else 0.0,
         "peak_memory_gb": max(peaks) if peaks else 0.0,
-        "student_tokens": median("perf/total_num_tokens"), "teacher_tokens": median("perf/teacher_num_tokens"),
+        "student_tokens": median("perf/total_num_tokens"),
+        "teacher_tokens": median("perf/teacher_num_tokens"),
         "student_tokens_run": median("perf/student_tokens_run"),
         "teacher_tokens_run": median("perf/teacher_tokens_run"),
-        "response_tokens": median("perf/response_num_tokens"), "steps_measured": len(measured),
-        "loss": median("actor/loss"), "score_mean": median("critic/score/mean"),
+        "response_tokens": median("perf/response_num_tokens"),
+        "steps_measured": len(measured),
+        "loss": median("actor/loss"),
+        "score_mean": median("critic/score/mean"),
     }
 
 
 def print_table(results: dict, meta: dict) -> None:
     modes = [m for m in ("mopd", "grpo") if m in results]
-    print(f"\nstep breakdown: preset {meta['preset']} ({meta['params'] / 1e6:.1f} M parameters, vocabulary "
-          f"{VOCAB_SIZE}), {meta['prompts']} prompts x {meta['n']} rollouts x {meta['response_length']} tokens, "
-          f"rollout {meta['rollout']}, gradient checkpointing {'on' if meta['gradient_checkpointing'] else 'off'}, "
-          f"device {meta['device']['name']}")
-    print(f"limits ({meta['device']['source']}): bandwidth {meta['device']['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s, "
-          f"peak {meta['device']['peak_flops'] / 1e12:.1f} TFLOP/s")
+    print(
+        f"\nstep breakdown: preset {meta['preset']} ({meta['params'] / 1e6:.1f} M parameters, vocabulary "
+        f"{VOCAB_SIZE}), {meta['prompts']} prompts x {meta['n']} rollouts x {meta['response_length']} tokens, "
+        f"rollout {meta['rollout']}, gradient checkpointing {'on' if meta['gradient_checkpointing'] else 'off'}, "
+        f"device {meta['device']['name']}"
+    )
+    print(
+        f"limits ({meta['device']['source']}): bandwidth {meta['device']['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s, "
+        f"peak {meta['device']['peak_flops'] / 1e12:.1f} TFLOP/s"
+    )
     header = f"{'figure':34s}" + "".join(f"{m:>14s}" for m in modes) + ("   mopd/grpo" if len(modes) == 2 else "")
     print(header)
     print("-" * len(header))
@@ -354,8 +410,12 @@ def parse_args(argv=None):
     p.add_argument("--response-length", type=int, default=None, help="max response tokens (preset default)")
     p.add_argument("--micro-batch", type=int, default=None, help="sequences per micro-batch (preset default)")
     p.add_argument("--rollout", default="hf", help="actor_rollout_ref.rollout.name")
-    p.add_argument("--gradient-checkpointing", choices=["auto", "on", "off"], default="auto",
-                   help="auto: on CUDA for the presets that need it (CHECKPOINTING)")
+    p.add_argument(
+        "--gradient-checkpointing",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="auto: on CUDA for the presets that need it (CHECKPOINTING)",
+    )
     p.add_argument("--bandwidth-gbs", type=float, default=None, help="device bandwidth (GB/s) for the limit")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak (TFLOP/s) for MFU")
     p.add_argument("--json", default=None, help="write {mode: figures} here")
@@ -389,20 +449,43 @@ def main(argv=None) -> int:
         workdir = Path(tmp.name)
     info = prepare(workdir, args.preset, args.prompts * args.steps)
     (workdir / "prepared.json").write_text(json.dumps(info))
-    limits = device_limits(args.device, args.bandwidth_gbs and args.bandwidth_gbs * 1e9,
-                           args.peak_tflops and args.peak_tflops * 1e12)
-    meta = {"preset": args.preset, "params": info["params"], "prompts": args.prompts, "n": args.n,
-            "response_length": args.response_length, "micro_batch": args.micro_batch, "rollout": args.rollout,
-            "gradient_checkpointing": checkpointing(args),
-            "steps": args.steps, "device": limits, "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
+    limits = device_limits(
+        args.device, args.bandwidth_gbs and args.bandwidth_gbs * 1e9, args.peak_tflops and args.peak_tflops * 1e12
+    )
+    meta = {
+        "preset": args.preset,
+        "params": info["params"],
+        "prompts": args.prompts,
+        "n": args.n,
+        "response_length": args.response_length,
+        "micro_batch": args.micro_batch,
+        "rollout": args.rollout,
+        "gradient_checkpointing": checkpointing(args),
+        "steps": args.steps,
+        "device": limits,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    }
     results = {}
     passthrough = list(argv if argv is not None else sys.argv[1:])  # the children get the same flags
     for mode in args.modes:
-        cmd = [sys.executable, "-m", "benchmarks.step_breakdown", *passthrough, "--workdir", str(workdir),
-               "--child", mode, "--device", args.device]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-                   TOKENIZERS_PARALLELISM="false")
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.step_breakdown",
+            *passthrough,
+            "--workdir",
+            str(workdir),
+            "--child",
+            mode,
+            "--device",
+            args.device,
+        ]
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            TOKENIZERS_PARALLELISM="false",
+        )
         print(f"[bench] {mode}: {args.steps} step(s) ...", flush=True)
         started = time.perf_counter()
         done = subprocess.run(cmd, env=env, timeout=args.timeout, cwd=ROOT)
@@ -411,10 +494,13 @@ def main(argv=None) -> int:
             return 1
         rows = json.loads((workdir / f"result_{mode}.json").read_text())
         results[mode] = r = summarize(rows, info, limits, args)
-        print(f"[bench] {mode}: done in {time.perf_counter() - started:.1f}s | step {r['step_s']:.2f}s gen "
-              f"{r['gen_s']:.2f}s update {r['update_s']:.2f}s | rollout {r['rollout_tokens_per_s']:.0f} tok/s "
-              f"({r['rollout_bandwidth_fraction']:.3f} of limit) | MFU {r['train_mfu']:.3f} | peak "
-              f"{r['peak_memory_gb']:.2f} GB", flush=True)
+        print(
+            f"[bench] {mode}: done in {time.perf_counter() - started:.1f}s | step {r['step_s']:.2f}s gen "
+            f"{r['gen_s']:.2f}s update {r['update_s']:.2f}s | rollout {r['rollout_tokens_per_s']:.0f} tok/s "
+            f"({r['rollout_bandwidth_fraction']:.3f} of limit) | MFU {r['train_mfu']:.3f} | peak "
+            f"{r['peak_memory_gb']:.2f} GB",
+            flush=True,
+        )
         if args.json:  # written after every mode, so a run cut short keeps what it measured
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps({**results, "meta": meta}, indent=1))

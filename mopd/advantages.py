@@ -25,7 +25,7 @@ import torch
 ADV_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline")
 REFUSED_ESTIMATORS = {
     "remax": "ReMax's baseline is the reward of an extra greedy rollout per prompt (a second generation pass), "
-             "which this trainer does not run; use rloo or grpo",
+    "which this trainer does not run; use rloo or grpo",
     "gae": "GAE needs a critic (value model), which this trainer does not have; use grpo, rloo or reinforce_plus_plus",
 }
 
@@ -99,25 +99,33 @@ def discounted_returns(token_rewards: torch.Tensor, response_mask: torch.Tensor,
     return returns
 
 
-def reinforce_plus_plus_advantages(token_rewards: torch.Tensor, response_mask: torch.Tensor,
-                                   gamma: float = 1.0) -> torch.Tensor:
+def reinforce_plus_plus_advantages(
+    token_rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float = 1.0
+) -> torch.Tensor:
     """REINFORCE++: the return to go of each token, whitened over the batch's valid tokens."""
     mask = response_mask.to(torch.float32)
     returns = discounted_returns(token_rewards.detach().to(torch.float32), mask, gamma)
     return masked_whiten(returns, mask) * mask
 
 
-def reinforce_plus_plus_baseline_advantages(scores: torch.Tensor, uids: Sequence[Hashable],
-                                            response_mask: torch.Tensor) -> torch.Tensor:
+def reinforce_plus_plus_baseline_advantages(
+    scores: torch.Tensor, uids: Sequence[Hashable], response_mask: torch.Tensor
+) -> torch.Tensor:
     """REINFORCE++ with the group mean as baseline: (s_i - mean(group)) on each token, whitened over the batch."""
     mask = response_mask.to(torch.float32)
     centred = grpo_advantages(scores, uids, mask, norm_by_std=False)
     return masked_whiten(centred, mask) * mask
 
 
-def compute_advantages(estimator: str, token_rewards: torch.Tensor, response_mask: torch.Tensor,
-                       uids: Sequence[Hashable], *, norm_adv_by_std_in_grpo: bool = True,
-                       gamma: float = 1.0) -> torch.Tensor:
+def compute_advantages(
+    estimator: str,
+    token_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    uids: Sequence[Hashable],
+    *,
+    norm_adv_by_std_in_grpo: bool = True,
+    gamma: float = 1.0,
+) -> torch.Tensor:
     """The advantages ``[B, R]`` of ``estimator`` (one of ``ADV_ESTIMATORS``) from token-level rewards."""
     if estimator in REFUSED_ESTIMATORS:
         raise ValueError(f"algorithm.adv_estimator={estimator}: {REFUSED_ESTIMATORS[estimator]}")

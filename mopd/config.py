@@ -24,8 +24,6 @@ from mopd.errors import ConfigError  # noqa: F401  (re-exported: the schema and 
 CONFIG_PREFIX = "actor_rollout_ref.actor.self_distillation"
 
 
-
-
 # Templates: leading newline, no trailing newline, as the release's YAML block scalars render them.
 DEFAULT_REPROMPT_TEMPLATE = (
     "{prompt}{solution}{solution_summaries}{another_solution}{failure}{feedback}"
@@ -33,25 +31,24 @@ DEFAULT_REPROMPT_TEMPLATE = (
 )
 DEFAULT_SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}"
 DEFAULT_ANOTHER_SOLUTION_TEMPLATE = "\nAnother successful solution:\n\n{another_successful_attempt}"
-DEFAULT_FAILURE_SOLUTION_TEMPLATE = (
-    "\nA known failed solution (avoid repeating this mistake):\n\n{failed_attempt}"
-)
-DEFAULT_FEEDBACK_TEMPLATE = (
-    "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}"
-)
+DEFAULT_FAILURE_SOLUTION_TEMPLATE = "\nA known failed solution (avoid repeating this mistake):\n\n{failed_attempt}"
+DEFAULT_FEEDBACK_TEMPLATE = "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}"
 DEFAULT_SUMMARY_INSTRUCTION = (
     "\n\nAfter your answer, briefly summarize your key approach in one sentence inside "
     "<summary> tags, e.g. <summary>...</summary>."
 )
 DEFAULT_SUMMARY_ITEM_TEMPLATE = "\nSummary of another successful solution:\n\n{summary_text}\n\n"
-DEFAULT_SUMMARY_ITEM_TEMPLATE_FAILED = (
-    "\nSummary of another unsuccessful solution:\n\n{summary_text}\n\n"
-)
+DEFAULT_SUMMARY_ITEM_TEMPLATE_FAILED = "\nSummary of another unsuccessful solution:\n\n{summary_text}\n\n"
 
 # Placeholders each template must contain (all of them) and may contain (nothing else).
 TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
     "reprompt_template": (
-        "prompt", "solution", "solution_summaries", "another_solution", "failure", "feedback",
+        "prompt",
+        "solution",
+        "solution_summaries",
+        "another_solution",
+        "failure",
+        "feedback",
     ),
     "solution_template": ("successful_previous_attempt",),
     "another_solution_template": ("another_successful_attempt",),
@@ -176,7 +173,8 @@ class SelfDistillationConfig:
         if not 0.0 <= self.teacher_update_rate <= 1.0:
             fail("teacher_update_rate", "must be in [0, 1]")
         if self.distillation_topk is not None and (
-            isinstance(self.distillation_topk, bool) or not isinstance(self.distillation_topk, int)
+            isinstance(self.distillation_topk, bool)
+            or not isinstance(self.distillation_topk, int)
             or self.distillation_topk < 1
         ):
             fail("distillation_topk", "must be a positive integer or null (full vocabulary)")
@@ -191,8 +189,7 @@ class SelfDistillationConfig:
         if not self.full_logit_distillation and self.alpha != 1.0:
             fail(
                 "alpha",
-                "must be 1.0 when full_logit_distillation=false (the sampled-token estimator is "
-                "reverse KL only)",
+                "must be 1.0 when full_logit_distillation=false (the sampled-token estimator is reverse KL only)",
             )
         if not self.step_separator:
             fail("step_separator", "must be a non-empty string")
@@ -239,8 +236,12 @@ def _check_template(name: str, template: str, allowed: tuple[str, ...], required
 def policy_loss_defaults() -> dict[str, Any]:
     """Extra ``actor.policy_loss`` fields of the release's preference/SFT losses."""
     return dict(
-        dpo_beta=0.1, simpo_beta=2.0, simpo_gamma=1.0, pref_label_smoothing=0.0,
-        sft_success_threshold=1.0, sft_length_normalize=True,
+        dpo_beta=0.1,
+        simpo_beta=2.0,
+        simpo_gamma=1.0,
+        pref_label_smoothing=0.0,
+        sft_success_threshold=1.0,
+        sft_length_normalize=True,
     )
 
 

@@ -35,9 +35,16 @@ def tiny_qwen3(vocab_size: int, seed: int):
 
     torch.manual_seed(seed)
     config = Qwen3Config(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
-        tie_word_embeddings=True, initializer_range=0.3,  # a wide init so the context visibly matters
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        initializer_range=0.3,  # a wide init so the context visibly matters
     )
     return Qwen3ForCausalLM(config).eval()
 
@@ -55,8 +62,11 @@ def main() -> None:
     started = time.time()
     tokenizer = load_tiny_tokenizer()
     config = SelfDistillationConfig(
-        include_another_solution=True, include_failure_solution=True, failure_solution_condition="always",
-        distillation_topk=20, max_reprompt_len=512,
+        include_another_solution=True,
+        include_failure_solution=True,
+        failure_solution_condition="always",
+        distillation_topk=20,
+        max_reprompt_len=512,
     )
     prompt = [{"role": "system", "content": "You are a careful calculator."}, {"role": "user", "content": QUESTION}]
     rollouts = [Rollout(uid="q0", reward=verify(a), text=a) for a in STUDENT_ANSWERS]
@@ -81,8 +91,9 @@ def main() -> None:
     student_mask = torch.cat([torch.ones(len(rollouts), len(prompt_ids), dtype=torch.long), response_mask], dim=1)
     student_pos = (student_mask.cumsum(1) - 1).clamp(min=0)
 
-    teacher = build_teacher_inputs(tokenizer, [prompt] * len(rollouts), rollouts, selection, responses,
-                                   response_mask, config)
+    teacher = build_teacher_inputs(
+        tokenizer, [prompt] * len(rollouts), rollouts, selection, responses, response_mask, config
+    )
     # The teacher scores exactly the student's tokens at its response positions.
     aligned = teacher.input_ids[:, teacher.prompt_width :].equal(student_ids[:, len(prompt_ids) :])
     print(f"teacher prompt lengths {teacher.prompt_lengths}; response ids aligned: {aligned}")
@@ -95,8 +106,14 @@ def main() -> None:
     optimizer = torch.optim.AdamW(student.parameters(), lr=3e-3)
     mask = torch.tensor(selection.distillation_mask)
     with torch.no_grad():
-        teacher_logits = response_logits(frozen_teacher, teacher.input_ids, teacher.attention_mask,
-                                         teacher.position_ids, teacher.prompt_width, length)
+        teacher_logits = response_logits(
+            frozen_teacher,
+            teacher.input_ids,
+            teacher.attention_mask,
+            teacher.position_ids,
+            teacher.prompt_width,
+            length,
+        )
     losses = []
     for _ in range(args.steps):
         student_logits = response_logits(student, student_ids, student_mask, student_pos, len(prompt_ids), length)
@@ -106,9 +123,11 @@ def main() -> None:
         optimizer.step()
         losses.append(loss.item())
     print("top-k JSD self-distillation loss per step: " + " ".join(f"{v:.4f}" for v in losses))
-    print(f"peer metrics: success_sample_fraction={selection.metrics['self_distillation/success_sample_fraction']:.3f} "
-          f"failure_solution_fraction={selection.metrics['self_distillation/failure_solution_fraction']:.3f} "
-          f"reprompt_sample_fraction={selection.metrics['self_distillation/reprompt_sample_fraction']:.3f}")
+    print(
+        f"peer metrics: success_sample_fraction={selection.metrics['self_distillation/success_sample_fraction']:.3f} "
+        f"failure_solution_fraction={selection.metrics['self_distillation/failure_solution_fraction']:.3f} "
+        f"reprompt_sample_fraction={selection.metrics['self_distillation/reprompt_sample_fraction']:.3f}"
+    )
     verdict = "decreased" if losses[-1] < losses[0] else "did NOT decrease"
     print(f"the loss {verdict} from {losses[0]:.4f} to {losses[-1]:.4f} in {time.time() - started:.1f} s")
 

@@ -25,8 +25,15 @@ EOS_TEXT = "<|im_end|>"
 _INTEGER = re.compile(r"[+-]?\d+")
 
 __all__ = [
-    "DATA_SOURCE", "SPLITS", "split_of", "problem_space", "make_problem", "make_problems",
-    "compute_score", "to_verl_row", "prompt_messages",
+    "DATA_SOURCE",
+    "SPLITS",
+    "split_of",
+    "problem_space",
+    "make_problem",
+    "make_problems",
+    "compute_score",
+    "to_verl_row",
+    "prompt_messages",
 ]
 
 
@@ -69,12 +76,22 @@ def compute_score(solution_str: str, ground_truth: str) -> dict:
     text = _strip_response(solution_str)
     if not _INTEGER.fullmatch(text):
         shown = text if len(text) <= 20 else text[:17] + "..."
-        return {"score": 0.0, "acc": 0.0, "pred": "", "incorrect_format": 1,
-                "feedback": f"Your answer {shown!r} is not a single number." if text else "Your answer is empty."}
+        return {
+            "score": 0.0,
+            "acc": 0.0,
+            "pred": "",
+            "incorrect_format": 1,
+            "feedback": f"Your answer {shown!r} is not a single number." if text else "Your answer is empty.",
+        }
     pred = text
     correct = int(pred) == int(str(ground_truth).strip())
-    return {"score": 1.0 if correct else 0.0, "acc": 1.0 if correct else 0.0, "pred": pred,
-            "incorrect_format": 0, "feedback": "" if correct else f"Your answer {pred} is wrong."}
+    return {
+        "score": 1.0 if correct else 0.0,
+        "acc": 1.0 if correct else 0.0,
+        "pred": pred,
+        "incorrect_format": 0,
+        "feedback": "" if correct else f"Your answer {pred} is wrong.",
+    }
 
 
 def prompt_messages(problem: dict) -> list[dict]:

@@ -43,8 +43,9 @@ def _logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float, dtyp
 
 class _FusedHead(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, teacher_hidden, teacher_weight, temperature, alpha, topk, add_tail,
-                chunk_size):
+    def forward(
+        ctx, hidden, weight, labels, teacher_hidden, teacher_weight, temperature, alpha, topk, add_tail, chunk_size
+    ):
         ctx.set_materialize_grads(False)
         rows, vocab = hidden.shape[0], weight.shape[0]
         dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
@@ -102,8 +103,18 @@ class _FusedHead(torch.autograd.Function):
             g_support = idx = None
             if g_divergence is not None:
                 g_support, idx = _divergence_support_grad(
-                    log_p, r, teacher_hidden, teacher_weight, index, teacher_support, keep_support,
-                    temperature, alpha, add_tail, dtype)
+                    log_p,
+                    r,
+                    teacher_hidden,
+                    teacher_weight,
+                    index,
+                    teacher_support,
+                    keep_support,
+                    temperature,
+                    alpha,
+                    add_tail,
+                    dtype,
+                )
                 g_support = g_support * g_divergence[r].to(dtype).unsqueeze(-1)
                 coef += g_support.sum(-1, keepdim=True)
             if g_entropy is not None:  # dH/dz = -p (log p + H), in log_p's memory
@@ -145,8 +156,9 @@ def _entropy(log_p: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return -torch.bmm(p.unsqueeze(1), log_p.unsqueeze(2)).reshape(-1)
 
 
-def _divergence_support_grad(log_p, r, teacher_hidden, teacher_weight, index, teacher_support, keep_support,
-                             temperature, alpha, add_tail, dtype):
+def _divergence_support_grad(
+    log_p, r, teacher_hidden, teacher_weight, index, teacher_support, keep_support, temperature, alpha, add_tail, dtype
+):
     """d(divergence)/d(student log-probs on the support) for one chunk: ``[n, k]`` (or ``[n, V]`` and
     index None for the full vocabulary, whose teacher chunk is recomputed)."""
     if keep_support:
@@ -183,13 +195,16 @@ def fused_head(
     1 = KL(student||teacher), between: generalized JSD; ``topk=None``: the full vocabulary).
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"fused_head needs hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(
+            f"fused_head needs hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}"
+        )
     if (teacher_hidden is None) != (teacher_weight is None):
         raise ValueError("fused_head: give both teacher_hidden and teacher_weight, or neither")
     if teacher_weight is not None and teacher_weight.shape[0] != weight.shape[0]:
-        raise ValueError(f"the teacher's head has {teacher_weight.shape[0]} rows but the student's {weight.shape[0]}: "
-                         "distillation needs the same vocabulary")
+        raise ValueError(
+            f"the teacher's head has {teacher_weight.shape[0]} rows but the student's {weight.shape[0]}: "
+            "distillation needs the same vocabulary"
+        )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if topk is not None and topk < 1:
@@ -197,6 +212,15 @@ def fused_head(
     if teacher_hidden is not None:
         teacher_hidden, teacher_weight = teacher_hidden.detach(), teacher_weight.detach()
     log_probs, entropy, divergence = _FusedHead.apply(
-        hidden, weight, labels.long(), teacher_hidden, teacher_weight, float(temperature), float(alpha), topk,
-        add_tail, chunk_size)
+        hidden,
+        weight,
+        labels.long(),
+        teacher_hidden,
+        teacher_weight,
+        float(temperature),
+        float(alpha),
+        topk,
+        add_tail,
+        chunk_size,
+    )
     return log_probs, entropy, divergence if teacher_hidden is not None else None

@@ -17,8 +17,17 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = [
-    "atomic_output_path", "atomic_write", "atomic_write_bytes", "atomic_write_many", "atomic_write_text",
-    "dumps_jsonl", "fsync_dir", "fsync_path", "read_jsonl", "write_json", "write_jsonl",
+    "atomic_output_path",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_many",
+    "atomic_write_text",
+    "dumps_jsonl",
+    "fsync_dir",
+    "fsync_path",
+    "read_jsonl",
+    "write_json",
+    "write_jsonl",
 ]
 
 

@@ -77,9 +77,14 @@ def make_kl_controller(cfg: dict) -> FixedKLController:
     raise ValueError(f"algorithm.kl_ctrl.type must be one of {list(KL_CONTROLLERS)}, got {cfg['type']!r}")
 
 
-def apply_kl_in_reward(token_scores: torch.Tensor, old_log_probs: torch.Tensor, ref_log_probs: torch.Tensor,
-                       response_mask: torch.Tensor, controller: FixedKLController, kind: str
-                       ) -> tuple[torch.Tensor, dict[str, float]]:
+def apply_kl_in_reward(
+    token_scores: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    ref_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    controller: FixedKLController,
+    kind: str,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Token rewards = scores - beta * KL(pi_old || ref) per token; then the controller sees the batch's KL
     (the mean over sequences of each sequence's token-mean KL)."""
     mask = response_mask.to(torch.float32)

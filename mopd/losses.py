@@ -89,9 +89,7 @@ def bucket_divergence(s: torch.Tensor, t: torch.Tensor, alpha: float) -> torch.T
         return _kl(t, s)
     if alpha == 1.0:
         return _kl(s, t)
-    mixture = torch.logsumexp(
-        torch.stack([s + math.log(1.0 - alpha), t + math.log(alpha)]), dim=0
-    )
+    mixture = torch.logsumexp(torch.stack([s + math.log(1.0 - alpha), t + math.log(alpha)]), dim=0)
     return alpha * _kl(t, mixture) + (1.0 - alpha) * _kl(s, mixture)
 
 
@@ -210,9 +208,7 @@ def topk_divergence(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if topk is not None and topk < 1:
         raise ValueError(f"topk must be positive or None, got {topk}")
-    return _ChunkedDivergence.apply(
-        student_logits, teacher_logits.detach(), float(alpha), topk, add_tail, chunk_size
-    )
+    return _ChunkedDivergence.apply(student_logits, teacher_logits.detach(), float(alpha), topk, add_tail, chunk_size)
 
 
 class _ChunkedTokenLogProbs(torch.autograd.Function):
@@ -226,7 +222,9 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
             label = flat_labels[rows]
             lse = torch.logsumexp(z, dim=-1, keepdim=True)
             if grad_out is not None:
-                _chain_through_log_softmax(z, lse, label, torch.ones(label.shape, dtype=z.dtype, device=z.device), grad_out)
+                _chain_through_log_softmax(
+                    z, lse, label, torch.ones(label.shape, dtype=z.dtype, device=z.device), grad_out
+                )
             return (z.gather(-1, label) - lse).squeeze(-1)
 
         return _run_chunks(ctx, logits, chunk_size, compute)
@@ -372,16 +370,29 @@ def self_distillation_loss(
         )
     if config.full_logit_distillation:
         divergence = topk_divergence(
-            student_logits, teacher_logits, alpha=config.alpha, topk=config.distillation_topk,
-            add_tail=config.distillation_add_tail, chunk_size=chunk_size,
+            student_logits,
+            teacher_logits,
+            alpha=config.alpha,
+            topk=config.distillation_topk,
+            add_tail=config.distillation_add_tail,
+            chunk_size=chunk_size,
         )
     else:
         with torch.no_grad():
             teacher_logp = token_log_probs(teacher_logits.detach(), responses, chunk_size=chunk_size)
     return self_distillation_loss_from_tokens(
-        student_logp, divergence, teacher_logp, response_mask, distillation_mask, config,
-        old_log_probs=old_log_probs, rollout_is_weights=rollout_is_weights, step_ids=step_ids,
-        loss_agg_mode=loss_agg_mode, normalizer=normalizer, horizon=horizon,
+        student_logp,
+        divergence,
+        teacher_logp,
+        response_mask,
+        distillation_mask,
+        config,
+        old_log_probs=old_log_probs,
+        rollout_is_weights=rollout_is_weights,
+        step_ids=step_ids,
+        loss_agg_mode=loss_agg_mode,
+        normalizer=normalizer,
+        horizon=horizon,
     )
 
 
@@ -432,7 +443,8 @@ def self_distillation_loss_from_tokens(
         rows = mask.sum(-1) > 0
         steps_per_row = [
             int(torch.unique(step_ids[i][(mask[i] > 0) & (step_ids[i] >= 0)]).numel())
-            for i in range(mask.shape[0]) if rows[i]
+            for i in range(mask.shape[0])
+            if rows[i]
         ]
         metrics["self_distillation/avg_steps_per_sample"] = (
             sum(steps_per_row) / len(steps_per_row) if steps_per_row else 0.0

@@ -23,8 +23,10 @@ def resolve_model_path(path: str | None, flag: str = "actor_rollout_ref.model.pa
     """``embedded`` -> the shipped tiny base model's folder; anything else (a local dir or a hub id) as is."""
     if path == "embedded":
         if not (EMBEDDED_MODEL / "config.json").exists():
-            raise MissingFileError(f"{flag}=embedded: {EMBEDDED_MODEL} is missing; create it with "
-                                   "`python scripts/make_embedded_default.py`")
+            raise MissingFileError(
+                f"{flag}=embedded: {EMBEDDED_MODEL} is missing; create it with "
+                "`python scripts/make_embedded_default.py`"
+            )
         return str(EMBEDDED_MODEL)
     return path
 
@@ -53,8 +55,10 @@ def pick_dtype(setting: str, device: torch.device, flag: str = "actor_rollout_re
 
 def _cannot_load(what: str, path: str, flag: str, exc: Exception) -> MissingFileError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return MissingFileError(f"{flag}={path}: cannot load the {what} (not a model folder, or a hub id that "
-                            f"cannot be reached from here): {first}")
+    return MissingFileError(
+        f"{flag}={path}: cannot load the {what} (not a model folder, or a hub id that "
+        f"cannot be reached from here): {first}"
+    )
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, flag: str = "actor_rollout_ref.model.path"):
@@ -71,9 +75,15 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, flag: str = "acto
     return tokenizer
 
 
-def load_causal_lm(path: str, *, dtype: torch.dtype, attn_implementation: str | None = None,
-                   trust_remote_code: bool = False, device: torch.device | None = None,
-                   flag: str = "actor_rollout_ref.model.path"):
+def load_causal_lm(
+    path: str,
+    *,
+    dtype: torch.dtype,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    device: torch.device | None = None,
+    flag: str = "actor_rollout_ref.model.path",
+):
     """``AutoModelForCausalLM`` in ``dtype``; ``attn_implementation=None`` lets transformers choose."""
     from transformers import AutoModelForCausalLM
 

@@ -47,14 +47,21 @@ class PeerContext:
     @property
     def has_context(self) -> bool:
         return (
-            self.primary is not None or self.another is not None or self.failure is not None
-            or bool(self.summaries) or bool(self.control_blocks) or self.use_feedback
+            self.primary is not None
+            or self.another is not None
+            or self.failure is not None
+            or bool(self.summaries)
+            or bool(self.control_blocks)
+            or self.use_feedback
         )
 
     @property
     def shows_success(self) -> bool:
-        return (self.primary is not None or self.another is not None
-                or any(b.label == "success" for b in self.control_blocks))
+        return (
+            self.primary is not None
+            or self.another is not None
+            or any(b.label == "success" for b in self.control_blocks)
+        )
 
 
 @dataclass
@@ -84,8 +91,9 @@ def is_success(reward: float, config: SelfDistillationConfig) -> bool:
     return float(reward) >= config.success_reward_threshold
 
 
-def peer_candidates(members: Sequence[int], succeeded: Sequence[bool], i: int,
-                    exclude_self: bool) -> tuple[list[int], list[int]]:
+def peer_candidates(
+    members: Sequence[int], succeeded: Sequence[bool], i: int, exclude_self: bool
+) -> tuple[list[int], list[int]]:
     """Rollout ``i``'s candidate peers among ``members`` (its prompt's rollout indices, in rollout order).
 
     Returns (successes, failures): the successful members, without ``i`` itself when ``exclude_self``
@@ -96,8 +104,15 @@ def peer_candidates(members: Sequence[int], succeeded: Sequence[bool], i: int,
     return successes, failures
 
 
-def context_slots(successes: Sequence[int], failures: Sequence[int], *, primary: bool, another: bool,
-                  failure: bool, failure_always: bool) -> list[tuple[str, int]]:
+def context_slots(
+    successes: Sequence[int],
+    failures: Sequence[int],
+    *,
+    primary: bool,
+    another: bool,
+    failure: bool,
+    failure_always: bool,
+) -> list[tuple[str, int]]:
     """The (label, reference peer) slots a normal context would fill, without randomness: the first success
     as the primary, the second as another, the first failure (``failure_always``, or when no success shows).
     Matched-budget controls replace exactly these slots; with all flags on this is the 2S1F budget."""
@@ -124,9 +139,7 @@ class _Groups:
             (self.success if self.succeeded[i] else self.failure)[rollout.uid].append(i)
 
 
-def select_peers(
-    rollouts: Sequence[Rollout], config: SelfDistillationConfig, rng: random.Random
-) -> PeerSelection:
+def select_peers(rollouts: Sequence[Rollout], config: SelfDistillationConfig, rng: random.Random) -> PeerSelection:
     """Choose each rollout's peers (primary, another, failure, summaries or control blocks)."""
     if not isinstance(rng, random.Random):
         raise TypeError("select_peers needs a seeded random.Random instance (never the global RNG)")
@@ -134,8 +147,9 @@ def select_peers(
     stats = _Stats(config)
     contexts = []
     for i, rollout in enumerate(rollouts):
-        successes, failures = peer_candidates(groups.members[rollout.uid], groups.succeeded, i,
-                                              config.dont_reprompt_on_self_success)
+        successes, failures = peer_candidates(
+            groups.members[rollout.uid], groups.succeeded, i, config.dont_reprompt_on_self_success
+        )
         if config.peer_control_mode == "none":
             ctx = _normal_context(i, rollouts, groups, successes, failures, config, rng, stats)
         else:
@@ -158,15 +172,18 @@ def _normal_context(i, rollouts, groups, successes, failures, config, rng, stats
     primary = successes[0] if successes else None
     another = successes[1] if config.include_another_solution and len(successes) >= 2 else None
     failure = None
-    if config.include_failure_solution and failures and (
-        config.failure_solution_condition == "always" or primary is None
+    if (
+        config.include_failure_solution
+        and failures
+        and (config.failure_solution_condition == "always" or primary is None)
     ):
         failure = rng.choice(failures)
     shown = primary if config.include_primary_solution else None
     summaries, texts = (), ()
     if config.summarize_solutions:
-        summaries, texts = _sample_summaries(i, rollouts, groups, {shown, another, failure} - {None},
-                                             config, rng, stats)
+        summaries, texts = _sample_summaries(
+            i, rollouts, groups, {shown, another, failure} - {None}, config, rng, stats
+        )
     return PeerContext(primary=shown, another=another, failure=failure, summaries=summaries, summary_texts=texts)
 
 
@@ -174,10 +191,7 @@ def _sample_summaries(i, rollouts, groups, shown, config, rng, stats):
     uid = rollouts[i].uid
     source = config.effective_summary_source
     pool_source = {"success": groups.success, "failure": groups.failure, "all": groups.members}[source][uid]
-    pool = [
-        j for j in pool_source
-        if j not in shown and not (config.dont_reprompt_on_self_success and j == i)
-    ]
+    pool = [j for j in pool_source if j not in shown and not (config.dont_reprompt_on_self_success and j == i)]
     stats.summary_candidates += len(pool)
     if not pool:
         return (), ()
@@ -210,9 +224,14 @@ def _length(rollouts: Sequence[Rollout], j: int) -> int:
 
 def _control_context(i, rollouts, groups, successes, failures, config, rng, stats) -> PeerContext:
     # The budget the normal 2S1F-style context would have used, computed without randomness.
-    slots = context_slots(successes, failures, primary=config.include_primary_solution,
-                          another=config.include_another_solution, failure=config.include_failure_solution,
-                          failure_always=config.failure_solution_condition == "always")
+    slots = context_slots(
+        successes,
+        failures,
+        primary=config.include_primary_solution,
+        another=config.include_another_solution,
+        failure=config.include_failure_solution,
+        failure_always=config.failure_solution_condition == "always",
+    )
     if not slots:
         return PeerContext()
     by_token = config.peer_control_match == "token"
@@ -305,7 +324,9 @@ class _Stats:
             "summary_candidate_count": self.summary_candidates,
             "summary_tag_available_count": sum(
                 extract_summary(r.text, config.summary_tag) is not None for r in rollouts
-            ) if config.summarize_solutions else 0,
+            )
+            if config.summarize_solutions
+            else 0,
             "summary_sampled_total_count": total_summaries,
             "summary_sampled_success_count": self.summary_sampled["success"],
             "summary_sampled_failure_count": self.summary_sampled["failure"],

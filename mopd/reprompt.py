@@ -36,8 +36,9 @@ class TeacherSections:
     feedback: str = ""
 
 
-def render_sections(ctx: PeerContext, rollouts: Sequence[Rollout], own_feedback: str | None,
-                    config: SelfDistillationConfig) -> TeacherSections:
+def render_sections(
+    ctx: PeerContext, rollouts: Sequence[Rollout], own_feedback: str | None, config: SelfDistillationConfig
+) -> TeacherSections:
     def demo(j: int) -> str:
         text = rollouts[j].text
         return strip_thinking(text) if config.remove_thinking_from_demonstration else text
@@ -53,17 +54,17 @@ def render_sections(ctx: PeerContext, rollouts: Sequence[Rollout], own_feedback:
     if successes:
         solution = config.solution_template.format(successful_previous_attempt=demo(successes[0].index))
         another = "".join(
-            config.another_solution_template.format(another_successful_attempt=demo(b.index))
-            for b in successes[1:]
+            config.another_solution_template.format(another_successful_attempt=demo(b.index)) for b in successes[1:]
         )
     failed_blocks = [b for b in ctx.control_blocks if b.label == "failure"]
     if failed_blocks:
-        failure = "".join(
-            config.failure_solution_template.format(failed_attempt=demo(b.index)) for b in failed_blocks
-        )
+        failure = "".join(config.failure_solution_template.format(failed_attempt=demo(b.index)) for b in failed_blocks)
     summaries = "".join(
-        (config.summary_item_template if rollouts[j].reward >= config.success_reward_threshold
-         else config.summary_item_template_failed).format(summary_text=text)
+        (
+            config.summary_item_template
+            if rollouts[j].reward >= config.success_reward_threshold
+            else config.summary_item_template_failed
+        ).format(summary_text=text)
         for j, text in zip(ctx.summaries, ctx.summary_texts)
     )
     feedback = config.feedback_template.format(feedback_raw=own_feedback) if ctx.use_feedback else ""
@@ -82,8 +83,13 @@ def _user_segments(prompt_text: str, sections: TeacherSections, config: SelfDist
     return pieces
 
 
-def render_teacher_messages(prompt_messages: Sequence[Message], ctx: PeerContext, rollouts: Sequence[Rollout],
-                            own_feedback: str | None, config: SelfDistillationConfig) -> tuple[list[dict], list]:
+def render_teacher_messages(
+    prompt_messages: Sequence[Message],
+    ctx: PeerContext,
+    rollouts: Sequence[Rollout],
+    own_feedback: str | None,
+    config: SelfDistillationConfig,
+) -> tuple[list[dict], list]:
     """Teacher chat messages (earlier messages kept verbatim) and the user message's pieces."""
     if not prompt_messages:
         raise ValueError("a prompt needs at least one chat message")
@@ -134,8 +140,9 @@ def _encode(tokenizer, text: str) -> list[int]:
     return _encode_all(tokenizer, [text])[0]
 
 
-def truncate_context(tokenizer, full_text: str, content: str, pieces, max_len: int, side: str,
-                      name: str) -> tuple[list[int], int]:
+def truncate_context(
+    tokenizer, full_text: str, content: str, pieces, max_len: int, side: str, name: str
+) -> tuple[list[int], int]:
     """Token ids with peer-context tokens removed from ``side`` until the prompt fits ``max_len``."""
     start = full_text.rfind(content)
     if start < 0:
@@ -143,7 +150,7 @@ def truncate_context(tokenizer, full_text: str, content: str, pieces, max_len: i
             f"teacher prompt of sample {name}: the chat template altered the message text, so the peer "
             f"context cannot be located for truncation; raise max_reprompt_len (now {max_len})"
         )
-    parts = [(full_text[:start], False), *pieces, (full_text[start + len(content):], False)]
+    parts = [(full_text[:start], False), *pieces, (full_text[start + len(content) :], False)]
     encoded = [(_encode(tokenizer, text), is_ctx) for text, is_ctx in parts if text]
     fixed = sum(len(ids) for ids, is_ctx in encoded if not is_ctx)
     context = sum(len(ids) for ids, is_ctx in encoded if is_ctx)
@@ -191,13 +198,17 @@ def build_teacher_inputs(
         )
     kwargs = dict(chat_template_kwargs or {})
     max_len = config.max_reprompt_len
-    rendered = [render_teacher_messages(prompts[i], selection.contexts[i], rollouts, rollouts[i].feedback, config)
-                for i in range(batch)]
+    rendered = [
+        render_teacher_messages(prompts[i], selection.contexts[i], rollouts, rollouts[i].feedback, config)
+        for i in range(batch)
+    ]
     # Rollouts of a prompt often show the same peers: each distinct chat is templated and tokenized once,
     # the distinct texts in one batched tokenizer call.
     keys = [json.dumps(msgs, sort_keys=True, default=str) for msgs, _ in rendered]
-    texts = {key: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kwargs)
-             for key, (msgs, _) in zip(keys, rendered)}
+    texts = {
+        key: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kwargs)
+        for key, (msgs, _) in zip(keys, rendered)
+    }
     encoded = dict(zip(texts, _encode_all(tokenizer, list(texts.values()))))
     prompt_ids, messages, dropped = [], [], []
     for i, ((msgs, pieces), key) in enumerate(zip(rendered, keys)):
@@ -211,8 +222,9 @@ def build_teacher_inputs(
                     f"{max_len} (reprompt_truncation=error); raise max_reprompt_len or set "
                     "reprompt_truncation=left"
                 )
-            ids, drop = truncate_context(tokenizer, text, msgs[-1]["content"], pieces, max_len,
-                                          config.reprompt_truncation, name)
+            ids, drop = truncate_context(
+                tokenizer, text, msgs[-1]["content"], pieces, max_len, config.reprompt_truncation, name
+            )
         prompt_ids.append(ids)
         messages.append(msgs)
         dropped.append(drop)
@@ -223,8 +235,8 @@ def build_teacher_inputs(
     prompt_mask = torch.zeros((batch, width), dtype=torch.long)
     for i, ids in enumerate(prompt_ids):
         if ids:
-            prompt_tensor[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            prompt_mask[i, width - len(ids):] = 1
+            prompt_tensor[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            prompt_mask[i, width - len(ids) :] = 1
     input_ids = torch.cat([prompt_tensor, responses.to(torch.long).cpu()], dim=1)
     attention_mask = torch.cat([prompt_mask, response_mask.to(torch.long).cpu()], dim=1)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
@@ -260,7 +272,7 @@ def compute_step_ids(responses: torch.Tensor, response_mask: torch.Tensor, token
             hit = tail.rfind(separator)
             if hit >= 0:
                 step += 1
-                tail = tail[hit + len(separator):]
+                tail = tail[hit + len(separator) :]
             else:
-                tail = tail[-(len(separator) - 1):] if len(separator) > 1 else ""
+                tail = tail[-(len(separator) - 1) :] if len(separator) > 1 else ""
     return out

@@ -39,7 +39,12 @@ def verified_sft_count(response_mask: torch.Tensor, rewards, success_threshold: 
 
 
 def _pairwise_logistic(
-    scores: torch.Tensor, uids, rewards, beta: float, margin: float, label_smoothing: float,
+    scores: torch.Tensor,
+    uids,
+    rewards,
+    beta: float,
+    margin: float,
+    label_smoothing: float,
     normalizer: float | None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     pairs = preference_pairs(uids, [float(r) for r in rewards])
@@ -59,18 +64,32 @@ def _pairwise_logistic(
 
 
 def dpo_loss(
-    seq_log_probs: torch.Tensor, ref_seq_log_probs: torch.Tensor, uids, rewards, *,
-    beta: float = 0.1, label_smoothing: float = 0.0, normalizer: float | None = None,
+    seq_log_probs: torch.Tensor,
+    ref_seq_log_probs: torch.Tensor,
+    uids,
+    rewards,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """DPO over all within-prompt pairs; h = sum log pi - sum log pi_ref. ``normalizer`` replaces the
     local pair count (see ``preference_pair_count``)."""
-    return _pairwise_logistic(seq_log_probs - ref_seq_log_probs.detach(), uids, rewards, beta, 0.0, label_smoothing,
-                              normalizer)
+    return _pairwise_logistic(
+        seq_log_probs - ref_seq_log_probs.detach(), uids, rewards, beta, 0.0, label_smoothing, normalizer
+    )
 
 
 def simpo_loss(
-    seq_log_probs: torch.Tensor, lengths: torch.Tensor, uids, rewards, *,
-    beta: float = 2.0, gamma: float = 1.0, label_smoothing: float = 0.0, normalizer: float | None = None,
+    seq_log_probs: torch.Tensor,
+    lengths: torch.Tensor,
+    uids,
+    rewards,
+    *,
+    beta: float = 2.0,
+    gamma: float = 1.0,
+    label_smoothing: float = 0.0,
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SimPO over all within-prompt pairs; h = sum log pi / |y|, target margin gamma."""
     lengths = lengths.to(seq_log_probs.dtype).clamp(min=1.0)
@@ -78,8 +97,13 @@ def simpo_loss(
 
 
 def verified_sft_loss(
-    token_log_probs: torch.Tensor, response_mask: torch.Tensor, rewards, *,
-    success_threshold: float = 1.0, length_normalize: bool = True, normalizer: float | None = None,
+    token_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    rewards,
+    *,
+    success_threshold: float = 1.0,
+    length_normalize: bool = True,
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """NLL of the successful rollouts only (rejection-sampling fine-tuning), a mean over those
     sequences; ``normalizer`` replaces their local count (see ``verified_sft_count``)."""

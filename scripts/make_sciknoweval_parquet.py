@@ -39,8 +39,12 @@ def convert(source: Path, out: Path, domains=DOMAINS) -> dict[str, dict[str, int
             work.mkdir()
             for split in SPLITS:
                 shutil.copy(src / f"{split}.json", work / f"{split}.json")
-            proc = subprocess.run([sys.executable, str(REPO / "data" / "preprocess.py"), "--data_source", str(work)],
-                                  cwd=REPO, capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, str(REPO / "data" / "preprocess.py"), "--data_source", str(work)],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
                 raise SystemExit(f"make_sciknoweval_parquet: data/preprocess.py failed on {src}:\n{proc.stderr}")
             dest = out / domain
@@ -56,8 +60,11 @@ def convert(source: Path, out: Path, domains=DOMAINS) -> dict[str, dict[str, int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default=str(REPO.parent / "shared" / "datasets" / "sciknoweval"),
-                        help="folder with <domain>/train.json and <domain>/test.json")
+    parser.add_argument(
+        "--source",
+        default=str(REPO.parent / "shared" / "datasets" / "sciknoweval"),
+        help="folder with <domain>/train.json and <domain>/test.json",
+    )
     parser.add_argument("--out", default=str(REPO / "datasets" / "sciknoweval"))
     args = parser.parse_args()
     convert(Path(args.source), Path(args.out))

@@ -79,8 +79,21 @@ def test_console_script_help_runs_in_process(name, monkeypatch, capsys):
 
 def test_console_script_bad_input_is_one_line_naming_the_command(tmp_path, monkeypatch, capsys):
     missing = tmp_path / "missing.json"
-    monkeypatch.setattr(sys, "argv", ["mopd-split-tasks", "--json_path", str(missing), "--output_dir",
-                                      str(tmp_path / "o"), "--test_ratio", "0.1", "--seed", "1"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "mopd-split-tasks",
+            "--json_path",
+            str(missing),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--test_ratio",
+            "0.1",
+            "--seed",
+            "1",
+        ],
+    )
     with pytest.raises(SystemExit) as exit_:
         resolve(console_scripts()["mopd-split-tasks"])()
     assert exit_.value.code == 2
@@ -94,6 +107,9 @@ def test_no_file_edits_sys_path_to_reach_the_package():
     offenders = []
     for folder, dirs, files in os.walk(ROOT):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]  # .git, .venv*
-        offenders += [os.path.relpath(os.path.join(folder, f), ROOT) for f in files
-                      if f.endswith(".py") and needle in Path(folder, f).read_text(encoding="utf-8")]
+        offenders += [
+            os.path.relpath(os.path.join(folder, f), ROOT)
+            for f in files
+            if f.endswith(".py") and needle in Path(folder, f).read_text(encoding="utf-8")
+        ]
     assert offenders == [], f"use the installed package or python -m instead of {needle}: {offenders}"

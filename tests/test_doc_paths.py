@@ -23,8 +23,12 @@ def _tracked() -> list[str]:
 
 
 def _docs() -> list[Path]:
-    found = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md")),
-             *sorted(ROOT.glob("*/README.md"))]
+    found = [
+        ROOT / "README.md",
+        ROOT / "CONTRIBUTING.md",
+        *sorted((ROOT / "docs").rglob("*.md")),
+        *sorted(ROOT.glob("*/README.md")),
+    ]
     return [p for p in found if p.exists()]
 
 
@@ -50,9 +54,12 @@ def test_every_cited_path_exists():
             if head in DATA_FOLDERS or not (head in top or has_ext):
                 continue
             target = path.rstrip("/")
-            exists = ((ROOT / target).exists() or (doc.parent / target).exists()
-                      or any(f == target or f.endswith("/" + target) for f in files)
-                      or any(d.endswith("/" + target) for d in folders))
+            exists = (
+                (ROOT / target).exists()
+                or (doc.parent / target).exists()
+                or any(f == target or f.endswith("/" + target) for f in files)
+                or any(d.endswith("/" + target) for d in folders)
+            )
             if not exists:
                 missing.append(f"{doc.relative_to(ROOT)}: {path}")
     assert not missing, "docs cite paths that do not exist:\n" + "\n".join(missing)

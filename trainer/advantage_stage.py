@@ -22,16 +22,23 @@ class AdvantageStage:
         rewards = token_level_scores(batch["scores"], mask)
         metrics: dict[str, float] = {}
         if self.kl_in_reward:
-            rewards, metrics = apply_kl_in_reward(rewards, batch["old_log_probs"], batch["ref_log_probs"], mask,
-                                                  self.kl_controller, self.kl_kind)
+            rewards, metrics = apply_kl_in_reward(
+                rewards, batch["old_log_probs"], batch["ref_log_probs"], mask, self.kl_controller, self.kl_kind
+            )
         batch["token_level_rewards"] = rewards
-        advantages = compute_advantages(self.estimator, rewards, mask, batch["uid"],
-                                        norm_adv_by_std_in_grpo=self.norm_by_std, gamma=self.gamma)
+        advantages = compute_advantages(
+            self.estimator, rewards, mask, batch["uid"], norm_adv_by_std_in_grpo=self.norm_by_std, gamma=self.gamma
+        )
         batch["advantages"] = advantages
         valid = advantages[mask.bool()]
         if valid.numel():
-            metrics.update({"critic/advantages/mean": float(valid.mean()), "critic/advantages/max": float(valid.max()),
-                            "critic/advantages/min": float(valid.min())})
+            metrics.update(
+                {
+                    "critic/advantages/mean": float(valid.mean()),
+                    "critic/advantages/max": float(valid.max()),
+                    "critic/advantages/min": float(valid.min()),
+                }
+            )
         metrics["critic/rewards/mean"] = float((rewards * mask).sum(-1).mean()) if rewards.numel() else 0.0
         return metrics
 

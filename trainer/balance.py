@@ -92,7 +92,7 @@ def imbalance(workloads: Sequence[float], order: Sequence[int], world: int, wind
     per_window = window // world
     busiest = mean = 0.0
     for w in range(len(ordered) // window):
-        loads = [sum(ordered[r * shard + w * per_window: r * shard + (w + 1) * per_window]) for r in range(world)]
+        loads = [sum(ordered[r * shard + w * per_window : r * shard + (w + 1) * per_window]) for r in range(world)]
         busiest += max(loads)
         mean += sum(loads) / world
     return busiest / mean if mean else 1.0
@@ -111,8 +111,10 @@ class BatchBalancer:
         work = row_workloads(batch)
         identity = list(range(len(work)))
         order = balanced_order(work, self.world, self.window, self.unit)
-        return order, {"perf/dp_token_imbalance/before": imbalance(work, identity, self.world, self.window),
-                       "perf/dp_token_imbalance/after": imbalance(work, order, self.world, self.window)}
+        return order, {
+            "perf/dp_token_imbalance/before": imbalance(work, identity, self.world, self.window),
+            "perf/dp_token_imbalance/after": imbalance(work, order, self.world, self.window),
+        }
 
     def call(self, method, batch: dict, metrics: dict | None = None) -> dict:
         """``method(batch)`` on the balanced batch; per-row tensors of the result come back in batch order."""
@@ -124,5 +126,7 @@ class BatchBalancer:
         out = method(index_batch(batch, order))
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
-        return {k: (v[inverse] if isinstance(v, torch.Tensor) and v.shape[:1] == (len(order),) else v)
-                for k, v in out.items()}
+        return {
+            k: (v[inverse] if isinstance(v, torch.Tensor) and v.shape[:1] == (len(order),) else v)
+            for k, v in out.items()
+        }

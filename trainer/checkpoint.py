@@ -226,8 +226,12 @@ class CheckpointManager:
             return None
         return steps[-1], self.step_dir(steps[-1])
 
-    def resolve_resume(self, mode: str, resume_path: str | os.PathLike | None,
-                       warn=lambda line: print(line, file=sys.stderr, flush=True)) -> Path | None:
+    def resolve_resume(
+        self,
+        mode: str,
+        resume_path: str | os.PathLike | None,
+        warn=lambda line: print(line, file=sys.stderr, flush=True),
+    ) -> Path | None:
         """The checkpoint dir to resume from for `trainer.resume_mode`, or None to start fresh.
 
         Every candidate is verified against its manifest first. `auto`: the newest that verifies; each
@@ -256,8 +260,10 @@ class CheckpointManager:
             try:
                 verify(path)
             except CheckpointCorrupt as err:
-                raise CheckpointError(f"trainer.resume_from_path: checkpoint {path} is corrupt: {err}; point "
-                                      "trainer.resume_from_path at another global_step_<N> directory") from None
+                raise CheckpointError(
+                    f"trainer.resume_from_path: checkpoint {path} is corrupt: {err}; point "
+                    "trainer.resume_from_path at another global_step_<N> directory"
+                ) from None
             return path
         raise ConfigError(f"trainer.resume_mode: unknown mode {mode!r}; allowed: {list(RESUME_MODES)}")
 
@@ -279,10 +285,14 @@ class CheckpointManager:
             for line in bad[:-1]:
                 warn(line)
             if bad:
-                warn(f"{bad[-1]}; resuming from {path}, the newest checkpoint that verifies (the corrupt one stays "
-                     "on disk for inspection)")
+                warn(
+                    f"{bad[-1]}; resuming from {path}, the newest checkpoint that verifies (the corrupt one stays "
+                    "on disk for inspection)"
+                )
             return path
         for line in bad[1:]:
             warn(line)
-        raise CheckpointError(f"no checkpoint under {self.root} verifies (the newest: {first_error}; older ones "
-                              "above); move the directory aside to start over, or set trainer.resume_mode=disable")
+        raise CheckpointError(
+            f"no checkpoint under {self.root} verifies (the newest: {first_error}; older ones "
+            "above); move the directory aside to start over, or set trainer.resume_mode=disable"
+        )

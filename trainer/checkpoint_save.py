@@ -48,8 +48,10 @@ class CheckpointWriter:
         if needed is not None and free is not None and free < needed:
             if basis.startswith("measured"):
                 raise disk_full_error(what, self.manager.root, needed, basis)
-            _warn(f"[mopd] {what}: {mb(free)} free under {self.manager.root}, the checkpoint needs about "
-                  f"{mb(needed)} ({basis}); trying anyway")
+            _warn(
+                f"[mopd] {what}: {mb(free)} free under {self.manager.root}, the checkpoint needs about "
+                f"{mb(needed)} ({basis}); trying anyway"
+            )
         tmp = self.manager.begin(step)
         try:
             write(tmp)
@@ -62,8 +64,10 @@ class CheckpointWriter:
             self.manager.abort(tmp)
             if is_disk_full(err, free_bytes(tmp.parent), None):
                 raise disk_full_error(what, self.manager.root, needed, basis) from None
-            raise CheckpointError(f"{what} did not verify after writing ({err}); the previous checkpoint is "
-                                  f"kept; check the filesystem under {self.manager.root}") from None
+            raise CheckpointError(
+                f"{what} did not verify after writing ({err}); the previous checkpoint is "
+                f"kept; check the filesystem under {self.manager.root}"
+            ) from None
         except BaseException as err:
             # Not a stop (Ctrl-C, a second signal: maybe wrapped by DCP, whose CheckpointException is a BaseException).
             stop = isinstance(err, (SystemExit, GeneratorExit, UserError)) or stop_in(err) is not None
@@ -81,11 +85,16 @@ class CheckpointWriter:
             return
         self._warned_next = True
         keep = self.manager.max_to_keep
-        hint = ("" if keep != 1 else " (the previous one is removed only after the next is complete, "
-                "so two must fit at once)")
-        _warn(f"[mopd] warning: the next checkpoint will not fit under {self.manager.root}: {mb(free)} free, "
-              f"a checkpoint is {mb(size)} (step {step}){hint}; free some space or the run will stop at the next "
-              "save")
+        hint = (
+            ""
+            if keep != 1
+            else " (the previous one is removed only after the next is complete, so two must fit at once)"
+        )
+        _warn(
+            f"[mopd] warning: the next checkpoint will not fit under {self.manager.root}: {mb(free)} free, "
+            f"a checkpoint is {mb(size)} (step {step}){hint}; free some space or the run will stop at the next "
+            "save"
+        )
 
 
 def _warn(line: str) -> None:

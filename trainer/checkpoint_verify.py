@@ -67,8 +67,10 @@ def write_manifest(directory: str | os.PathLike) -> int:
         crc, sampled = _crc(path, size)
         files[path.relative_to(directory).as_posix()] = {"size": size, "crc32": crc, "sampled": sampled}
         total += size
-    atomic_write_text(directory / MANIFEST_FILE, json.dumps({"format": _FORMAT, "total_bytes": total,
-                                                             "files": files}, indent=1) + "\n")
+    atomic_write_text(
+        directory / MANIFEST_FILE,
+        json.dumps({"format": _FORMAT, "total_bytes": total, "files": files}, indent=1) + "\n",
+    )
     return total
 
 

@@ -119,8 +119,16 @@ def _check_model(t: dict) -> None:
 
 def _check_rollout(t: dict) -> None:
     _choice(t, f"{ROLLOUT}.name", ROLLOUT_NAMES)
-    for key in ("n", "micro_batch_size", "generate_max_token_len_per_gpu", "log_prob_micro_batch_size_per_gpu",
-                "log_prob_max_token_len_per_gpu", "tensor_model_parallel_size", "max_num_batched_tokens", "val_kwargs.n"):
+    for key in (
+        "n",
+        "micro_batch_size",
+        "generate_max_token_len_per_gpu",
+        "log_prob_micro_batch_size_per_gpu",
+        "log_prob_max_token_len_per_gpu",
+        "tensor_model_parallel_size",
+        "max_num_batched_tokens",
+        "val_kwargs.n",
+    ):
         _positive_int(t, f"{ROLLOUT}.{key}")
     for key in ("calculate_log_probs", "enforce_eager", "free_cache_engine"):
         _boolean(t, f"{ROLLOUT}.{key}")
@@ -142,8 +150,14 @@ def _check_actor(t: dict) -> None:
     _choice(t, f"{ACTOR}.strategy", STRATEGIES)
     for key in ("ppo_mini_batch_size", "ppo_micro_batch_size_per_gpu", "ppo_max_token_len_per_gpu", "ppo_epochs"):
         _positive_int(t, f"{ACTOR}.{key}")
-    for key in ("shuffle", "global_token_normalization", "use_kl_loss", "use_dynamic_bsz", "shared_prefix",
-                "fsdp_config.optimizer_offload"):
+    for key in (
+        "shuffle",
+        "global_token_normalization",
+        "use_kl_loss",
+        "use_dynamic_bsz",
+        "shared_prefix",
+        "fsdp_config.optimizer_offload",
+    ):
         _boolean(t, f"{ACTOR}.{key}")
     _number(t, f"{ACTOR}.kl_loss_coef", low=0.0)
     _choice(t, f"{ACTOR}.kl_loss_type", KL_TYPES)
@@ -166,7 +180,8 @@ def _check_actor(t: dict) -> None:
     _number(t, f"{optim}.weight_decay", low=0.0)
     betas = _get(t, f"{optim}.betas")
     if (
-        not isinstance(betas, (list, tuple)) or len(betas) != 2
+        not isinstance(betas, (list, tuple))
+        or len(betas) != 2
         or not all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)
     ):
         raise ConfigError(f"{optim}.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {betas!r}")
@@ -234,9 +249,7 @@ def _check_trainer(t: dict) -> None:
     for key in ("trainer.resume_from_path", "trainer.rollout_data_dir", "trainer.validation_data_dir"):
         _string(t, key, nullable=True)
     if mode == "resume_path" and not _get(t, "trainer.resume_from_path"):
-        raise ConfigError(
-            "trainer.resume_mode=resume_path needs trainer.resume_from_path (a checkpoint directory)"
-        )
+        raise ConfigError("trainer.resume_mode=resume_path needs trainer.resume_from_path (a checkpoint directory)")
     loggers = _get(t, "trainer.logger")
     if not isinstance(loggers, (list, tuple)):
         raise ConfigError(f"trainer.logger must be a list, e.g. trainer.logger=[console,jsonl], got {loggers!r}")
@@ -245,8 +258,12 @@ def _check_trainer(t: dict) -> None:
             raise ConfigError(f"trainer.logger entries must be drawn from {list(LOGGERS)}, got {name!r}")
     for key in ("trainer.total_epochs", "trainer.n_gpus_per_node", "trainer.nnodes"):
         _positive_int(t, key)
-    for key in ("trainer.total_training_steps", "trainer.max_actor_ckpt_to_keep", "trainer.num_threads",
-                "trainer.max_consecutive_skipped_updates"):
+    for key in (
+        "trainer.total_training_steps",
+        "trainer.max_actor_ckpt_to_keep",
+        "trainer.num_threads",
+        "trainer.max_consecutive_skipped_updates",
+    ):
         _positive_int(t, key, nullable=True)
     _number(t, "trainer.preemption_grace_s", low=0, low_open=True, nullable=True)
     for key in ("trainer.test_freq", "trainer.save_freq", "trainer.seed"):
@@ -269,13 +286,22 @@ def _check_ray_placement(t: dict) -> None:
         raise ConfigError(f"trainer.placement_timeout_s must be a positive number of seconds, got {timeout!r}")
     env = _get(t, "trainer.runtime_env")
     if env is not None and not isinstance(env, Mapping):
-        raise ConfigError(f"trainer.runtime_env must be null or a mapping (Ray's runtime_env, e.g. "
-                          f"{{env_vars: {{NCCL_DEBUG: INFO}}}}), got {env!r}")
+        raise ConfigError(
+            f"trainer.runtime_env must be null or a mapping (Ray's runtime_env, e.g. "
+            f"{{env_vars: {{NCCL_DEBUG: INFO}}}}), got {env!r}"
+        )
     tp, per_node = _get(t, f"{ROLLOUT}.tensor_model_parallel_size"), _get(t, "trainer.n_gpus_per_node")
-    if (_get(t, f"{ROLLOUT}.name") == "vllm" and _get(t, "trainer.nnodes") > 1 and _is_int(tp) and _is_int(per_node)
-            and per_node % tp):
-        raise ConfigError(f"{ROLLOUT}.tensor_model_parallel_size ({tp}) must divide trainer.n_gpus_per_node "
-                          f"({per_node}) on a multi-node run: a vLLM engine's ranks stay on one node")
+    if (
+        _get(t, f"{ROLLOUT}.name") == "vllm"
+        and _get(t, "trainer.nnodes") > 1
+        and _is_int(tp)
+        and _is_int(per_node)
+        and per_node % tp
+    ):
+        raise ConfigError(
+            f"{ROLLOUT}.tensor_model_parallel_size ({tp}) must divide trainer.n_gpus_per_node "
+            f"({per_node}) on a multi-node run: a vLLM engine's ranks stay on one node"
+        )
 
 
 def _check_batch_arithmetic(t: dict) -> None:
@@ -343,8 +369,7 @@ def _check_loss_mode_rules(t: dict) -> None:
     if kl and mode in DISTILLATION_MODES:
         raise ConfigError(
             f"{' and '.join(k + '=true' for k in kl)} cannot be used with {ACTOR}.policy_loss.loss_mode={mode}: "
-            "the reference model is the self-distillation teacher; set "
-            + " and ".join(k + "=false" for k in kl)
+            "the reference model is the self-distillation teacher; set " + " and ".join(k + "=false" for k in kl)
         )
     if kl and mode not in PPO_MODES:  # the sequence-level losses have no per-token policy loss to add it to
         raise ConfigError(
@@ -384,10 +409,14 @@ def _check_installed(t: dict) -> None:
                 f"{MODEL}.attn_implementation=flash_attention_2 needs a GPU but trainer.device=cpu: use sdpa"
             )
     if _get(t, "trainer.backend") == "ray" and not _module_available("ray"):
-        raise ConfigError("trainer.backend=ray but ray is not installed: `pip install 'ray[default]'`, or trainer.backend=local")
+        raise ConfigError(
+            "trainer.backend=ray but ray is not installed: `pip install 'ray[default]'`, or trainer.backend=local"
+        )
     for logger, module in (("wandb", "wandb"), ("tensorboard", "tensorboard")):
         if logger in _get(t, "trainer.logger") and not _module_available(module):
-            raise ConfigError(f"trainer.logger contains {logger} but {module} is not installed: `pip install {module}`, or drop it")
+            raise ConfigError(
+                f"trainer.logger contains {logger} but {module} is not installed: `pip install {module}`, or drop it"
+            )
     if device == "cuda" and not _cuda_available():
         raise ConfigError("trainer.device=cuda but torch sees no CUDA device: use trainer.device=auto or cpu")
 
@@ -483,8 +512,13 @@ def _positive_int(t: dict, key: str, nullable: bool = False) -> int | None:
 
 
 def _number(
-    t: dict, key: str, *, low: float | None = None, high: float | None = None,
-    low_open: bool = False, nullable: bool = False,
+    t: dict,
+    key: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    nullable: bool = False,
 ) -> float | None:
     value = _get(t, key)
     if value is None and nullable:

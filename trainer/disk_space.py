@@ -57,11 +57,13 @@ def disk_full_error(what: str, path: str | os.PathLike, needed: int | None, basi
     return CheckpointError(
         f"{what} could not be written to {path}: no space left on the device ({mb(free)} free{need}); free some "
         "space or point the run at a larger disk, then rerun the same command (it resumes from the last "
-        "complete checkpoint)")
+        "complete checkpoint)"
+    )
 
 
-def raise_if_disk_full(err: BaseException, what: str, path: str | os.PathLike, needed: int | None = None,
-                       basis: str = "") -> None:
+def raise_if_disk_full(
+    err: BaseException, what: str, path: str | os.PathLike, needed: int | None = None, basis: str = ""
+) -> None:
     """Raise the one-line ``CheckpointError`` when ``err`` is a full disk; return otherwise (re-raise it)."""
     if is_disk_full(err, free_bytes(path), needed):
         raise disk_full_error(what, path, needed, basis) from None

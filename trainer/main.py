@@ -27,8 +27,11 @@ def run(cfg) -> dict:
         finally:
             trainer.close()
     except KeyboardInterrupt:  # outside the fit loop (which names the checkpoint to resume from): setup or shutdown
-        print("[mopd] interrupted (Ctrl-C) outside the training steps (setup or shutdown): no step was cut short",
-              file=sys.stderr, flush=True)
+        print(
+            "[mopd] interrupted (Ctrl-C) outside the training steps (setup or shutdown): no step was cut short",
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(130) from None
     except UserError as err:
         # Only the project's own error types become one line; anything else is a bug and keeps its traceback.

@@ -71,8 +71,13 @@ class ModelShape:
         return dtype_bytes * (3 * i + 4 * h + 2 * self.q_dim + 2 * self.kv_dim)
 
 
-_FIELDS = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
-           "intermediate": "intermediate_size", "vocab": "vocab_size"}
+_FIELDS = {
+    "hidden": "hidden_size",
+    "layers": "num_hidden_layers",
+    "heads": "num_attention_heads",
+    "intermediate": "intermediate_size",
+    "vocab": "vocab_size",
+}
 
 
 def shape_from_config(config: dict, source: str) -> ModelShape:
@@ -80,15 +85,22 @@ def shape_from_config(config: dict, source: str) -> ModelShape:
     config = config.get("text_config") or config
     missing = [name for name in _FIELDS.values() if not isinstance(config.get(name), int)]
     if missing:
-        raise ConfigError(f"{source}: config.json lacks {', '.join(missing)}; the memory plan knows dense decoder "
-                          "models (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, vocab_size)")
+        raise ConfigError(
+            f"{source}: config.json lacks {', '.join(missing)}; the memory plan knows dense decoder "
+            "models (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, vocab_size)"
+        )
     if config.get("num_experts") or config.get("num_local_experts"):
-        raise ConfigError(f"{source}: a mixture-of-experts config.json; the memory plan knows dense decoder models only")
+        raise ConfigError(
+            f"{source}: a mixture-of-experts config.json; the memory plan knows dense decoder models only"
+        )
     values = {key: config[name] for key, name in _FIELDS.items()}
     heads = values["heads"]
-    return ModelShape(kv_heads=int(config.get("num_key_value_heads") or heads),
-                      head_dim=int(config.get("head_dim") or values["hidden"] // heads),
-                      tied=bool(config.get("tie_word_embeddings", False)), **values)
+    return ModelShape(
+        kv_heads=int(config.get("num_key_value_heads") or heads),
+        head_dim=int(config.get("head_dim") or values["hidden"] // heads),
+        tied=bool(config.get("tie_word_embeddings", False)),
+        **values,
+    )
 
 
 def read_model_shape(path: str, flag: str = "actor_rollout_ref.model.path") -> ModelShape:
@@ -120,5 +132,7 @@ def _hub_config(repo_id: str, flag: str) -> str:
         return hf_hub_download(repo_id, "config.json")
     except Exception as exc:  # offline, unknown repo, gated: all say the same to the user
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise MissingFileError(f"{flag}={repo_id}: cannot get its config.json ({first}); give a local folder "
-                               "holding the model's config.json") from None
+        raise MissingFileError(
+            f"{flag}={repo_id}: cannot get its config.json ({first}); give a local folder "
+            "holding the model's config.json"
+        ) from None

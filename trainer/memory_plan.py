@@ -33,8 +33,13 @@ WARN_FRACTION = 0.9  # a phase above this share of the usable memory is reported
 FUSED_HEAD_CHUNK_BYTES = 256 * 1024 * 1024
 FUSED_HEAD_TEMPORARIES = 4
 PHASES = ("load", "generation", "log_prob", "update", "checkpoint")
-PHASE_TITLES = {"load": "load", "generation": "generation", "log_prob": "logprob/teacher", "update": "update",
-                "checkpoint": "checkpoint"}
+PHASE_TITLES = {
+    "load": "load",
+    "generation": "generation",
+    "log_prob": "logprob/teacher",
+    "update": "update",
+    "checkpoint": "checkpoint",
+}
 GEN_BUDGET_KEY = "actor_rollout_ref.rollout.generate_max_token_len_per_gpu"
 OFFLOAD = "actor_rollout_ref.actor.fsdp_config"
 
@@ -78,8 +83,9 @@ class Plan:
 # The plan
 
 
-def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None = None,
-                teacher: ModelShape | None = None) -> Plan:
+def plan_memory(
+    cfg: dict, capacity_bytes: float, *, student: ModelShape | None = None, teacher: ModelShape | None = None
+) -> Plan:
     """Bytes per device and phase for the composed (plain-dict) trainer config ``cfg``; shapes are read from
     the models' ``config.json`` unless given."""
     s = _Settings(cfg)
@@ -104,12 +110,20 @@ def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None 
     largest_tensor = 4 * student.vocab * student.hidden
 
     phases: dict[str, dict[str, float]] = {p: {} for p in PHASES}
-    phases["load"] = {"actor weights (fp32 shard)": actor, "teacher weights (fp32 shard)": teacher_w,
-                      "hf engine copy (compute dtype)": engine, "vLLM engine share": vllm_share,
-                      "loading: one tensor in flight": largest_tensor}
+    phases["load"] = {
+        "actor weights (fp32 shard)": actor,
+        "teacher weights (fp32 shard)": teacher_w,
+        "hf engine copy (compute dtype)": engine,
+        "vLLM engine share": vllm_share,
+        "loading: one tensor in flight": largest_tensor,
+    }
 
-    resident = {"actor weights (fp32 shard)": actor, "optimizer state (Adam)": adam_resident,
-                "teacher weights (fp32 shard)": teacher_w, "hf engine copy (compute dtype)": engine}
+    resident = {
+        "actor weights (fp32 shard)": actor,
+        "optimizer state (Adam)": adam_resident,
+        "teacher weights (fp32 shard)": teacher_w,
+        "hf engine copy (compute dtype)": engine,
+    }
 
     # Generation: hf keeps a KV cache for rows x (prompt + response) tokens of one generate() call.
     gen = dict(resident)
@@ -117,8 +131,9 @@ def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None 
         rows = s.generate_rows
         prefill_tokens = (-(-rows // s.n) + 1) * s.prompt_len  # distinct prompts prefilled once (shared prefill)
         gen["KV cache (generation)"] = rows * (s.prompt_len + s.response_len) * student.kv_bytes_per_token(b)
-        gen["forward workspace"] = (prefill_tokens * student.forward_workspace_bytes_per_token(b)
-                                    + rows * student.vocab * 16)  # sampling: a few [rows, V] float32
+        gen["forward workspace"] = (
+            prefill_tokens * student.forward_workspace_bytes_per_token(b) + rows * student.vocab * 16
+        )  # sampling: a few [rows, V] float32
     else:
         gen["vLLM engine share"] = vllm_share
     phases["generation"] = gen
@@ -151,35 +166,47 @@ def plan_memory(cfg: dict, capacity_bytes: float, *, student: ModelShape | None 
         activations = tokens * (student.layers * student.hidden * b + per_layer)
     else:
         activations = tokens * student.layers * per_layer
-    update = {"actor weights (fp32 shard)": actor, "gradients (fp32 shard)": grads, "optimizer state (Adam)": adam,
-              "optimizer step scratch": 4 * student.params / w,
-              "teacher weights (fp32 shard)": teacher_w, "hf engine copy (compute dtype)": engine,
-              "vLLM engine share": vllm_idle,
-              # unsharded units and their gradients (compute dtype) before the float32 reduce-scatter
-              "FSDP all-gather buffers": gathered(student) + (4 * student.layer_params + b * student.root_params
-                                                              if sharded else 0.0),
-              "activations (micro-batch)": activations + tokens * student.hidden * b * 2,
-              "fused head chunks": _fused_head_bytes(tokens, student.vocab) + b * student.vocab * student.hidden}
+    update = {
+        "actor weights (fp32 shard)": actor,
+        "gradients (fp32 shard)": grads,
+        "optimizer state (Adam)": adam,
+        "optimizer step scratch": 4 * student.params / w,
+        "teacher weights (fp32 shard)": teacher_w,
+        "hf engine copy (compute dtype)": engine,
+        "vLLM engine share": vllm_idle,
+        # unsharded units and their gradients (compute dtype) before the float32 reduce-scatter
+        "FSDP all-gather buffers": gathered(student)
+        + (4 * student.layer_params + b * student.root_params if sharded else 0.0),
+        "activations (micro-batch)": activations + tokens * student.hidden * b * 2,
+        "fused head chunks": _fused_head_bytes(tokens, student.vocab) + b * student.vocab * student.hidden,
+    }
     if s.distillation:
         update["teacher hidden states (mini-batch)"] = s.mini_rows * s.response_len * teacher.hidden * b
     if s.loss_mode == "dpo":  # the reference's no-grad forward per micro-batch
-        update["reference forward workspace"] = (gathered(teacher)
-                                                 + tokens * teacher.forward_workspace_bytes_per_token(b))
+        update["reference forward workspace"] = gathered(teacher) + tokens * teacher.forward_workspace_bytes_per_token(
+            b
+        )
     phases["update"] = update
 
-    phases["checkpoint"] = {**resident, "vLLM engine share": vllm_idle,
-                            "export: one full tensor gathered": largest_tensor}
+    phases["checkpoint"] = {
+        **resident,
+        "vLLM engine share": vllm_idle,
+        "export: one full tensor gathered": largest_tensor,
+    }
 
     host = {}
     if s.optimizer_offload:
         host["offloaded optimizer state"] = 8 * student.params / w * s.per_node
-    host["safetensors page cache (shared, reclaimable)"] = (student.params + (teacher.params if teacher and
-                                                            s.ref_path else 0)) * 2
-    header = (f"memory plan: student {student.params / 1e9:.2f} B parameters"
-              + (f", teacher {teacher.params / 1e9:.2f} B" if teacher else "")
-              + f"; {s.world} GPU(s) ({s.per_node} per node x {s.nodes}); compute {s.dtype}; rollout {s.rollout}; "
-              f"loss {s.loss_mode}; device {capacity_bytes / GB:.1f} GB, usable "
-              f"{(capacity_bytes - RUNTIME_RESERVE_BYTES) / GB:.1f} GB after a {RUNTIME_RESERVE_BYTES / GB:.0f} GB CUDA/NCCL reserve")
+    host["safetensors page cache (shared, reclaimable)"] = (
+        student.params + (teacher.params if teacher and s.ref_path else 0)
+    ) * 2
+    header = (
+        f"memory plan: student {student.params / 1e9:.2f} B parameters"
+        + (f", teacher {teacher.params / 1e9:.2f} B" if teacher else "")
+        + f"; {s.world} GPU(s) ({s.per_node} per node x {s.nodes}); compute {s.dtype}; rollout {s.rollout}; "
+        f"loss {s.loss_mode}; device {capacity_bytes / GB:.1f} GB, usable "
+        f"{(capacity_bytes - RUNTIME_RESERVE_BYTES) / GB:.1f} GB after a {RUNTIME_RESERVE_BYTES / GB:.0f} GB CUDA/NCCL reserve"
+    )
     return Plan({p: {k: v for k, v in comps.items() if v} for p, comps in phases.items()}, capacity_bytes, header, host)
 
 
@@ -233,9 +260,15 @@ class _Settings:
         # hf generate(): rows per call under the token budget, and never more than a rank's share of a step
         budget_rows = max(1, rollout["generate_max_token_len_per_gpu"] // seq)
         train_rows = data["train_batch_size"] * self.n // self.world
-        val_rows = 0 if not data.get("val_files") else (
-            (data["val_batch_size"] * rollout["val_kwargs"]["n"] + self.world - 1) // self.world
-            if data.get("val_batch_size") else budget_rows)
+        val_rows = (
+            0
+            if not data.get("val_files")
+            else (
+                (data["val_batch_size"] * rollout["val_kwargs"]["n"] + self.world - 1) // self.world
+                if data.get("val_batch_size")
+                else budget_rows
+            )
+        )
         self.generate_rows = min(rollout["micro_batch_size"], budget_rows, max(train_rows, val_rows))
 
     def log_prob_tokens(self, longest: int) -> int:
@@ -288,18 +321,39 @@ def _candidate_groups(cfg: dict) -> list[list[dict]]:
         groups.append([{GEN_BUDGET_KEY: v} for v in _halvings(budget, seq)])
     else:
         util = cfg[arr]["rollout"]["gpu_memory_utilization"]
-        groups.append([{f"{arr}.rollout.gpu_memory_utilization": round(util - 0.05 * i, 2)}
-                       for i in range(1, 20) if util - 0.05 * i >= 0.15])
+        groups.append(
+            [
+                {f"{arr}.rollout.gpu_memory_utilization": round(util - 0.05 * i, 2)}
+                for i in range(1, 20)
+                if util - 0.05 * i >= 0.15
+            ]
+        )
     if s.dynamic:
-        groups.append([{f"{arr}.rollout.log_prob_max_token_len_per_gpu": v}
-                       for v in _halvings(cfg[arr]["rollout"]["log_prob_max_token_len_per_gpu"], seq)])
-        groups.append([{f"{arr}.actor.ppo_max_token_len_per_gpu": v}
-                       for v in _halvings(cfg[arr]["actor"]["ppo_max_token_len_per_gpu"], seq)])
+        groups.append(
+            [
+                {f"{arr}.rollout.log_prob_max_token_len_per_gpu": v}
+                for v in _halvings(cfg[arr]["rollout"]["log_prob_max_token_len_per_gpu"], seq)
+            ]
+        )
+        groups.append(
+            [
+                {f"{arr}.actor.ppo_max_token_len_per_gpu": v}
+                for v in _halvings(cfg[arr]["actor"]["ppo_max_token_len_per_gpu"], seq)
+            ]
+        )
     else:
-        groups.append([{f"{arr}.rollout.log_prob_micro_batch_size_per_gpu": v}
-                       for v in _halvings(cfg[arr]["rollout"]["log_prob_micro_batch_size_per_gpu"], 1)])
-        groups.append([{f"{arr}.actor.ppo_micro_batch_size_per_gpu": v}
-                       for v in _halvings(cfg[arr]["actor"]["ppo_micro_batch_size_per_gpu"], 1)])
+        groups.append(
+            [
+                {f"{arr}.rollout.log_prob_micro_batch_size_per_gpu": v}
+                for v in _halvings(cfg[arr]["rollout"]["log_prob_micro_batch_size_per_gpu"], 1)
+            ]
+        )
+        groups.append(
+            [
+                {f"{arr}.actor.ppo_micro_batch_size_per_gpu": v}
+                for v in _halvings(cfg[arr]["actor"]["ppo_micro_batch_size_per_gpu"], 1)
+            ]
+        )
     if not s.optimizer_offload:
         groups.append([{f"{OFFLOAD}.optimizer_offload": True}])
     tbs, mini = cfg["data"]["train_batch_size"], cfg[arr]["actor"]["ppo_mini_batch_size"]
@@ -309,6 +363,7 @@ def _candidate_groups(cfg: dict) -> list[list[dict]]:
     def divides(change: dict) -> bool:
         world = change.get("trainer.n_gpus_per_node", s.per_node) * change.get("trainer.nnodes", s.nodes)
         return (tbs * s.n) % world == 0 and (mini * s.n) % world == 0 and mini * s.n // world >= 1
+
     groups.append([c for c in more if divides(c)])
     return [g for g in groups if g]
 
@@ -355,13 +410,18 @@ def verdict_line(plan: Plan, cfg: dict, capacity_bytes: float, **shapes) -> str:
         left = (plan.usable - plan.peak) / GB
         return f"fits: {used} ({left:.1f} GB left){' - within 10%, tight' if plan.tight else ''}"
     change = suggest(cfg, capacity_bytes, **shapes)
-    device = (f"trainer.device_memory_gb={cfg['trainer'].get('device_memory_gb')}"
-              if cfg["trainer"].get("device_memory_gb") else "the visible GPU")
+    device = (
+        f"trainer.device_memory_gb={cfg['trainer'].get('device_memory_gb')}"
+        if cfg["trainer"].get("device_memory_gb")
+        else "the visible GPU"
+    )
     biggest = max(plan.phases[phase].items(), key=lambda kv: kv[1])
     if change is None:
-        return (f"does not fit: {used} ({device}); its largest part is {biggest[0]} ({biggest[1] / GB:.1f} GB) and no "
-                "change of batch sizes, budgets, offload or GPU count fits it: use larger GPUs or a smaller "
-                "actor_rollout_ref.model.path")
+        return (
+            f"does not fit: {used} ({device}); its largest part is {biggest[0]} ({biggest[1] / GB:.1f} GB) and no "
+            "change of batch sizes, budgets, offload or GPU count fits it: use larger GPUs or a smaller "
+            "actor_rollout_ref.model.path"
+        )
     return f"does not fit: {used} ({device}); set {describe_overrides(change)}"
 
 
@@ -373,12 +433,14 @@ def format_plan(plan: Plan) -> str:
     head = f"{'GB per GPU':<{width}}" + "".join(f"{PHASE_TITLES[p]:>17}" for p in PHASES)
     lines = [plan.header, head]
     for comp in comps:
-        cells = "".join(f"{plan.phases[p][comp] / GB:>17.2f}" if comp in plan.phases[p] else f"{'-':>17}"
-                        for p in PHASES)
+        cells = "".join(
+            f"{plan.phases[p][comp] / GB:>17.2f}" if comp in plan.phases[p] else f"{'-':>17}" for p in PHASES
+        )
         lines.append(f"{comp:<{width}}{cells}")
     lines.append(f"{'total':<{width}}" + "".join(f"{plan.total(p) / GB:>17.2f}" for p in PHASES))
-    lines.append(f"{'left of usable':<{width}}" + "".join(f"{(plan.usable - plan.total(p)) / GB:>17.2f}"
-                                                          for p in PHASES))
+    lines.append(
+        f"{'left of usable':<{width}}" + "".join(f"{(plan.usable - plan.total(p)) / GB:>17.2f}" for p in PHASES)
+    )
     for what, value in plan.host_per_node.items():
         lines.append(f"host memory per node: {what}: {value / GB:.1f} GB")
     return "\n".join(lines)
@@ -411,8 +473,9 @@ def check_before_start(cfg: dict) -> Plan | None:
     plan = plan_memory(cfg, capacity)
     line = verdict_line(plan, cfg, capacity)
     if not plan.fits:
-        raise MemoryPlanError(f"memory plan {line} (python -m trainer.memory_plan with the same overrides prints "
-                              "the table)")
+        raise MemoryPlanError(
+            f"memory plan {line} (python -m trainer.memory_plan with the same overrides prints the table)"
+        )
     prefix = "[mopd] warning: memory plan" if plan.tight else "[mopd] memory plan"
     print(f"{prefix} {line}", flush=True)
     return plan
@@ -434,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             args.remove(arg)
         elif arg in ("--config-name", "-cn") and i + 1 < len(args):
             name = args[i + 1]
-            del args[i:i + 2]
+            del args[i : i + 2]
             break
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
@@ -443,8 +506,10 @@ def main(argv: list[str] | None = None) -> int:
         tree = OmegaConf.to_container(cfg, resolve=True)
         capacity = device_capacity_bytes(tree)
         if capacity is None:
-            raise ConfigError("trainer.device_memory_gb is not set and no GPU is visible: give the GPU's memory, "
-                              "e.g. trainer.device_memory_gb=80")
+            raise ConfigError(
+                "trainer.device_memory_gb is not set and no GPU is visible: give the GPU's memory, "
+                "e.g. trainer.device_memory_gb=80"
+            )
         plan = plan_memory(tree, capacity)
         print(format_plan(plan))
         line = verdict_line(plan, tree, capacity)

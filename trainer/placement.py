@@ -38,8 +38,9 @@ class RankPlace:
     bundle: int
 
 
-def choose_nodes(nodes: list[dict], nnodes: int, per_node: int, use_gpu: bool,
-                 driver_node_id: str | None = None) -> list[dict]:
+def choose_nodes(
+    nodes: list[dict], nnodes: int, per_node: int, use_gpu: bool, driver_node_id: str | None = None
+) -> list[dict]:
     """The ``nnodes`` alive nodes that will hold the ranks, in rank order; refuse in one line if too few."""
     resource = "GPU" if use_gpu else "CPU"
     alive = [n for n in nodes if n.get("Alive")]
@@ -48,18 +49,27 @@ def choose_nodes(nodes: list[dict], nnodes: int, per_node: int, use_gpu: bool,
         res = n.get("Resources", {})
         return res.get(resource, 0) >= per_node and res.get("CPU", 0) >= per_node
 
-    eligible = sorted((n for n in alive if holds(n)),
-                      key=lambda n: (n["NodeID"] != driver_node_id, n.get("NodeManagerAddress", ""), n["NodeID"]))
+    eligible = sorted(
+        (n for n in alive if holds(n)),
+        key=lambda n: (n["NodeID"] != driver_node_id, n.get("NodeManagerAddress", ""), n["NodeID"]),
+    )
     if len(eligible) >= nnodes:
         return eligible[:nnodes]
     unit = "GPU" if use_gpu else "CPU slot"
-    seen = "; ".join(f"{describe_node(n)}: {n.get('Resources', {}).get('GPU', 0):g} GPU, "
-                     f"{n.get('Resources', {}).get('CPU', 0):g} CPU" for n in alive) or "no alive node"
+    seen = (
+        "; ".join(
+            f"{describe_node(n)}: {n.get('Resources', {}).get('GPU', 0):g} GPU, "
+            f"{n.get('Resources', {}).get('CPU', 0):g} CPU"
+            for n in alive
+        )
+        or "no alive node"
+    )
     raise ConfigError(
         f"trainer.nnodes={nnodes} x trainer.n_gpus_per_node={per_node} needs {nnodes} Ray node(s) with "
         f"{per_node} {unit}s (and {per_node} CPUs) each, but the cluster has {len(eligible)} such node(s): "
         f"{nnodes - len(eligible)} missing ({seen}); join more nodes (`ray start --address=...`, "
-        "RAY_ADDRESS for the driver) or lower trainer.nnodes / trainer.n_gpus_per_node")
+        "RAY_ADDRESS for the driver) or lower trainer.nnodes / trainer.n_gpus_per_node"
+    )
 
 
 def bundle_for_rank(use_gpu: bool) -> dict:
@@ -77,8 +87,10 @@ def reserve(ray, chosen: list[dict], per_node: int, use_gpu: bool, timeout_s: fl
     try:
         group = placement_group(bundles, strategy="PACK", bundle_label_selector=selectors)
     except TypeError as err:  # a Ray without per-bundle label selectors
-        raise ConfigError(f"Ray {ray.__version__} cannot pin placement-group bundles to nodes ({err}): "
-                          "pip install 'ray[default]>=2.50'") from None
+        raise ConfigError(
+            f"Ray {ray.__version__} cannot pin placement-group bundles to nodes ({err}): "
+            "pip install 'ray[default]>=2.50'"
+        ) from None
     ready, _ = ray.wait([group.ready()], timeout=timeout_s)
     if ready:
         return group
@@ -88,11 +100,13 @@ def reserve(ray, chosen: list[dict], per_node: int, use_gpu: bool, timeout_s: fl
         f"the Ray cluster did not grant {world} worker bundle(s) ({bundles[0]} each, {per_node} on each of "
         f"{', '.join(describe_node(n) for n in chosen)}) within trainer.placement_timeout_s={timeout_s:g} s: "
         f"free now {free.get('GPU', 0):g} GPU and {free.get('CPU', 0):g} CPU in the whole cluster; another job "
-        "holds them, or raise trainer.placement_timeout_s")
+        "holds them, or raise trainer.placement_timeout_s"
+    )
 
 
 def rank_order(probes: list[dict], per_node: int) -> list[int]:
     """Bundle indices in rank order: by node (the bundle's pinned node), then by the GPU Ray gave it."""
+
     def key(b):
         gpus = probes[b]["gpu_ids"]
         first = int(gpus[0]) if gpus and str(gpus[0]).isdigit() else b
@@ -107,8 +121,18 @@ def places(probes: list[dict], per_node: int) -> list[RankPlace]:
     for rank, b in enumerate(rank_order(probes, per_node)):
         p = probes[b]
         device = f"cuda:{p['device_index']}" if p["gpu_ids"] else "cpu"
-        out.append(RankPlace(rank, p["node_id"], p["node_ip"], rank % per_node, device,
-                             p["device_index"] if p["gpu_ids"] else None, tuple(p["gpu_ids"]), b))
+        out.append(
+            RankPlace(
+                rank,
+                p["node_id"],
+                p["node_ip"],
+                rank % per_node,
+                device,
+                p["device_index"] if p["gpu_ids"] else None,
+                tuple(p["gpu_ids"]),
+                b,
+            )
+        )
     return out
 
 
@@ -120,8 +144,10 @@ def check_packed(placed: list[RankPlace], per_node: int) -> None:
     for node_id, ranks in by_node.items():
         start = ranks[0] - ranks[0] % per_node
         if sorted(ranks) != list(range(start, start + per_node)):
-            raise RuntimeError(f"node {node_id[:SHORT_ID]} holds ranks {ranks}, not one block of {per_node} "
-                               "consecutive ranks: the placement group did not pack node by node")
+            raise RuntimeError(
+                f"node {node_id[:SHORT_ID]} holds ranks {ranks}, not one block of {per_node} "
+                "consecutive ranks: the placement group did not pack node by node"
+            )
 
 
 def node_lines(placed: list[RankPlace]) -> list[str]:
@@ -131,9 +157,11 @@ def node_lines(placed: list[RankPlace]) -> list[str]:
         by_node.setdefault(p.node_id, []).append(p)
     for node_id, ranks in by_node.items():
         gpus = ",".join(str(g) for p in ranks for g in p.gpu_ids)
-        lines.append(f"[mopd] node {ranks[0].node_ip} ({node_id[:SHORT_ID]}): ranks {_span([p.rank for p in ranks])}, "
-                     f"local ranks {_span([p.local_rank for p in ranks])}, devices "
-                     f"{','.join(p.device for p in ranks)}" + (f" (GPU ids {gpus})" if gpus else ""))
+        lines.append(
+            f"[mopd] node {ranks[0].node_ip} ({node_id[:SHORT_ID]}): ranks {_span([p.rank for p in ranks])}, "
+            f"local ranks {_span([p.local_rank for p in ranks])}, devices "
+            f"{','.join(p.device for p in ranks)}" + (f" (GPU ids {gpus})" if gpus else "")
+        )
     return lines
 
 
@@ -141,9 +169,12 @@ def write_placement(run_dir: str | Path, placed: list[RankPlace], per_node: int)
     """``<run_dir>/placement.json``, written atomically (a crash leaves the old file or the new one)."""
     path = Path(run_dir) / "placement.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"n_gpus_per_node": per_node, "nnodes": len({p.node_id for p in placed}),
-              "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "ranks": [{**asdict(p), "gpu_ids": list(p.gpu_ids)} for p in placed]}
+    record = {
+        "n_gpus_per_node": per_node,
+        "nnodes": len({p.node_id for p in placed}),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ranks": [{**asdict(p), "gpu_ids": list(p.gpu_ids)} for p in placed],
+    }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, path)
@@ -170,5 +201,8 @@ def describe_node(n: dict) -> str:
 
 
 def _span(values: list[int]) -> str:
-    return f"{values[0]}-{values[-1]}" if len(values) > 1 and values == list(range(values[0], values[-1] + 1)) \
+    return (
+        f"{values[0]}-{values[-1]}"
+        if len(values) > 1 and values == list(range(values[0], values[-1] + 1))
         else ",".join(map(str, values))
+    )

@@ -47,21 +47,35 @@ class Trainer:
         self.loss_mode = actor["policy_loss"]["loss_mode"]
         self.sd_cfg = SelfDistillationConfig.from_dict(actor["self_distillation"])
         model_path = resolve_model_path(cfg["actor_rollout_ref"]["model"]["path"])
-        self.tokenizer = load_tokenizer(cfg["actor_rollout_ref"]["model"].get("tokenizer_path") or model_path,
-                                        cfg["actor_rollout_ref"]["model"]["trust_remote_code"])
+        self.tokenizer = load_tokenizer(
+            cfg["actor_rollout_ref"]["model"].get("tokenizer_path") or model_path,
+            cfg["actor_rollout_ref"]["model"]["trust_remote_code"],
+        )
         chat_kwargs = dict(data.get("apply_chat_template_kwargs") or {})
         self.chat_kwargs = chat_kwargs
-        dataset_args = dict(max_prompt_length=data["max_prompt_length"],
-                            filter_overlong_prompts=data["filter_overlong_prompts"], apply_chat_template_kwargs=chat_kwargs)
+        dataset_args = dict(
+            max_prompt_length=data["max_prompt_length"],
+            filter_overlong_prompts=data["filter_overlong_prompts"],
+            apply_chat_template_kwargs=chat_kwargs,
+        )
         # Summaries on: every training prompt asks the policy for a <summary> (validation prompts do not).
         instruction = self.sd_cfg.summary_instruction if self.sd_cfg.summarize_solutions else None
-        self.train_set = PromptDataset(_data_files(data["train_files"], "train"), self.tokenizer,
-                                       max_samples=data.get("max_samples"), key="data.train_files",
-                                       instruction=instruction, **dataset_args)
-        self.val_set = (PromptDataset(_data_files(data["val_files"], "test"), self.tokenizer, key="data.val_files",
-                                      **dataset_args) if data.get("val_files") else None)
-        self.sampler = StatefulSampler(len(self.train_set), data["train_batch_size"], shuffle=data["shuffle"],
-                                       seed=data["seed"])
+        self.train_set = PromptDataset(
+            _data_files(data["train_files"], "train"),
+            self.tokenizer,
+            max_samples=data.get("max_samples"),
+            key="data.train_files",
+            instruction=instruction,
+            **dataset_args,
+        )
+        self.val_set = (
+            PromptDataset(_data_files(data["val_files"], "test"), self.tokenizer, key="data.val_files", **dataset_args)
+            if data.get("val_files")
+            else None
+        )
+        self.sampler = StatefulSampler(
+            len(self.train_set), data["train_batch_size"], shuffle=data["shuffle"], seed=data["seed"]
+        )
         per_epoch = self.sampler.batches_per_epoch
         self.total_steps = trainer.get("total_training_steps") or per_epoch * trainer["total_epochs"]
         updates_per_step = data["train_batch_size"] // actor["ppo_mini_batch_size"] * actor["ppo_epochs"]
@@ -78,19 +92,31 @@ class Trainer:
         self.uid_tracker = UidSuccessTracker()
         self.output_dir = Path(trainer["default_local_dir"])
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", trainer["max_actor_ckpt_to_keep"])
-        self.tracker = Tracking(trainer["project_name"], trainer["experiment_name"], trainer["logger"], cfg,
-                                str(self.output_dir), total_steps=self.total_steps)
+        self.tracker = Tracking(
+            trainer["project_name"],
+            trainer["experiment_name"],
+            trainer["logger"],
+            cfg,
+            str(self.output_dir),
+            total_steps=self.total_steps,
+        )
         self.group = _make_group(cfg)
         self.balancer = _make_balancer(cfg, self.loss_mode, self.group.world_size)
         info = self.group.init_model(self.total_steps * updates_per_step)  # the LR schedule's horizon
-        print(f"[mopd] {len(self.train_set)} training prompts ({self.train_set.num_filtered} filtered), "
-              f"{self.total_steps} steps, loss_mode={self.loss_mode}, {self.group.world_size} worker(s) on "
-              f"{info[0]['device']}, {info[0]['params'] / 1e6:.2f} M parameters", flush=True)
+        print(
+            f"[mopd] {len(self.train_set)} training prompts ({self.train_set.num_filtered} filtered), "
+            f"{self.total_steps} steps, loss_mode={self.loss_mode}, {self.group.world_size} worker(s) on "
+            f"{info[0]['device']}, {info[0]['params'] / 1e6:.2f} M parameters",
+            flush=True,
+        )
         self.global_step = 0
         # Faults of a long run (docs/faults.md): preemption signals, a full disk, a model that has died.
         self.preemption = PreemptionHandler(trainer.get("preemption_grace_s"))
-        self.ckpt_writer = CheckpointWriter(self.checkpoints, estimate_checkpoint_bytes(
-            info[0]["params"], self.loss_mode in DISTILLATION_MODES), critical=self.preemption.critical)
+        self.ckpt_writer = CheckpointWriter(
+            self.checkpoints,
+            estimate_checkpoint_bytes(info[0]["params"], self.loss_mode in DISTILLATION_MODES),
+            critical=self.preemption.critical,
+        )
         self.update_guard = SkippedUpdateGuard(trainer.get("max_consecutive_skipped_updates"), actor["optim"]["lr"])
 
     # ------------------------------------------------------------------------------------------
@@ -105,18 +131,25 @@ class Trainer:
             if stop is None:
                 raise
             what = "interrupted (Ctrl-C)" if isinstance(stop, KeyboardInterrupt) else str(stop)
-            raise PreemptedError(f"{what} during step {self.global_step}; {self._resume_hint()}",
-                                 exit_code=getattr(stop, "exit_code", 130), immediate=True) from None
+            raise PreemptedError(
+                f"{what} during step {self.global_step}; {self._resume_hint()}",
+                exit_code=getattr(stop, "exit_code", 130),
+                immediate=True,
+            ) from None
         finally:
             self.preemption.uninstall()
 
     def _resume_hint(self) -> str:
         latest = self.checkpoints.latest()
         if latest is None:
-            return ("no complete checkpoint to resume from (trainer.save_freq=N saves one every N steps); "
-                    "rerun the same command to start again")
-        return (f"last complete checkpoint: step {latest[0]} at {latest[1]}; resume: rerun the same command "
-                f"with trainer.resume_mode=auto trainer.default_local_dir={self.output_dir}")
+            return (
+                "no complete checkpoint to resume from (trainer.save_freq=N saves one every N steps); "
+                "rerun the same command to start again"
+            )
+        return (
+            f"last complete checkpoint: step {latest[0]} at {latest[1]}; resume: rerun the same command "
+            f"with trainer.resume_mode=auto trainer.default_local_dir={self.output_dir}"
+        )
 
     def _fit(self) -> dict:
         trainer = self.config["trainer"]
@@ -169,8 +202,14 @@ class Trainer:
                 with _timer("save_checkpoint", timing):
                     self._save_checkpoint(step)
             if trainer.get("rollout_data_dir"):
-                rollout_io.dump_rollouts(Path(trainer["rollout_data_dir"]) / f"{step}.jsonl", batch, items,
-                                         self.tokenizer, step, self.config["actor_rollout_ref"]["rollout"]["n"])
+                rollout_io.dump_rollouts(
+                    Path(trainer["rollout_data_dir"]) / f"{step}.jsonl",
+                    batch,
+                    items,
+                    self.tokenizer,
+                    step,
+                    self.config["actor_rollout_ref"]["rollout"]["n"],
+                )
             metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
             tokens = int(batch["attention_mask"].sum().item())
             metrics["perf/total_num_tokens"] = tokens
@@ -219,17 +258,27 @@ class Trainer:
     def _sampling(self, validate: bool) -> dict:
         rollout = self.config["actor_rollout_ref"]["rollout"]
         src = rollout["val_kwargs"] if validate else rollout
-        return dict(n=src["n"], temperature=src["temperature"], top_p=src["top_p"], top_k=src["top_k"],
-                    do_sample=src["do_sample"], max_new_tokens=self.config["data"]["max_response_length"])
+        return dict(
+            n=src["n"],
+            temperature=src["temperature"],
+            top_p=src["top_p"],
+            top_k=src["top_k"],
+            do_sample=src["do_sample"],
+            max_new_tokens=self.config["data"]["max_response_length"],
+        )
 
     def _generate(self, items: dict, step: int, validate: bool = False, timing: dict | None = None) -> dict:
         sampling = self._sampling(validate)
         with _timer("weight_sync", timing if timing is not None else {}):  # part of timing_s/gen
             self.group.sync_rollout_weights()
-        out = self.group.generate({
-            "input_ids": items["input_ids"], "attention_mask": items["attention_mask"], "uid": list(items["uid"]),
-            "meta": {"sampling": sampling, "step": step, "tag": "val" if validate else "gen"},
-        })
+        out = self.group.generate(
+            {
+                "input_ids": items["input_ids"],
+                "attention_mask": items["attention_mask"],
+                "uid": list(items["uid"]),
+                "meta": {"sampling": sampling, "step": step, "tag": "val" if validate else "gen"},
+            }
+        )
         n = sampling["n"]
         prompt_mask = out.pop("prompt_attention_mask")
         batch = {
@@ -258,17 +307,20 @@ class Trainer:
         batch["reward_extra"] = results
         if metrics is not None:
             lengths = batch["response_mask"].sum(-1).float()
-            metrics.update({
-                "reward/error_fraction": health["error_fraction"],
-                "reward/nonfinite_fraction": health["nonfinite_fraction"],
-                "critic/score/mean": batch["scores"].mean().item(),
-                "critic/score/max": batch["scores"].max().item(),
-                "critic/score/min": batch["scores"].min().item(),
-                "response_length/mean": lengths.mean().item(),
-                "response_length/max": lengths.max().item(),
-                "response_length/clip_ratio": float(np.mean([r.get("truncated", False) for r in
-                                                             (q[3] for q in requests)])),
-            })
+            metrics.update(
+                {
+                    "reward/error_fraction": health["error_fraction"],
+                    "reward/nonfinite_fraction": health["nonfinite_fraction"],
+                    "critic/score/mean": batch["scores"].mean().item(),
+                    "critic/score/max": batch["scores"].max().item(),
+                    "critic/score/min": batch["scores"].min().item(),
+                    "response_length/mean": lengths.mean().item(),
+                    "response_length/max": lengths.max().item(),
+                    "response_length/clip_ratio": float(
+                        np.mean([r.get("truncated", False) for r in (q[3] for q in requests)])
+                    ),
+                }
+            )
             successes = (batch["scores"] >= self.success_threshold).tolist()
             metrics.update(self.uid_tracker.update(batch["uid"], successes))
         return results
@@ -280,21 +332,29 @@ class Trainer:
         first = health["first_error"]
         if first is not None and not self._reported["error"]:
             self._reported["error"] = True
-            print(f"[mopd] reward error ({where}, {health['num_errors']}/{len(results)} rollouts, scored 0; "
-                  f"counted as reward/error_fraction; shown once per run) from {source}: "
-                  f"{first['verifier_error']}\n{first.get('verifier_traceback', '').rstrip()}", file=sys.stderr,
-                  flush=True)
+            print(
+                f"[mopd] reward error ({where}, {health['num_errors']}/{len(results)} rollouts, scored 0; "
+                f"counted as reward/error_fraction; shown once per run) from {source}: "
+                f"{first['verifier_error']}\n{first.get('verifier_traceback', '').rstrip()}",
+                file=sys.stderr,
+                flush=True,
+            )
         if health["first_nonfinite"] is not None and not self._reported["nonfinite"]:
             self._reported["nonfinite"] = True
-            print(f"[mopd] non-finite reward ({where}, {health['num_nonfinite']}/{len(results)} rollouts, score "
-                  f"{health['first_nonfinite']['nonfinite_score']}) from {source}: treated as a failure with "
-                  "score 0 (docs/verifiers.md); counted as reward/nonfinite_fraction; shown once per run",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[mopd] non-finite reward ({where}, {health['num_nonfinite']}/{len(results)} rollouts, score "
+                f"{health['first_nonfinite']['nonfinite_score']}) from {source}: treated as a failure with "
+                "score 0 (docs/verifiers.md); counted as reward/nonfinite_fraction; shown once per run",
+                file=sys.stderr,
+                flush=True,
+            )
         if results and health["num_errors"] == len(results):
             first_line = (first["verifier_error"].splitlines() or [""])[0]  # the stop is one line
-            raise RewardError(f"every reward of {where} errored ({len(results)}/{len(results)} rollouts) in "
-                              f"{source}; first: {first_line}. Fix the verifier (the traceback is printed "
-                              "above) or custom_reward_function.path/name")
+            raise RewardError(
+                f"every reward of {where} errored ({len(results)}/{len(results)} rollouts) in "
+                f"{source}; first: {first_line}. Fix the verifier (the traceback is printed "
+                "above) or custom_reward_function.path/name"
+            )
         return health
 
     def _maybe_old_log_probs(self, batch: dict) -> None:
@@ -304,8 +364,12 @@ class Trainer:
         if self.rollout_is:
             rc = self.config["algorithm"]["rollout_correction"]
             batch["rollout_is_weights"] = rollout_is_weights(
-                batch["old_log_probs"], batch["rollout_log_probs"], batch["response_mask"],
-                level=self.rollout_is, threshold=rc["rollout_is_threshold"])
+                batch["old_log_probs"],
+                batch["rollout_log_probs"],
+                batch["response_mask"],
+                level=self.rollout_is,
+                threshold=rc["rollout_is_threshold"],
+            )
 
     def _maybe_teacher_inputs(self, batch: dict, items: dict, metrics: dict) -> None:
         if self.loss_mode not in DISTILLATION_MODES:
@@ -313,21 +377,35 @@ class Trainer:
         n = self.config["actor_rollout_ref"]["rollout"]["n"]
         lengths = batch["response_mask"].sum(-1).tolist()
         rollouts = [
-            Rollout(uid=batch["uid"][i], reward=float(batch["scores"][i]), text=batch["response_text"][i],
-                    feedback=batch["reward_extra"][i].get("feedback") or None, num_tokens=int(lengths[i]))
+            Rollout(
+                uid=batch["uid"][i],
+                reward=float(batch["scores"][i]),
+                text=batch["response_text"][i],
+                feedback=batch["reward_extra"][i].get("feedback") or None,
+                num_tokens=int(lengths[i]),
+            )
             for i in range(len(lengths))
         ]
         selection = select_peers(rollouts, self.sd_cfg, self.peer_rng)
         prompts = [items["messages"][i // n] for i in range(len(rollouts))]
-        teacher = build_teacher_inputs(self.tokenizer, prompts, rollouts, selection, batch["responses"],
-                                       batch["response_mask"], self.sd_cfg, chat_template_kwargs=self.chat_kwargs)
+        teacher = build_teacher_inputs(
+            self.tokenizer,
+            prompts,
+            rollouts,
+            selection,
+            batch["responses"],
+            batch["response_mask"],
+            self.sd_cfg,
+            chat_template_kwargs=self.chat_kwargs,
+        )
         batch["teacher_input_ids"] = teacher.input_ids
         batch["teacher_attention_mask"] = teacher.attention_mask
         batch["teacher_position_ids"] = teacher.position_ids
         batch["distillation_mask"] = torch.tensor(selection.distillation_mask)
         if self.sd_cfg.step_level_kl:
-            batch["step_ids"] = compute_step_ids(batch["responses"], batch["response_mask"], self.tokenizer,
-                                                 self.sd_cfg.step_separator)
+            batch["step_ids"] = compute_step_ids(
+                batch["responses"], batch["response_mask"], self.tokenizer, self.sd_cfg.step_separator
+            )
         batch["teacher_messages"] = teacher.messages
         metrics.update(selection.metrics)
         metrics.update(teacher.metrics)
@@ -341,8 +419,10 @@ class Trainer:
         scores: dict[str, dict[str, list[float]]] = {}
         lengths, dumps = [], []
         for start in range(0, len(self.val_set), size):
-            items = collate_prompts([self.val_set[i] for i in range(start, min(start + size, len(self.val_set)))],
-                                    self.tokenizer.pad_token_id)
+            items = collate_prompts(
+                [self.val_set[i] for i in range(start, min(start + size, len(self.val_set)))],
+                self.tokenizer.pad_token_id,
+            )
             batch = self._generate(_pad_to_multiple(items, self.group.world_size), self.global_step, validate=True)
             keep = len(items["uid"]) * val_n
             batch = truncate_batch(batch, keep)
@@ -357,13 +437,15 @@ class Trainer:
         for source, groups in scores.items():
             values = list(groups.values())
             metrics[f"val-core/{source}/acc/mean@{val_n}"] = float(np.mean([np.mean(v) for v in values]))
-            metrics[f"val-core/{source}/acc/pass@{val_n}"] = float(np.mean(
-                [max(v) >= self.success_threshold for v in values]))
+            metrics[f"val-core/{source}/acc/pass@{val_n}"] = float(
+                np.mean([max(v) >= self.success_threshold for v in values])
+            )
         metrics["val/response_length/mean"] = float(np.mean(lengths)) if lengths else 0.0
         out_dir = self.config["trainer"].get("validation_data_dir")
         if out_dir:
-            rollout_io.dump_rollouts_multi(Path(out_dir) / f"{self.global_step}.jsonl", dumps, self.tokenizer,
-                                           self.global_step, val_n)
+            rollout_io.dump_rollouts_multi(
+                Path(out_dir) / f"{self.global_step}.jsonl", dumps, self.tokenizer, self.global_step, val_n
+            )
         return metrics
 
     # ------------------------------------------------------------------------------------------
@@ -373,10 +455,16 @@ class Trainer:
         def write(tmp: Path) -> None:  # into a hidden temp dir, committed (or removed) by the writer
             self.group.save_checkpoint(str(tmp))
             self.group.export_hf(str(tmp / "hf"))
-            atomic_torch_save({
-                "global_step": step, "sampler": self.sampler.state_dict(), "peer_rng": self.peer_rng.getstate(),
-                "uid_tracker": self.uid_tracker.state_dict(), "advantage": self.advantage.state_dict(),
-            }, tmp / "driver_state.pt")
+            atomic_torch_save(
+                {
+                    "global_step": step,
+                    "sampler": self.sampler.state_dict(),
+                    "peer_rng": self.peer_rng.getstate(),
+                    "uid_tracker": self.uid_tracker.state_dict(),
+                    "advantage": self.advantage.state_dict(),
+                },
+                tmp / "driver_state.pt",
+            )
 
         final = self.ckpt_writer.save(step, write)
         print(f"[mopd] checkpoint step {step}: {final}", flush=True)
@@ -388,10 +476,15 @@ class Trainer:
             saved = True
         self.tracker.close()
         if not saved:
-            raise PreemptedError(f"stopped by {self.preemption.signal_name} after step {step}; no checkpoint of it "
-                                 f"written (its updates were skipped); {self._resume_hint()}")
-        raise PreemptedError(self.preemption.stopped_message(step, str(self.checkpoints.step_dir(step)),
-                                                             self.config["trainer"]["resume_mode"] == "auto"))
+            raise PreemptedError(
+                f"stopped by {self.preemption.signal_name} after step {step}; no checkpoint of it "
+                f"written (its updates were skipped); {self._resume_hint()}"
+            )
+        raise PreemptedError(
+            self.preemption.stopped_message(
+                step, str(self.checkpoints.step_dir(step)), self.config["trainer"]["resume_mode"] == "auto"
+            )
+        )
 
     def _load_checkpoint(self) -> int:
         trainer = self.config["trainer"]
@@ -425,8 +518,10 @@ def _make_group(cfg: dict):
     world = trainer["n_gpus_per_node"] * trainer["nnodes"]
     if backend == "local":
         if world != 1:
-            raise ConfigError(f"trainer.backend=local runs one worker; set trainer.n_gpus_per_node=1 (got {world} "
-                             "workers) or use trainer.backend=ray")
+            raise ConfigError(
+                f"trainer.backend=local runs one worker; set trainer.n_gpus_per_node=1 (got {world} "
+                "workers) or use trainer.backend=ray"
+            )
         return LocalWorkerGroup(ActorRolloutRefWorker, cfg)
     use_gpu = trainer["device"] == "cuda" or (trainer["device"] == "auto" and torch.cuda.is_available())
     return RayWorkerGroup(ActorRolloutRefWorker, cfg, world, use_gpu=use_gpu)
@@ -437,8 +532,9 @@ def _make_balancer(cfg: dict, loss_mode: str, world: int) -> BatchBalancer:
     prefixes need a prompt's rollouts together on one rank."""
     n = cfg["actor_rollout_ref"]["rollout"]["n"]
     window = cfg["actor_rollout_ref"]["actor"]["ppo_mini_batch_size"] * n
-    keep_groups = loss_mode in PREFERENCE_MODES or (loss_mode in DISTILLATION_MODES
-                                                     and cfg["actor_rollout_ref"]["ref"]["shared_prefix"])
+    keep_groups = loss_mode in PREFERENCE_MODES or (
+        loss_mode in DISTILLATION_MODES and cfg["actor_rollout_ref"]["ref"]["shared_prefix"]
+    )
     return BatchBalancer(world, window, n if keep_groups else 1, cfg["trainer"]["balance_batch"])
 
 
@@ -462,8 +558,11 @@ def _reduce_worker_metrics(per_rank: list[dict]) -> dict:
     for rank_metrics in per_rank:
         for key, values in rank_metrics.items():
             merged.setdefault(key, []).extend(values)
-    return {key: float(np.sum(values) if key.endswith("_tokens_run") else np.mean(values))
-            for key, values in merged.items() if values}
+    return {
+        key: float(np.sum(values) if key.endswith("_tokens_run") else np.mean(values))
+        for key, values in merged.items()
+        if values
+    }
 
 
 def _peak_memory_metrics(stage: str, per_rank: list[dict]) -> dict:
@@ -494,4 +593,3 @@ def _timer(name: str, timing: dict):
         yield
     finally:
         timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
-

@@ -86,22 +86,30 @@ class PreemptionHandler:
         name = signal.Signals(signum).name
         if self.signal_name is None:
             self.signal_name, self.received_at = name, time.monotonic()
-            grace = f"; a second signal or {self.grace_s:g} s stops at once" if self.grace_s else \
-                "; a second signal stops at once"
+            grace = (
+                f"; a second signal or {self.grace_s:g} s stops at once"
+                if self.grace_s
+                else "; a second signal stops at once"
+            )
             print(f"[mopd] {name} received: finishing this step, then a checkpoint and exit{grace}", flush=True)
             if self.grace_s:
                 signal.setitimer(signal.ITIMER_REAL, self.grace_s)
             return
-        self._stop_now(StopNow(f"stopped at once by a second signal ({name} after {self.signal_name})",
-                               exit_code=128 + signum))
+        self._stop_now(
+            StopNow(f"stopped at once by a second signal ({name} after {self.signal_name})", exit_code=128 + signum)
+        )
 
     def _on_deadline(self, _signum: int, _frame) -> None:
         if self.signal_name is None:  # not ours: a stray SIGALRM
             return
         signum = signal.Signals[self.signal_name].value
-        self._stop_now(StopNow(
-            f"stopped at once: trainer.preemption_grace_s={self.grace_s:g} s passed since {self.signal_name} before "
-            "the step and its checkpoint were done", exit_code=128 + signum))
+        self._stop_now(
+            StopNow(
+                f"stopped at once: trainer.preemption_grace_s={self.grace_s:g} s passed since {self.signal_name} before "
+                "the step and its checkpoint were done",
+                exit_code=128 + signum,
+            )
+        )
 
     def _stop_now(self, err: StopNow) -> None:
         if self._in_critical:
@@ -123,6 +131,5 @@ class PreemptionHandler:
 
     def stopped_message(self, step: int, checkpoint: str, resumes: bool) -> str:
         """The one line of a clean stop after a checkpoint."""
-        how = "the same command resumes" if resumes else \
-            "resume: rerun the same command with trainer.resume_mode=auto"
+        how = "the same command resumes" if resumes else "resume: rerun the same command with trainer.resume_mode=auto"
         return f"stopped by {self.signal_name} after step {step}; checkpoint written: {checkpoint}; {how}"

@@ -42,8 +42,11 @@ def connect(ray, *, local_num_cpus: int, runtime_env: dict | None = None) -> boo
         raise ConfigError(f"RAY_ADDRESS={address}: cannot join that Ray cluster: {first}") from None
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     resources = ray.cluster_resources()
-    print(f"[mopd] joined the Ray cluster at RAY_ADDRESS={address}: {len(nodes)} node(s), "
-          f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU", flush=True)
+    print(
+        f"[mopd] joined the Ray cluster at RAY_ADDRESS={address}: {len(nodes)} node(s), "
+        f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU",
+        flush=True,
+    )
     return False
 
 
@@ -56,13 +59,15 @@ def _probe(address: str) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
             return
     except ValueError:
-        raise ConfigError(f"RAY_ADDRESS={address}: expected host:port of a running Ray head (`ray start --head` "
-                          "prints it)") from None
+        raise ConfigError(
+            f"RAY_ADDRESS={address}: expected host:port of a running Ray head (`ray start --head` prints it)"
+        ) from None
     except OSError as err:
         raise ConfigError(
             f"RAY_ADDRESS={address}: no Ray cluster answers there ({err.strerror or err}); start one with "
             "`ray start --head` (experiments/slurm/ray_multinode.sbatch on Slurm), or unset RAY_ADDRESS to run "
-            "on a local cluster of this machine") from None
+            "on a local cluster of this machine"
+        ) from None
 
 
 def node_table(ray) -> dict[str, dict]:

@@ -126,9 +126,7 @@ class Tracking:
         config = self._plain_config(config)
         try:
             if config is not None:
-                atomic_write_text(
-                    self.log_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n"
-                )
+                atomic_write_text(self.log_dir / "config.json", json.dumps(config, indent=2, default=str) + "\n")
             if "jsonl" in self.loggers:
                 self._jsonl = open(self.log_dir / "metrics.jsonl", "a", encoding="utf-8")
             if "tensorboard" in self.loggers:

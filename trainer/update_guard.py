@@ -43,10 +43,13 @@ class SkippedUpdateGuard:
         self.last_cause = skips[-1] if skips else self.last_cause
         if skips and not self._reported:
             self._reported = True
-            print(f"[mopd] warning: step {step} skipped {len(skips)} optimizer update(s): {skips[0]} "
-                  f"(counted as actor/skipped_updates; shown once per run; the run stops after "
-                  f"{self.max_consecutive or 'unlimited'} in a row, trainer.max_consecutive_skipped_updates)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[mopd] warning: step {step} skipped {len(skips)} optimizer update(s): {skips[0]} "
+                f"(counted as actor/skipped_updates; shown once per run; the run stops after "
+                f"{self.max_consecutive or 'unlimited'} in a row, trainer.max_consecutive_skipped_updates)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def stop_if_dead(self, step: int, latest_checkpoint) -> None:
         """Raise when the model cannot learn any more (called once the step is logged: its metrics are kept).
@@ -56,13 +59,15 @@ class SkippedUpdateGuard:
             raise TrainingDivergedError(
                 f"the actor's weights are non-finite after the optimizer step of step {step}: the model cannot "
                 f"recover; nothing of this step was checkpointed. Lower actor_rollout_ref.actor.optim.lr "
-                f"(now {self.lr:g}) or set actor_rollout_ref.actor.grad_clip; {_where(latest_checkpoint())}")
+                f"(now {self.lr:g}) or set actor_rollout_ref.actor.grad_clip; {_where(latest_checkpoint())}"
+            )
         if self.max_consecutive is not None and self.consecutive >= self.max_consecutive:
             raise TrainingDivergedError(
                 f"the last {self.consecutive} optimizer updates were all skipped (up to step {step}; latest: "
                 f"{self.last_cause}): the model no longer learns (trainer.max_consecutive_skipped_updates="
                 f"{self.max_consecutive}). Lower actor_rollout_ref.actor.optim.lr (now {self.lr:g}) or check the "
-                f"loss inputs; {_where(latest_checkpoint())}")
+                f"loss inputs; {_where(latest_checkpoint())}"
+            )
 
     def may_save(self, step: int) -> bool:
         """False while the latest updates were skipped: such weights are not trusted as the newest checkpoint."""
@@ -72,14 +77,20 @@ class SkippedUpdateGuard:
             return True
         if not self._withheld_save_reported:
             self._withheld_save_reported = True
-            print(f"[mopd] warning: checkpoint of step {step} not written: its last {self.consecutive} update(s) "
-                  "were skipped, so the newest checkpoint stays the last one of a model still learning (shown "
-                  "once per run)", file=sys.stderr, flush=True)
+            print(
+                f"[mopd] warning: checkpoint of step {step} not written: its last {self.consecutive} update(s) "
+                "were skipped, so the newest checkpoint stays the last one of a model still learning (shown "
+                "once per run)",
+                file=sys.stderr,
+                flush=True,
+            )
         return False
 
 
 def _where(latest) -> str:
     if latest is None:
         return "no checkpoint was written; rerun from the start"
-    return (f"the last checkpoint, step {latest[0]} at {latest[1]}, ended on an applied update but may already "
-            "carry the harm: to start over instead of resuming from it, add trainer.resume_mode=disable")
+    return (
+        f"the last checkpoint, step {latest[0]} at {latest[1]}, ended on an applied update but may already "
+        "carry the harm: to start over instead of resuming from it, add trainer.resume_mode=disable"
+    )

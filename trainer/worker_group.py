@@ -81,27 +81,40 @@ class RayWorkerGroup(_Group):
         self.placement_group = None
         runtime_env = dict(trainer.get("runtime_env") or {})
         if use_gpu:  # every GPU of the node visible to each rank (NCCL peer access); the rank picks its own
-            runtime_env["env_vars"] = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
-                                       **(runtime_env.get("env_vars") or {})}
+            runtime_env["env_vars"] = {
+                "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
+                **(runtime_env.get("env_vars") or {}),
+            }
         self._owns_ray = ray_cluster.connect(ray, local_num_cpus=max(8, 2 * world_size), runtime_env=runtime_env)
         try:
             driver_node = ray.get_runtime_context().get_node_id()
             chosen = placement.choose_nodes(ray.nodes(), nnodes, per_node, use_gpu, driver_node)
-            self.placement_group = placement.reserve(ray, chosen, per_node, use_gpu,
-                                                     float(trainer.get("placement_timeout_s") or 300))
+            self.placement_group = placement.reserve(
+                ray, chosen, per_node, use_gpu, float(trainer.get("placement_timeout_s") or 300)
+            )
             # The worker class keeps its name (``ray::ActorRolloutRefWorker`` in ps) and gains the probe.
             placed_cls = type(worker_cls.__name__, (worker_cls, RankPlacementMixin), {})
             remote_cls = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(placed_cls)
-            by_bundle = [remote_cls.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-                self.placement_group, placement_group_bundle_index=b)).remote(config, b, world_size)
-                for b in range(world_size)]
+            by_bundle = [
+                remote_cls.options(
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(
+                        self.placement_group, placement_group_bundle_index=b
+                    )
+                ).remote(config, b, world_size)
+                for b in range(world_size)
+            ]
             self.workers = by_bundle  # killed by _release if anything below fails
             probes = ray.get([w.placement_probe.remote() for w in by_bundle], timeout=timeout_s)
             self.placement = placement.places(probes, per_node)
             placement.check_packed(self.placement, per_node)
             self.workers = [by_bundle[p.bundle] for p in self.placement]
-            ray.get([w.assign_rank.remote(p.rank, p.local_rank, p.device_index)
-                     for w, p in zip(self.workers, self.placement)], timeout=timeout_s)
+            ray.get(
+                [
+                    w.assign_rank.remote(p.rank, p.local_rank, p.device_index)
+                    for w, p in zip(self.workers, self.placement)
+                ],
+                timeout=timeout_s,
+            )
         except BaseException:
             self._release()
             raise
@@ -151,11 +164,15 @@ class RayWorkerGroup(_Group):
                 lost = lost_node(self._ray, self.placement, rank, wait_s=10.0 if _node_died(err) else 0.0)
                 if lost is not None:  # the whole node went: every rank it held is gone
                     node, ranks = lost
-                    return WorkerDiedError(f"{describe_node(node)} died during {method}: ranks "
-                                           f"{', '.join(map(str, ranks))} lost (rank {rank}{_pid_of(err)}: "
-                                           f"{_exit_cause(err)})", rank=rank)
-                return WorkerDiedError(f"worker rank {rank}{_pid_of(err)} died during {method}: {_exit_cause(err)}",
-                                       rank=rank)
+                    return WorkerDiedError(
+                        f"{describe_node(node)} died during {method}: ranks "
+                        f"{', '.join(map(str, ranks))} lost (rank {rank}{_pid_of(err)}: "
+                        f"{_exit_cause(err)})",
+                        rank=rank,
+                    )
+                return WorkerDiedError(
+                    f"worker rank {rank}{_pid_of(err)} died during {method}: {_exit_cause(err)}", rank=rank
+                )
             except Exception:  # noqa: BLE001 - a survivor's own error: keep looking for the dead rank
                 continue
         return WorkerDiedError(f"a worker died during {method}", rank=None)
@@ -201,7 +218,7 @@ def _node_died(err) -> bool:
 def _field(text: str, prefix: str) -> str:
     for line in text.splitlines():
         if line.strip().startswith(prefix):
-            return line.strip()[len(prefix):].strip()
+            return line.strip()[len(prefix) :].strip()
     return ""
 
 

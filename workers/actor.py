@@ -32,8 +32,15 @@ class TeacherForward:
     states ``[(1 - r)·h_ref, r·h_student]`` and heads ``[W_ref, W_student]``.
     """
 
-    def __init__(self, teacher_module, mode: str, rate: float, student_module=None, remove_padding: bool = False,
-                 shared_prefix: bool = False):
+    def __init__(
+        self,
+        teacher_module,
+        mode: str,
+        rate: float,
+        student_module=None,
+        remove_padding: bool = False,
+        shared_prefix: bool = False,
+    ):
         self.teacher = teacher_module
         self.mode = mode
         self.rate = rate
@@ -45,19 +52,30 @@ class TeacherForward:
         """How the shared-prefix forward would run this batch (``None``: the plain forward)."""
         if not self.shared_prefix:
             return None
-        return prefix_plan.plan(self.teacher, batch["teacher_input_ids"], batch["teacher_attention_mask"],
-                                  batch["response_mask"])
+        return prefix_plan.plan(
+            self.teacher, batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["response_mask"]
+        )
 
     def _hidden(self, module, batch: dict, batch_plan: prefix_plan.Plan | None) -> torch.Tensor:
-        args = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"],
-                batch["response_mask"])
+        args = (
+            batch["teacher_input_ids"],
+            batch["teacher_attention_mask"],
+            batch["teacher_position_ids"],
+            batch["response_mask"],
+        )
         if batch_plan is not None:
             return shared_prefix.shared_prefix_hidden(module, *args, batch_plan)
         return forward.response_hidden(module, *args, self.remove_padding)
 
     @torch.no_grad()
-    def mini_batch_hidden(self, chunks: list[dict], rows: list[list[int]], size: int, device: torch.device,
-                          most_over_ranks=lambda calls: calls) -> torch.Tensor:
+    def mini_batch_hidden(
+        self,
+        chunks: list[dict],
+        rows: list[list[int]],
+        size: int,
+        device: torch.device,
+        most_over_ranks=lambda calls: calls,
+    ) -> torch.Tensor:
         """The head inputs ``[size, R, H]`` (``2H`` for trust-region) of a mini-batch cut into ``chunks``
         (``chunks[i]`` holds the mini-batch rows ``rows[i]``), zeros at padding; and the tokens it ran.
 
@@ -81,8 +99,9 @@ class TeacherForward:
     def _mix(self, teacher_hidden: torch.Tensor, student_hidden: torch.Tensor) -> torch.Tensor:
         """Trust-region head inputs ``[(1 - r)·h_ref, r·h_student]``; the student's pass is over, reshard it."""
         model_utils.reshard(self.student)
-        return torch.cat([(1.0 - self.rate) * teacher_hidden, self.rate * student_hidden.to(teacher_hidden.dtype)],
-                         dim=-1)
+        return torch.cat(
+            [(1.0 - self.rate) * teacher_hidden, self.rate * student_hidden.to(teacher_hidden.dtype)], dim=-1
+        )
 
     def _module_pass(self, module, chunks, plans, rows, size, device, calls: int) -> torch.Tensor:
         made = [0]
@@ -173,26 +192,41 @@ def micro_batch_loss(
     if loss_mode in DISTILLATION_MODES:
         teacher_hidden, teacher_weight = teacher(batch)
         if sd_cfg.full_logit_distillation:
-            head_kwargs.update(teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, alpha=sd_cfg.alpha,
-                               topk=sd_cfg.distillation_topk, add_tail=sd_cfg.distillation_add_tail)
+            head_kwargs.update(
+                teacher_hidden=teacher_hidden,
+                teacher_weight=teacher_weight,
+                alpha=sd_cfg.alpha,
+                topk=sd_cfg.distillation_topk,
+                add_tail=sd_cfg.distillation_add_tail,
+            )
         else:
             with torch.no_grad():
                 teacher_logp = forward.scatter_tokens(
-                    fused_head(teacher_hidden, teacher_weight, labels, temperature=temperature)[0], response_mask)
+                    fused_head(teacher_hidden, teacher_weight, labels, temperature=temperature)[0], response_mask
+                )
 
     # Outputs the loss does not differentiate are detached, so backward skips their vocabulary work.
     keep_grad = (not (loss_mode in DISTILLATION_MODES and sd_cfg.full_logit_distillation), bool(entropy_coeff), True)
 
     def fn(hidden, weight, where=None):  # ``where``: which of the M positions ``hidden`` holds (default all)
         pick = (lambda t: t) if where is None else (lambda t: t[where])
-        outs = fused_head(hidden, weight, pick(labels), **{k: pick(v) if k == "teacher_hidden" else v
-                                                          for k, v in head_kwargs.items()})
+        outs = fused_head(
+            hidden, weight, pick(labels), **{k: pick(v) if k == "teacher_hidden" else v for k, v in head_kwargs.items()}
+        )
         return torch.stack([o if keep else o.detach() for o, keep in zip(outs, keep_grad) if o is not None], dim=-1)
 
     tokens_run: list[int] = []
-    values = shared_prefix.response_head(student_module, batch["input_ids"], batch["attention_mask"],
-                                         batch["position_ids"], response_mask, fn, remove_padding,
-                                         share=student_shared_prefix, tokens_run=tokens_run)
+    values = shared_prefix.response_head(
+        student_module,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["position_ids"],
+        response_mask,
+        fn,
+        remove_padding,
+        share=student_shared_prefix,
+        tokens_run=tokens_run,
+    )
     metrics["perf/student_tokens_run"] = float(tokens_run[0])
     log_probs, entropy = (forward.scatter_tokens(values[:, i], response_mask) for i in (0, 1))
     metrics["actor/entropy"] = _masked_mean(entropy.detach(), response_mask)
@@ -200,19 +234,34 @@ def micro_batch_loss(
     if loss_mode in DISTILLATION_MODES:
         divergence = forward.scatter_tokens(values[:, 2], response_mask) if sd_cfg.full_logit_distillation else None
         loss, sd_metrics = losses.self_distillation_loss_from_tokens(
-            log_probs if teacher_logp is not None else log_probs.detach(), divergence, teacher_logp,
-            response_mask, batch["distillation_mask"], sd_cfg,
-            old_log_probs=batch.get("old_log_probs"), rollout_is_weights=batch.get("rollout_is_weights"),
-            step_ids=batch.get("step_ids"), loss_agg_mode=agg_mode, normalizer=normalizer, horizon=horizon,
+            log_probs if teacher_logp is not None else log_probs.detach(),
+            divergence,
+            teacher_logp,
+            response_mask,
+            batch["distillation_mask"],
+            sd_cfg,
+            old_log_probs=batch.get("old_log_probs"),
+            rollout_is_weights=batch.get("rollout_is_weights"),
+            step_ids=batch.get("step_ids"),
+            loss_agg_mode=agg_mode,
+            normalizer=normalizer,
+            horizon=horizon,
         )
         metrics.update(sd_metrics)
     elif loss_mode in PPO_MODES:
         old = batch.get("old_log_probs")
         loss, ppo_metrics = losses.ppo_policy_loss(
-            log_probs, old if old is not None else log_probs.detach(), batch["advantages"], response_mask,
-            clip_ratio_low=actor_cfg["clip_ratio_low"], clip_ratio_high=actor_cfg["clip_ratio_high"],
-            clip_ratio_c=actor_cfg["clip_ratio_c"], loss_agg_mode=agg_mode,
-            rollout_is_weights=batch.get("rollout_is_weights"), normalizer=normalizer, horizon=horizon,
+            log_probs,
+            old if old is not None else log_probs.detach(),
+            batch["advantages"],
+            response_mask,
+            clip_ratio_low=actor_cfg["clip_ratio_low"],
+            clip_ratio_high=actor_cfg["clip_ratio_high"],
+            clip_ratio_c=actor_cfg["clip_ratio_c"],
+            loss_agg_mode=agg_mode,
+            rollout_is_weights=batch.get("rollout_is_weights"),
+            normalizer=normalizer,
+            horizon=horizon,
         )
         metrics.update(ppo_metrics)
         if actor_cfg["use_kl_loss"]:  # KL to the frozen initial model, aggregated like the policy loss
@@ -222,37 +271,86 @@ def micro_batch_loss(
             metrics["actor/kl_loss"] = _masked_mean(kl.detach(), response_mask)
             metrics["actor/kl_coef"] = float(actor_cfg["kl_loss_coef"])
     elif loss_mode in PREFERENCE_MODES or loss_mode == "verified_sft":
-        loss, pref_metrics = _sequence_level_loss(batch, log_probs, response_mask, loss_mode, actor_cfg,
-                                                  ref_module, temperature, normalizer, remove_padding,
-                                                  student_shared_prefix)
+        loss, pref_metrics = _sequence_level_loss(
+            batch,
+            log_probs,
+            response_mask,
+            loss_mode,
+            actor_cfg,
+            ref_module,
+            temperature,
+            normalizer,
+            remove_padding,
+            student_shared_prefix,
+        )
         metrics.update(pref_metrics)
     else:
         raise ValueError(f"unknown actor_rollout_ref.actor.policy_loss.loss_mode {loss_mode!r}")
 
     if entropy_coeff:
         # Entropy bonus (differentiable): mean entropy over valid tokens.
-        loss = loss - entropy_coeff * losses.agg_loss(entropy, response_mask, "token-mean", normalizer=entropy_normalizer)
+        loss = loss - entropy_coeff * losses.agg_loss(
+            entropy, response_mask, "token-mean", normalizer=entropy_normalizer
+        )
     return loss, metrics
 
 
-def _sequence_level_loss(batch, token_lp, response_mask, loss_mode, actor_cfg, ref_module, temperature, normalizer,
-                         remove_padding, share: bool):
+def _sequence_level_loss(
+    batch,
+    token_lp,
+    response_mask,
+    loss_mode,
+    actor_cfg,
+    ref_module,
+    temperature,
+    normalizer,
+    remove_padding,
+    share: bool,
+):
     policy = actor_cfg["policy_loss"]
     rewards = batch["scores"].tolist()
     if loss_mode == "verified_sft":
-        return sequence_losses.verified_sft_loss(token_lp, response_mask, rewards, success_threshold=policy["sft_success_threshold"],
-                                        length_normalize=policy["sft_length_normalize"], normalizer=normalizer)
+        return sequence_losses.verified_sft_loss(
+            token_lp,
+            response_mask,
+            rewards,
+            success_threshold=policy["sft_success_threshold"],
+            length_normalize=policy["sft_length_normalize"],
+            normalizer=normalizer,
+        )
     seq_lp = (token_lp * response_mask).sum(-1)
     uids = batch["uid"]
     if loss_mode == "dpo":
-        ref_lp = forward.response_log_probs(ref_module, batch["input_ids"], batch["attention_mask"],
-                                            batch["position_ids"], batch["responses"], response_mask, temperature,
-                                            remove_padding, partial(shared_prefix.response_head, share=share))
-        return sequence_losses.dpo_loss(seq_lp, ref_lp.sum(-1), uids, rewards, beta=policy["dpo_beta"],
-                               label_smoothing=policy["pref_label_smoothing"], normalizer=normalizer)
-    return sequence_losses.simpo_loss(seq_lp, response_mask.sum(-1), uids, rewards, beta=policy["simpo_beta"],
-                             gamma=policy["simpo_gamma"], label_smoothing=policy["pref_label_smoothing"],
-                             normalizer=normalizer)
+        ref_lp = forward.response_log_probs(
+            ref_module,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["position_ids"],
+            batch["responses"],
+            response_mask,
+            temperature,
+            remove_padding,
+            partial(shared_prefix.response_head, share=share),
+        )
+        return sequence_losses.dpo_loss(
+            seq_lp,
+            ref_lp.sum(-1),
+            uids,
+            rewards,
+            beta=policy["dpo_beta"],
+            label_smoothing=policy["pref_label_smoothing"],
+            normalizer=normalizer,
+        )
+    return sequence_losses.simpo_loss(
+        seq_lp,
+        response_mask.sum(-1),
+        uids,
+        rewards,
+        beta=policy["simpo_beta"],
+        gamma=policy["simpo_gamma"],
+        label_smoothing=policy["pref_label_smoothing"],
+        normalizer=normalizer,
+    )
 
 
 def loss_normalizer_counts(batch: dict, loss_mode: str, actor_cfg: dict) -> tuple[float, float]:
@@ -264,7 +362,9 @@ def loss_normalizer_counts(batch: dict, loss_mode: str, actor_cfg: dict) -> tupl
     if loss_mode in PREFERENCE_MODES:
         return float(sequence_losses.preference_pair_count(batch["uid"], batch["scores"].tolist())), tokens
     if loss_mode == "verified_sft":
-        return float(sequence_losses.verified_sft_count(mask, batch["scores"].tolist(), policy["sft_success_threshold"])), tokens
+        return float(
+            sequence_losses.verified_sft_count(mask, batch["scores"].tolist(), policy["sft_success_threshold"])
+        ), tokens
     if loss_mode in DISTILLATION_MODES:
         mask = mask * batch["distillation_mask"].float().unsqueeze(-1)
     agg_mode = actor_cfg["loss_agg_mode"]
@@ -284,8 +384,9 @@ class Normalizers:
     entropy: float
 
 
-def backward_mini_batch(micro_batches: Iterable[dict], student_module, normalizers: Normalizers | None,
-                        device: torch.device, **loss_kwargs) -> tuple[float, dict[str, list[float]]]:
+def backward_mini_batch(
+    micro_batches: Iterable[dict], student_module, normalizers: Normalizers | None, device: torch.device, **loss_kwargs
+) -> tuple[float, dict[str, list[float]]]:
     """Forward/backward every micro-batch of one mini-batch, accumulating gradients in the module.
 
     Returns this rank's mini-batch loss (the sum of the scaled micro-batch losses) and the
@@ -297,9 +398,11 @@ def backward_mini_batch(micro_batches: Iterable[dict], student_module, normalize
     total, metrics = 0.0, {}
     for mb in micro_batches:
         loss, mb_metrics = micro_batch_loss(
-            to_device(mb, device), student_module,
+            to_device(mb, device),
+            student_module,
             normalizer=normalizers.loss if normalizers else None,
-            entropy_normalizer=normalizers.entropy if normalizers else None, **loss_kwargs,
+            entropy_normalizer=normalizers.entropy if normalizers else None,
+            **loss_kwargs,
         )
         if normalizers is None:
             loss = loss / len(micro_batches)

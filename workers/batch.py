@@ -92,8 +92,9 @@ def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------
 # Token-budget micro-batches (``actor.use_dynamic_bsz``)
-def token_budget_partition(lengths: Sequence[Sequence[int]], budget: int, *, group: int = 1,
-                           parts: int | None = None) -> list[list[int]]:
+def token_budget_partition(
+    lengths: Sequence[Sequence[int]], budget: int, *, group: int = 1, parts: int | None = None
+) -> list[list[int]]:
     """Row indices of each micro-batch, such that each micro-batch's token count stays within ``budget``
     in every column of ``lengths`` (one row per sequence: e.g. its student and its teacher length, each
     counted by its own length since they are packed separately).

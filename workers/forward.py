@@ -35,16 +35,21 @@ def output_head(module) -> tuple[str, torch.nn.Module]:
     head = module.get_output_embeddings()
     name = next((n for n, child in module.named_children() if child is head), None)
     if name is None or not isinstance(head, torch.nn.Linear):
-        raise ValueError(f"{type(module).__name__}: the LM head is not a direct Linear child of the model; the fused "
-                         "loss needs `model.<head>(hidden_states)` as in transformers' *ForCausalLM classes")
+        raise ValueError(
+            f"{type(module).__name__}: the LM head is not a direct Linear child of the model; the fused "
+            "loss needs `model.<head>(hidden_states)` as in transformers' *ForCausalLM classes"
+        )
     if head.bias is not None or getattr(module.config, "final_logit_softcapping", None):
-        raise ValueError(f"{type(module).__name__}: an LM head with a bias or a logit soft-cap is not supported by "
-                         "the fused loss (mopd.fused_head computes hidden @ weight.T)")
+        raise ValueError(
+            f"{type(module).__name__}: an LM head with a bias or a logit soft-cap is not supported by "
+            "the fused loss (mopd.fused_head computes hidden @ weight.T)"
+        )
     return name, head
 
 
-def response_head(module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor, fn,
-                  remove_padding: bool = False) -> torch.Tensor:
+def response_head(
+    module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor, fn, remove_padding: bool = False
+) -> torch.Tensor:
     """``fn(hidden [M, H], weight [V, H]) -> [M, K]`` on the valid positions of the last R tokens'
     predecessors (position t-1 scores response token t); rows in row-major order of ``response_mask``.
 
@@ -63,10 +68,14 @@ def response_head(module, input_ids, attention_mask, position_ids, response_mask
         keep = attention_mask.bool()
         # Packed position of every kept token; the predecessors of the response tokens are kept tokens.
         packed_at = (keep.reshape(-1).cumsum(0) - 1).reshape(keep.shape)
-        rows = packed_at[:, -width - 1:-1][valid]
-        inputs = dict(input_ids=input_ids[keep].unsqueeze(0), attention_mask=None,
-                      position_ids=position_ids[keep].unsqueeze(0), logits_to_keep=0,
-                      **packed_attention.boundary_kwargs(module, keep.sum(1)))
+        rows = packed_at[:, -width - 1 : -1][valid]
+        inputs = dict(
+            input_ids=input_ids[keep].unsqueeze(0),
+            attention_mask=None,
+            position_ids=position_ids[keep].unsqueeze(0),
+            logits_to_keep=0,
+            **packed_attention.boundary_kwargs(module, keep.sum(1)),
+        )
 
         def call(hidden, weight):  # hidden: [1, tokens, H]
             return fn(hidden[0, rows], weight)
@@ -79,8 +88,12 @@ def response_head(module, input_ids, attention_mask, position_ids, response_mask
         width -= attention_mask.shape[1] - 1 - last
         valid = valid[:, :width]
         cols = slice(first, last + 1)
-        inputs = dict(input_ids=input_ids[:, cols], attention_mask=attention_mask[:, cols],
-                      position_ids=position_ids[:, cols], logits_to_keep=width + 1)
+        inputs = dict(
+            input_ids=input_ids[:, cols],
+            attention_mask=attention_mask[:, cols],
+            position_ids=position_ids[:, cols],
+            logits_to_keep=width + 1,
+        )
 
         def call(hidden, weight):  # hidden: [B, R + 1, H]
             return fn(hidden[:, :-1][valid], weight)
@@ -112,24 +125,33 @@ def scatter_tokens(values: torch.Tensor, response_mask: torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
-def response_log_probs(module, input_ids, attention_mask, position_ids, responses, response_mask,
-                       temperature: float, remove_padding: bool = False, head=None) -> torch.Tensor:
+def response_log_probs(
+    module,
+    input_ids,
+    attention_mask,
+    position_ids,
+    responses,
+    response_mask,
+    temperature: float,
+    remove_padding: bool = False,
+    head=None,
+) -> torch.Tensor:
     """log pi(response token) ``[B, R]`` (zeros at padding), without gradient. ``head``: the forward to
     run, with ``response_head``'s arguments (default: it; ``shared_prefix.response_head`` shares prompts)."""
     labels = responses[response_mask.bool()]
 
     def fn(hidden, weight, where=None):  # ``where``: which of the positions ``hidden`` holds (default all)
-        return fused_head(hidden, weight, labels if where is None else labels[where],
-                          temperature=temperature)[0].unsqueeze(-1)
+        return fused_head(hidden, weight, labels if where is None else labels[where], temperature=temperature)[
+            0
+        ].unsqueeze(-1)
 
-    values = (head or response_head)(module, input_ids, attention_mask, position_ids, response_mask, fn,
-                                     remove_padding)
+    values = (head or response_head)(module, input_ids, attention_mask, position_ids, response_mask, fn, remove_padding)
     return scatter_tokens(values[:, 0], response_mask)
 
 
 @torch.no_grad()
-def response_hidden(module, input_ids, attention_mask, position_ids, response_mask,
-                    remove_padding: bool = False) -> torch.Tensor:
+def response_hidden(
+    module, input_ids, attention_mask, position_ids, response_mask, remove_padding: bool = False
+) -> torch.Tensor:
     """Final hidden states at the valid response positions ``[M, H]`` (what the head would read)."""
-    return response_head(module, input_ids, attention_mask, position_ids, response_mask, lambda h, w: h,
-                         remove_padding)
+    return response_head(module, input_ids, attention_mask, position_ids, response_mask, lambda h, w: h, remove_padding)

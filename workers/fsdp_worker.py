@@ -70,7 +70,9 @@ class ActorRolloutRefWorker:
         _seed_everything(trainer["seed"])  # identical initial weights on every rank
         self.dtype = model_utils.pick_dtype(model_cfg["dtype"], self.device)
         path = model_utils.resolve_model_path(model_cfg["path"])
-        self.tokenizer = model_utils.load_tokenizer(model_cfg.get("tokenizer_path") or path, model_cfg["trust_remote_code"])
+        self.tokenizer = model_utils.load_tokenizer(
+            model_cfg.get("tokenizer_path") or path, model_cfg["trust_remote_code"]
+        )
         self.remove_padding = model_cfg["use_remove_padding"]
         # Packing under sdpa: per-sequence attention instead of a [T, T] mask (workers/packed_attention.py).
         attn = packed_attention.implementation(model_cfg["attn_implementation"], self.remove_padding)
@@ -79,45 +81,80 @@ class ActorRolloutRefWorker:
         self.loss_mode = actor_cfg["policy_loss"]["loss_mode"]
         if actor_cfg["strategy"] != "fsdp2":  # the one sharding strategy here; FSDP1 ("fsdp") is not offered
             raise ValueError(f"actor_rollout_ref.actor.strategy={actor_cfg['strategy']}: only fsdp2 is implemented")
-        self.sd_cfg = (SelfDistillationConfig.from_dict(actor_cfg["self_distillation"])
-                       if self.loss_mode in DISTILLATION_MODES else None)
+        self.sd_cfg = (
+            SelfDistillationConfig.from_dict(actor_cfg["self_distillation"])
+            if self.loss_mode in DISTILLATION_MODES
+            else None
+        )
 
-        self.student_shared_prefix = _student_shares_prefixes(actor_cfg["shared_prefix"], self.world_size,
-                                                              model_cfg["enable_gradient_checkpointing"], self.rank)
+        self.student_shared_prefix = _student_shares_prefixes(
+            actor_cfg["shared_prefix"], self.world_size, model_cfg["enable_gradient_checkpointing"], self.rank
+        )
         # Built on the meta device, sharded, each rank reading its rows of the safetensors files: never a full
         # float32 model on a device (workers/sharded_load.py).
-        shard = dict(device=self.device, rank=self.rank, world_size=self.world_size, compute_dtype=self.dtype,
-                     attn_implementation=attn, trust_remote_code=model_cfg["trust_remote_code"])
-        self.actor = sharded_load.build_sharded(path, gradient_checkpointing=model_cfg["enable_gradient_checkpointing"],
-                                                **shard)
+        shard = dict(
+            device=self.device,
+            rank=self.rank,
+            world_size=self.world_size,
+            compute_dtype=self.dtype,
+            attn_implementation=attn,
+            trust_remote_code=model_cfg["trust_remote_code"],
+        )
+        self.actor = sharded_load.build_sharded(
+            path, gradient_checkpointing=model_cfg["enable_gradient_checkpointing"], **shard
+        )
         rollout_cfg = cfg["actor_rollout_ref"]["rollout"]
         # hf: an unsharded copy in the compute dtype, the only full copy on the device, filled by the weight
         # sync before each generation (generation never packs: the requested attention); vllm builds its own.
-        rollout_copy = sharded_load.build_engine_copy(
-            path, dtype=self.dtype, device=self.device, attn_implementation=model_cfg["attn_implementation"],
-            trust_remote_code=model_cfg["trust_remote_code"]) if rollout_cfg["name"] == "hf" else None
+        rollout_copy = (
+            sharded_load.build_engine_copy(
+                path,
+                dtype=self.dtype,
+                device=self.device,
+                attn_implementation=model_cfg["attn_implementation"],
+                trust_remote_code=model_cfg["trust_remote_code"],
+            )
+            if rollout_cfg["name"] == "hf"
+            else None
+        )
         self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], total_optimizer_steps)
         self.model_path = path
         if rollout_cfg["name"] == "vllm":
             from workers.vllm_rollout import VLLMRollout
 
             self.rollout = VLLMRollout(
-                path, self.tokenizer, rollout_cfg, tokenizer_path=model_cfg.get("tokenizer_path"), dtype=self.dtype,
-                device=self.device, rank=self.rank, world_size=self.world_size, seed=trainer["seed"],
+                path,
+                self.tokenizer,
+                rollout_cfg,
+                tokenizer_path=model_cfg.get("tokenizer_path"),
+                dtype=self.dtype,
+                device=self.device,
+                rank=self.rank,
+                world_size=self.world_size,
+                seed=trainer["seed"],
                 max_model_len=cfg["data"]["max_prompt_length"] + cfg["data"]["max_response_length"],
-                trust_remote_code=model_cfg["trust_remote_code"])
+                trust_remote_code=model_cfg["trust_remote_code"],
+            )
         else:
-            self.rollout = HFRollout(rollout_copy, self.tokenizer, rollout_cfg["micro_batch_size"],
-                                     calculate_log_probs=rollout_cfg["calculate_log_probs"],
-                                     max_token_len=rollout_cfg["generate_max_token_len_per_gpu"])
+            self.rollout = HFRollout(
+                rollout_copy,
+                self.tokenizer,
+                rollout_cfg["micro_batch_size"],
+                calculate_log_probs=rollout_cfg["calculate_log_probs"],
+                max_token_len=rollout_cfg["generate_max_token_len_per_gpu"],
+            )
 
         self.teacher_module, self.teacher, self.ref_module = None, None, None
         ref_path = model_utils.resolve_model_path(cfg["actor_rollout_ref"]["ref"]["model"]["path"])
         # The frozen initial model: the teacher (MOPD/SDPO), DPO's reference, or the reference of a KL penalty.
         self.uses_kl = actor_cfg["use_kl_loss"] or cfg["algorithm"]["use_kl_in_reward"]
         if self.sd_cfg is not None or self.loss_mode == "dpo" or self.uses_kl:
-            frozen = sharded_load.build_sharded(ref_path or path, frozen=True, **shard, flag=(
-                "actor_rollout_ref.ref.model.path" if ref_path else "actor_rollout_ref.model.path")).eval()
+            frozen = sharded_load.build_sharded(
+                ref_path or path,
+                frozen=True,
+                **shard,
+                flag=("actor_rollout_ref.ref.model.path" if ref_path else "actor_rollout_ref.model.path"),
+            ).eval()
             if ref_path:
                 _check_same_vocabulary(frozen, self.actor, ref_path, path, self.tokenizer)
             if self.sd_cfg is None:
@@ -125,8 +162,14 @@ class ActorRolloutRefWorker:
             else:
                 self.teacher_module = frozen
                 mode = self.sd_cfg.teacher_regularization
-                self.teacher = TeacherForward(frozen, mode, self.sd_cfg.teacher_update_rate, self.actor,
-                                              self.remove_padding, cfg["actor_rollout_ref"]["ref"]["shared_prefix"])
+                self.teacher = TeacherForward(
+                    frozen,
+                    mode,
+                    self.sd_cfg.teacher_update_rate,
+                    self.actor,
+                    self.remove_padding,
+                    cfg["actor_rollout_ref"]["ref"]["shared_prefix"],
+                )
         model_utils.release_cached_memory(self.device)  # the loading transients: free before the first wake
         n_params = sum(p.numel() for p in self.actor.parameters())
         return {"params": n_params, "device": str(self.device), "rank": self.rank}
@@ -168,8 +211,9 @@ class ActorRolloutRefWorker:
     def compute_ref_log_prob(self, batch: dict) -> dict:
         """The frozen reference's log-probs of the responses (the KL penalty's ``ref``)."""
         if self.ref_module is None:
-            raise RuntimeError("compute_ref_log_prob: no reference model (actor.use_kl_loss or "
-                               "algorithm.use_kl_in_reward loads one)")
+            raise RuntimeError(
+                "compute_ref_log_prob: no reference model (actor.use_kl_loss or algorithm.use_kl_in_reward loads one)"
+            )
         return {"ref_log_probs": self._response_log_probs(self.ref_module, batch)}
 
     def _response_log_probs(self, module, batch: dict) -> torch.Tensor:
@@ -181,9 +225,21 @@ class ActorRolloutRefWorker:
         group = self.config["actor_rollout_ref"]["rollout"]["n"] if self.student_shared_prefix else 1
         for index in self._log_prob_parts(batch, "attention_mask", group):
             mb = to_device(index_batch(batch, index), self.device)
-            out[index] = response_log_probs(module, mb["input_ids"], mb["attention_mask"], mb["position_ids"],
-                                            mb["responses"], mb["response_mask"], temperature,
-                                            self.remove_padding, head).float().cpu()
+            out[index] = (
+                response_log_probs(
+                    module,
+                    mb["input_ids"],
+                    mb["attention_mask"],
+                    mb["position_ids"],
+                    mb["responses"],
+                    mb["response_mask"],
+                    temperature,
+                    self.remove_padding,
+                    head,
+                )
+                .float()
+                .cpu()
+            )
         model_utils.release_cached_memory(self.device)
         return out
 
@@ -201,17 +257,27 @@ class ActorRolloutRefWorker:
         micro = actor_cfg["ppo_micro_batch_size_per_gpu"]  # validated: divides the per-device mini-batch
         metrics: dict[str, list[float]] = {}
         self.actor.train()
-        generator = torch.Generator().manual_seed(_derive_seed(self.config["trainer"]["seed"], meta["step"], 0, "shuffle"))
+        generator = torch.Generator().manual_seed(
+            _derive_seed(self.config["trainer"]["seed"], meta["step"], 0, "shuffle")
+        )
         # DPO/SimPO pair the rollouts of one prompt within a micro-batch, and the shared-prefix forwards
         # run a prompt's rollouts together: shuffle and partition whole groups of n.
-        shared = (self.student_shared_prefix or (self.teacher is not None and self.teacher.shared_prefix)) \
-            and mini % n == 0
+        shared = (
+            self.student_shared_prefix or (self.teacher is not None and self.teacher.shared_prefix)
+        ) and mini % n == 0
         group = n if self.loss_mode in PREFERENCE_MODES or shared else 1
-        loss_kwargs = dict(loss_mode=self.loss_mode, actor_cfg=actor_cfg, sd_cfg=self.sd_cfg, teacher=self.teacher,
-                           ref_module=self.ref_module, temperature=meta["temperature"],
-                           horizon=self.config["data"]["max_response_length"],
-                           entropy_coeff=actor_cfg["entropy_coeff"], remove_padding=self.remove_padding,
-                           student_shared_prefix=self.student_shared_prefix)
+        loss_kwargs = dict(
+            loss_mode=self.loss_mode,
+            actor_cfg=actor_cfg,
+            sd_cfg=self.sd_cfg,
+            teacher=self.teacher,
+            ref_module=self.ref_module,
+            temperature=meta["temperature"],
+            horizon=self.config["data"]["max_response_length"],
+            entropy_coeff=actor_cfg["entropy_coeff"],
+            remove_padding=self.remove_padding,
+            student_shared_prefix=self.student_shared_prefix,
+        )
         finite_steps, skipped = 0, []
         offload = actor_cfg["fsdp_config"]["optimizer_offload"]
         if offload:
@@ -230,8 +296,9 @@ class ActorRolloutRefWorker:
                 normalizers = self._global_normalizers(mini_batch) if actor_cfg["global_token_normalization"] else None
                 self.optimizer.zero_grad(set_to_none=True)
                 micro_batches = self._micro_batches(mini_batch, micro, group)
-                mini_loss, mb_metrics = backward_mini_batch(micro_batches, self.actor, normalizers, self.device,
-                                                            **loss_kwargs)
+                mini_loss, mb_metrics = backward_mini_batch(
+                    micro_batches, self.actor, normalizers, self.device, **loss_kwargs
+                )
                 for k, v in mb_metrics.items():
                     metrics.setdefault(k, []).extend(v)
                 metrics.setdefault("actor/loss", []).append(mini_loss)
@@ -275,8 +342,9 @@ class ActorRolloutRefWorker:
             dist.all_reduce(most, op=dist.ReduceOp.MAX)
             return int(most.item())
 
-        return self.teacher.mini_batch_hidden([index_batch(mini_batch, index) for index in parts], parts, rows,
-                                              self.device, most_over_ranks)
+        return self.teacher.mini_batch_hidden(
+            [index_batch(mini_batch, index) for index in parts], parts, rows, self.device, most_over_ranks
+        )
 
     def _log_prob_parts(self, batch: dict, mask_key: str, group: int) -> list[list[int]]:
         """Row indices of each no-grad forward: ``rollout.log_prob_micro_batch_size_per_gpu`` sequences
@@ -284,8 +352,9 @@ class ActorRolloutRefWorker:
         ``rollout.log_prob_max_token_len_per_gpu``, as many parts on every rank."""
         rollout = self.config["actor_rollout_ref"]["rollout"]
         if self.config["actor_rollout_ref"]["actor"]["use_dynamic_bsz"]:
-            return self._token_budget_parts(sequence_lengths(batch, mask_key),
-                                            rollout["log_prob_max_token_len_per_gpu"], group)
+            return self._token_budget_parts(
+                sequence_lengths(batch, mask_key), rollout["log_prob_max_token_len_per_gpu"], group
+            )
         rows = batch["responses"].shape[0]
         size = max(rollout["log_prob_micro_batch_size_per_gpu"] // group, 1) * group
         return [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
@@ -309,8 +378,9 @@ class ActorRolloutRefWorker:
 
     def _global_normalizers(self, mini_batch: dict) -> Normalizers:
         """The mini-batch's loss and entropy counts summed over ranks (one collective)."""
-        counts = model_utils.device_tensor(loss_normalizer_counts(mini_batch, self.loss_mode, self.config[
-            "actor_rollout_ref"]["actor"]), self.device)
+        counts = model_utils.device_tensor(
+            loss_normalizer_counts(mini_batch, self.loss_mode, self.config["actor_rollout_ref"]["actor"]), self.device
+        )
         dist.all_reduce(counts)
         # FSDP2 averages gradients over ranks, so each rank's loss is scaled by world size.
         loss, entropy = (max(c, 1.0) / self.world_size for c in counts.tolist())
@@ -334,8 +404,11 @@ class ActorRolloutRefWorker:
         # A forward without backward leaves FSDP2's root parameters unsharded; compare shards to shards.
         model_utils.reshard(self.teacher_module)
         model_utils.reshard(self.actor)
-        ema_update_(model_utils.local_tensors(self.teacher_module.parameters()),
-                    model_utils.local_tensors(self.actor.parameters()), self.sd_cfg.teacher_update_rate)
+        ema_update_(
+            model_utils.local_tensors(self.teacher_module.parameters()),
+            model_utils.local_tensors(self.actor.parameters()),
+            self.sd_cfg.teacher_update_rate,
+        )
         return {"updated": True}
 
     # ------------------------------------------------------------------------------------------
@@ -359,8 +432,10 @@ class ActorRolloutRefWorker:
 
         state = self._sharded_state()
         dcp.save(state, checkpoint_id=os.path.join(directory, "sharded"))
-        torch.save({"scheduler": self.scheduler.state_dict(), "rng": _rng_state()},
-                   os.path.join(directory, f"extra_rank{self.rank}.pt"))
+        torch.save(
+            {"scheduler": self.scheduler.state_dict(), "rng": _rng_state()},
+            os.path.join(directory, f"extra_rank{self.rank}.pt"),
+        )
         dist.barrier()
 
     @register(Dispatch.ONE_TO_ALL)
@@ -385,8 +460,9 @@ class ActorRolloutRefWorker:
         if self.rank == 0:
             # The architecture and config come from a weightless (meta) model of the same config: no second
             # float32 model loaded at each checkpoint; the weights written are the float32 masters (``state``).
-            holder = sharded_load.export_holder(self.model_path, self.config["actor_rollout_ref"]["model"][
-                "trust_remote_code"])
+            holder = sharded_load.export_holder(
+                self.model_path, self.config["actor_rollout_ref"]["model"]["trust_remote_code"]
+            )
             holder.save_pretrained(directory, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(directory)
         dist.barrier()
@@ -410,18 +486,28 @@ def _student_shares_prefixes(requested: bool, world_size: int, checkpointing: bo
     Not on several ranks: the number of forwards follows each rank's data, and FSDP2's backward would then
     pair different ranks' all-gathers and reduce-scatters. Not under gradient checkpointing: transformers
     drops the KV cache the rollouts read their prompt from."""
-    why = ("several ranks (FSDP2 needs as many forwards on each)" if world_size > 1 else
-           "actor_rollout_ref.model.enable_gradient_checkpointing=true (it drops the KV cache)" if checkpointing else None)
+    why = (
+        "several ranks (FSDP2 needs as many forwards on each)"
+        if world_size > 1
+        else "actor_rollout_ref.model.enable_gradient_checkpointing=true (it drops the KV cache)"
+        if checkpointing
+        else None
+    )
     if requested and why and rank == 0:
-        print(f"[mopd] actor_rollout_ref.actor.shared_prefix: the plain forward runs instead, because of {why}",
-              flush=True)
+        print(
+            f"[mopd] actor_rollout_ref.actor.shared_prefix: the plain forward runs instead, because of {why}",
+            flush=True,
+        )
     return requested and why is None
 
 
 def _build_optimizer(model, optim_cfg: dict, total_optimizer_steps: int):
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=optim_cfg["lr"], betas=tuple(optim_cfg["betas"]),
-        eps=optim_cfg["eps"], weight_decay=optim_cfg["weight_decay"],
+        [p for p in model.parameters() if p.requires_grad],
+        lr=optim_cfg["lr"],
+        betas=tuple(optim_cfg["betas"]),
+        eps=optim_cfg["eps"],
+        weight_decay=optim_cfg["weight_decay"],
     )
     total = max(1, int(total_optimizer_steps))
     warmup = optim_cfg["lr_warmup_steps"]

@@ -36,8 +36,14 @@ class HFRollout:
     ``rollout.generate_max_token_len_per_gpu``) at most that many rows x (prompt + response) tokens, so the
     KV cache of a call, training or validation, stays within ``max_token_len`` x its bytes per token."""
 
-    def __init__(self, model, tokenizer, micro_batch_size: int = 256, calculate_log_probs: bool = True,
-                 max_token_len: int | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        micro_batch_size: int = 256,
+        calculate_log_probs: bool = True,
+        max_token_len: int | None = None,
+    ):
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -54,7 +60,7 @@ class HFRollout:
         into the copy's own tensors, casting to its dtype; each tensor can be freed once copied."""
         targets = self.model.state_dict()  # shares storage with the parameters
         seen, unexpected = set(), []
-        for name, tensor in (weights.items() if isinstance(weights, dict) else weights):
+        for name, tensor in weights.items() if isinstance(weights, dict) else weights:
             if name in targets:
                 targets[name].copy_(tensor)
                 seen.add(name)
@@ -66,8 +72,9 @@ class HFRollout:
             raise RuntimeError(f"rollout weight sync mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
-                 row_seeds: list[int]) -> dict[str, torch.Tensor]:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams, row_seeds: list[int]
+    ) -> dict[str, torch.Tensor]:
         """``n`` samples per prompt, interleaved (prompt 0's n samples first). Responses are right-padded to
         ``max_new_tokens``; the mask covers tokens up to and including the first EOS.
 
@@ -87,12 +94,20 @@ class HFRollout:
         for start in range(0, input_ids.shape[0], rows):
             ids = input_ids[start : start + rows]
             mask = attention_mask[start : start + rows]
-            sampler = SeededSampler(row_seeds[start : start + ids.shape[0]], params, device,
-                                    keep_log_probs=self.calculate_log_probs)
+            sampler = SeededSampler(
+                row_seeds[start : start + ids.shape[0]], params, device, keep_log_probs=self.calculate_log_probs
+            )
             sequences = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens, do_sample=False,
-                logits_processor=LogitsProcessorList([sampler]), eos_token_id=self.eos_ids,
-                pad_token_id=self.pad_id, temperature=None, top_p=None, top_k=None,
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=params.max_new_tokens,
+                do_sample=False,
+                logits_processor=LogitsProcessorList([sampler]),
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
                 **self._shared_prefill(prompts, prompt_mask, start, ids.shape[0], params.n),
             )
             responses.append(_pad_right(sequences[:, ids.shape[1] :], params.max_new_tokens, self.pad_id))
@@ -112,8 +127,9 @@ class HFRollout:
             return self.micro_batch_size
         return max(1, min(self.micro_batch_size, self.max_token_len // (prompt_width + max_new_tokens)))
 
-    def _shared_prefill(self, prompts: torch.Tensor, prompt_mask: torch.Tensor, first_row: int, rows: int,
-                        n: int) -> dict:
+    def _shared_prefill(
+        self, prompts: torch.Tensor, prompt_mask: torch.Tensor, first_row: int, rows: int, n: int
+    ) -> dict:
         """``generate``'s cache argument for sample rows ``first_row .. first_row + rows``: their prompts'
         keys/values but for the last token, each distinct prompt run once, not once per sample. ``generate``
         then runs only the last prompt token and samples on (HF's cache-reuse path); causal attention makes
@@ -121,12 +137,18 @@ class HFRollout:
         if n == 1 or prompts.shape[1] < 2:
             return {}
         first, last = first_row // n, (first_row + rows - 1) // n
-        ids, mask = prompts[first:last + 1, :-1], prompt_mask[first:last + 1, :-1]
+        ids, mask = prompts[first : last + 1, :-1], prompt_mask[first : last + 1, :-1]
         position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate numbers them
         name = model_utils.cache_kwarg(self.model)
         cache = model_utils.new_cache(self.model)
-        self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1,
-                   **{name: cache})
+        self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{name: cache},
+        )
         cache.batch_select_indices(torch.arange(first_row, first_row + rows, device=prompts.device) // n - first)
         return {name: cache}
 
@@ -143,8 +165,9 @@ class SeededSampler(LogitsProcessor):
     With ``do_sample=False`` the choice is the argmax.
     """
 
-    def __init__(self, row_seeds: list[int], params: SamplingParams, device: torch.device, *,
-                 keep_log_probs: bool = True):
+    def __init__(
+        self, row_seeds: list[int], params: SamplingParams, device: torch.device, *, keep_log_probs: bool = True
+    ):
         self.params = params
         self.temperature = params.temperature if params.do_sample else 1.0
         self.keep_log_probs = keep_log_probs
@@ -153,8 +176,12 @@ class SeededSampler(LogitsProcessor):
         self._log_probs: list[torch.Tensor] = []
         self.uniforms = None
         if params.do_sample:
-            draws = [torch.rand(params.max_new_tokens, dtype=torch.float64,
-                                generator=torch.Generator().manual_seed(int(seed))) for seed in row_seeds]
+            draws = [
+                torch.rand(
+                    params.max_new_tokens, dtype=torch.float64, generator=torch.Generator().manual_seed(int(seed))
+                )
+                for seed in row_seeds
+            ]
             self.uniforms = torch.stack(draws).to(device)  # [B, max_new_tokens]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -217,8 +244,11 @@ def _inverse_cdf_sample(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.
     before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), torch.zeros_like(target))
     tokens = block * _CDF_BLOCK + torch.arange(_CDF_BLOCK, device=weights.device)  # [B, _CDF_BLOCK]
     inside = tokens < vocab  # the last block may be short
-    inner_weights = torch.where(inside, weights.gather(1, tokens.clamp(max=vocab - 1)), torch.zeros((), dtype=weights.dtype,
-                                                                                              device=weights.device))
+    inner_weights = torch.where(
+        inside,
+        weights.gather(1, tokens.clamp(max=vocab - 1)),
+        torch.zeros((), dtype=weights.dtype, device=weights.device),
+    )
     inner_cdf = inner_weights.to(torch.float64).cumsum(dim=-1)
     offset = torch.searchsorted(inner_cdf, target - before, right=True).squeeze(-1)
     # Rounding can put the target a hair past the block's own sum: take its last token of weight > 0.

@@ -22,8 +22,12 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     backend = "nccl" if device.type == "cuda" else "gloo"
     # device_id binds NCCL to this rank's GPU up front (barriers and collectives then need no guessing).
     dist.init_process_group(
-        backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30),
-        init_method=f"tcp://{master_addr}:{master_port}", device_id=device if device.type == "cuda" else None,
+        backend,
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(minutes=30),
+        init_method=f"tcp://{master_addr}:{master_port}",
+        device_id=device if device.type == "cuda" else None,
     )
 
 
@@ -63,8 +67,14 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return []
 
 
-def fsdp2_wrap(model, device: torch.device, world_size: int, compute_dtype: torch.dtype = torch.float32, *,
-               shard_single_rank: bool = False):
+def fsdp2_wrap(
+    model,
+    device: torch.device,
+    world_size: int,
+    compute_dtype: torch.dtype = torch.float32,
+    *,
+    shard_single_rank: bool = False,
+):
     """``fully_shard`` every decoder layer and the root over a 1-D mesh of all ranks (a plain module on a
     single float32 rank, where sharding is a no-op).
 
@@ -112,8 +122,10 @@ def read_and_reset_peak_memory(device: torch.device) -> dict[str, float]:
     """Peak memory (GB) since the last call, then reset: torch's CUDA allocator on a GPU, the process's
     peak resident set on a CPU (Linux: VmHWM, reset through /proc/self/clear_refs)."""
     if device.type == "cuda":
-        out = {"allocated": torch.cuda.max_memory_allocated(device) / 1e9,
-               "reserved": torch.cuda.max_memory_reserved(device) / 1e9}
+        out = {
+            "allocated": torch.cuda.max_memory_allocated(device) / 1e9,
+            "reserved": torch.cuda.max_memory_reserved(device) / 1e9,
+        }
         torch.cuda.reset_peak_memory_stats(device)
         return out
     peak_kb = None

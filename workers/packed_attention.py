@@ -70,27 +70,44 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     bounds = kwargs.get("cu_seq_lens_q")
     if bounds is None:
         if _PACKING.get():
-            raise RuntimeError(f"{type(module).__name__}: a packed forward reached attention without its sequence "
-                               "boundaries (cu_seq_lens_q); this model does not pass attention kwargs through")
+            raise RuntimeError(
+                f"{type(module).__name__}: a packed forward reached attention without its sequence "
+                "boundaries (cu_seq_lens_q); this model does not pass attention kwargs through"
+            )
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if kwargs.get("sliding_window") is not None:
-        raise ValueError(f"{type(module).__name__}: sliding-window attention is not supported by {PACKED_SDPA}; "
-                         "use actor_rollout_ref.model.use_remove_padding=false or flash_attention_2")
+        raise ValueError(
+            f"{type(module).__name__}: sliding-window attention is not supported by {PACKED_SDPA}; "
+            "use actor_rollout_ref.model.use_remove_padding=false or flash_attention_2"
+        )
     if module.training and kwargs.get("dropout", 0.0):
         raise ValueError(f"{type(module).__name__}: attention dropout is not supported by {PACKED_SDPA}")
     scale, groups = kwargs.get("scaling"), query.shape[1] // key.shape[1]
     if _varlen_usable(query):
-        out = _VARLEN(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), bounds,
-                      kwargs["max_length_q"], scale, groups)
+        out = _VARLEN(
+            query[0].transpose(0, 1),
+            key[0].transpose(0, 1),
+            value[0].transpose(0, 1),
+            bounds,
+            kwargs["max_length_q"],
+            scale,
+            groups,
+        )
         return out.unsqueeze(0), None
     return _per_sequence(query, key, value, bounds.tolist(), scale, groups).transpose(1, 2).contiguous(), None
 
 
 def _per_sequence(query, key, value, edges: list[int], scale, groups: int) -> torch.Tensor:
     """Causal sdpa over each ``[edges[i], edges[i + 1])`` column range of ``[1, H, T, D]`` tensors."""
-    return torch.cat([F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
-                                                     is_causal=True, scale=scale, enable_gqa=groups > 1)
-                      for a, b in zip(edges[:-1], edges[1:])], 2)
+    return torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scale, enable_gqa=groups > 1
+            )
+            for a, b in zip(edges[:-1], edges[1:])
+        ],
+        2,
+    )
 
 
 def _mask(*args, **kwargs):
@@ -119,6 +136,7 @@ def _varlen_kernel():
         elif groups > 1:
             k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
         return varlen_attn(q, k, v, bounds, bounds, longest, longest, scale=scale, window_size=(-1, 0), **extra)
+
     return run
 
 
@@ -133,8 +151,9 @@ def _varlen_usable(query: torch.Tensor) -> bool:
         return False
     key = (str(query.device), query.dtype)
     if key not in _VARLEN_CHECKED:
-        _VARLEN_CHECKED[key] = (torch.cuda.get_device_capability(query.device)[0] >= 8
-                                and varlen_agrees(query.device, query.dtype))
+        _VARLEN_CHECKED[key] = torch.cuda.get_device_capability(query.device)[0] >= 8 and varlen_agrees(
+            query.device, query.dtype
+        )
     return _VARLEN_CHECKED[key]
 
 
@@ -154,26 +173,36 @@ def varlen_agrees(device, dtype, kernel=None) -> bool:
     kernel = kernel or _VARLEN
     g = torch.Generator().manual_seed(0)
     edges, heads, kv_heads, dim = [0, 5, 6, 18], 4, 2, 64
-    q, k, v = (torch.randn(edges[-1], h, dim, generator=g).to(device, dtype).requires_grad_()
-               for h in (heads, kv_heads, kv_heads))
+    q, k, v = (
+        torch.randn(edges[-1], h, dim, generator=g).to(device, dtype).requires_grad_()
+        for h in (heads, kv_heads, kv_heads)
+    )
     bounds = torch.tensor(edges, dtype=torch.int32, device=device)
     try:
         with torch.enable_grad():
-            out = kernel(q, k, v, bounds, 12, dim ** -0.5, heads // kv_heads)
+            out = kernel(q, k, v, bounds, 12, dim**-0.5, heads // kv_heads)
             got = (out, *torch.autograd.grad(out.float().square().sum(), (q, k, v)))
-            ref = _per_sequence(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), edges, dim ** -0.5,
-                                heads // kv_heads)[0].transpose(0, 1)
+            ref = _per_sequence(
+                *(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), edges, dim**-0.5, heads // kv_heads
+            )[0].transpose(0, 1)
             want = (ref, *torch.autograd.grad(ref.float().square().sum(), (q, k, v)))
     except Exception as error:  # noqa: BLE001 -- any failure means: do not use it; said below
-        print(f"[mopd] {PACKED_SDPA}: torch's varlen attention failed its check on {device} ({type(error).__name__}: "
-              f"{str(error)[:200]}); packed sequences attend per sequence with sdpa instead", flush=True)
+        print(
+            f"[mopd] {PACKED_SDPA}: torch's varlen attention failed its check on {device} ({type(error).__name__}: "
+            f"{str(error)[:200]}); packed sequences attend per sequence with sdpa instead",
+            flush=True,
+        )
         return False
-    gaps = [float((a - b).norm() / b.norm().clamp(min=1e-6))
-            for a, b in ((a.detach().float(), b.detach().float()) for a, b in zip(got, want))]
+    gaps = [
+        float((a - b).norm() / b.norm().clamp(min=1e-6))
+        for a, b in ((a.detach().float(), b.detach().float()) for a, b in zip(got, want))
+    ]
     if max(gaps) > (1e-4 if dtype == torch.float32 else 0.03):
-        print(f"[mopd] {PACKED_SDPA}: torch's varlen attention disagrees with sdpa on {device} (relative gaps "
-              f"{', '.join(f'{x:.1e}' for x in gaps)}); packed sequences attend per sequence with sdpa instead",
-              flush=True)
+        print(
+            f"[mopd] {PACKED_SDPA}: torch's varlen attention disagrees with sdpa on {device} (relative gaps "
+            f"{', '.join(f'{x:.1e}' for x in gaps)}); packed sequences attend per sequence with sdpa instead",
+            flush=True,
+        )
         return False
     return True
 

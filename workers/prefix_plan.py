@@ -50,7 +50,7 @@ def _sorted_trie(prompts: list[list[int]]) -> tuple:
     def build(lo: int, hi: int):
         if hi - lo == 1:
             return order[lo]
-        shared = min(adjacent[lo:hi - 1])
+        shared = min(adjacent[lo : hi - 1])
         cuts = [lo] + [i + 1 for i in range(lo, hi - 1) if adjacent[i] == shared] + [hi]
         return shared, [build(a, b) for a, b in zip(cuts, cuts[1:])]
 
@@ -127,8 +127,11 @@ def _prefix_tree(prompts: list[list[int]], max_depth: int) -> Tree:
         if key not in memo:
             shared, children = item
             dissolve = sum(cost(c, levels, above)[0] for c in children)
-            keep = (shared - above + _NODE_TOKENS + sum(cost(c, levels - 1, shared)[0] for c in children)
-                    if levels > 0 and shared > above else dissolve + 1)
+            keep = (
+                shared - above + _NODE_TOKENS + sum(cost(c, levels - 1, shared)[0] for c in children)
+                if levels > 0 and shared > above
+                else dissolve + 1
+            )
             memo[key] = (keep, True) if keep < dissolve else (dissolve, False)
         return memo[key]
 
@@ -201,8 +204,13 @@ def _response_run(response_mask: torch.Tensor) -> list[int]:
     return last.masked_fill(~response_mask.bool().any(1), -1).tolist()
 
 
-def _identical_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
-                    prompts: list[list[int]], response_run: list[int]) -> list[int]:
+def _identical_rows(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    prompts: list[list[int]],
+    response_run: list[int],
+) -> list[int]:
     """Per row, the first row that runs the same inputs: the same prompt and the same response columns
     before its last scored token (ids and mask). That row's forward holds its hidden states at every
     position it scores, so it need not run (rollouts of one prompt often answer alike, and their teacher
@@ -244,7 +252,8 @@ def plan(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response
         return None
     param = next(module.parameters())
     budget = _CACHE_BYTES.get(param.device.type, _CACHE_BYTES["cuda"]) // _cache_bytes_per_token(
-        module, compute_dtype(module))
+        module, compute_dtype(module)
+    )
     per_forward = _FORWARD_TOKENS.get(param.device.type, _FORWARD_TOKENS["cuda"])
     depth = tree.depth()
     depths = []
@@ -280,7 +289,7 @@ def _chunks(widths: list[int], above: list[int], max_cached_tokens: int, forward
     chunks = []
     j = len(order)
     while j > 0:
-        chunks.append(order[cut[j]:j])
+        chunks.append(order[cut[j] : j])
         j = cut[j]
     return chunks[::-1]
 
@@ -303,8 +312,9 @@ def _cache_bytes_per_token(module, dtype: torch.dtype) -> int:
     return cfg.num_hidden_layers * 2 * heads * head_dim * torch.finfo(dtype).bits // 8
 
 
-def shared_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  response_mask: torch.Tensor) -> tuple[int, int]:
+def shared_tokens(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[int, int]:
     """(tokens the plain teacher forward runs, tokens the shared-prefix forward runs), padding excluded."""
     prompts, _, scored, _, rows, tree = _layout(input_ids, attention_mask, response_mask)
     return int(attention_mask.sum()), _run_tokens(tree, prompts, rows, scored)

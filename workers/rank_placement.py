@@ -21,8 +21,13 @@ class RankPlacementMixin:
         index = None
         if gpu_ids:
             index = visible.index(gpu_ids[0]) if gpu_ids[0] in visible else int(gpu_ids[0])
-        return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "gpu_ids": gpu_ids,
-                "device_index": index, "pid": os.getpid()}
+        return {
+            "node_id": ctx.get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
+            "gpu_ids": gpu_ids,
+            "device_index": index,
+            "pid": os.getpid(),
+        }
 
     def assign_rank(self, rank: int, local_rank: int, device_index: int | None) -> None:
         """Before ``init_model``: the rank in the process group, the rank on this node, and the device."""

@@ -31,11 +31,21 @@ class UnmappableCheckpoint(ValueError):
     """The checkpoint's files or names do not map one-to-one onto the model built from its config."""
 
 
-def build_sharded(path: str, *, device: torch.device, rank: int, world_size: int, compute_dtype: torch.dtype,
-                  attn_implementation: str | None, trust_remote_code: bool = False,
-                  gradient_checkpointing: bool = False, frozen: bool = False,
-                  flag: str = "actor_rollout_ref.model.path"):
+def build_sharded(
+    path: str,
+    *,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    compute_dtype: torch.dtype,
+    attn_implementation: str | None,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+    frozen: bool = False,
+    flag: str = "actor_rollout_ref.model.path",
+):
     """The FSDP2-wrapped model at ``path`` with float32 master shards on ``device``, loaded from its files."""
+
     def prepare(model):
         if gradient_checkpointing:  # non-reentrant: works under FSDP2 and with inputs that need no grad
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -53,16 +63,33 @@ def build_sharded(path: str, *, device: torch.device, rank: int, world_size: int
         return model
     except UnmappableCheckpoint as why:
         if rank == 0:
-            print(f"[mopd] {flag}={path}: {why}; loading with from_pretrained on the host instead (one float32 "
-                  "copy per rank in host memory, shards only on the device)", flush=True)
-    model = prepare(model_utils.load_causal_lm(path, dtype=torch.float32, attn_implementation=attn_implementation,
-                                               trust_remote_code=trust_remote_code, flag=flag))
+            print(
+                f"[mopd] {flag}={path}: {why}; loading with from_pretrained on the host instead (one float32 "
+                "copy per rank in host memory, shards only on the device)",
+                flush=True,
+            )
+    model = prepare(
+        model_utils.load_causal_lm(
+            path,
+            dtype=torch.float32,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            flag=flag,
+        )
+    )
     model = model_utils.fsdp2_wrap(model, device, world_size, compute_dtype)
     return model.to(device)  # a plain module (one float32 rank); FSDP2 moved its units already
 
 
-def build_engine_copy(path: str, *, dtype: torch.dtype, device: torch.device, attn_implementation: str | None,
-                      trust_remote_code: bool = False, flag: str = "actor_rollout_ref.model.path"):
+def build_engine_copy(
+    path: str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    attn_implementation: str | None,
+    trust_remote_code: bool = False,
+    flag: str = "actor_rollout_ref.model.path",
+):
     """An unsharded model in ``dtype`` on ``device`` whose weights are left for the first sync to fill."""
     model = _on_meta(path, dtype, attn_implementation, trust_remote_code, flag)
     _materialize(model, device)
@@ -70,8 +97,14 @@ def build_engine_copy(path: str, *, dtype: torch.dtype, device: torch.device, at
         _restore_non_persistent_buffers(model)
     except UnmappableCheckpoint as why:  # an architecture whose buffers we cannot rebuild: a loaded copy
         print(f"[mopd] {flag}={path}: {why}; the hf engine's copy is loaded with from_pretrained", flush=True)
-        return model_utils.load_causal_lm(path, dtype=dtype, attn_implementation=attn_implementation,
-                                          trust_remote_code=trust_remote_code, device=device, flag=flag)
+        return model_utils.load_causal_lm(
+            path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            device=device,
+            flag=flag,
+        )
     _read_generation_config(model, path)
     return model
 
@@ -118,8 +151,11 @@ def load_shards_(model, files: list[Path], rank: int, world_size: int) -> None:
     from safetensors import safe_open
 
     targets = dict(model.named_parameters(remove_duplicate=False))
-    non_persistent = {f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
-                      for name in getattr(module, "_non_persistent_buffers_set", ())}
+    non_persistent = {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        for name in getattr(module, "_non_persistent_buffers_set", ())
+    }
     targets.update({k: v for k, v in model.named_buffers(remove_duplicate=False) if k not in non_persistent})
     loaded: set[int] = set()
     for file in files:
@@ -190,7 +226,9 @@ def _restore_non_persistent_buffers(model) -> None:
         try:
             fresh = type(module)(config)
         except TypeError as exc:
-            raise UnmappableCheckpoint(f"cannot rebuild {type(module).__name__} for its unsaved buffers: {exc}") from None
+            raise UnmappableCheckpoint(
+                f"cannot rebuild {type(module).__name__} for its unsaved buffers: {exc}"
+            ) from None
         with torch.no_grad():
             for buffer in buffers:
                 getattr(module, buffer).copy_(getattr(fresh, buffer))

@@ -39,7 +39,7 @@ class _KV:
         width = mask.shape[1]
         pad = width - 1 - torch.where(mask.bool(), torch.arange(width, device=mask.device), -1).max(-1).values
         keep = int(mask.sum(-1).max())
-        cols = ((torch.arange(width, device=mask.device) - pad.unsqueeze(1)) % width)[:, width - keep:]
+        cols = ((torch.arange(width, device=mask.device) - pad.unsqueeze(1)) % width)[:, width - keep :]
         self.mask = mask.gather(1, cols)
         self.layers = []
         for keys, values in model_utils.cache_layers(cache):
@@ -63,12 +63,14 @@ def _parent_cache(module, stored: dict[int, tuple[_KV, int]], parents: list[int]
     width = max(kv.mask.shape[1] for kv, _, _ in groups.values())
     anchor = next(iter(groups.values()))[0]
     device = anchor.mask.device
-    picks = [(kv, torch.tensor(here, device=device), torch.tensor(there, device=device))
-             for kv, here, there in groups.values()]
+    picks = [
+        (kv, torch.tensor(here, device=device), torch.tensor(there, device=device))
+        for kv, here, there in groups.values()
+    ]
     orphans = torch.tensor([j for j, p in enumerate(parents) if p < 0], device=device, dtype=torch.long)
     mask = anchor.mask.new_zeros((len(parents), width), dtype=mask_dtype)
     for kv, here, there in picks:
-        mask[here, width - kv.mask.shape[1]:] = kv.mask[there].to(mask_dtype)
+        mask[here, width - kv.mask.shape[1] :] = kv.mask[there].to(mask_dtype)
     for layer in range(len(anchor.layers)):
         if len(picks) == 1 and not len(orphans):  # one source, rows in order: a single gather
             k, v = (t.index_select(0, picks[0][2]) for t in anchor.layers[layer])
@@ -86,17 +88,20 @@ def _parent_cache(module, stored: dict[int, tuple[_KV, int]], parents: list[int]
 
 
 @torch.no_grad()
-def shared_prefix_hidden(module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor,
-                         batch_plan: Plan | None = None) -> torch.Tensor | None:
+def shared_prefix_hidden(
+    module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor, batch_plan: Plan | None = None
+) -> torch.Tensor | None:
     """Final hidden states at the valid response positions ``[M, H]`` (row-major over ``response_mask``),
     as ``forward.response_hidden`` returns them, in ``batch_plan.forwards`` calls of ``module``; ``None``
     when ``plan`` says to run the plain forward."""
-    return shared_prefix_head(module, input_ids, attention_mask, position_ids, response_mask,
-                              lambda hidden, weight, where: hidden, batch_plan)
+    return shared_prefix_head(
+        module, input_ids, attention_mask, position_ids, response_mask, lambda hidden, weight, where: hidden, batch_plan
+    )
 
 
-def shared_prefix_head(module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor, fn,
-                       batch_plan: Plan | None = None) -> torch.Tensor | None:
+def shared_prefix_head(
+    module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor, fn, batch_plan: Plan | None = None
+) -> torch.Tensor | None:
     """``fn(hidden [m, H], weight [V, H], where [m]) -> [m, K]`` on the valid response positions, as
     ``forward.response_head`` computes it, assembled into ``[M, K]`` (row-major over ``response_mask``;
     ``where``: the positions' indices there); ``None`` when ``plan`` says to run the plain forward.
@@ -107,8 +112,10 @@ def shared_prefix_head(module, input_ids, attention_mask, position_ids, response
     module must not checkpoint while gradients are recorded."""
     checkpointing = [m for m in module.modules() if getattr(m, "gradient_checkpointing", False) is True]
     if checkpointing and torch.is_grad_enabled():
-        raise ValueError(f"{type(module).__name__}: the shared-prefix forward needs the KV cache, which "
-                         "gradient checkpointing drops; turn one of them off")
+        raise ValueError(
+            f"{type(module).__name__}: the shared-prefix forward needs the KV cache, which "
+            "gradient checkpointing drops; turn one of them off"
+        )
     # Without gradients there is nothing to replay, but transformers before 5.2x drops the cache of a
     # checkpointing module in training mode all the same (the trust-region teacher runs the student so):
     # checkpointing is switched off for this pass.
@@ -147,15 +154,22 @@ def _shared_prefix_head(module, input_ids, attention_mask, position_ids, respons
         if p_mask is not None:
             mask = torch.cat([p_mask, mask], dim=1)
         setattr(module, name, _HeadCall(head, fn))
-        out = module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                     logits_to_keep=1 if keep_cache else 0, **{cache_arg: cache})
+        out = module(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1 if keep_cache else 0,
+            **{cache_arg: cache},
+        )
         return out.logits, (_KV(cache, mask) if keep_cache else None)
 
     def run_packed(packs: list[list[int]], fn):
         """One forward whose row i runs the segments of the rows ``packs[i]`` one after another, after
         their common parent's cached keys/values, each segment seeing the parent and itself only."""
-        cache, p_mask = _parent_cache(module, stored, [tree.row_parent[pack[0]] for pack in packs],
-                                      attention_mask.dtype)
+        cache, p_mask = _parent_cache(
+            module, stored, [tree.row_parent[pack[0]] for pack in packs], attention_mask.dtype
+        )
         width = max(sum(segment[r][1] - segment[r][0] for r in pack) for pack in packs)
         src_row = torch.zeros((len(packs), width), dtype=torch.long)
         src_col = torch.zeros_like(src_row)
@@ -164,8 +178,8 @@ def _shared_prefix_head(module, input_ids, attention_mask, position_ids, respons
             at = 0
             for k, r in enumerate(pack):
                 first, end = segment[r]
-                src_row[i, at:at + end - first], src_col[i, at:at + end - first] = r, torch.arange(first, end)
-                owner[i, at:at + end - first] = k
+                src_row[i, at : at + end - first], src_col[i, at : at + end - first] = r, torch.arange(first, end)
+                owner[i, at : at + end - first] = k
                 at += end - first
         src_row, src_col, owner = src_row.to(device), src_col.to(device), owner.to(device)
         real = owner >= 0
@@ -176,8 +190,14 @@ def _shared_prefix_head(module, input_ids, attention_mask, position_ids, respons
         if p_mask is not None:
             allowed = torch.cat([p_mask.bool().unsqueeze(1).expand(-1, width, -1), allowed], dim=2)
         setattr(module, name, _HeadCall(head, fn))
-        return module(input_ids=ids, attention_mask=_as_4d_mask(module, allowed.unsqueeze(1)), position_ids=pos,
-                      use_cache=True, logits_to_keep=0, **{cache_arg: cache}).logits
+        return module(
+            input_ids=ids,
+            attention_mask=_as_4d_mask(module, allowed.unsqueeze(1)),
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=0,
+            **{cache_arg: cache},
+        ).logits
 
     def anchor(hidden, weight):
         # A prefix scores nothing, but its forward's output joins the result as a zero: FSDP2 gathers a
@@ -190,8 +210,9 @@ def _shared_prefix_head(module, input_ids, attention_mask, position_ids, respons
     # Where each scored position goes in the row-major ``[M, H]`` output.
     out_index = (counts.cumsum(0) - counts).unsqueeze(1) + valid.long().cumsum(1) - 1
     # Each row's columns in the rows' pass: its prompt tail, then its response up to its last scored token.
-    segment = [(starts[r] + tree.prefix(tree.row_parent[r]), prompt_width + batch_plan.scored[r])
-               for r in range(len(starts))]
+    segment = [
+        (starts[r] + tree.prefix(tree.row_parent[r]), prompt_width + batch_plan.scored[r]) for r in range(len(starts))
+    ]
     copies: dict[int, list[int]] = {}  # a row that runs -> the identical rows that take its hidden states
     for r, source in enumerate(batch_plan.same_as):
         if source != r:
@@ -202,8 +223,14 @@ def _shared_prefix_head(module, input_ids, attention_mask, position_ids, respons
             for chunk in chunks:
                 parents = [tree.parent[n] for n in chunk]
                 rows = [tree.row[n] for n in chunk]
-                nothing, kv = run(rows, [starts[r] + tree.prefix(p) for r, p in zip(rows, parents)],
-                                  [starts[r] + tree.length[n] for r, n in zip(rows, chunk)], parents, anchor, True)
+                nothing, kv = run(
+                    rows,
+                    [starts[r] + tree.prefix(p) for r, p in zip(rows, parents)],
+                    [starts[r] + tree.length[n] for r, n in zip(rows, chunk)],
+                    parents,
+                    anchor,
+                    True,
+                )
                 stored.update({n: (kv, i) for i, n in enumerate(chunk)})
                 zero = zero + nothing.sum()
         packed = _takes_4d_masks(module)
@@ -216,8 +243,14 @@ def _shared_prefix_head(module, input_ids, attention_mask, position_ids, respons
 
             if all(len(pack) == 1 for pack in packs):
                 singles = [pack[0] for pack in packs]
-                values, _ = run(singles, [segment[r][0] for r in singles], [segment[r][1] for r in singles],
-                                [tree.row_parent[r] for r in singles], scored, False)
+                values, _ = run(
+                    singles,
+                    [segment[r][0] for r in singles],
+                    [segment[r][1] for r in singles],
+                    [tree.row_parent[r] for r in singles],
+                    scored,
+                    False,
+                )
             else:
                 values = run_packed(packs, scored)
             if out is None:
@@ -228,9 +261,17 @@ def _shared_prefix_head(module, input_ids, attention_mask, position_ids, respons
     return out + zero if torch.is_grad_enabled() else out
 
 
-def response_head(module, input_ids, attention_mask, position_ids, response_mask: torch.Tensor, fn,
-                  remove_padding: bool = False, share: bool = True,
-                  tokens_run: list[int] | None = None) -> torch.Tensor:
+def response_head(
+    module,
+    input_ids,
+    attention_mask,
+    position_ids,
+    response_mask: torch.Tensor,
+    fn,
+    remove_padding: bool = False,
+    share: bool = True,
+    tokens_run: list[int] | None = None,
+) -> torch.Tensor:
     """``forward.response_head``, through the shared-prefix forward when ``share`` and the plan says it
     pays (``fn(hidden, weight, where=None)``: ``where`` as for ``shared_prefix_head``). ``tokens_run``:
     appended the tokens the forward runs, padding excluded (what the model FLOPs of a step count)."""
@@ -258,7 +299,8 @@ def _as_4d_mask(module, allowed: torch.Tensor) -> torch.Tensor:
     if packed_attention.is_sdpa(module):
         return allowed
     return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill(
-        ~allowed, torch.finfo(torch.float32).min)
+        ~allowed, torch.finfo(torch.float32).min
+    )
 
 
 def _sibling_packs(tree: Tree, chunk: list[int], segment: list[tuple[int, int]], pack: bool) -> list[list[int]]:
@@ -281,9 +323,14 @@ def _sibling_packs(tree: Tree, chunk: list[int], segment: list[tuple[int, int]],
     return packs
 
 
-def _scored_positions(packs: list[list[int]], segment: list[tuple[int, int]], prompt_width: int,
-                      valid: torch.Tensor, out_index: torch.Tensor, copies: dict[int, list[int]]
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _scored_positions(
+    packs: list[list[int]],
+    segment: list[tuple[int, int]],
+    prompt_width: int,
+    valid: torch.Tensor,
+    out_index: torch.Tensor,
+    copies: dict[int, list[int]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(forward row, column, output index) of every scored response token of the packs' rows and of their
     ``copies`` (rows with the same inputs, each scored at its own positions there): token j of row r is scored at its segment's
     column (prompt tail - 1 + j), and goes to ``out_index[r, j]``."""

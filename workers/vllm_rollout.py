@@ -105,9 +105,21 @@ def missing_reload_keywords(reload_weights) -> list[str]:
 
 
 class VLLMRollout:
-    def __init__(self, model_path: str, tokenizer, rollout_cfg: dict, *, tokenizer_path: str | None = None,
-                 dtype: torch.dtype, device: torch.device, rank: int, world_size: int, max_model_len: int,
-                 seed: int, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer,
+        rollout_cfg: dict,
+        *,
+        tokenizer_path: str | None = None,
+        dtype: torch.dtype,
+        device: torch.device,
+        rank: int,
+        world_size: int,
+        max_model_len: int,
+        seed: int,
+        trust_remote_code: bool = False,
+    ):
         self.version = check_vllm_version()
         tp = int(rollout_cfg["tensor_model_parallel_size"])
         if world_size % tp:
@@ -127,8 +139,11 @@ class VLLMRollout:
         self._released_kv: list[tuple[torch.UntypedStorage, int]] = []
 
         # external_launcher reads the torchrun variables; the process group itself already exists.
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size),
-                          LOCAL_RANK=str(device.index or 0) if device.type == "cuda" else str(rank))
+        os.environ.update(
+            RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_RANK=str(device.index or 0) if device.type == "cuda" else str(rank),
+        )
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         # vLLM drops torch's intra-op threads to 1 "for serving" unless OMP_NUM_THREADS is set, and its CPU
         # worker replaces torch.set_num_threads with a no-op: in a process that also trains, keep the
@@ -148,14 +163,21 @@ class VLLMRollout:
         started = time.perf_counter()
         try:
             self.llm = LLM(
-                model=model_path, tokenizer=tokenizer_path or model_path, trust_remote_code=trust_remote_code,
-                dtype=str(dtype).removeprefix("torch."), load_format="dummy", seed=seed,
-                tensor_parallel_size=tp, distributed_executor_backend="external_launcher",
+                model=model_path,
+                tokenizer=tokenizer_path or model_path,
+                trust_remote_code=trust_remote_code,
+                dtype=str(dtype).removeprefix("torch."),
+                load_format="dummy",
+                seed=seed,
+                tensor_parallel_size=tp,
+                distributed_executor_backend="external_launcher",
                 gpu_memory_utilization=float(rollout_cfg["gpu_memory_utilization"]),
                 max_num_batched_tokens=rollout_cfg["max_num_batched_tokens"],
-                enforce_eager=bool(rollout_cfg["enforce_eager"]), max_model_len=max_model_len,
+                enforce_eager=bool(rollout_cfg["enforce_eager"]),
+                max_model_len=max_model_len,
                 enable_sleep_mode=self.free_cache_engine and self._native_sleep,
-                enable_prefix_caching=True, enable_chunked_prefill=chunked_prefill,
+                enable_prefix_caching=True,
+                enable_chunked_prefill=chunked_prefill,
                 logprobs_mode="processed_logprobs",
             )
         except Exception as err:  # vLLM's messages run over many lines; keep the first, chain the rest
@@ -169,8 +191,11 @@ class VLLMRollout:
             torch.set_num_threads = set_num_threads
             set_num_threads(threads)
         self.start_seconds = time.perf_counter() - started
-        print(f"[mopd] rank {rank}: vLLM {self.version} engine ready in {self.start_seconds:.1f} s "
-              f"(tp={tp}, gpu_memory_utilization={rollout_cfg['gpu_memory_utilization']})", flush=True)
+        print(
+            f"[mopd] rank {rank}: vLLM {self.version} engine ready in {self.start_seconds:.1f} s "
+            f"(tp={tp}, gpu_memory_utilization={rollout_cfg['gpu_memory_utilization']})",
+            flush=True,
+        )
         if self.free_cache_engine:
             self.sleep()  # nothing to generate until the first sync; leave the memory to training
 
@@ -221,8 +246,9 @@ class VLLMRollout:
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
-                 row_seeds: list[int]) -> dict[str, torch.Tensor]:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams, row_seeds: list[int]
+    ) -> dict[str, torch.Tensor]:
         """Same contract as :meth:`workers.hf_rollout.HFRollout.generate`: ``n`` samples per prompt,
         interleaved; responses right-padded to ``max_new_tokens``; the mask covers tokens up to and
         including the first EOS; ``rollout_log_probs`` are the sampled tokens' temperature-scaled
@@ -238,19 +264,28 @@ class VLLMRollout:
         rows = input_ids.shape[0] * n
         if len(row_seeds) != rows:
             raise ValueError(f"need one seed per sample: {len(row_seeds)} seeds for {rows} samples")
-        prompts = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu()) for _ in range(n)]
+        prompts = [
+            ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu()) for _ in range(n)
+        ]
         seeds = [int(s) for s in row_seeds]
         first = 0
         if self.tp > 1:
             # The ranks of one tensor-parallel engine must submit identical requests: every rank generates
             # the group's samples and keeps its own rows.
             prompts, seeds, first = _gather_tp_requests(prompts, seeds, self.tp)
-        common = dict(n=1, max_tokens=params.max_new_tokens, stop_token_ids=self.eos_ids,
-                      logprobs=0 if self.calculate_log_probs else None, detokenize=False)
+        common = dict(
+            n=1,
+            max_tokens=params.max_new_tokens,
+            stop_token_ids=self.eos_ids,
+            logprobs=0 if self.calculate_log_probs else None,
+            detokenize=False,
+        )
         if params.do_sample:
             top_k = params.top_k if params.top_k and params.top_k > 0 else 0
-            sampling = [VLLMSamplingParams(temperature=params.temperature, top_p=params.top_p, top_k=top_k,
-                                           seed=s, **common) for s in seeds]
+            sampling = [
+                VLLMSamplingParams(temperature=params.temperature, top_p=params.top_p, top_k=top_k, seed=s, **common)
+                for s in seeds
+            ]
         else:
             sampling = [VLLMSamplingParams(temperature=0.0, **common)] * len(prompts)
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
@@ -267,7 +302,8 @@ class VLLMRollout:
             response_mask[i, : len(tokens)] = 1  # generation stopped at the first EOS (kept) or at the budget
             if self.calculate_log_probs:
                 log_probs[i, : len(tokens)] = torch.tensor(
-                    [step[token].logprob for step, token in zip(completion.logprobs, tokens)], dtype=torch.float32)
+                    [step[token].logprob for step, token in zip(completion.logprobs, tokens)], dtype=torch.float32
+                )
         if self.free_cache_engine:
             self.sleep()
         out = {"responses": responses, "response_mask": response_mask}
@@ -295,7 +331,8 @@ def _unique_cpu_shm_names() -> None:
     if not getattr(shm, "_mopd_unique", False):
         plain = shm.make_group_name
         shm.make_group_name = staticmethod(  # shm_open wants one leading "/" and no other
-            lambda comm: f"/{prefix}{plain(comm).lstrip('/')}")
+            lambda comm: f"/{prefix}{plain(comm).lstrip('/')}"
+        )
         shm._mopd_unique = True
     if dist.is_initialized():
         if dist.get_rank() == 0:
@@ -342,8 +379,9 @@ def _eos_ids(model_path: str, tokenizer, trust_remote_code: bool) -> list[int]:
     try:
         configured = GenerationConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code).eos_token_id
     except OSError:  # no generation_config.json: transformers derives it from config.json
-        configured = getattr(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code),
-                             "eos_token_id", None)
+        configured = getattr(
+            AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code), "eos_token_id", None
+        )
     if isinstance(configured, int):
         ids.add(configured)
     elif configured:

@@ -18,8 +18,9 @@ import torch
 DEFAULT_BUCKET_BYTES = 256 << 20
 
 
-def iter_full_parameters(module: torch.nn.Module, dtype: torch.dtype,
-                         bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_full_parameters(
+    module: torch.nn.Module, dtype: torch.dtype, bucket_bytes: int = DEFAULT_BUCKET_BYTES
+) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, full tensor in dtype)`` for every parameter of ``module`` (HF names; a tied embedding once)."""
     # A no-grad forward leaves FSDP2's root parameters unsharded (plain tensors); reshard so every
     # parameter is a DTensor again and the gather below is the same collective on every rank.
@@ -47,8 +48,9 @@ def iter_full_parameters(module: torch.nn.Module, dtype: torch.dtype,
     yield from _gather(bucket, names, dtype)
 
 
-def _gather(bucket: list[torch.Tensor], names: dict[int, list[str]],
-            dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+def _gather(
+    bucket: list[torch.Tensor], names: dict[int, list[str]], dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
     with torch.no_grad():
         full = [(names[id(p)], _full(p.detach().to(dtype))) for p in bucket]
     bucket.clear()

@@ -54,8 +54,9 @@ def per_prompt(groups: dict[str, list[float]], keys: list[str]) -> dict[str, np.
     }
 
 
-def bootstrap_ci(matrix: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    matrix: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile interval of the grand mean of ``matrix`` [seeds, prompts], resampling both axes."""
     matrix = np.asarray(matrix, dtype=float)
     if matrix.ndim != 2 or matrix.size == 0:
@@ -73,8 +74,12 @@ def bootstrap_ci(matrix: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED
 
 def summarize(matrix: np.ndarray) -> dict:
     low, high = bootstrap_ci(matrix)
-    return {"mean": float(np.mean(matrix)), "ci_low": low, "ci_high": high,
-            "per_seed": [float(v) for v in np.mean(matrix, axis=1)]}
+    return {
+        "mean": float(np.mean(matrix)),
+        "ci_low": low,
+        "ci_high": high,
+        "per_seed": [float(v) for v in np.mean(matrix, axis=1)],
+    }
 
 
 def steps_of(run_dir: Path) -> list[int]:
@@ -92,9 +97,14 @@ def collect(output_dir: Path, methods: list[str], n: int = 8) -> dict:
     base = per_prompt(base_groups, keys)
     base_mean = float(base["mean"].mean())
     results = {
-        "base": {f"mean@{n}": base_mean, f"pass@{n}": float(base["pass"].mean()),
-                 "ci": {f"mean@{n}": summarize(base["mean"][None]), f"pass@{n}": summarize(base["pass"][None])}},
-        "methods": {}, "curves": {}, "n_prompts": len(keys),
+        "base": {
+            f"mean@{n}": base_mean,
+            f"pass@{n}": float(base["pass"].mean()),
+            "ci": {f"mean@{n}": summarize(base["mean"][None]), f"pass@{n}": summarize(base["pass"][None])},
+        },
+        "methods": {},
+        "curves": {},
+        "n_prompts": len(keys),
     }
     for method in methods:
         runs = sorted((output_dir / "runs" / method).glob("seed*"), key=lambda p: int(p.name[4:]))
@@ -106,8 +116,9 @@ def collect(output_dir: Path, methods: list[str], n: int = 8) -> dict:
             if not steps:
                 raise SystemExit(f"aggregate: {run}/validation holds no dumps (did the run fail?)")
             for step in steps:
-                curves.setdefault(step, []).append(float(per_prompt(load_validation(run / "validation" / f"{step}.jsonl"),
-                                                                    keys)["mean"].mean()))
+                curves.setdefault(step, []).append(
+                    float(per_prompt(load_validation(run / "validation" / f"{step}.jsonl"), keys)["mean"].mean())
+                )
             finals.append((steps[-1], per_prompt(load_validation(run / "validation" / f"{steps[-1]}.jsonl"), keys)))
         last_steps = {s for s, _ in finals}
         if len(last_steps) != 1:
@@ -115,7 +126,8 @@ def collect(output_dir: Path, methods: list[str], n: int = 8) -> dict:
         results["methods"][method] = {
             f"mean@{n}": summarize(np.stack([f["mean"] for _, f in finals])),
             f"pass@{n}": summarize(np.stack([f["pass"] for _, f in finals])),
-            "seeds": len(runs), "final_step": last_steps.pop(),
+            "seeds": len(runs),
+            "final_step": last_steps.pop(),
         }
         curve = {0: [base_mean] * len(runs), **{s: v for s, v in curves.items() if len(v) == len(runs)}}
         results["curves"][method] = {str(s): curve[s] for s in sorted(curve)}
@@ -127,13 +139,20 @@ def table_markdown(results: dict, n: int = 8) -> str:
         return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
 
     base = results["base"]
-    lines = [f"| method | seeds | step | mean@{n} [95% CI] | pass@{n} [95% CI] |", "|---|---|---|---|---|",
-             f"| base | - | 0 | {cell(base['ci'][f'mean@{n}'])} | {cell(base['ci'][f'pass@{n}'])} |"]
+    lines = [
+        f"| method | seeds | step | mean@{n} [95% CI] | pass@{n} [95% CI] |",
+        "|---|---|---|---|---|",
+        f"| base | - | 0 | {cell(base['ci'][f'mean@{n}'])} | {cell(base['ci'][f'pass@{n}'])} |",
+    ]
     for method, r in results["methods"].items():
-        lines.append(f"| {method} | {r['seeds']} | {r['final_step']} | {cell(r[f'mean@{n}'])} | {cell(r[f'pass@{n}'])} |")
+        lines.append(
+            f"| {method} | {r['seeds']} | {r['final_step']} | {cell(r[f'mean@{n}'])} | {cell(r[f'pass@{n}'])} |"
+        )
     lines.append("")
-    lines.append(f"Held-out prompts: {results['n_prompts']}; intervals: percentile bootstrap ({N_BOOT} draws) over "
-                 "seeds and prompts; per-seed values in results.json.")
+    lines.append(
+        f"Held-out prompts: {results['n_prompts']}; intervals: percentile bootstrap ({N_BOOT} draws) over "
+        "seeds and prompts; per-seed values in results.json."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -148,7 +167,13 @@ def plot_curves(results: dict, path: Path, n: int = 8) -> None:
         steps = np.array([int(s) for s in curve])
         values = np.array([curve[s] for s in curve])
         mean = values.mean(axis=1)
-        ax.plot(steps, mean, marker="o", ms=3, label=f"{method} ({values.shape[1]} seed{'s' if values.shape[1] > 1 else ''})")
+        ax.plot(
+            steps,
+            mean,
+            marker="o",
+            ms=3,
+            label=f"{method} ({values.shape[1]} seed{'s' if values.shape[1] > 1 else ''})",
+        )
         if values.shape[1] > 1:
             ax.fill_between(steps, values.min(axis=1), values.max(axis=1), alpha=0.2)
     ax.axhline(results["base"][f"mean@{n}"], color="gray", ls="--", lw=1, label="base")

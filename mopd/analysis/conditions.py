@@ -19,17 +19,31 @@ DEFAULT_VARIANTS: list[dict[str, Any]] = [
     {"name": "all_solutions", "include_solution": True, "include_another_solution": True},
     {"name": "failure_solution", "include_failure_solution": True},
     {"name": "solution+failure_solution", "include_solution": True, "include_failure_solution": True},
-    {"name": "solution+another_solution+failure_solution", "include_solution": True,
-     "include_another_solution": True, "include_failure_solution": True},
+    {
+        "name": "solution+another_solution+failure_solution",
+        "include_solution": True,
+        "include_another_solution": True,
+        "include_failure_solution": True,
+    },
     {"name": "feedback", "include_feedback": True},
     {"name": "summary_success_k2", "include_summary": True, "summary_k": 2},
     {"name": "solution+feedback", "include_solution": True, "include_feedback": True},
     {"name": "solution+summary_success_k2", "include_solution": True, "include_summary": True, "summary_k": 2},
-    {"name": "solution+feedback+summary_all_k2", "include_solution": True, "include_feedback": True,
-     "include_summary": True, "summary_from_all": True, "summary_k": 2},
+    {
+        "name": "solution+feedback+summary_all_k2",
+        "include_solution": True,
+        "include_feedback": True,
+        "include_summary": True,
+        "summary_from_all": True,
+        "summary_k": 2,
+    },
     {"name": "failure_only", "include_failure_solution": True},
-    {"name": "random_summary_control", "include_summary": True, "summary_control": "random_other_prompt",
-     "summary_k": 2},
+    {
+        "name": "random_summary_control",
+        "include_summary": True,
+        "summary_control": "random_other_prompt",
+        "summary_k": 2,
+    },
     {"name": "random_peer", "peer_control": "random"},
     {"name": "verifier_score_ordered", "peer_control": "score_ordered"},
 ]
@@ -39,7 +53,9 @@ TWO_S_ONE_F = "solution+another_solution+failure_solution"
 
 # Sections a condition must actually show for a row to count as "effective" (metrics' sample sets).
 REQUIRED_SECTIONS: dict[str, tuple[str, ...]] = {
-    "base": (), "base_raw": (), "base_reprompt": (),
+    "base": (),
+    "base_raw": (),
+    "base_reprompt": (),
     "solution": ("solution",),
     "another_solution": ("another_solution",),
     "solution+another_solution": ("solution", "another_solution"),

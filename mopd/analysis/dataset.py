@@ -72,7 +72,7 @@ def parse_chat_prompt(text: str) -> ParsedPrompt:
     messages = messages[: last_user + 1]
     kwargs: dict = {}
     tail_at = text.rfind(CHATML_GENERATION)
-    if tail_at >= 0 and text[tail_at + len(CHATML_GENERATION):].startswith(EMPTY_THINK.rstrip()):
+    if tail_at >= 0 and text[tail_at + len(CHATML_GENERATION) :].startswith(EMPTY_THINK.rstrip()):
         kwargs["enable_thinking"] = False
     return ParsedPrompt(messages, kwargs, "chatml")
 
@@ -133,8 +133,9 @@ def _step_of(record: dict, path: Path) -> int | None:
     return int(path.stem) if path.stem.isdigit() else None
 
 
-def read_rollout_groups(paths: Sequence[Path], success_threshold: float,
-                        summary_tag: str = "summary") -> dict[str, list[dict]]:
+def read_rollout_groups(
+    paths: Sequence[Path], success_threshold: float, summary_tag: str = "summary"
+) -> dict[str, list[dict]]:
     """All rollouts of all dumps, grouped by prompt id, in (step, file, line) order."""
     records = []
     for file_no, path in enumerate(paths):
@@ -153,48 +154,54 @@ def read_rollout_groups(paths: Sequence[Path], success_threshold: float,
     groups: dict[str, list[dict]] = defaultdict(list)
     for _, path, line_no, record in records:
         parsed = recover_prompt(record)
-        prompt_id = stable_prompt_id(_as_text(record.get("input")) if parsed.parse != "messages"
-                                     else json.dumps(parsed.messages, ensure_ascii=False, sort_keys=True))
+        prompt_id = stable_prompt_id(
+            _as_text(record.get("input"))
+            if parsed.parse != "messages"
+            else json.dumps(parsed.messages, ensure_ascii=False, sort_keys=True)
+        )
         output = _as_text(record.get("output", ""))
         reward = float(record.get("score") or 0.0)
         tagged = extract_summary(output, summary_tag)
         feedback = _as_text(record.get("feedback")).strip()
         k = len(groups[prompt_id])
-        groups[prompt_id].append({
-            "prompt_id": prompt_id,
-            "response_id": f"{prompt_id}_r{k}",
-            "response_index": k,
-            "uid": prompt_id,
-            "train_uid": record.get("uid"),
-            "prompt": parsed.prompt_text,
-            "system_prompt": parsed.system_text,
-            "prompt_messages": parsed.messages,
-            "chat_template_kwargs": parsed.chat_template_kwargs,
-            "prompt_parse": parsed.parse,
-            "student_input_text": _as_text(record.get("input")),
-            "response_text": output,
-            "response_truncated": bool(record["truncated"]) if "truncated" in record else None,
-            "reward": reward,
-            "success": reward >= success_threshold,
-            "success_threshold": success_threshold,
-            "summary_text": tagged,
-            "summary_text_effective": tagged if tagged is not None
-            else strip_thinking(output)[:SUMMARY_FALLBACK_CHARS],
-            "summary_has_tag": tagged is not None,
-            "summary_is_fallback": tagged is None,
-            "feedback_text": feedback,
-            "has_feedback": bool(feedback),
-            "ground_truth": record.get("gts"),
-            "pred": record.get("pred"),
-            "acc": record.get("acc"),
-            "incorrect_format": record.get("incorrect_format"),
-            "data_source": record.get("data_source"),
-            "training_teacher_input": record.get("teacher_input"),
-            "training_distillation_mask": record.get("distillation_mask"),
-            "source_file": str(path),
-            "source_line": line_no,
-            "rollout_step": _step_of(record, path),
-        })
+        groups[prompt_id].append(
+            {
+                "prompt_id": prompt_id,
+                "response_id": f"{prompt_id}_r{k}",
+                "response_index": k,
+                "uid": prompt_id,
+                "train_uid": record.get("uid"),
+                "prompt": parsed.prompt_text,
+                "system_prompt": parsed.system_text,
+                "prompt_messages": parsed.messages,
+                "chat_template_kwargs": parsed.chat_template_kwargs,
+                "prompt_parse": parsed.parse,
+                "student_input_text": _as_text(record.get("input")),
+                "response_text": output,
+                "response_truncated": bool(record["truncated"]) if "truncated" in record else None,
+                "reward": reward,
+                "success": reward >= success_threshold,
+                "success_threshold": success_threshold,
+                "summary_text": tagged,
+                "summary_text_effective": tagged
+                if tagged is not None
+                else strip_thinking(output)[:SUMMARY_FALLBACK_CHARS],
+                "summary_has_tag": tagged is not None,
+                "summary_is_fallback": tagged is None,
+                "feedback_text": feedback,
+                "has_feedback": bool(feedback),
+                "ground_truth": record.get("gts"),
+                "pred": record.get("pred"),
+                "acc": record.get("acc"),
+                "incorrect_format": record.get("incorrect_format"),
+                "data_source": record.get("data_source"),
+                "training_teacher_input": record.get("teacher_input"),
+                "training_distillation_mask": record.get("distillation_mask"),
+                "source_file": str(path),
+                "source_line": line_no,
+                "rollout_step": _step_of(record, path),
+            }
+        )
     return dict(groups)
 
 
@@ -202,11 +209,17 @@ def read_rollout_groups(paths: Sequence[Path], success_threshold: float,
 # Selection
 # ----------------------------------------------------------------------------------------------------
 def _group_rng(seed: int, prompt_id: str) -> random.Random:
-    return random.Random(int(hashlib.sha1(f"{seed}|{prompt_id}".encode()).hexdigest(), 16) % (2 ** 32))
+    return random.Random(int(hashlib.sha1(f"{seed}|{prompt_id}".encode()).hexdigest(), 16) % (2**32))
 
 
-def select_groups(groups: dict[str, list[dict]], *, max_prompts: int | None, max_responses_per_prompt: int,
-                  min_responses_per_prompt: int, seed: int) -> list[tuple[str, list[dict], str]]:
+def select_groups(
+    groups: dict[str, list[dict]],
+    *,
+    max_prompts: int | None,
+    max_responses_per_prompt: int,
+    min_responses_per_prompt: int,
+    seed: int,
+) -> list[tuple[str, list[dict], str]]:
     """Keep prompts with enough rollouts, cap each group, bucket it, then stratify ``max_prompts``.
 
     A group larger than the cap keeps a seeded random subset (per-prompt generator from ``seed`` and the
@@ -217,16 +230,19 @@ def select_groups(groups: dict[str, list[dict]], *, max_prompts: int | None, max
     if max_responses_per_prompt < 1 or min_responses_per_prompt < 1:
         raise ValueError("--max-responses-per-prompt and --min-responses-per-prompt must be >= 1")
     if min_responses_per_prompt > max_responses_per_prompt:
-        raise ValueError(f"--min-responses-per-prompt ({min_responses_per_prompt}) is larger than "
-                         f"--max-responses-per-prompt ({max_responses_per_prompt})")
+        raise ValueError(
+            f"--min-responses-per-prompt ({min_responses_per_prompt}) is larger than "
+            f"--max-responses-per-prompt ({max_responses_per_prompt})"
+        )
     kept = []
     for prompt_id in sorted(groups):
         rows = groups[prompt_id]
         if len(rows) < min_responses_per_prompt:
             continue
         if len(rows) > max_responses_per_prompt:
-            rows = sorted(_group_rng(seed, prompt_id).sample(rows, max_responses_per_prompt),
-                          key=lambda r: r["response_index"])
+            rows = sorted(
+                _group_rng(seed, prompt_id).sample(rows, max_responses_per_prompt), key=lambda r: r["response_index"]
+            )
         successes = sum(1 for r in rows if r["success"])
         kept.append((prompt_id, [dict(r) for r in rows], difficulty_bucket(successes)))
     if max_prompts is not None and max_prompts < len(kept):
@@ -263,20 +279,22 @@ def candidate_rows(kept: list[tuple[str, list[dict], str]]) -> list[dict]:
         size = len(rows)
         successes = sum(1 for r in rows if r["success"])
         for row in rows:
-            out.append({
-                **row,
-                "difficulty_bucket": bucket,
-                "prompt_group_size": size,
-                "prompt_success_count": successes,
-                "prompt_failure_count": size - successes,
-                "prompt_has_primary_success": successes >= 1,
-                "prompt_has_another_success": successes >= 2,
-                "prompt_has_failure_peer": size - successes >= 1,
-                # the same for this candidate's peers (itself excluded), which is what its contexts can show
-                "has_success_peer": successes - int(row["success"]) >= 1,
-                "has_another_success_peer": successes - int(row["success"]) >= 2,
-                "has_failure_peer": (size - successes) - int(not row["success"]) >= 1,
-            })
+            out.append(
+                {
+                    **row,
+                    "difficulty_bucket": bucket,
+                    "prompt_group_size": size,
+                    "prompt_success_count": successes,
+                    "prompt_failure_count": size - successes,
+                    "prompt_has_primary_success": successes >= 1,
+                    "prompt_has_another_success": successes >= 2,
+                    "prompt_has_failure_peer": size - successes >= 1,
+                    # the same for this candidate's peers (itself excluded), which is what its contexts can show
+                    "has_success_peer": successes - int(row["success"]) >= 1,
+                    "has_another_success_peer": successes - int(row["success"]) >= 2,
+                    "has_failure_peer": (size - successes) - int(not row["success"]) >= 1,
+                }
+            )
     return out
 
 
@@ -284,42 +302,79 @@ def evidence_rows(candidates: list[dict]) -> list[dict]:
     out = []
     for row in candidates:
         common = {
-            "prompt_id": row["prompt_id"], "uid": row["uid"], "source_response_id": row["response_id"],
-            "role": "success" if row["success"] else "failure", "reward": row["reward"], "success": row["success"],
-            "difficulty_bucket": row.get("difficulty_bucket", "unknown"), "source_file": row.get("source_file"),
-            "source_line": row.get("source_line"), "rollout_step": row.get("rollout_step"),
+            "prompt_id": row["prompt_id"],
+            "uid": row["uid"],
+            "source_response_id": row["response_id"],
+            "role": "success" if row["success"] else "failure",
+            "reward": row["reward"],
+            "success": row["success"],
+            "difficulty_bucket": row.get("difficulty_bucket", "unknown"),
+            "source_file": row.get("source_file"),
+            "source_line": row.get("source_line"),
+            "rollout_step": row.get("rollout_step"),
         }
-        out.append({"evidence_id": f"{row['response_id']}::response_full", "evidence_type": "response_full",
-                    "text": row["response_text"], "has_summary_tag": row["summary_has_tag"],
-                    "is_fallback_summary": False, **common})
-        out.append({"evidence_id": f"{row['response_id']}::summary", "evidence_type": "summary",
-                    "text": row["summary_text_effective"], "has_summary_tag": row["summary_has_tag"],
-                    "is_fallback_summary": row["summary_is_fallback"], **common})
+        out.append(
+            {
+                "evidence_id": f"{row['response_id']}::response_full",
+                "evidence_type": "response_full",
+                "text": row["response_text"],
+                "has_summary_tag": row["summary_has_tag"],
+                "is_fallback_summary": False,
+                **common,
+            }
+        )
+        out.append(
+            {
+                "evidence_id": f"{row['response_id']}::summary",
+                "evidence_type": "summary",
+                "text": row["summary_text_effective"],
+                "has_summary_tag": row["summary_has_tag"],
+                "is_fallback_summary": row["summary_is_fallback"],
+                **common,
+            }
+        )
         if row["has_feedback"]:
-            out.append({"evidence_id": f"{row['response_id']}::feedback", "evidence_type": "environment_feedback",
-                        "text": row["feedback_text"], "has_summary_tag": False, "is_fallback_summary": False,
-                        **common})
+            out.append(
+                {
+                    "evidence_id": f"{row['response_id']}::feedback",
+                    "evidence_type": "environment_feedback",
+                    "text": row["feedback_text"],
+                    "has_summary_tag": False,
+                    "is_fallback_summary": False,
+                    **common,
+                }
+            )
     return out
 
 
-def dataset_summary(kept: list[tuple[str, list[dict], str]], candidates: list[dict], evidence: list[dict],
-                    total_groups: int, settings: dict) -> dict:
+def dataset_summary(
+    kept: list[tuple[str, list[dict], str]],
+    candidates: list[dict],
+    evidence: list[dict],
+    total_groups: int,
+    settings: dict,
+) -> dict:
     n_prompts = len(kept)
     parses = Counter(r["prompt_parse"] for r in candidates)
     return {
         **settings,
-        "bucket_rule": {"easy": f">= {EASY_MIN_SUCCESSES} successes in the kept group",
-                        "medium": f"1..{EASY_MIN_SUCCESSES - 1} successes", "hard": "0 successes"},
+        "bucket_rule": {
+            "easy": f">= {EASY_MIN_SUCCESSES} successes in the kept group",
+            "medium": f"1..{EASY_MIN_SUCCESSES - 1} successes",
+            "hard": "0 successes",
+        },
         "aggregate": {
             "prompts_in_dumps": total_groups,
             "prompt_count": n_prompts,
             "response_count": len(candidates),
             "bucket_prompt_counts": {b: sum(1 for g in kept if g[2] == b) for b in BUCKETS},
             "both_present_prompt_count": sum(
-                1 for _, rows, _ in kept if any(r["success"] for r in rows) and not all(r["success"] for r in rows)),
+                1 for _, rows, _ in kept if any(r["success"] for r in rows) and not all(r["success"] for r in rows)
+            ),
             "mean_responses_per_prompt": len(candidates) / n_prompts if n_prompts else 0.0,
-            "mean_successes_per_prompt": (sum(sum(r["success"] for r in rows) for _, rows, _ in kept) / n_prompts
-                                          if n_prompts else 0.0),
+            "mean_successes_per_prompt": (
+                sum(sum(r["success"] for r in rows) for _, rows, _ in kept) / n_prompts if n_prompts else 0.0
+            ),
             "success_rate": sum(r["success"] for r in candidates) / len(candidates) if candidates else 0.0,
             "summary_tag_rate": sum(r["summary_has_tag"] for r in candidates) / len(candidates) if candidates else 0.0,
             "feedback_rate": sum(r["has_feedback"] for r in candidates) / len(candidates) if candidates else 0.0,
@@ -332,9 +387,17 @@ def dataset_summary(kept: list[tuple[str, list[dict], str]], candidates: list[di
     }
 
 
-def prepare_dataset(input_spec: str | Path, output_dir: str | Path, *, max_prompts: int | None = None,
-                    max_responses_per_prompt: int = 8, min_responses_per_prompt: int = 2,
-                    success_threshold: float = 1.0, seed: int = 42, summary_tag: str = "summary") -> dict:
+def prepare_dataset(
+    input_spec: str | Path,
+    output_dir: str | Path,
+    *,
+    max_prompts: int | None = None,
+    max_responses_per_prompt: int = 8,
+    min_responses_per_prompt: int = 2,
+    success_threshold: float = 1.0,
+    seed: int = 42,
+    summary_tag: str = "summary",
+) -> dict:
     """Write the three dataset files to ``output_dir``; returns the summary."""
     from mopd.io import write_json, write_jsonl
 
@@ -342,14 +405,23 @@ def prepare_dataset(input_spec: str | Path, output_dir: str | Path, *, max_promp
     if not paths:
         raise FileNotFoundError(f"no rollout dump (*.jsonl) found at {input_spec}")
     groups = read_rollout_groups(paths, success_threshold, summary_tag)
-    kept = select_groups(groups, max_prompts=max_prompts, max_responses_per_prompt=max_responses_per_prompt,
-                         min_responses_per_prompt=min_responses_per_prompt, seed=seed)
+    kept = select_groups(
+        groups,
+        max_prompts=max_prompts,
+        max_responses_per_prompt=max_responses_per_prompt,
+        min_responses_per_prompt=min_responses_per_prompt,
+        seed=seed,
+    )
     candidates = candidate_rows(kept)
     evidence = evidence_rows(candidates)
     settings = {
-        "input_paths": [str(p) for p in paths], "success_threshold": success_threshold, "max_prompts": max_prompts,
-        "max_responses_per_prompt": max_responses_per_prompt, "min_responses_per_prompt": min_responses_per_prompt,
-        "seed": seed, "summary_tag": summary_tag,
+        "input_paths": [str(p) for p in paths],
+        "success_threshold": success_threshold,
+        "max_prompts": max_prompts,
+        "max_responses_per_prompt": max_responses_per_prompt,
+        "min_responses_per_prompt": min_responses_per_prompt,
+        "seed": seed,
+        "summary_tag": summary_tag,
     }
     summary = dataset_summary(kept, candidates, evidence, len(groups), settings)
     out = Path(output_dir)

@@ -40,8 +40,15 @@ import numpy as np
 from scipy import stats
 
 METRICS = (
-    "spearman", "kendall_tau", "goodman_kruskal_gamma", "pairwise_accuracy", "success_auc",
-    "success_point_biserial", "success_brier_sigmoid", "success_brier_minmax", "top1_hit_rate",
+    "spearman",
+    "kendall_tau",
+    "goodman_kruskal_gamma",
+    "pairwise_accuracy",
+    "success_auc",
+    "success_point_biserial",
+    "success_brier_sigmoid",
+    "success_brier_minmax",
+    "top1_hit_rate",
 )
 # aggregate key (release names) -> per-prompt key
 AGGREGATE_NAMES = {
@@ -70,19 +77,25 @@ METRIC_LABELS = {
 SAMPLE_SETS = {
     "all_samples": "All scored samples, including rows where the requested context did not activate.",
     "effective_only": "Only samples whose context actually shows the condition's required sections.",
-    "reward_zero_only": "Only samples with reward == 0 (diagnostic: rank metrics degenerate on all-failure "
-                        "prompts).",
+    "reward_zero_only": "Only samples with reward == 0 (diagnostic: rank metrics degenerate on all-failure prompts).",
     "reward_zero_effective_only": "Reward == 0 samples whose context shows the required sections.",
     "both_present_all": "Only prompts with >= 1 success and >= 1 failure among their rows (AUC and pairwise "
-                        "accuracy are defined only here).",
+    "accuracy are defined only here).",
     "both_present_effective_only": "Both-present prompts, effective rows only: the main comparison of "
-                                   "2S1F against the controls.",
+    "2S1F against the controls.",
 }
 DEFAULT_SAMPLE_SET = "both_present_effective_only"
 TABLE_METRICS = ("mean_spearman", "mean_kendall_tau", "pairwise_accuracy", "success_auc")
 TABLE_CONDITION_ORDER = (
-    "base", "solution", "another_solution", "failure_solution", "solution+failure_solution", "all_solutions",
-    "random_peer", "verifier_score_ordered", "solution+another_solution+failure_solution",
+    "base",
+    "solution",
+    "another_solution",
+    "failure_solution",
+    "solution+failure_solution",
+    "all_solutions",
+    "random_peer",
+    "verifier_score_ordered",
+    "solution+another_solution+failure_solution",
 )
 
 
@@ -150,8 +163,9 @@ def prompt_metrics(scores: Sequence[float], rewards: Sequence[float], successes:
         warnings.simplefilter("ignore")  # constant inputs are handled above; nothing else is expected
         values["spearman"] = float(stats.spearmanr(s, r).statistic) if rank_ok else None
         values["kendall_tau"] = float(stats.kendalltau(s, r).statistic) if rank_ok else None
-        values["success_point_biserial"] = (float(stats.pointbiserialr(y, s).statistic)
-                                            if not _constant(s) and not _constant(y) else None)
+        values["success_point_biserial"] = (
+            float(stats.pointbiserialr(y, s).statistic) if not _constant(s) and not _constant(y) else None
+        )
     values["goodman_kruskal_gamma"] = goodman_kruskal_gamma(s, r)
     values["pairwise_accuracy"] = pairwise_accuracy(s, r)
     values["success_auc"] = success_auc(s, y)
@@ -179,17 +193,28 @@ def per_prompt_table(rows_by_prompt: dict[str, list[dict]], cache: dict | None =
         key = tuple(id(r) for r in rows)
         m = cache.get(key) if cache is not None else None
         if m is None:
-            m = prompt_metrics([float(r["teacher_score"]) for r in rows], [float(r["reward"]) for r in rows],
-                               [bool(r["success"]) for r in rows])
+            m = prompt_metrics(
+                [float(r["teacher_score"]) for r in rows],
+                [float(r["reward"]) for r in rows],
+                [bool(r["success"]) for r in rows],
+            )
             if cache is not None:
                 cache[key] = m
-        out.append({"prompt_id": prompt_id, "difficulty_bucket": rows[0].get("difficulty_bucket", "unknown"),
-                    "n_rows": len(rows), "n_success": sum(bool(r["success"]) for r in rows), **m})
+        out.append(
+            {
+                "prompt_id": prompt_id,
+                "difficulty_bucket": rows[0].get("difficulty_bucket", "unknown"),
+                "n_rows": len(rows),
+                "n_success": sum(bool(r["success"]) for r in rows),
+                **m,
+            }
+        )
     return out
 
 
-def bootstrap_means(values: np.ndarray, defined: np.ndarray | None, num_bootstrap: int,
-                    rng: np.random.Generator) -> np.ndarray:
+def bootstrap_means(
+    values: np.ndarray, defined: np.ndarray | None, num_bootstrap: int, rng: np.random.Generator
+) -> np.ndarray:
     """Means of ``num_bootstrap`` prompt resamples: ``values`` is [n_prompts, n_metrics]; returns
     [num_bootstrap, n_metrics] (NaN where a resample has no defined prompt, with ``defined``)."""
     n = values.shape[0]
@@ -203,8 +228,9 @@ def bootstrap_means(values: np.ndarray, defined: np.ndarray | None, num_bootstra
         return np.where(counts > 0, (sampled * weights).sum(axis=1) / counts, np.nan)
 
 
-def _aggregate(items: list[dict], num_bootstrap: int, rng: np.random.Generator, degenerate: str,
-               alpha: float = 0.05) -> dict:
+def _aggregate(
+    items: list[dict], num_bootstrap: int, rng: np.random.Generator, degenerate: str, alpha: float = 0.05
+) -> dict:
     keys = list(AGGREGATE_NAMES)
     result: dict[str, Any] = {"count_prompts": len(items)}
     if not items:
@@ -237,8 +263,15 @@ def _aggregate(items: list[dict], num_bootstrap: int, rng: np.random.Generator, 
     return result
 
 
-def condition_metrics(rows_by_prompt: dict[str, list[dict]], *, num_bootstrap: int = 2000, seed: int = 12345,
-                      degenerate: str = "zero", include_per_prompt: bool = False, cache: dict | None = None) -> dict:
+def condition_metrics(
+    rows_by_prompt: dict[str, list[dict]],
+    *,
+    num_bootstrap: int = 2000,
+    seed: int = 12345,
+    degenerate: str = "zero",
+    include_per_prompt: bool = False,
+    cache: dict | None = None,
+) -> dict:
     """Prompt-level means (+ bootstrap CIs), by bucket too, mean prompt length and truncation rate."""
     if degenerate not in ("zero", "skip"):
         raise ValueError(f"degenerate must be 'zero' (the release) or 'skip', got {degenerate!r}")
@@ -259,8 +292,7 @@ def condition_metrics(rows_by_prompt: dict[str, list[dict]], *, num_bootstrap: i
         buckets[item["difficulty_bucket"]].append(item)
     result["by_bucket"] = {}
     for bucket in sorted(buckets):
-        sub = _aggregate(buckets[bucket], num_bootstrap, np.random.default_rng([seed, _stable_int(bucket)]),
-                         degenerate)
+        sub = _aggregate(buckets[bucket], num_bootstrap, np.random.default_rng([seed, _stable_int(bucket)]), degenerate)
         result["by_bucket"][bucket] = sub
     if include_per_prompt:
         result["per_prompt"] = items
@@ -328,8 +360,10 @@ def _paired(rows: Sequence[dict], **kwargs) -> dict:
         sets = [{p for p, rs in by_prompt.items() if len(rs) >= 2} for by_prompt in grouped.values()]
         common = set.intersection(*sets) if sets else set()
         paired = {c: {p: by_prompt[p] for p in sorted(common)} for c, by_prompt in grouped.items()}
-        out[target_type] = {"paired_prompt_count": len(common),
-                            "conditions": {c: condition_metrics(paired[c], **kwargs) for c in sorted(paired)}}
+        out[target_type] = {
+            "paired_prompt_count": len(common),
+            "conditions": {c: condition_metrics(paired[c], **kwargs) for c in sorted(paired)},
+        }
     return out
 
 
@@ -343,8 +377,16 @@ def validate_rows(rows: Sequence[dict]) -> None:
             raise ValueError(f"scored row {n}: teacher_score is not finite ({row['teacher_score']})")
 
 
-def compute_all(rows: Sequence[dict], *, num_bootstrap: int = 2000, seed: int = 12345, degenerate: str = "zero",
-                sample_sets: Sequence[str] | None = None, paired: bool = True, per_prompt: bool = False) -> dict:
+def compute_all(
+    rows: Sequence[dict],
+    *,
+    num_bootstrap: int = 2000,
+    seed: int = 12345,
+    degenerate: str = "zero",
+    sample_sets: Sequence[str] | None = None,
+    paired: bool = True,
+    per_prompt: bool = False,
+) -> dict:
     """Every sample set's per-condition metrics (+ paired-by-target-type views) and row counts."""
     validate_rows(rows)
     sets = sample_set_rows(rows)
@@ -354,12 +396,17 @@ def compute_all(rows: Sequence[dict], *, num_bootstrap: int = 2000, seed: int = 
         raise ValueError(f"unknown sample set(s) {unknown}; choose from {list(SAMPLE_SETS)}")
     kwargs = dict(num_bootstrap=num_bootstrap, seed=seed, degenerate=degenerate, cache={})
     result: dict[str, Any] = {
-        "num_bootstrap": num_bootstrap, "bootstrap_seed": seed, "ci_level": 0.95, "degenerate": degenerate,
+        "num_bootstrap": num_bootstrap,
+        "bootstrap_seed": seed,
+        "ci_level": 0.95,
+        "degenerate": degenerate,
         "sample_sets": {},
     }
     for name in names:
-        entry = {"description": SAMPLE_SETS[name],
-                 "conditions": _split(sets[name], include_per_prompt=per_prompt, **kwargs)}
+        entry = {
+            "description": SAMPLE_SETS[name],
+            "conditions": _split(sets[name], include_per_prompt=per_prompt, **kwargs),
+        }
         if paired:
             entry["paired_by_target_type"] = _paired(sets[name], **kwargs)
         result["sample_sets"][name] = entry
@@ -416,8 +463,14 @@ def render_tables(result: dict, sample_set: str) -> tuple[str, str]:
     ]
     for c in conditions:
         m = view[c]
-        md.append("| " + " | ".join([c, str(m["count_prompts"])] + [_fmt(m[k], m.get(f"{k}_ci"), m.get(f"{k}_n_defined"), m["count_prompts"])
-                                                                     for k in TABLE_METRICS]) + " |")
+        md.append(
+            "| "
+            + " | ".join(
+                [c, str(m["count_prompts"])]
+                + [_fmt(m[k], m.get(f"{k}_ci"), m.get(f"{k}_n_defined"), m["count_prompts"]) for k in TABLE_METRICS]
+            )
+            + " |"
+        )
     csv_header = ["condition", "count_prompts", "count_rows"]
     for k in AGGREGATE_NAMES:
         csv_header += [k, f"{k}_ci_low", f"{k}_ci_high"]

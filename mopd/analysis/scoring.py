@@ -51,8 +51,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 def load_model_and_tokenizer(path: str, *, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
     path = models.resolve_model_path(path, flag="--model")
     tokenizer = models.load_tokenizer(path, trust_remote_code=trust_remote_code, flag="--model")
-    model = models.load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code, device=device,
-                                  flag="--model")
+    model = models.load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code, device=device, flag="--model")
     model.eval()
     return model, tokenizer
 
@@ -77,9 +76,18 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_example(tokenizer, variant: dict, target: dict, *, raw_text: bool, max_model_len: int,
-                   append_eos: bool = True, chat_template_kwargs: dict | None = None,
-                   max_response_length: int | None = None, key: int = 0) -> Example | None:
+def encode_example(
+    tokenizer,
+    variant: dict,
+    target: dict,
+    *,
+    raw_text: bool,
+    max_model_len: int,
+    append_eos: bool = True,
+    chat_template_kwargs: dict | None = None,
+    max_response_length: int | None = None,
+    key: int = 0,
+) -> Example | None:
     """Token ids of one (context, response) pair; ``None`` when the response alone exceeds the budget.
 
     ``max_response_length`` (the run's ``data.max_response_length``): a response of that many tokens
@@ -97,21 +105,23 @@ def encode_example(tokenizer, variant: dict, target: dict, *, raw_text: bool, ma
         text = None
     else:
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the tokenizer has no chat template: score with --raw-text, or give a model whose "
-                             "tokenizer defines one")
+            raise ValueError(
+                "the tokenizer has no chat template: score with --raw-text, or give a model whose tokenizer defines one"
+            )
         kwargs = {**(variant.get("chat_template_kwargs") or {}), **(chat_template_kwargs or {})}
-        text = tokenizer.apply_chat_template(variant["teacher_messages"], tokenize=False, add_generation_prompt=True,
-                                             **kwargs)
+        text = tokenizer.apply_chat_template(
+            variant["teacher_messages"], tokenize=False, add_generation_prompt=True, **kwargs
+        )
         context = _encode(tokenizer, text)
         response = _encode(tokenizer, response_text)
         hit_limit = max_response_length is not None and len(response) >= max_response_length
-        eos_added = bool(append_eos and not target.get("response_truncated") and not hit_limit
-                         and tokenizer.eos_token_id is not None)
+        eos_added = bool(
+            append_eos and not target.get("response_truncated") and not hit_limit and tokenizer.eos_token_id is not None
+        )
         if eos_added:
             response = response + [int(tokenizer.eos_token_id)]
         spans = variant.get("peer_context_spans")
-        pieces = (pieces_from_spans(variant["teacher_messages"][-1]["content"], spans) if spans is not None
-                  else None)
+        pieces = pieces_from_spans(variant["teacher_messages"][-1]["content"], spans) if spans is not None else None
         if variant.get("student_input_text") is not None:
             base_match = text == variant["student_input_text"]
     if len(response) >= max_model_len:
@@ -123,16 +133,22 @@ def encode_example(tokenizer, variant: dict, target: dict, *, raw_text: bool, ma
         cut = None
         if pieces is not None and text is not None:
             try:
-                cut, _ = truncate_context(tokenizer, text, variant["teacher_messages"][-1]["content"],
-                                           pieces, budget, "left",
-                                           variant.get("variant_id", "?"))
+                cut, _ = truncate_context(
+                    tokenizer,
+                    text,
+                    variant["teacher_messages"][-1]["content"],
+                    pieces,
+                    budget,
+                    "left",
+                    variant.get("variant_id", "?"),
+                )
             except ValueError:
                 cut = None
         if cut is None or len(cut) > budget:
             if use_raw and context and context[0] == getattr(tokenizer, "bos_token_id", None):
-                cut = context[:1] + context[len(context) - budget + 1:] if budget > 1 else context[-budget:]
+                cut = context[:1] + context[len(context) - budget + 1 :] if budget > 1 else context[-budget:]
             else:
-                cut = context[len(context) - budget:]
+                cut = context[len(context) - budget :]
         dropped = full - len(cut)
         context = cut
     return Example(key, context, response, full, dropped, "raw" if use_raw else "chat", eos_added, base_match)
@@ -157,8 +173,8 @@ def response_log_probs(model, batch: Sequence[Example], pad_id: int, device: tor
     ids = torch.full((len(batch), width), int(pad_id), dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, (e, n) in enumerate(zip(batch, lengths)):
-        ids[row, width - n:] = torch.tensor(e.context_ids + e.response_ids, dtype=torch.long)
-        mask[row, width - n:] = 1
+        ids[row, width - n :] = torch.tensor(e.context_ids + e.response_ids, dtype=torch.long)
+        mask[row, width - n :] = 1
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     max_r = max(len(e.response_ids) for e in batch)
     keep = min(max_r + 1, width)
@@ -166,8 +182,13 @@ def response_log_probs(model, batch: Sequence[Example], pad_id: int, device: tor
     arg = _keep_arg(model)
     if arg is not None:
         kwargs[arg] = keep
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
-                use_cache=False, **kwargs)
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=position_ids.to(device),
+        use_cache=False,
+        **kwargs,
+    )
     logits = out.logits
     kept = logits.shape[1]  # = keep when supported, else width
     results = []
@@ -178,8 +199,8 @@ def response_log_probs(model, batch: Sequence[Example], pad_id: int, device: tor
             continue
         # token at absolute position t is predicted by logits at t-1; responses end at the right edge
         start = kept - r - 1
-        row_logits = logits[row, start: kept - 1].float()
-        labels = ids[row, width - r:].to(row_logits.device)
+        row_logits = logits[row, start : kept - 1].float()
+        labels = ids[row, width - r :].to(row_logits.device)
         lp = torch.log_softmax(row_logits, dim=-1).gather(-1, labels[:, None]).squeeze(-1)
         results.append(lp.cpu())
     return results
@@ -202,10 +223,15 @@ def _batches(examples: list[Example], batch_size: int, max_batch_tokens: int | N
 # ----------------------------------------------------------------------------------------------------
 # Pairing variants with targets
 # ----------------------------------------------------------------------------------------------------
-def pair_variants_with_targets(variants: Sequence[dict], targets: Sequence[dict], *, self_target_only: bool,
-                               condition_filter: Sequence[str] | None = None,
-                               target_type_filter: Sequence[str] | None = None,
-                               max_examples: int | None = None) -> list[tuple[dict, dict]]:
+def pair_variants_with_targets(
+    variants: Sequence[dict],
+    targets: Sequence[dict],
+    *,
+    self_target_only: bool,
+    condition_filter: Sequence[str] | None = None,
+    target_type_filter: Sequence[str] | None = None,
+    max_examples: int | None = None,
+) -> list[tuple[dict, dict]]:
     """(variant, target) pairs: each variant with its own response (``self_target_only``, joined on
     ``response_id``) or with every target of its prompt."""
     if condition_filter:
@@ -234,19 +260,39 @@ def pair_variants_with_targets(variants: Sequence[dict], targets: Sequence[dict]
     return pairs
 
 
-def score_pairs(model, tokenizer, pairs: Sequence[tuple[dict, dict]], *, device: torch.device, raw_text: bool = False,
-                max_model_len: int = 8192, batch_size: int = 8, max_batch_tokens: int | None = None,
-                append_eos: bool = True, chat_template_kwargs: dict | None = None, teacher_model: str = "",
-                max_response_length: int | None = None, progress: bool = True) -> tuple[list[dict], dict]:
+def score_pairs(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[dict, dict]],
+    *,
+    device: torch.device,
+    raw_text: bool = False,
+    max_model_len: int = 8192,
+    batch_size: int = 8,
+    max_batch_tokens: int | None = None,
+    append_eos: bool = True,
+    chat_template_kwargs: dict | None = None,
+    teacher_model: str = "",
+    max_response_length: int | None = None,
+    progress: bool = True,
+) -> tuple[list[dict], dict]:
     """Score every pair; returns (rows in pair order, summary)."""
     if batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
     examples: list[Example] = []
     skipped = 0
     for key, (variant, target) in enumerate(pairs):
-        e = encode_example(tokenizer, variant, target, raw_text=raw_text, max_model_len=max_model_len,
-                           append_eos=append_eos, chat_template_kwargs=chat_template_kwargs,
-                           max_response_length=max_response_length, key=key)
+        e = encode_example(
+            tokenizer,
+            variant,
+            target,
+            raw_text=raw_text,
+            max_model_len=max_model_len,
+            append_eos=append_eos,
+            chat_template_kwargs=chat_template_kwargs,
+            max_response_length=max_response_length,
+            key=key,
+        )
         if e is None:
             skipped += 1
             continue
@@ -259,8 +305,12 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[dict, dict]], *, device:
         for e, lp in zip(batch, response_log_probs(model, batch, pad_id, device)):
             log_probs[e.key] = lp
         if progress and (n % 20 == 0 or n == len(batches)):
-            print(f"[score] {n}/{len(batches)} batches, {sum(len(b) for b in batches[:n])}/{len(examples)} examples, "
-                  f"{time.time() - start:.1f}s", file=sys.stderr, flush=True)
+            print(
+                f"[score] {n}/{len(batches)} batches, {sum(len(b) for b in batches[:n])}/{len(examples)} examples, "
+                f"{time.time() - start:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
     rows = []
     by_key = {e.key: e for e in examples}
     for key, (variant, target) in enumerate(pairs):
@@ -270,43 +320,50 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[dict, dict]], *, device:
         lp = log_probs[key]
         total = float(lp.sum()) if lp.numel() else 0.0
         mean = float(lp.mean()) if lp.numel() else 0.0
-        rows.append({
-            "variant_id": variant["variant_id"],
-            "target_id": target.get("target_id", target.get("response_id")),
-            "condition": variant["condition"],
-            "target_type": target.get("target_type", "self_response"),
-            "prompt_id": variant["prompt_id"],
-            "response_id": target.get("source_response_id", target.get("response_id")),
-            "context_response_id": variant["response_id"],
-            "source_model": target.get("source_model", "student_rollout"),
-            "teacher_model": teacher_model,
-            "score_format": e.score_format,
-            "sections_used": variant.get("sections_used", {}),
-            "required_sections": variant.get("required_sections"),
-            "effective": variant.get("effective"),
-            "variant_spec": variant.get("variant_spec", {}),
-            "teacher_score": mean,
-            "teacher_avg_token_logprob": mean,
-            "teacher_seq_logprob": total,
-            "teacher_response_len": len(e.response_ids),
-            "teacher_prompt_len": len(e.context_ids),
-            "teacher_prompt_len_full": e.prompt_len_full,
-            "teacher_prompt_truncated": e.dropped > 0,
-            "teacher_prompt_dropped_tokens": e.dropped,
-            "response_appended_eos": e.appended_eos,
-            "reward": target.get("reward"),
-            "success": bool(target["success"]),
-            "difficulty_bucket": target.get("difficulty_bucket", variant.get("difficulty_bucket", "unknown")),
-        })
+        rows.append(
+            {
+                "variant_id": variant["variant_id"],
+                "target_id": target.get("target_id", target.get("response_id")),
+                "condition": variant["condition"],
+                "target_type": target.get("target_type", "self_response"),
+                "prompt_id": variant["prompt_id"],
+                "response_id": target.get("source_response_id", target.get("response_id")),
+                "context_response_id": variant["response_id"],
+                "source_model": target.get("source_model", "student_rollout"),
+                "teacher_model": teacher_model,
+                "score_format": e.score_format,
+                "sections_used": variant.get("sections_used", {}),
+                "required_sections": variant.get("required_sections"),
+                "effective": variant.get("effective"),
+                "variant_spec": variant.get("variant_spec", {}),
+                "teacher_score": mean,
+                "teacher_avg_token_logprob": mean,
+                "teacher_seq_logprob": total,
+                "teacher_response_len": len(e.response_ids),
+                "teacher_prompt_len": len(e.context_ids),
+                "teacher_prompt_len_full": e.prompt_len_full,
+                "teacher_prompt_truncated": e.dropped > 0,
+                "teacher_prompt_dropped_tokens": e.dropped,
+                "response_appended_eos": e.appended_eos,
+                "reward": target.get("reward"),
+                "success": bool(target["success"]),
+                "difficulty_bucket": target.get("difficulty_bucket", variant.get("difficulty_bucket", "unknown")),
+            }
+        )
         if not math.isfinite(mean):
             raise FloatingPointError(f"non-finite teacher score for variant {variant['variant_id']}")
     matches = [e.base_input_match for e in examples if e.base_input_match is not None]
     summary = {
-        "pairs": len(pairs), "scored": len(rows), "skipped_response_too_long": skipped,
+        "pairs": len(pairs),
+        "scored": len(rows),
+        "skipped_response_too_long": skipped,
         "truncated": sum(1 for r in rows if r["teacher_prompt_truncated"]),
-        "batches": len(batches), "seconds": round(time.time() - start, 3),
+        "batches": len(batches),
+        "seconds": round(time.time() - start, 3),
         "score_formats": sorted({r["score_format"] for r in rows}),
         "base_context_equals_student_prompt": (sum(matches) / len(matches)) if matches else None,
-        "max_model_len": max_model_len, "batch_size": batch_size, "device": str(device),
+        "max_model_len": max_model_len,
+        "batch_size": batch_size,
+        "device": str(device),
     }
     return rows, summary

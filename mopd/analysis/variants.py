@@ -50,21 +50,50 @@ from mopd.peers import ControlBlock, PeerContext, Rollout, context_slots, peer_c
 from mopd.reprompt import TeacherSections, render_teacher_messages
 
 __all__ = [
-    "CONDITION_NAMES", "DEFAULT_GLOBAL", "DEFAULT_VARIANTS", "REQUIRED_SECTIONS", "SECTION_KEYS", "TWO_S_ONE_F",
-    "build_context", "build_variant_rows", "context_spans", "load_variant_config", "pieces_from_spans", "render",
-    "sections_used", "stable_variant_id", "teacher_config",
+    "CONDITION_NAMES",
+    "DEFAULT_GLOBAL",
+    "DEFAULT_VARIANTS",
+    "REQUIRED_SECTIONS",
+    "SECTION_KEYS",
+    "TWO_S_ONE_F",
+    "build_context",
+    "build_variant_rows",
+    "context_spans",
+    "load_variant_config",
+    "pieces_from_spans",
+    "render",
+    "sections_used",
+    "stable_variant_id",
+    "teacher_config",
 ]
 
-_KNOWN_KEYS = {"name", "include_solution", "include_another_solution", "include_failure_solution",
-               "include_feedback", "include_summary", "summary_from_all", "summary_k", "summary_control",
-               "peer_control", "force_reprompt", "force_raw_prompt", "score_format", "required_sections",
-               "dont_reprompt_on_self_success", "feedback_only_without_solution"}
+_KNOWN_KEYS = {
+    "name",
+    "include_solution",
+    "include_another_solution",
+    "include_failure_solution",
+    "include_feedback",
+    "include_summary",
+    "summary_from_all",
+    "summary_k",
+    "summary_control",
+    "peer_control",
+    "force_reprompt",
+    "force_raw_prompt",
+    "score_format",
+    "required_sections",
+    "dont_reprompt_on_self_success",
+    "feedback_only_without_solution",
+}
 
 # The release's analysis keys are the canonical ones here; a variant may also use the training config's
 # names for the same sections (actor_rollout_ref.actor.self_distillation.*).
-_TRAINER_NAMES = {"include_primary_solution": "include_solution", "include_environment_feedback": "include_feedback",
-                  "summarize_solutions": "include_summary",
-                  "environment_feedback_only_without_solution": "feedback_only_without_solution"}
+_TRAINER_NAMES = {
+    "include_primary_solution": "include_solution",
+    "include_environment_feedback": "include_feedback",
+    "summarize_solutions": "include_summary",
+    "environment_feedback_only_without_solution": "feedback_only_without_solution",
+}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -103,13 +132,17 @@ def load_variant_config(path: str | Path | None) -> dict[str, Any]:
                 variant[key] = value
         unknown = set(variant) - _KNOWN_KEYS
         if "name" not in variant or unknown:
-            raise ValueError(f"--variant-config {path}: variant #{i} needs a 'name' and only the keys "
-                             f"{sorted(_KNOWN_KEYS)} (unknown: {sorted(unknown)})")
+            raise ValueError(
+                f"--variant-config {path}: variant #{i} needs a 'name' and only the keys "
+                f"{sorted(_KNOWN_KEYS)} (unknown: {sorted(unknown)})"
+            )
         if variant["name"] in names:
             raise ValueError(f"--variant-config {path}: condition {variant['name']!r} is defined twice")
         names.add(variant["name"])
         if variant.get("peer_control") not in (None, "random", "score_ordered"):
-            raise ValueError(f"--variant-config {path}: {variant['name']}: peer_control must be random or score_ordered")
+            raise ValueError(
+                f"--variant-config {path}: {variant['name']}: peer_control must be random or score_ordered"
+            )
         if variant.get("summary_control") not in (None, "random_other_prompt"):
             raise ValueError(f"--variant-config {path}: {variant['name']}: summary_control must be random_other_prompt")
     return config
@@ -125,7 +158,7 @@ def stable_variant_id(condition: str, prompt_id: str, response_id: str) -> str:
 
 
 def seeded_rng(*parts: str) -> random.Random:
-    return random.Random(int(hashlib.sha1("|".join(parts).encode("utf-8")).hexdigest(), 16) % (2 ** 32))
+    return random.Random(int(hashlib.sha1("|".join(parts).encode("utf-8")).hexdigest(), 16) % (2**32))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -137,22 +170,28 @@ def _two_s_one_f_slots(successes: Sequence[int], failures: Sequence[int]) -> tup
     return sum(label == "success" for label, _ in slots), sum(label == "failure" for label, _ in slots)
 
 
-def build_context(variant: dict, group: Sequence[dict], i: int, glob: dict,
-                  all_successes: Sequence[dict]) -> tuple[PeerContext, list[dict], dict]:
+def build_context(
+    variant: dict, group: Sequence[dict], i: int, glob: dict, all_successes: Sequence[dict]
+) -> tuple[PeerContext, list[dict], dict]:
     """The PeerContext of candidate ``group[i]`` under ``variant``.
 
     ``all_successes``: every prompt's successful candidates (the pool of ``random_summary_control``).
     Returns (context, extra rollouts appended after the group — borrowed other-prompt summaries —, info)."""
     name = variant["name"]
     exclude_self = bool(variant.get("dont_reprompt_on_self_success", glob.get("dont_reprompt_on_self_success", True)))
-    fb_only_without = bool(variant.get("feedback_only_without_solution",
-                                       glob.get("feedback_only_without_solution", False)))
+    fb_only_without = bool(
+        variant.get("feedback_only_without_solution", glob.get("feedback_only_without_solution", False))
+    )
     k = int(variant.get("summary_k", glob.get("summary_k", 2)))
     candidate = group[i]
     successes, failures = peer_candidates(range(len(group)), [bool(r["success"]) for r in group], i, exclude_self)
     primary_candidate = successes[0] if successes else None
-    info: dict[str, Any] = {"primary_solution_response_id": group[primary_candidate]["response_id"]
-                            if primary_candidate is not None else None, "summary_sources": []}
+    info: dict[str, Any] = {
+        "primary_solution_response_id": group[primary_candidate]["response_id"]
+        if primary_candidate is not None
+        else None,
+        "summary_sources": [],
+    }
     extra: list[dict] = []
 
     peer_control = variant.get("peer_control")
@@ -188,23 +227,39 @@ def build_context(variant: dict, group: Sequence[dict], i: int, glob: dict,
             summaries = tuple(len(group) + n for n in range(len(extra)))
             texts = tuple(row["summary_text_effective"] for row in extra)
         else:
-            pool = [j for j in range(len(group))
-                    if j != primary_candidate and not (exclude_self and j == i)
-                    and (variant.get("summary_from_all") or group[j]["success"])]
+            pool = [
+                j
+                for j in range(len(group))
+                if j != primary_candidate
+                and not (exclude_self and j == i)
+                and (variant.get("summary_from_all") or group[j]["success"])
+            ]
             summaries = tuple(pool[:k])
             texts = tuple(group[j]["summary_text_effective"] for j in summaries)
         everyone = list(group) + extra
         info["summary_sources"] = [
-            {"source_response_id": everyone[j]["response_id"], "source_prompt_id": everyone[j]["prompt_id"],
-             "success": everyone[j]["success"], "summary_has_tag": everyone[j]["summary_has_tag"],
-             "summary_is_fallback": everyone[j]["summary_is_fallback"]} for j in summaries]
+            {
+                "source_response_id": everyone[j]["response_id"],
+                "source_prompt_id": everyone[j]["prompt_id"],
+                "success": everyone[j]["success"],
+                "summary_has_tag": everyone[j]["summary_has_tag"],
+                "summary_is_fallback": everyone[j]["summary_is_fallback"],
+            }
+            for j in summaries
+        ]
 
     use_feedback = False
     if variant.get("include_feedback") and candidate.get("has_feedback"):
         shows_success = primary is not None or another is not None
         use_feedback = not fb_only_without or not shows_success
-    ctx = PeerContext(primary=primary, another=another, failure=failure, summaries=summaries,
-                      summary_texts=texts, use_feedback=use_feedback)
+    ctx = PeerContext(
+        primary=primary,
+        another=another,
+        failure=failure,
+        summaries=summaries,
+        summary_texts=texts,
+        use_feedback=use_feedback,
+    )
     return ctx, extra, info
 
 
@@ -247,12 +302,20 @@ def evidence_ids(ctx: PeerContext, everyone: Sequence[dict]) -> list[str]:
 
 
 def _rollouts(rows: Iterable[dict]) -> list[Rollout]:
-    return [Rollout(uid=r["prompt_id"], reward=float(r["reward"]), text=r["response_text"],
-                    feedback=r.get("feedback_text") or None) for r in rows]
+    return [
+        Rollout(
+            uid=r["prompt_id"],
+            reward=float(r["reward"]),
+            text=r["response_text"],
+            feedback=r.get("feedback_text") or None,
+        )
+        for r in rows
+    ]
 
 
-def render(variant: dict, ctx: PeerContext, everyone: Sequence[dict], candidate: dict,
-           config: SelfDistillationConfig) -> tuple[list[dict], list[list]]:
+def render(
+    variant: dict, ctx: PeerContext, everyone: Sequence[dict], candidate: dict, config: SelfDistillationConfig
+) -> tuple[list[dict], list[list]]:
     """Teacher messages and the user message's pieces ``[text, is_peer_context]`` (training's renderer)."""
     prompt_messages = candidate["prompt_messages"]
     rollouts = _rollouts(everyone)
@@ -286,8 +349,9 @@ def _index_of(response_id: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def build_variant_rows(candidates: Sequence[dict], variant_config: dict | None = None,
-                       evidence: Sequence[dict] | None = None) -> list[dict]:
+def build_variant_rows(
+    candidates: Sequence[dict], variant_config: dict | None = None, evidence: Sequence[dict] | None = None
+) -> list[dict]:
     """One row per (condition, candidate), conditions in config order, candidates in file order."""
     variant_config = variant_config or load_variant_config(None)
     glob = {**DEFAULT_GLOBAL, **variant_config.get("global", {})}
@@ -318,42 +382,50 @@ def build_variant_rows(candidates: Sequence[dict], variant_config: dict | None =
             if evidence_known is not None:
                 missing = [e for e in ids if e not in evidence_known]
                 if missing:
-                    raise ValueError(f"{name} for {candidate['response_id']}: evidence {missing[:3]} is not in "
-                                     "the evidence file (were candidates and evidence made by the same run?)")
+                    raise ValueError(
+                        f"{name} for {candidate['response_id']}: evidence {missing[:3]} is not in "
+                        "the evidence file (were candidates and evidence made by the same run?)"
+                    )
             content = messages[-1]["content"]
-            out.append({
-                "variant_id": stable_variant_id(name, pid, candidate["response_id"]),
-                "condition": name,
-                "prompt_id": pid,
-                "response_id": candidate["response_id"],
-                "uid": candidate.get("uid", pid),
-                "reward": candidate["reward"],
-                "success": candidate["success"],
-                "difficulty_bucket": candidate.get("difficulty_bucket", "unknown"),
-                "variant_spec": _spec(variant, glob),
-                "score_format": variant.get("score_format", "default"),
-                "required_sections": list(required),
-                "sections_used": used,
-                "effective": all(used[s] for s in required),
-                "evidence_ids": ids,
-                "primary_solution_response_id": info["primary_solution_response_id"],
-                "summary_sources": info["summary_sources"],
-                "teacher_messages": messages,
-                "peer_context_spans": context_spans(pieces),
-                "chat_template_kwargs": candidate.get("chat_template_kwargs") or {},
-                "student_input_text": candidate.get("student_input_text") if name == "base" else None,
-                "assembled_context_text": content,
-                "assembled_context_length_chars": len(content),
-            })
+            out.append(
+                {
+                    "variant_id": stable_variant_id(name, pid, candidate["response_id"]),
+                    "condition": name,
+                    "prompt_id": pid,
+                    "response_id": candidate["response_id"],
+                    "uid": candidate.get("uid", pid),
+                    "reward": candidate["reward"],
+                    "success": candidate["success"],
+                    "difficulty_bucket": candidate.get("difficulty_bucket", "unknown"),
+                    "variant_spec": _spec(variant, glob),
+                    "score_format": variant.get("score_format", "default"),
+                    "required_sections": list(required),
+                    "sections_used": used,
+                    "effective": all(used[s] for s in required),
+                    "evidence_ids": ids,
+                    "primary_solution_response_id": info["primary_solution_response_id"],
+                    "summary_sources": info["summary_sources"],
+                    "teacher_messages": messages,
+                    "peer_context_spans": context_spans(pieces),
+                    "chat_template_kwargs": candidate.get("chat_template_kwargs") or {},
+                    "student_input_text": candidate.get("student_input_text") if name == "base" else None,
+                    "assembled_context_text": content,
+                    "assembled_context_length_chars": len(content),
+                }
+            )
     return out
 
 
 def _implied_sections(variant: dict) -> tuple[str, ...]:
     if variant.get("peer_control"):
         return ("solution",)
-    flags = [("include_solution", "solution"), ("include_another_solution", "another_solution"),
-             ("include_failure_solution", "failure_solution"), ("include_feedback", "feedback"),
-             ("include_summary", "summary")]
+    flags = [
+        ("include_solution", "solution"),
+        ("include_another_solution", "another_solution"),
+        ("include_failure_solution", "failure_solution"),
+        ("include_feedback", "feedback"),
+        ("include_summary", "summary"),
+    ]
     return tuple(section for key, section in flags if variant.get(key))
 
 
@@ -381,16 +453,26 @@ def pieces_from_spans(content: str, spans: Sequence[Sequence[int]]) -> list[tupl
 
 
 def _spec(variant: dict, glob: dict) -> dict:
-    flags = ("include_solution", "include_another_solution", "include_failure_solution", "include_feedback",
-             "include_summary", "summary_from_all", "force_reprompt", "force_raw_prompt")
+    flags = (
+        "include_solution",
+        "include_another_solution",
+        "include_failure_solution",
+        "include_feedback",
+        "include_summary",
+        "summary_from_all",
+        "force_reprompt",
+        "force_raw_prompt",
+    )
     return {
         **{key: bool(variant.get(key, False)) for key in flags},
         "summary_k": int(variant.get("summary_k", glob.get("summary_k", 2))),
         "summary_control": variant.get("summary_control"),
         "peer_control": variant.get("peer_control"),
         "score_format": variant.get("score_format", "default"),
-        "dont_reprompt_on_self_success": bool(variant.get("dont_reprompt_on_self_success",
-                                                          glob.get("dont_reprompt_on_self_success", True))),
-        "feedback_only_without_solution": bool(variant.get("feedback_only_without_solution",
-                                                           glob.get("feedback_only_without_solution", False))),
+        "dont_reprompt_on_self_success": bool(
+            variant.get("dont_reprompt_on_self_success", glob.get("dont_reprompt_on_self_success", True))
+        ),
+        "feedback_only_without_solution": bool(
+            variant.get("feedback_only_without_solution", glob.get("feedback_only_without_solution", False))
+        ),
     }

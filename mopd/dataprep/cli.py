@@ -48,11 +48,15 @@ def _load_dataset() -> None:
     parser.add_argument("--dataset_name", type=str, help="one of: " + ", ".join(DATASET_NAMES))
     parser.add_argument("--output_path", type=str, help="the JSON file to write")
     parser.add_argument("--start_idx", type=int, default=0, help="first record kept")
-    parser.add_argument("--num_el", type=int, default=None, help="number of records kept (reasoning_gym: generated; default 100)")
+    parser.add_argument(
+        "--num_el", type=int, default=None, help="number of records kept (reasoning_gym: generated; default 100)"
+    )
     parser.add_argument("--category", type=str, default=None, help="GPQA high-level domain / MMLU-Pro category")
     parser.add_argument("--embeddings_file", type=str, default=None, help=".npy array, one row per record")
     parser.add_argument("--test_ratio", type=float, default=0.0, help="unused (kept for the release's scripts)")
-    parser.add_argument("--seed", type=int, default=42, help="seed for reasoning_gym generation and the GPQA option order")
+    parser.add_argument(
+        "--seed", type=int, default=42, help="seed for reasoning_gym generation and the GPQA option order"
+    )
     parser.add_argument("--download_hf_dataset_name", type=str, default=None, help="hub dataset to save as parquet")
     parser.add_argument("--download_output_dir", type=str, default=None, help="where <split>.parquet files go")
     args = parser.parse_args()
@@ -68,8 +72,12 @@ def _load_dataset() -> None:
     if args.dataset_name != "tooluse" and not args.output_path:
         raise DataError("--output_path is required")
     records = load_benchmark(
-        args.dataset_name, start_idx=args.start_idx, num_el=args.num_el, category=args.category,
-        embeddings_file=args.embeddings_file, seed=args.seed,
+        args.dataset_name,
+        start_idx=args.start_idx,
+        num_el=args.num_el,
+        category=args.category,
+        embeddings_file=args.embeddings_file,
+        seed=args.seed,
     )
     if records is None:
         print("Tooluse dataset is already loaded (datasets/tooluse). You can proceed to preprocess it.")
@@ -114,7 +122,9 @@ def _split_tests() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the test sampling (default 0, as the release)")
     args = parser.parse_args()
     full, kept = split_tests(args.json_path, args.output_dir, args.seed)
-    print(f"Saved {args.output_dir}/test.json (all tests) and train.json; mean tests per problem {full:.2f} -> {kept:.2f}")
+    print(
+        f"Saved {args.output_dir}/test.json (all tests) and train.json; mean tests per problem {full:.2f} -> {kept:.2f}"
+    )
 
 
 def _convert_evalplus() -> None:
@@ -122,7 +132,9 @@ def _convert_evalplus() -> None:
 
     parser = ArgumentParser(description="Convert EvalPlus-style JSONL benchmark files to parquet.")
     parser.add_argument("--dataset", type=str, required=True, choices=EVALPLUS_DATASETS)
-    parser.add_argument("--input_path", type=str, required=True, help="HumanEvalPlus.jsonl, MbppPlus.jsonl or HMMT jsonl")
+    parser.add_argument(
+        "--input_path", type=str, required=True, help="HumanEvalPlus.jsonl, MbppPlus.jsonl or HMMT jsonl"
+    )
     parser.add_argument("--output_path", type=str, required=True, help="e.g. datasets/humanevalplus/test.parquet")
     args = parser.parse_args()
     n = convert_evalplus(args.dataset, args.input_path, args.output_path)

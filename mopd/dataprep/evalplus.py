@@ -1,5 +1,4 @@
-"""EvalPlus-style test-only sets (HumanEval+, MBPP+, HMMT) -> RL parquet.
-"""
+"""EvalPlus-style test-only sets (HumanEval+, MBPP+, HMMT) -> RL parquet."""
 
 from __future__ import annotations
 
@@ -31,17 +30,19 @@ def convert_evalplus(dataset: str, input_path: str, output_path: str) -> int:
         except DataError as exc:
             raise DataError(f"{input_path}: record {i}: {str(exc).split(': ', 1)[-1]}") from None
         kind = rec["kind"]
-        records.append({
-            "idx": i,
-            "kind": kind,
-            "dataset": rec["dataset"],
-            "answer": rec.get("answer", "-"),
-            "elo": "-",
-            "prompt": rec["prompt"],
-            "description": rec["description"] + DESCRIPTION_SUFFIX.format(kind=kind),
-            "tests": rec.get("tests", "-"),
-            "id": str(row.get("task_id", row.get("id", i))),
-        })
+        records.append(
+            {
+                "idx": i,
+                "kind": kind,
+                "dataset": rec["dataset"],
+                "answer": rec.get("answer", "-"),
+                "elo": "-",
+                "prompt": rec["prompt"],
+                "description": rec["description"] + DESCRIPTION_SUFFIX.format(kind=kind),
+                "tests": rec.get("tests", "-"),
+                "id": str(row.get("task_id", row.get("id", i))),
+            }
+        )
     rows = records_to_rl_rows(records, "test", input_path)
     write_rl_parquet(rows, output_path)
     return len(rows)

@@ -51,7 +51,7 @@ GPQA_PROMPT = (
 )
 MMLU_PRO_PROMPT = (
     "The following are multiple choice questions (with answers) about {subject}. Think step by step and then "
-    "finish your answer with \"the answer is (X)\" where X is the correct letter choice.\n"
+    'finish your answer with "the answer is (X)" where X is the correct letter choice.\n'
 )
 
 LCB_TIME_LIMIT = 6
@@ -69,8 +69,16 @@ _MATH_KEYS = {  # hub dataset -> (problem field, answer field)
 LCB_NAME = "livecodebench/code_generation_lite-v6"
 REASONING_GYM_PREFIX = "reasoning_gym:"
 DATASET_NAMES = (
-    *SCIKNOWEVAL_DOMAINS, LCB_NAME, *MATH_SETS, "evalplus/humanevalplus", "evalplus/mbppplus",
-    "Idavidrein/gpqa-D", "TIGER-Lab/MMLU-Pro", "tooluse", "humaneval", REASONING_GYM_PREFIX + "<task>",
+    *SCIKNOWEVAL_DOMAINS,
+    LCB_NAME,
+    *MATH_SETS,
+    "evalplus/humanevalplus",
+    "evalplus/mbppplus",
+    "Idavidrein/gpqa-D",
+    "TIGER-Lab/MMLU-Pro",
+    "tooluse",
+    "humaneval",
+    REASONING_GYM_PREFIX + "<task>",
 )
 
 

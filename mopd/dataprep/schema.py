@@ -16,6 +16,7 @@ from mopd.io import atomic_write_text, dumps_jsonl
 RECORD_COLUMNS = ("idx", "kind", "dataset", "answer", "elo", "prompt", "description", "tests", "embedding", "system")
 DESCRIPTION_SUFFIX = " The solution will be evaluated in a {kind} environment."
 
+
 def read_records(path: str | os.PathLike, what: str = "records") -> list[dict]:
     """A JSON array or JSONL file of objects (rows as dicts); DataError naming the file otherwise."""
     path = os.fspath(path)

@@ -1,5 +1,4 @@
-"""Splits of a record file: by task (``split_tasks``) or by each task's tests (``split_tests``).
-"""
+"""Splits of a record file: by task (``split_tasks``) or by each task's tests (``split_tests``)."""
 
 from __future__ import annotations
 
@@ -47,10 +46,12 @@ def split_tasks(json_path: str, output_dir: str, test_ratio: float, seed: int) -
     test_keys = {problems[j] for j in order[:n_test]}
     train = [row for row, key in zip(rows, keys) if key not in test_keys]
     test = [row for row, key in zip(rows, keys) if key in test_keys]
-    atomic_write_many([
-        (os.path.join(output_dir, "train.json"), _jsonl_text(train)),
-        (os.path.join(output_dir, "test.json"), _jsonl_text(test)),
-    ])
+    atomic_write_many(
+        [
+            (os.path.join(output_dir, "train.json"), _jsonl_text(train)),
+            (os.path.join(output_dir, "test.json"), _jsonl_text(test)),
+        ]
+    )
     return len(train), len(test)
 
 
@@ -99,8 +100,10 @@ def split_tests(json_path: str, output_dir: str, seed: int = 0) -> tuple[float, 
         train.append(new_row)
         full_counts.append(n)
         kept_counts.append(keep)
-    atomic_write_many([
-        (os.path.join(output_dir, "train.json"), _jsonl_text(train)),
-        (os.path.join(output_dir, "test.json"), _jsonl_text(rows)),
-    ])
+    atomic_write_many(
+        [
+            (os.path.join(output_dir, "train.json"), _jsonl_text(train)),
+            (os.path.join(output_dir, "test.json"), _jsonl_text(rows)),
+        ]
+    )
     return sum(full_counts) / len(rows), sum(kept_counts) / len(rows)

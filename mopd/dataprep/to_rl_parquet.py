@@ -54,7 +54,9 @@ def records_to_rl_rows(records: Sequence[dict], split: str, path: str = "<record
             raise DataError(f"{where}: field 'system' must be a string or null, got {type(system).__name__}")
         index = str(rec["idx"])
         if index in seen:
-            raise DataError(f"{where}: field 'idx' {index!r} repeats record {seen[index]} (idx must be unique per file)")
+            raise DataError(
+                f"{where}: field 'idx' {index!r} repeats record {seen[index]} (idx must be unique per file)"
+            )
         seen[index] = i
 
         question, description = rec["prompt"], str(rec.get("description") or "")
@@ -124,7 +126,9 @@ def _column(values: list, name: str):
     import pyarrow as pa
 
     if name == "embedding":
-        return pa.array([None if v is None else [float(x) for x in v] for v in values], type=pa.large_list(pa.float64()))
+        return pa.array(
+            [None if v is None else [float(x) for x in v] for v in values], type=pa.large_list(pa.float64())
+        )
     families = {_family(v) for v in values if v is not None}
     if len(families) > 1:
         values = [_stringify(v) for v in values]

@@ -103,8 +103,18 @@ def _load_candidates(path: Path, run: RunData, success_threshold: float) -> None
         group = run.prompts.setdefault(pid, [])
         rid = str(row.get("response_id") or f"{pid}_r{len(group)}")
         step = row.get("step")
-        group.append(Response(pid, rid, prompt, str(row["response_text"] or ""), reward, success,
-                              str(row.get("data_source", "") or ""), int(step) if step is not None else None))
+        group.append(
+            Response(
+                pid,
+                rid,
+                prompt,
+                str(row["response_text"] or ""),
+                reward,
+                success,
+                str(row.get("data_source", "") or ""),
+                int(step) if step is not None else None,
+            )
+        )
 
 
 def _load_dump_files(files: list[Path], run: RunData, success_threshold: float) -> None:
@@ -120,9 +130,18 @@ def _load_dump_files(files: list[Path], run: RunData, success_threshold: float) 
                 raise DiversityError(f"{path}:{lineno}: 'score' is not a number: {row.get('score')!r}") from None
             group = run.prompts.setdefault(pid, [])
             step = row.get("step")
-            group.append(Response(pid, f"{pid}_r{len(group)}", prompt, str(row["output"] or ""), reward,
-                                  reward >= success_threshold, str(row.get("data_source", "") or ""),
-                                  int(step) if step is not None else None))
+            group.append(
+                Response(
+                    pid,
+                    f"{pid}_r{len(group)}",
+                    prompt,
+                    str(row["output"] or ""),
+                    reward,
+                    reward >= success_threshold,
+                    str(row.get("data_source", "") or ""),
+                    int(step) if step is not None else None,
+                )
+            )
 
 
 def _step_files(directory: Path) -> list[Path]:
@@ -146,7 +165,9 @@ def load_run(name: str, path: str | Path, success_threshold: float = 1.0) -> Run
         else:
             files = _step_files(p)
             if not files:
-                raise DiversityError(f"run {name!r}: {p} holds neither {CANDIDATES_FILE} nor <step>.jsonl rollout dumps")
+                raise DiversityError(
+                    f"run {name!r}: {p} holds neither {CANDIDATES_FILE} nor <step>.jsonl rollout dumps"
+                )
             run = RunData(name, str(p), "rollout_dump")
             _load_dump_files(files, run, success_threshold)
     else:
@@ -160,8 +181,9 @@ def load_run(name: str, path: str | Path, success_threshold: float = 1.0) -> Run
             run = RunData(name, str(p), "rollout_dump")
             _load_dump_files([p], run, success_threshold)
         else:
-            raise DiversityError(f"run {name!r}: {p}: rows have neither 'response_text' (candidates) nor "
-                                 "'input'/'output' (rollout dump)")
+            raise DiversityError(
+                f"run {name!r}: {p}: rows have neither 'response_text' (candidates) nor 'input'/'output' (rollout dump)"
+            )
     if not run.prompts:
         raise DiversityError(f"run {name!r}: {p} has no responses")
     return run

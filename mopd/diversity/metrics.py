@@ -39,9 +39,21 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 __all__ = [
-    "TOKEN_RE", "tokenize", "code_view", "normalize_code", "ngrams", "distinct_n", "unique_ratio",
-    "bleu4", "self_bleu4", "pairwise_text_distance", "ast_node_counts", "weighted_jaccard_distance",
-    "ast_node_jaccard_distance", "pass_at_k", "mean_or_none",
+    "TOKEN_RE",
+    "tokenize",
+    "code_view",
+    "normalize_code",
+    "ngrams",
+    "distinct_n",
+    "unique_ratio",
+    "bleu4",
+    "self_bleu4",
+    "pairwise_text_distance",
+    "ast_node_counts",
+    "weighted_jaccard_distance",
+    "ast_node_jaccard_distance",
+    "pass_at_k",
+    "mean_or_none",
 ]
 
 # identifiers (letters/underscore then word characters) | runs of digits | any single non-space symbol
@@ -61,7 +73,7 @@ def code_view(text: str) -> str:
     blocks = _FENCE_RE.findall(text)
     if blocks:
         # An unclosed fence after the last closed one is the model's last code (truncated generation).
-        tail = text[text.rfind("```") + 3:] if text.count("```") % 2 == 1 else ""
+        tail = text[text.rfind("```") + 3 :] if text.count("```") % 2 == 1 else ""
         if tail and "\n" in tail:
             return tail.split("\n", 1)[1]
         return blocks[-1]
@@ -80,10 +92,17 @@ def normalize_code(text: str) -> str:
     text = text or ""
     if ast_node_counts(text) is not None:
         try:
-            skip = (_pytokenize.COMMENT, _pytokenize.NL, _pytokenize.NEWLINE, _pytokenize.INDENT,
-                    _pytokenize.DEDENT, _pytokenize.ENDMARKER)
-            return " ".join(t.string for t in _pytokenize.generate_tokens(io.StringIO(text).readline)
-                            if t.type not in skip)
+            skip = (
+                _pytokenize.COMMENT,
+                _pytokenize.NL,
+                _pytokenize.NEWLINE,
+                _pytokenize.INDENT,
+                _pytokenize.DEDENT,
+                _pytokenize.ENDMARKER,
+            )
+            return " ".join(
+                t.string for t in _pytokenize.generate_tokens(io.StringIO(text).readline) if t.type not in skip
+            )
         except (_pytokenize.TokenError, SyntaxError):  # pragma: no cover - it parsed
             pass
     text = re.sub(r"/\*.*?\*/", " ", text, flags=re.DOTALL)
@@ -92,7 +111,7 @@ def normalize_code(text: str) -> str:
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float | None:
@@ -132,9 +151,15 @@ def bleu4(hypothesis: Sequence[str], references: Sequence[Sequence[str]]) -> flo
         raise ValueError("bleu4 needs at least one reference")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(sentence_bleu([list(r) for r in references], list(hypothesis),
-                                   weights=(0.25, 0.25, 0.25, 0.25), smoothing_function=smoothing,
-                                   auto_reweigh=True))
+        return float(
+            sentence_bleu(
+                [list(r) for r in references],
+                list(hypothesis),
+                weights=(0.25, 0.25, 0.25, 0.25),
+                smoothing_function=smoothing,
+                auto_reweigh=True,
+            )
+        )
 
 
 def self_bleu4(texts: Sequence[str]) -> float | None:
@@ -144,7 +169,7 @@ def self_bleu4(texts: Sequence[str]) -> float | None:
         return None
     toks = [tokenize(t) for t in texts]
     # An empty hypothesis has no BLEU (nltk would say 0): it is skipped, not counted as "unlike the rest".
-    scores = [bleu4(toks[i], toks[:i] + toks[i + 1:]) for i in range(len(toks)) if toks[i]]
+    scores = [bleu4(toks[i], toks[:i] + toks[i + 1 :]) for i in range(len(toks)) if toks[i]]
     return sum(scores) / len(scores) if scores else None
 
 

@@ -25,14 +25,27 @@ from mopd.diversity import metrics as M
 from mopd.diversity.io import DiversityError, Response, RunData, load_run, parse_run_spec
 
 __all__ = [
-    "TASKS", "diversity_metric_names", "metric_names", "prompt_metrics", "select", "summarize",
-    "case_studies", "run_pipeline",
+    "TASKS",
+    "diversity_metric_names",
+    "metric_names",
+    "prompt_metrics",
+    "select",
+    "summarize",
+    "case_studies",
+    "run_pipeline",
 ]
 
 TASKS = ("code", "text")
 CODE_ONLY = ("unique_code_ratio", "ast_node_jaccard_distance")
-BASE_DIVERSITY = ("self_bleu4", "pairwise_text_distance", "distinct1", "distinct2", "unique_response_ratio",
-                  "unique_code_ratio", "ast_node_jaccard_distance")
+BASE_DIVERSITY = (
+    "self_bleu4",
+    "pairwise_text_distance",
+    "distinct1",
+    "distinct2",
+    "unique_response_ratio",
+    "unique_code_ratio",
+    "ast_node_jaccard_distance",
+)
 
 
 def diversity_metric_names(task: str) -> list[str]:
@@ -41,8 +54,11 @@ def diversity_metric_names(task: str) -> list[str]:
 
 
 def metric_names(task: str, ks: Sequence[int]) -> list[str]:
-    return ["n_responses", "n_success", "success_rate", "mean_tokens"] + diversity_metric_names(task) + \
-        [f"pass@{k}" for k in ks]
+    return (
+        ["n_responses", "n_success", "success_rate", "mean_tokens"]
+        + diversity_metric_names(task)
+        + [f"pass@{k}" for k in ks]
+    )
 
 
 class _Group:
@@ -79,19 +95,23 @@ class _Group:
             ok = [self.ast[i] for i in idx if self.ast[i] is not None]
             ast_pairs = list(itertools.combinations(ok, 2))
             out["ast_node_jaccard_distance"] = (
-                sum(M.weighted_jaccard_distance(a, b) for a, b in ast_pairs) / len(ast_pairs) if ast_pairs else None)
+                sum(M.weighted_jaccard_distance(a, b) for a, b in ast_pairs) / len(ast_pairs) if ast_pairs else None
+            )
         return out
 
 
-def prompt_metrics(responses: Sequence[Response], task: str, ks: Sequence[int],
-                   min_success_group: int = 2) -> dict:
+def prompt_metrics(responses: Sequence[Response], task: str, ks: Sequence[int], min_success_group: int = 2) -> dict:
     """Every metric of one (method, prompt) group; success-only variants need ``min_success_group``."""
     if task not in TASKS:
         raise DiversityError(f"--task must be one of {TASKS}, got {task!r}")
     group = _Group([r.text for r in responses], task)
     n, c = len(responses), sum(1 for r in responses if r.success)
-    row: dict = {"n_responses": n, "n_success": c, "success_rate": c / n if n else None,
-                 "mean_tokens": (sum(len(M.tokenize(v)) for v in group.views) / n) if n else None}
+    row: dict = {
+        "n_responses": n,
+        "n_success": c,
+        "success_rate": c / n if n else None,
+        "mean_tokens": (sum(len(M.tokenize(v)) for v in group.views) / n) if n else None,
+    }
     if task == "code":
         row["ast_parsable"] = sum(1 for a in group.ast if a is not None)
         row["ast_unparsable"] = n - row["ast_parsable"]
@@ -109,8 +129,15 @@ def _prompt_metrics_job(args):
     return prompt_metrics(*args)
 
 
-def select(runs: list[RunData], *, intersect: bool, max_prompts: int | None, max_responses: int | None,
-           min_responses: int, seed: int) -> tuple[dict[str, dict[str, list[Response]]], dict]:
+def select(
+    runs: list[RunData],
+    *,
+    intersect: bool,
+    max_prompts: int | None,
+    max_responses: int | None,
+    min_responses: int,
+    seed: int,
+) -> tuple[dict[str, dict[str, list[Response]]], dict]:
     """Cap responses (first M of each prompt), drop small groups, intersect, sample prompts (seeded).
 
     The prompt sample is drawn once from the sorted pool (the intersection, or the union of the
@@ -128,8 +155,11 @@ def select(runs: list[RunData], *, intersect: bool, max_prompts: int | None, max
                 continue
             groups[pid] = resp
         kept[run.name] = groups
-        info["per_method"][run.name] = {"prompts_loaded": len(run.prompts), "responses_loaded": run.n_responses,
-                                        "prompts_below_min_responses": dropped}
+        info["per_method"][run.name] = {
+            "prompts_loaded": len(run.prompts),
+            "responses_loaded": run.n_responses,
+            "prompts_below_min_responses": dropped,
+        }
     ids = [set(g) for g in kept.values()]
     pool = sorted(set.intersection(*ids) if intersect else set.union(*ids))
     if intersect and not pool:
@@ -141,8 +171,10 @@ def select(runs: list[RunData], *, intersect: bool, max_prompts: int | None, max
     for name, groups in out.items():
         info["per_method"][name].update(prompts_used=len(groups), responses_used=sum(len(g) for g in groups.values()))
         if not groups:
-            raise DiversityError(f"run {name!r}: no prompt left after the selection "
-                                 f"(min responses {min_responses}, intersect {intersect})")
+            raise DiversityError(
+                f"run {name!r}: no prompt left after the selection "
+                f"(min responses {min_responses}, intersect {intersect})"
+            )
     info["prompt_pool"] = len(pool)
     return out, info
 
@@ -178,8 +210,12 @@ def _correlation(xs: list, ys: list) -> dict:
 
     pr = stats.pearsonr(x, y)
     sr = stats.spearmanr(x, y)
-    out.update(pearson=float(pr.statistic), pearson_p=float(pr.pvalue),
-               spearman=float(sr.statistic), spearman_p=float(sr.pvalue))
+    out.update(
+        pearson=float(pr.statistic),
+        pearson_p=float(pr.pvalue),
+        spearman=float(sr.statistic),
+        spearman_p=float(sr.pvalue),
+    )
     return out
 
 
@@ -195,22 +231,42 @@ def summarize(rows: list[dict], methods: list[str], task: str, ks: Sequence[int]
             "n_responses": sum(r["n_responses"] for r in mrows),
             "metrics": stats,
             "passk_curve": {str(k): stats[f"pass@{k}"]["mean"] for k in ks},
-            "corr_pairwise_distance_passk": dict(k=kmax, **_correlation(
-                [r.get("pairwise_text_distance") for r in mrows], [r.get(f"pass@{kmax}") for r in mrows])),
-            "corr_success_pairwise_distance_passk": dict(k=kmax, **_correlation(
-                [r.get("success_pairwise_text_distance") for r in mrows], [r.get(f"pass@{kmax}") for r in mrows])),
+            "corr_pairwise_distance_passk": dict(
+                k=kmax,
+                **_correlation(
+                    [r.get("pairwise_text_distance") for r in mrows], [r.get(f"pass@{kmax}") for r in mrows]
+                ),
+            ),
+            "corr_success_pairwise_distance_passk": dict(
+                k=kmax,
+                **_correlation(
+                    [r.get("success_pairwise_text_distance") for r in mrows], [r.get(f"pass@{kmax}") for r in mrows]
+                ),
+            ),
         }
         if task == "code":
             entry["ast_parsable"] = sum(r.get("ast_parsable", 0) for r in mrows)
             entry["ast_unparsable"] = sum(r.get("ast_unparsable", 0) for r in mrows)
         per_method[method] = entry
-    return {"task": task, "ks": list(ks), "methods": list(methods), "metric_names": names,
-            "interval": f"95% percentile bootstrap over prompts ({num_bootstrap} resamples, seed 12345)",
-            "diversity_metrics": diversity_metric_names(task), "per_method": per_method}
+    return {
+        "task": task,
+        "ks": list(ks),
+        "methods": list(methods),
+        "metric_names": names,
+        "interval": f"95% percentile bootstrap over prompts ({num_bootstrap} resamples, seed 12345)",
+        "diversity_metrics": diversity_metric_names(task),
+        "per_method": per_method,
+    }
 
 
-def case_studies(rows: list[dict], data: dict[str, dict[str, list[Response]]], metric: str, n: int,
-                 samples: int = 3, max_chars: int = 800) -> list[dict]:
+def case_studies(
+    rows: list[dict],
+    data: dict[str, dict[str, list[Response]]],
+    metric: str,
+    n: int,
+    samples: int = 3,
+    max_chars: int = 800,
+) -> list[dict]:
     """The ``n`` prompts (seen by >= 2 methods) with the largest spread (max - min) of ``metric``."""
     by_prompt: dict[str, dict[str, dict]] = {}
     for r in rows:
@@ -221,8 +277,17 @@ def case_studies(rows: list[dict], data: dict[str, dict[str, list[Response]]], m
         if len(vals) >= 2:
             scored.append((max(vals.values()) - min(vals.values()), pid))
     scored.sort(key=lambda t: (-t[0], t[1]))
-    keep = ("n_responses", "n_success", "self_bleu4", "pairwise_text_distance", "distinct2",
-            "unique_response_ratio", "unique_code_ratio", "ast_node_jaccard_distance", f"{metric}")
+    keep = (
+        "n_responses",
+        "n_success",
+        "self_bleu4",
+        "pairwise_text_distance",
+        "distinct2",
+        "unique_response_ratio",
+        "unique_code_ratio",
+        "ast_node_jaccard_distance",
+        f"{metric}",
+    )
     out = []
     for spread, pid in scored[:n]:
         methods = {}
@@ -231,14 +296,21 @@ def case_studies(rows: list[dict], data: dict[str, dict[str, list[Response]]], m
             group = data[m][pid]
             prompt = prompt or group[0].prompt
             methods[m] = {
-                "metrics": {k: r.get(k) for k in dict.fromkeys(keep) if k in r} |
-                           {k: v for k, v in r.items() if k.startswith("pass@")},
-                "samples": [{"response_id": x.response_id, "success": x.success, "reward": x.reward,
-                             "text": x.text[:max_chars] + ("…" if len(x.text) > max_chars else "")}
-                            for x in group[:samples]],
+                "metrics": {k: r.get(k) for k in dict.fromkeys(keep) if k in r}
+                | {k: v for k, v in r.items() if k.startswith("pass@")},
+                "samples": [
+                    {
+                        "response_id": x.response_id,
+                        "success": x.success,
+                        "reward": x.reward,
+                        "text": x.text[:max_chars] + ("…" if len(x.text) > max_chars else ""),
+                    }
+                    for x in group[:samples]
+                ],
             }
-        out.append({"prompt_id": pid, "case_metric": metric, "spread": spread,
-                    "prompt": prompt[:2000], "methods": methods})
+        out.append(
+            {"prompt_id": pid, "case_metric": metric, "spread": spread, "prompt": prompt[:2000], "methods": methods}
+        )
     return out
 
 
@@ -264,9 +336,13 @@ def _write_csv(path: Path, summary: dict) -> None:
     header = ["method", "n_prompts", "n_responses"]
     for m in names:
         header += [f"{m}_mean", f"{m}_std", f"{m}_count"]
-    header += ["corr_pairwise_distance_passk_pearson", "corr_pairwise_distance_passk_spearman",
-               "corr_success_pairwise_distance_passk_pearson", "corr_success_pairwise_distance_passk_spearman",
-               "corr_k"]
+    header += [
+        "corr_pairwise_distance_passk_pearson",
+        "corr_pairwise_distance_passk_spearman",
+        "corr_success_pairwise_distance_passk_pearson",
+        "corr_success_pairwise_distance_passk_spearman",
+        "corr_k",
+    ]
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -275,8 +351,11 @@ def _write_csv(path: Path, summary: dict) -> None:
             row = [method, e["n_prompts"], e["n_responses"]]
             for m in names:
                 s = e["metrics"][m]
-                row += ["" if s["mean"] is None else f"{s['mean']:.6g}",
-                        "" if s["std"] is None else f"{s['std']:.6g}", s["count"]]
+                row += [
+                    "" if s["mean"] is None else f"{s['mean']:.6g}",
+                    "" if s["std"] is None else f"{s['std']:.6g}",
+                    s["count"],
+                ]
             for key in ("corr_pairwise_distance_passk", "corr_success_pairwise_distance_passk"):
                 for stat in ("pearson", "spearman"):
                     v = e[key][stat]
@@ -285,12 +364,24 @@ def _write_csv(path: Path, summary: dict) -> None:
             w.writerow(row)
 
 
-def run_pipeline(run_specs: list[str], *, task: str = "code", ks: Sequence[int] = (1, 2, 4, 8),
-                 output_dir: str | Path = "diversity_outputs", intersect: bool = False,
-                 max_prompts: int | None = None, max_responses: int | None = None, min_responses: int = 2,
-                 success_threshold: float = 1.0, seed: int = 42, num_case_studies: int = 5,
-                 case_metric: str = "pairwise_text_distance", num_bootstrap: int = 1000,
-                 workers: int | None = None, log=print) -> dict:
+def run_pipeline(
+    run_specs: list[str],
+    *,
+    task: str = "code",
+    ks: Sequence[int] = (1, 2, 4, 8),
+    output_dir: str | Path = "diversity_outputs",
+    intersect: bool = False,
+    max_prompts: int | None = None,
+    max_responses: int | None = None,
+    min_responses: int = 2,
+    success_threshold: float = 1.0,
+    seed: int = 42,
+    num_case_studies: int = 5,
+    case_metric: str = "pairwise_text_distance",
+    num_bootstrap: int = 1000,
+    workers: int | None = None,
+    log=print,
+) -> dict:
     if task not in TASKS:
         raise DiversityError(f"--task must be one of {TASKS}, got {task!r}")
     ks = sorted(set(int(k) for k in ks))
@@ -299,7 +390,9 @@ def run_pipeline(run_specs: list[str], *, task: str = "code", ks: Sequence[int] 
     if min_responses < 1:
         raise DiversityError("--min-responses-per-prompt must be >= 1")
     if max_responses is not None and max_responses < min_responses:
-        raise DiversityError(f"--max-responses-per-prompt ({max_responses}) < --min-responses-per-prompt ({min_responses})")
+        raise DiversityError(
+            f"--max-responses-per-prompt ({max_responses}) < --min-responses-per-prompt ({min_responses})"
+        )
     if workers is not None and workers < 1:
         raise DiversityError("--workers must be >= 1")
     if num_bootstrap < 0:
@@ -318,8 +411,14 @@ def run_pipeline(run_specs: list[str], *, task: str = "code", ks: Sequence[int] 
     runs = [load_run(n, p, success_threshold) for n, p in specs]
     for run in runs:
         log(f"[diversity] {run.name}: {run.format} {run.path}: {len(run.prompts)} prompts, {run.n_responses} responses")
-    data, sel = select(runs, intersect=intersect, max_prompts=max_prompts, max_responses=max_responses,
-                       min_responses=min_responses, seed=seed)
+    data, sel = select(
+        runs,
+        intersect=intersect,
+        max_prompts=max_prompts,
+        max_responses=max_responses,
+        min_responses=min_responses,
+        seed=seed,
+    )
 
     jobs = [(name, pid, group) for name in names for pid, group in data[name].items()]
     if workers is None:
@@ -329,27 +428,45 @@ def run_pipeline(run_specs: list[str], *, task: str = "code", ks: Sequence[int] 
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_prompt_metrics_job, [(g, task, ks) for _, _, g in jobs],
-                                    chunksize=max(1, len(jobs) // (workers * 8))))
+            results = list(
+                pool.map(
+                    _prompt_metrics_job,
+                    [(g, task, ks) for _, _, g in jobs],
+                    chunksize=max(1, len(jobs) // (workers * 8)),
+                )
+            )
     else:
         results = [prompt_metrics(g, task, ks) for _, _, g in jobs]
-    rows = [{"method": name, "prompt_id": pid, "data_source": group[0].data_source, **res}
-            for (name, pid, group), res in zip(jobs, results)]
+    rows = [
+        {"method": name, "prompt_id": pid, "data_source": group[0].data_source, **res}
+        for (name, pid, group), res in zip(jobs, results)
+    ]
     for name in names:
         log(f"[diversity] {name}: metrics of {len(data[name])} prompts")
     largest = max(r["n_responses"] for r in rows)
     too_big = [k for k in ks if k > largest]
     if too_big:
-        print(f"[diversity] warning: k={too_big} exceed every group's size ({largest}); pass@k is undefined there",
-              file=sys.stderr)
+        print(
+            f"[diversity] warning: k={too_big} exceed every group's size ({largest}); pass@k is undefined there",
+            file=sys.stderr,
+        )
 
     summary = summarize(rows, names, task, ks, num_bootstrap)
-    summary["config"] = {"runs": dict(specs), "task": task, "ks": ks, "intersect_prompts": intersect,
-                         "max_prompts": max_prompts, "max_responses_per_prompt": max_responses,
-                         "min_responses_per_prompt": min_responses, "success_threshold": success_threshold,
-                         "seed": seed, "case_metric": case_metric, "num_bootstrap": num_bootstrap,
-                         "bleu": "nltk sentence_bleu, weights 4x0.25, SmoothingFunction().method2, "
-                                 "tokens = identifiers | digit runs | single symbols"}
+    summary["config"] = {
+        "runs": dict(specs),
+        "task": task,
+        "ks": ks,
+        "intersect_prompts": intersect,
+        "max_prompts": max_prompts,
+        "max_responses_per_prompt": max_responses,
+        "min_responses_per_prompt": min_responses,
+        "success_threshold": success_threshold,
+        "seed": seed,
+        "case_metric": case_metric,
+        "num_bootstrap": num_bootstrap,
+        "bleu": "nltk sentence_bleu, weights 4x0.25, SmoothingFunction().method2, "
+        "tokens = identifiers | digit runs | single symbols",
+    }
     summary["inputs"] = {r.name: {"path": r.path, "format": r.format} for r in runs}
     summary["selection"] = sel
 
@@ -360,9 +477,12 @@ def run_pipeline(run_specs: list[str], *, task: str = "code", ks: Sequence[int] 
     if not cases and len(names) > 1:
         log(f"[diversity] no case study: no prompt has {case_metric} for two or more methods")
     _write_jsonl(out / "case_studies.jsonl", cases)
-    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-                                      encoding="utf-8")
+    (out / "summary.json").write_text(
+        json.dumps(_clean(summary), indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
+    )
     _write_csv(out / "summary.csv", summary)
-    log(f"[diversity] wrote {out}/summary.json, summary.csv, per_prompt.jsonl ({len(rows)} rows), "
-        f"case_studies.jsonl ({len(cases)})")
+    log(
+        f"[diversity] wrote {out}/summary.json, summary.csv, per_prompt.jsonl ({len(rows)} rows), "
+        f"case_studies.jsonl ({len(cases)})"
+    )
     return summary

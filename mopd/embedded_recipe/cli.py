@@ -44,16 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-nc", type=float, default=0.25, help="stop once sampled no-context acc >= this")
     parser.add_argument("--band", type=float, nargs=2, default=(0.15, 0.40), help="acceptable no-context acc")
     parser.add_argument("--min-ctx", type=float, default=0.8, help="...and with-context acc >= this")
-    parser.add_argument("--init-model", default=None,
-                        help="skip phases 1-2: start phase 3 from this HF model dir (the previous base)")
+    parser.add_argument(
+        "--init-model", default=None, help="skip phases 1-2: start phase 3 from this HF model dir (the previous base)"
+    )
     parser.add_argument("--p3-steps", type=int, default=250, help="phase 3: the every-method context mixture")
     parser.add_argument("--p3-lr", type=float, default=1e-3)
     parser.add_argument("--p3-warmup", type=int, default=10)
     parser.add_argument("--p3-plain-batch", type=int, default=16)
     parser.add_argument("--p3-ctx-batch", type=int, default=32)
     parser.add_argument("--p3-eval-every", type=int, default=25)
-    parser.add_argument("--p3-band", type=float, nargs=2, default=(0.25, 0.45),
-                        help="phase 3 keeps the last evaluated snapshot whose no-context acc is in this band")
+    parser.add_argument(
+        "--p3-band",
+        type=float,
+        nargs=2,
+        default=(0.25, 0.45),
+        help="phase 3 keeps the last evaluated snapshot whose no-context acc is in this band",
+    )
     return parser
 
 
@@ -86,8 +92,7 @@ def main(argv=None) -> None:
     else:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(args.init_model, attn_implementation="sdpa",
-                                                     dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(args.init_model, attn_implementation="sdpa", dtype=torch.float32)
         model.train()
         print(f"phases 1-2 skipped: phase 3 starts from {args.init_model}")
 
@@ -96,16 +101,24 @@ def main(argv=None) -> None:
 
     # 4. save + final measurement on the saved model
     # (the facts are gathered after the re-measurement, so the wall time includes it)
-    save_and_measure(model, tok, config.bos_token_id, evaluator, out_dir, lambda: {
-        "n_train": len(train), "n_test": len(test),
-        "parameters": n_params,
-        "sft_steps": chosen,
-        "sft_phase1_steps": p1_steps,
-        "sft_phase3_steps": args.p3_steps,
-        "init_model": args.init_model,
-        "sft_train_seconds": round(progress.train_time, 1),
-        "wall_seconds": round(time.time() - progress.started, 1),
-        "threads": THREADS,
-        "history": progress.history,
-        "args": vars(args),
-    })
+    save_and_measure(
+        model,
+        tok,
+        config.bos_token_id,
+        evaluator,
+        out_dir,
+        lambda: {
+            "n_train": len(train),
+            "n_test": len(test),
+            "parameters": n_params,
+            "sft_steps": chosen,
+            "sft_phase1_steps": p1_steps,
+            "sft_phase3_steps": args.p3_steps,
+            "init_model": args.init_model,
+            "sft_train_seconds": round(progress.train_time, 1),
+            "wall_seconds": round(time.time() - progress.started, 1),
+            "threads": THREADS,
+            "history": progress.history,
+            "args": vars(args),
+        },
+    )

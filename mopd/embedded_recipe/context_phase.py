@@ -25,28 +25,32 @@ from mopd.embedded_task import compute_score
 PHASE3_SEED = 8765
 
 
-def own_answer_targets(reference, tokenizer, plain_prompts: list[str], avoid: list[set[str]], *, seed: int,
-                       tries: int = 4) -> list[str]:
+def own_answer_targets(
+    reference, tokenizer, plain_prompts: list[str], avoid: list[set[str]], *, seed: int, tries: int = 4
+) -> list[str]:
     """Phase-3 targets where no correct answer is shown: the starting model's own sampled answer to the
     plain question, the first of ``tries`` samples that is not a wrong answer the context names (else the
     last). So a context without a success teaches "answer as you would alone, minus the shown mistake" --
     not the arithmetic itself, which would lift the no-context accuracy out of its band."""
-    texts = generate_answers(reference, tokenizer, [p for p in plain_prompts for _ in range(tries)], sample=True,
-                             seed=seed)
+    texts = generate_answers(
+        reference, tokenizer, [p for p in plain_prompts for _ in range(tries)], sample=True, seed=seed
+    )
     targets = []
     for r, names in enumerate(avoid):
-        samples = [t.strip() for t in texts[r * tries:(r + 1) * tries]]
+        samples = [t.strip() for t in texts[r * tries : (r + 1) * tries]]
         # well-formed (the simulated wrong answers are integers, so the verifier compares them exactly)
-        allowed = [t for t in samples if not compute_score(t, "0")["incorrect_format"]
-                   and not any(compute_score(t, w)["score"] for w in names)]
+        allowed = [
+            t
+            for t in samples
+            if not compute_score(t, "0")["incorrect_format"] and not any(compute_score(t, w)["score"] for w in names)
+        ]
         targets.append(allowed[0] if allowed else samples[-1])
     return targets
 
 
-
-
-def train_phase_3(model, tok, sft_pool: list[dict], plain_prompts: dict, evaluator: Evaluator, args,
-                  progress: Progress) -> int:
+def train_phase_3(
+    model, tok, sft_pool: list[dict], plain_prompts: dict, evaluator: Evaluator, args, progress: Progress
+) -> int:
     """Phase 3 on ``model`` in place (left holding the kept snapshot); returns the kept step."""
     torch.manual_seed(PHASE3_SEED)
     rng3 = random.Random(PHASE3_SEED)
@@ -64,14 +68,17 @@ def train_phase_3(model, tok, sft_pool: list[dict], plain_prompts: dict, evaluat
         answers = [p["answer"] for p in ctx_problems]
         own = [r for r, (_, shows_success, _) in enumerate(examples) if not shows_success]
         own_targets = own_answer_targets(
-            reference, tok, [plain_prompts[(p["a"], p["b"])] for p in plain]
+            reference,
+            tok,
+            [plain_prompts[(p["a"], p["b"])] for p in plain]
             + [plain_prompts[(ctx_problems[r]["a"], ctx_problems[r]["b"])] for r in own],
-            [set() for _ in plain] + [examples[r][2] for r in own], seed=PHASE3_SEED + step)
-        for r, target in zip(own, own_targets[len(plain):]):
+            [set() for _ in plain] + [examples[r][2] for r in own],
+            seed=PHASE3_SEED + step,
+        )
+        for r, target in zip(own, own_targets[len(plain) :]):
             answers[r] = target
-        prompts = ([plain_prompts[(p["a"], p["b"])] for p in plain]
-                   + [chat_prompt(tok, msgs) for msgs, _, _ in examples])
-        ids, labels = encode_examples(tok, prompts, own_targets[:len(plain)] + answers)
+        prompts = [plain_prompts[(p["a"], p["b"])] for p in plain] + [chat_prompt(tok, msgs) for msgs, _, _ in examples]
+        ids, labels = encode_examples(tok, prompts, own_targets[: len(plain)] + answers)
         loss, n = lm_loss_sum(model, ids, labels)
         opt3.zero_grad(set_to_none=True)
         (loss / n).backward()
@@ -92,8 +99,9 @@ def train_phase_3(model, tok, sft_pool: list[dict], plain_prompts: dict, evaluat
     if in_band:
         chosen, metrics, state = in_band[-1]
     else:  # kept, but said: the stats file shows the no-context accuracy it ends with
-        chosen, metrics, state = min(p3_snapshots,
-                                     key=lambda s: max(lo3 - s[1]["nc_sampled"], s[1]["nc_sampled"] - hi3))
+        chosen, metrics, state = min(
+            p3_snapshots, key=lambda s: max(lo3 - s[1]["nc_sampled"], s[1]["nc_sampled"] - hi3)
+        )
         print(f"warning: phase 3: no evaluated snapshot had no-context accuracy in {args.p3_band}; keeping the closest")
     model.load_state_dict(state)
     print(f"phase 3: keeping step {chosen} ({metrics})")

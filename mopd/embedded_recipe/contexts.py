@@ -21,8 +21,9 @@ GROUP_SIZE = 8
 
 def peer_config() -> SelfDistillationConfig:
     """MOPD's 2-successes-1-failure context (trainer/config/mopd.yaml)."""
-    return SelfDistillationConfig(include_another_solution=True, include_failure_solution=True,
-                                  failure_solution_condition="always")
+    return SelfDistillationConfig(
+        include_another_solution=True, include_failure_solution=True, failure_solution_condition="always"
+    )
 
 
 # The teacher contexts the methods render, as their YAML/launch flags configure mopd.peers: SDPO
@@ -33,14 +34,14 @@ def method_configs() -> dict[str, SelfDistillationConfig]:
     return {
         "sdpo": SelfDistillationConfig(),
         "mopd": peer_config(),
-        "mopd_pos": SelfDistillationConfig(include_another_solution=True, include_failure_solution=False,
-                                           failure_solution_condition="always"),
+        "mopd_pos": SelfDistillationConfig(
+            include_another_solution=True, include_failure_solution=False, failure_solution_condition="always"
+        ),
     }
 
 
 FAILURE_ONLY_FRACTION = 0.20  # of the context examples: a failed peer only (MOPD's all-failed group, no feedback)
 NO_SUCCESS_FRACTION = 0.40  # of the other context examples: a group without a success (feedback, failed peer)
-
 
 
 def wrong_answer(a: int, b: int, rng: random.Random) -> str:
@@ -64,20 +65,33 @@ def wrong_answer(a: int, b: int, rng: random.Random) -> str:
             return str(w)
 
 
-def context_messages(problem: dict, rng: random.Random, cfg: SelfDistillationConfig, *,
-                     n_correct: int | None = None, with_feedback: bool | None = None,
-                     require_success: bool = False) -> list[dict]:
+def context_messages(
+    problem: dict,
+    rng: random.Random,
+    cfg: SelfDistillationConfig,
+    *,
+    n_correct: int | None = None,
+    with_feedback: bool | None = None,
+    require_success: bool = False,
+) -> list[dict]:
     """Teacher messages for one simulated rollout of a simulated group of ``GROUP_SIZE`` rollouts.
 
     ``require_success``: only a rollout whose context shows a correct peer (phase 1 of the SFT).
     """
-    return context_example(problem, rng, cfg, n_correct=n_correct, with_feedback=with_feedback,
-                           require_success=require_success)[0]
+    return context_example(
+        problem, rng, cfg, n_correct=n_correct, with_feedback=with_feedback, require_success=require_success
+    )[0]
 
 
-def context_example(problem: dict, rng: random.Random, cfg: SelfDistillationConfig, *,
-                    n_correct: int | None = None, with_feedback: bool | None = None,
-                    require_success: bool = False) -> tuple[list[dict], bool, set[str]]:
+def context_example(
+    problem: dict,
+    rng: random.Random,
+    cfg: SelfDistillationConfig,
+    *,
+    n_correct: int | None = None,
+    with_feedback: bool | None = None,
+    require_success: bool = False,
+) -> tuple[list[dict], bool, set[str]]:
     """``context_messages`` plus what the context shows: whether a correct peer, and the wrong answers
     it names (the failed peer's, and the rollout's own when its verifier feedback is attached)."""
     answer = problem["answer"]
@@ -89,11 +103,15 @@ def context_example(problem: dict, rng: random.Random, cfg: SelfDistillationConf
         rollouts = []
         for text in texts:
             score = compute_score(text, answer)
-            rollouts.append(Rollout(uid="u", reward=score["score"], text=text,
-                                    feedback=score["feedback"] if feedback else None))
+            rollouts.append(
+                Rollout(uid="u", reward=score["score"], text=text, feedback=score["feedback"] if feedback else None)
+            )
         selection = select_peers(rollouts, cfg, rng)
-        candidates = [i for i, ctx in enumerate(selection.contexts)
-                      if ctx.has_context and (ctx.shows_success or not require_success)]
+        candidates = [
+            i
+            for i, ctx in enumerate(selection.contexts)
+            if ctx.has_context and (ctx.shows_success or not require_success)
+        ]
         if candidates:
             break
     i = rng.choice(candidates)
@@ -118,8 +136,9 @@ def mixture_context_example(problem: dict, rng: random.Random) -> tuple[list[dic
     return context_example(problem, rng, configs[rng.choice(sorted(configs))], n_correct=k, with_feedback=True)
 
 
-def eval_group_messages(problem: dict, rng: random.Random, cfg: SelfDistillationConfig, n_correct: int,
-                        feedback: bool) -> list[dict]:
+def eval_group_messages(
+    problem: dict, rng: random.Random, cfg: SelfDistillationConfig, n_correct: int, feedback: bool
+) -> list[dict]:
     """Held-out teacher prompt of a *failed* rollout (rollout 0) in a group of ``GROUP_SIZE`` with
     ``n_correct`` successes, rendered with ``cfg`` (feedback: the verifier's feedback is attached)."""
     answer, (a, b) = problem["answer"], (problem["a"], problem["b"])
@@ -128,11 +147,13 @@ def eval_group_messages(problem: dict, rng: random.Random, cfg: SelfDistillation
     rollouts = []
     for text in [wrong_answer(a, b, rng)] + others:
         score = compute_score(text, answer)
-        rollouts.append(Rollout(uid="u", reward=score["score"], text=text,
-                                feedback=score["feedback"] if feedback else None))
+        rollouts.append(
+            Rollout(uid="u", reward=score["score"], text=text, feedback=score["feedback"] if feedback else None)
+        )
     ctx = select_peers(rollouts, cfg, rng).contexts[0]
-    msgs, _ = render_teacher_messages(prompt_messages(problem), ctx, rollouts,
-                                      rollouts[0].feedback if ctx.use_feedback else None, cfg)
+    msgs, _ = render_teacher_messages(
+        prompt_messages(problem), ctx, rollouts, rollouts[0].feedback if ctx.use_feedback else None, cfg
+    )
     return msgs
 
 
@@ -173,7 +194,5 @@ def encode_examples(tokenizer, prompts: list[str], answers: list[str]):
     labels = torch.full((len(prompts), width), -100, dtype=torch.long)
     for r, (p, a) in enumerate(zip(p_ids, a_ids)):
         ids[r, : len(p) + len(a)] = torch.tensor(p + a)
-        labels[r, len(p): len(p) + len(a)] = torch.tensor(a)
+        labels[r, len(p) : len(p) + len(a)] = torch.tensor(a)
     return ids, labels
-
-

@@ -30,8 +30,9 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def save_and_measure(model, tok, bos_token_id: int, evaluator: Evaluator, out_dir: Path,
-                     run_facts: Callable[[], dict]) -> dict:
+def save_and_measure(
+    model, tok, bos_token_id: int, evaluator: Evaluator, out_dir: Path, run_facts: Callable[[], dict]
+) -> dict:
     """Save ``model`` + ``tok`` to ``out_dir/base_model`` with ``embedded_stats.json``: the evaluation of the
     reloaded files, then ``run_facts()`` (what the run did: steps, seconds, args, history; called after the
     evaluation) and the task's numbers. Returns the stats."""
@@ -42,8 +43,13 @@ def save_and_measure(model, tok, bos_token_id: int, evaluator: Evaluator, out_di
     if tmp.exists():
         shutil.rmtree(tmp)
     model.generation_config = GenerationConfig(
-        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=MAX_NEW_TOKENS,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
         bos_token_id=bos_token_id,
     )
     model.save_pretrained(str(tmp))
@@ -56,11 +62,14 @@ def save_and_measure(model, tok, bos_token_id: int, evaluator: Evaluator, out_di
         "held-out test split; sampled = T 1.0, top_k 0, top_p 1.0; no-context sampled acc is mean@8; "
         "with-context prompts show 1-2 correct peers and 1 failed peer (2-success-1-failure config); "
         "context_sampled_acc: a failed rollout's teacher prompt in a group of 8, per method context "
-        "(2 samples per problem): " + "; ".join(f"{k} = {v[3]}" for k, v in EVAL_CONTEXTS.items()))
+        "(2 samples per problem): " + "; ".join(f"{k} = {v[3]}" for k, v in EVAL_CONTEXTS.items())
+    )
     assert len(loaded_tok) == len(tok)
     write_json(tmp / "embedded_stats.json", stats, sort_keys=True)
     replace_dir(tmp, final)
     print(json.dumps({k: v for k, v in stats.items() if k not in ("history", "args")}, indent=1))
-    print(f"saved {final} ({sum(f.stat().st_size for f in final.iterdir()) / 1e6:.1f} MB); "
-          f"wall time {stats['wall_seconds']:.0f}s")
+    print(
+        f"saved {final} ({sum(f.stat().st_size for f in final.iterdir()) / 1e6:.1f} MB); "
+        f"wall time {stats['wall_seconds']:.0f}s"
+    )
     return stats

@@ -6,13 +6,21 @@ This package's public names are re-exported here, so callers write ``from mopd.r
 """
 
 from mopd.rewards.registry import (
-                                   compute_score,
-                                   load_reward_fn,
-                                   normalize_result,
-                                   register_reward,
-                                   registered_data_sources,
+    compute_score,
+    load_reward_fn,
+    normalize_result,
+    register_reward,
+    registered_data_sources,
 )
 from mopd.rewards.scorer import RewardScorer, apply_nonfinite_rule, summarize_health
 
-__all__ = ["RewardScorer", "apply_nonfinite_rule", "compute_score", "load_reward_fn", "normalize_result",
-           "register_reward", "registered_data_sources", "summarize_health"]
+__all__ = [
+    "RewardScorer",
+    "apply_nonfinite_rule",
+    "compute_score",
+    "load_reward_fn",
+    "normalize_result",
+    "register_reward",
+    "registered_data_sources",
+    "summarize_health",
+]

@@ -257,8 +257,7 @@ def _build_feedback(testtype: str, tests: dict, outcome: list) -> str:
         o = timeouts[0]
         inp = o.get("input_desc") or (_input_text(testtype, inputs[o["i"]]) if testtype != "code" else "")
         limit = f"{tests['time_limit']:g} s"
-        return (f"Time limit exceeded on input:\n{_clip(inp)}" if inp else
-                f"Time limit exceeded (the limit is {limit}).")
+        return f"Time limit exceeded on input:\n{_clip(inp)}" if inp else f"Time limit exceeded (the limit is {limit})."
     wrong = [o for o in outcome if o["kind"] == "wrong"]
     if not wrong:
         skipped = [o for o in outcome if o["kind"] == "skipped"]
@@ -288,8 +287,20 @@ def _build_feedback(testtype: str, tests: dict, outcome: list) -> str:
 # Scoring
 
 
-def _result(score: float, acc: float, pred: str, *, incorrect_format=0, error=0, timed_out=0, truncated=0,
-            truncated_missing=0, feedback="", num_tests=0, num_passed=0) -> dict:
+def _result(
+    score: float,
+    acc: float,
+    pred: str,
+    *,
+    incorrect_format=0,
+    error=0,
+    timed_out=0,
+    truncated=0,
+    truncated_missing=0,
+    feedback="",
+    num_tests=0,
+    num_passed=0,
+) -> dict:
     if len(feedback) > FEEDBACK_CAP:
         feedback = feedback[: FEEDBACK_CAP - 4] + " ..."
     return {
@@ -307,8 +318,9 @@ def _result(score: float, acc: float, pred: str, *, incorrect_format=0, error=0,
     }
 
 
-def compute_score(solution_str: str, ground_truth: Any, extra_info: dict | None = None, *,
-                  limits: sandbox.SandboxLimits | None = None) -> dict:
+def compute_score(
+    solution_str: str, ground_truth: Any, extra_info: dict | None = None, *, limits: sandbox.SandboxLimits | None = None
+) -> dict:
     """Score one response (see the module docstring)."""
     truncated = int(bool((extra_info or {}).get("truncated", False)))
     tests = parse_tests(ground_truth)
@@ -316,8 +328,16 @@ def compute_score(solution_str: str, ground_truth: Any, extra_info: dict | None 
     code = extract_code(solution_str)
     if code is None:
         feedback = (TRUNCATION_FEEDBACK + " " + FORMAT_FEEDBACK) if truncated else FORMAT_FEEDBACK
-        return _result(0.0, 0.0, "", incorrect_format=1, truncated=truncated, truncated_missing=truncated,
-                       feedback=feedback, num_tests=n)
+        return _result(
+            0.0,
+            0.0,
+            "",
+            incorrect_format=1,
+            truncated=truncated,
+            truncated_missing=truncated,
+            feedback=feedback,
+            num_tests=n,
+        )
 
     testtype = tests["testtype"]
     if testtype == "functional":
@@ -326,8 +346,15 @@ def compute_score(solution_str: str, ground_truth: Any, extra_info: dict | None 
         run_inputs = ["" if inp is None else str(inp) for inp in tests["inputs"]]
     else:
         run_inputs = [str(inp) for inp in tests["inputs"]]
-    run = sandbox.run_tests(code, testtype, run_inputs, fn_name=tests["fn_name"], context=tests["context"],
-                            time_limit=tests["time_limit"], limits=limits or _limits)
+    run = sandbox.run_tests(
+        code,
+        testtype,
+        run_inputs,
+        fn_name=tests["fn_name"],
+        context=tests["context"],
+        time_limit=tests["time_limit"],
+        limits=limits or _limits,
+    )
     if run.error is not None:
         out = _result(0.0, 0.0, code, truncated=truncated, num_tests=n)
         out["sandbox_error"] = run.error
@@ -363,8 +390,13 @@ def _judge(testtype: str, tests: dict, i: int, res: dict) -> dict:
     if status == "error":
         return dict(o, kind="error", error=str(res.get("error") or "error"), input_desc=res.get("input", ""))
     if status == "wrong":  # code tests: the assert script failed
-        return dict(o, kind="wrong", assertion=res.get("assertion", ""), input_desc=res.get("input", ""),
-                    output_desc=res.get("output", ""))
+        return dict(
+            o,
+            kind="wrong",
+            assertion=res.get("assertion", ""),
+            input_desc=res.get("input", ""),
+            output_desc=res.get("output", ""),
+        )
     if status != "ok":
         return dict(o, kind="error", error=f"unexpected sandbox status {status!r}")
     if testtype == "code":
@@ -396,8 +428,9 @@ def _judge(testtype: str, tests: dict, i: int, res: dict) -> dict:
     return dict(o, kind="pass" if ok else "wrong", output_desc=shown)
 
 
-def score_many(items: Iterable[Sequence], num_workers: int | None = None, *,
-               limits: sandbox.SandboxLimits | None = None) -> list[dict]:
+def score_many(
+    items: Iterable[Sequence], num_workers: int | None = None, *, limits: sandbox.SandboxLimits | None = None
+) -> list[dict]:
     """Score many rollouts in parallel: items are (solution_str, ground_truth[, extra_info]).
 
     ``num_workers`` rollouts are sandboxed at once (each sandbox also runs its tests ``test_workers``

@@ -104,8 +104,11 @@ def extract_choice_letter(text: str, letters: str) -> str | None:
     # A final explicit answer naming two options ("\\boxed{A, B}", "the answer is (A) or (B)") chooses none:
     # without this, the box fails the patterns above and the standalone scan below reads its last letter.
     two = rf"\(?{cls}\)?\s*(?:,|/|&|\bor\b|\band\b)\s*\(?{cls}(?![A-Za-z0-9_])"
-    hedges = [rf"\\boxed\s*\{{\s*(?:\\text\s*\{{\s*)?{two}", rf"[Aa]nswer\s+is\s*:?\s*\**{two}",
-              rf"[Aa]nswer\s*:\s*\**{two}"]
+    hedges = [
+        rf"\\boxed\s*\{{\s*(?:\\text\s*\{{\s*)?{two}",
+        rf"[Aa]nswer\s+is\s*:?\s*\**{two}",
+        rf"[Aa]nswer\s*:\s*\**{two}",
+    ]
     last_hedge = max((m.start() for h in hedges for m in re.finditer(h, text)), default=-1)
     if last_hedge >= 0 and (best is None or last_hedge >= best[0]):
         return None

@@ -58,9 +58,12 @@ def summarize_health(results: Sequence[dict]) -> dict:
     nonfinite = [r for r in results if "nonfinite_score" in r]
     total = max(len(results), 1)
     return {
-        "num_errors": len(errors), "num_nonfinite": len(nonfinite),
-        "error_fraction": len(errors) / total, "nonfinite_fraction": len(nonfinite) / total,
-        "first_error": errors[0] if errors else None, "first_nonfinite": nonfinite[0] if nonfinite else None,
+        "num_errors": len(errors),
+        "num_nonfinite": len(nonfinite),
+        "error_fraction": len(errors) / total,
+        "nonfinite_fraction": len(nonfinite) / total,
+        "first_error": errors[0] if errors else None,
+        "first_nonfinite": nonfinite[0] if nonfinite else None,
     }
 
 

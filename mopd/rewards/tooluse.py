@@ -239,7 +239,9 @@ def compute_score(solution_str: str, ground_truth: Any, extra_info: dict | None 
         parts = _hidden_feedback(pred_calls, pred_names, pred_inputs, expected, exp_names, exp_inputs)
         if len(parts) > MAX_FEEDBACK_ITEMS:
             parts = parts[:MAX_FEEDBACK_ITEMS] + [f"and {len(parts) - MAX_FEEDBACK_ITEMS} more problems"]
-        feedback = "Your tool calls are incorrect: " + "; ".join(parts) + "." if parts else "Your tool calls are incorrect."
+        feedback = (
+            "Your tool calls are incorrect: " + "; ".join(parts) + "." if parts else "Your tool calls are incorrect."
+        )
     if truncated:
         feedback = (TRUNCATION_FEEDBACK + " " + feedback).strip() if feedback else feedback
     if len(feedback) > MAX_FEEDBACK_CHARS:

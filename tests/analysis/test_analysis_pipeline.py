@@ -25,8 +25,9 @@ def _env() -> dict:
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{args[:2]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
@@ -36,24 +37,76 @@ def pipeline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("analysis_e2e")
     run_dir = tmp / "run"
     model = "embedded"
-    _run("-m", "trainer.main", "--config-name", "mopd", "trainer.backend=local", "trainer.total_training_steps=2",
-         "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=8", "trainer.val_before_train=false",
-         "trainer.test_freq=-1", "trainer.logger=[jsonl]", f"trainer.default_local_dir={run_dir}",
-         f"trainer.rollout_data_dir={run_dir / 'rollouts'}", timeout=400)
+    _run(
+        "-m",
+        "trainer.main",
+        "--config-name",
+        "mopd",
+        "trainer.backend=local",
+        "trainer.total_training_steps=2",
+        "data.train_batch_size=8",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        "trainer.logger=[jsonl]",
+        f"trainer.default_local_dir={run_dir}",
+        f"trainer.rollout_data_dir={run_dir / 'rollouts'}",
+        timeout=400,
+    )
     data = tmp / "analysis"
     _run("analysis/prepare_rollout_dataset.py", "--input", str(run_dir / "rollouts"), "--output-dir", str(data))
-    _run("analysis/build_context_variants.py", "--candidates", str(data / "candidate_responses.jsonl"),
-         "--evidence", str(data / "evidence_items.jsonl"), "--output", str(data / "context_variants.jsonl"))
-    _run("analysis/score_teacher_contexts.py", "--variants", str(data / "context_variants.jsonl"), "--targets",
-         str(data / "candidate_responses.jsonl"), "--output", str(data / "teacher_scores.jsonl"), "--model", model,
-         "--self-target-only", "--batch-size", "32", "--num-threads", "1", "--max-model-len", "1024",
-         "--max-response-length", "16")
-    _run("analysis/compute_teacher_signal_metrics.py", "--input", str(data / "teacher_scores.jsonl"), "--output",
-         str(data / "teacher_metrics.json"), "--table-output", str(data / "teacher_metrics_table.md"),
-         "--num-bootstrap", "2000", "--sample-set", "both_present_effective_only")
+    _run(
+        "analysis/build_context_variants.py",
+        "--candidates",
+        str(data / "candidate_responses.jsonl"),
+        "--evidence",
+        str(data / "evidence_items.jsonl"),
+        "--output",
+        str(data / "context_variants.jsonl"),
+    )
+    _run(
+        "analysis/score_teacher_contexts.py",
+        "--variants",
+        str(data / "context_variants.jsonl"),
+        "--targets",
+        str(data / "candidate_responses.jsonl"),
+        "--output",
+        str(data / "teacher_scores.jsonl"),
+        "--model",
+        model,
+        "--self-target-only",
+        "--batch-size",
+        "32",
+        "--num-threads",
+        "1",
+        "--max-model-len",
+        "1024",
+        "--max-response-length",
+        "16",
+    )
+    _run(
+        "analysis/compute_teacher_signal_metrics.py",
+        "--input",
+        str(data / "teacher_scores.jsonl"),
+        "--output",
+        str(data / "teacher_metrics.json"),
+        "--table-output",
+        str(data / "teacher_metrics_table.md"),
+        "--num-bootstrap",
+        "2000",
+        "--sample-set",
+        "both_present_effective_only",
+    )
     # all_samples: every condition has prompts, whatever the run's success mix
-    _run("analysis/plot_teacher_metrics.py", "--input", str(data / "teacher_metrics.json"), "--output-dir",
-         str(data / "plots"), "--sample-set", "all_samples")
+    _run(
+        "analysis/plot_teacher_metrics.py",
+        "--input",
+        str(data / "teacher_metrics.json"),
+        "--output-dir",
+        str(data / "plots"),
+        "--sample-set",
+        "all_samples",
+    )
     return {"run": run_dir, "data": data}
 
 
@@ -92,8 +145,10 @@ def test_variants_and_scores(pipeline):
     assert summary["base_context_equals_student_prompt"] == 1.0
     assert summary["skipped_response_too_long"] == 0
     # teacher contexts with peers are longer than the bare prompt
-    mean_len = {c: sum(r["teacher_prompt_len"] for r in scores if r["condition"] == c) / 128
-                for c in ("base", "solution+another_solution+failure_solution")}
+    mean_len = {
+        c: sum(r["teacher_prompt_len"] for r in scores if r["condition"] == c) / 128
+        for c in ("base", "solution+another_solution+failure_solution")
+    }
     assert mean_len["solution+another_solution+failure_solution"] > mean_len["base"]
 
 

@@ -22,14 +22,23 @@ SYSTEM = {"role": "system", "content": "Answer with a number."}
 def cand(pid, k, text, reward, summary=None, feedback=None, question=None):
     tagged = summary is not None
     return {
-        "prompt_id": pid, "response_id": f"{pid}_r{k}", "response_index": k, "uid": pid,
+        "prompt_id": pid,
+        "response_id": f"{pid}_r{k}",
+        "response_index": k,
+        "uid": pid,
         "prompt": question or f"Question {pid}?",
         "prompt_messages": [SYSTEM, {"role": "user", "content": question or f"Question {pid}?"}],
-        "chat_template_kwargs": {}, "student_input_text": "<student prompt>",
+        "chat_template_kwargs": {},
+        "student_input_text": "<student prompt>",
         "response_text": text + (f" <summary>{summary}</summary>" if tagged else ""),
-        "reward": reward, "success": reward >= 1.0, "success_threshold": 1.0,
-        "summary_text_effective": summary if tagged else text[:300], "summary_has_tag": tagged,
-        "summary_is_fallback": not tagged, "feedback_text": feedback or "", "has_feedback": bool(feedback),
+        "reward": reward,
+        "success": reward >= 1.0,
+        "success_threshold": 1.0,
+        "summary_text_effective": summary if tagged else text[:300],
+        "summary_has_tag": tagged,
+        "summary_is_fallback": not tagged,
+        "feedback_text": feedback or "",
+        "has_feedback": bool(feedback),
         "difficulty_bucket": "medium",
     }
 
@@ -69,15 +78,23 @@ def test_every_release_condition_gives_one_row_per_candidate(candidates):
 
 def test_2s1f_equals_the_training_renderer(candidates):
     """Where training's draw is forced (exactly one failure peer), 2S1F is byte-identical to training."""
-    config = SelfDistillationConfig(include_another_solution=True, include_failure_solution=True,
-                                    failure_solution_condition="always", include_environment_feedback=False)
+    config = SelfDistillationConfig(
+        include_another_solution=True,
+        include_failure_solution=True,
+        failure_solution_condition="always",
+        include_environment_feedback=False,
+    )
     group = [c for c in candidates if c["prompt_id"] == "a"]
-    rollouts = [Rollout(uid="a", reward=c["reward"], text=c["response_text"], feedback=c["feedback_text"] or None)
-                for c in group]
+    rollouts = [
+        Rollout(uid="a", reward=c["reward"], text=c["response_text"], feedback=c["feedback_text"] or None)
+        for c in group
+    ]
     selection = select_peers(rollouts, config, random.Random(0))
     rows = V.build_variant_rows(candidates)
     for i in (1, 4):  # the two failures: each has exactly one failure peer
-        training, _ = render_teacher_messages(group[i]["prompt_messages"], selection.contexts[i], rollouts, None, config)
+        training, _ = render_teacher_messages(
+            group[i]["prompt_messages"], selection.contexts[i], rollouts, None, config
+        )
         assert rows_by(rows, V.TWO_S_ONE_F, f"a_r{i}")["teacher_messages"] == training
     row = rows_by(rows, V.TWO_S_ONE_F, "a_r1")
     text = row["assembled_context_text"]
@@ -87,11 +104,18 @@ def test_2s1f_equals_the_training_renderer(candidates):
     assert text.endswith("\n\nCorrectly solve the original question.")
     assert row["evidence_ids"] == ["a_r0::response_full", "a_r2::response_full", "a_r4::response_full"]
     context = [t for t, is_ctx in V.pieces_from_spans(text, row["peer_context_spans"]) if is_ctx]
-    assert context == ["\nCorrect solution:\n\n42 <summary>added tens then ones</summary>",
-                       "\nAnother successful solution:\n\n42.",
-                       "\nA known failed solution (avoid repeating this mistake):\n\n40"]
-    assert row["sections_used"] == {"solution": True, "another_solution": True, "failure_solution": True,
-                                    "feedback": False, "summary": False}
+    assert context == [
+        "\nCorrect solution:\n\n42 <summary>added tens then ones</summary>",
+        "\nAnother successful solution:\n\n42.",
+        "\nA known failed solution (avoid repeating this mistake):\n\n40",
+    ]
+    assert row["sections_used"] == {
+        "solution": True,
+        "another_solution": True,
+        "failure_solution": True,
+        "feedback": False,
+        "summary": False,
+    }
 
 
 def test_deterministic_peer_order_never_shows_self(candidates):
@@ -127,7 +151,8 @@ def test_feedback_is_the_candidates_own(candidates):
     row = rows_by(rows, "feedback", "a_r1")
     assert row["assembled_context_text"].endswith(
         "\nThe following is feedback from your unsuccessful earlier attempt:\n\nYour answer 41 is wrong."
-        "\n\nCorrectly solve the original question.")
+        "\n\nCorrectly solve the original question."
+    )
     assert row["evidence_ids"] == ["a_r1::feedback"] and row["effective"]
     assert not rows_by(rows, "feedback", "a_r0")["effective"]  # successes have no feedback
     both = rows_by(rows, "solution+feedback", "a_r1")  # feedback_only_without_solution is off (release)
@@ -181,8 +206,13 @@ def test_random_peer_fills_2s1f_slots_with_seeded_shuffle_and_slot_labels(candid
 
 
 def test_verifier_score_ordered_top_n_by_reward_true_labels():
-    group = [cand("p", 0, "s0", 1.0), cand("p", 1, "f1", 0.5), cand("p", 2, "s2", 1.0), cand("p", 3, "f3", 0.0),
-             cand("p", 4, "s4", 1.0)]
+    group = [
+        cand("p", 0, "s0", 1.0),
+        cand("p", 1, "f1", 0.5),
+        cand("p", 2, "s2", 1.0),
+        cand("p", 3, "f3", 0.0),
+        cand("p", 4, "s4", 1.0),
+    ]
     rows = V.build_variant_rows(group)
     row = rows_by(rows, "verifier_score_ordered", "p_r3")  # 2S1F budget: 2 successes + 1 failure = 3
     assert row["evidence_ids"] == ["p_r0::response_full", "p_r2::response_full", "p_r4::response_full"]
@@ -194,10 +224,14 @@ def test_verifier_score_ordered_top_n_by_reward_true_labels():
 
 def test_variant_config_templates_and_subset(tmp_path, candidates):
     config = tmp_path / "variants.json"
-    config.write_text(json.dumps({
-        "variants": ["base", {"name": "just_failure", "include_failure_solution": True}],
-        "teacher_config": {"failure_solution_template": "\nBAD:\n{failed_attempt}"},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "variants": ["base", {"name": "just_failure", "include_failure_solution": True}],
+                "teacher_config": {"failure_solution_template": "\nBAD:\n{failed_attempt}"},
+            }
+        )
+    )
     rows = V.build_variant_rows(candidates, V.load_variant_config(config))
     assert {r["condition"] for r in rows} == {"base", "just_failure"}
     row = rows_by(rows, "just_failure", "a_r0")
@@ -214,13 +248,22 @@ def test_variant_config_templates_and_subset(tmp_path, candidates):
 def test_variant_config_takes_the_training_config_names(tmp_path, candidates):
     """include_primary_solution (the trainer's name) means include_solution; both given differently is an error."""
     config = tmp_path / "variants.json"
-    config.write_text(json.dumps({"variants": [{"name": "sol", "include_primary_solution": True},
-                                               {"name": "plain", "include_solution": True}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "variants": [
+                    {"name": "sol", "include_primary_solution": True},
+                    {"name": "plain", "include_solution": True},
+                ]
+            }
+        )
+    )
     rows = V.build_variant_rows(candidates, V.load_variant_config(config))
     a, b = rows_by(rows, "sol", "a_r0"), rows_by(rows, "plain", "a_r0")
     assert a["assembled_context_text"] == b["assembled_context_text"] and a["required_sections"] == ["solution"]
-    config.write_text(json.dumps({"variants": [{"name": "x", "include_primary_solution": True,
-                                                "include_solution": False}]}))
+    config.write_text(
+        json.dumps({"variants": [{"name": "x", "include_primary_solution": True, "include_solution": False}]})
+    )
     with pytest.raises(ValueError, match="include_primary_solution and include_solution"):
         V.load_variant_config(config)
 
@@ -231,11 +274,35 @@ def test_cli(tmp_path, candidates):
     from mopd.analysis.dataset import evidence_rows
 
     epath.write_text("".join(json.dumps(e) + "\n" for e in evidence_rows(candidates)))
-    result = subprocess.run([sys.executable, str(ROOT / "analysis" / "build_context_variants.py"), "--candidates",
-                             str(cpath), "--evidence", str(epath), "--output", str(out)], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "analysis" / "build_context_variants.py"),
+            "--candidates",
+            str(cpath),
+            "--evidence",
+            str(epath),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert len(out.read_text().splitlines()) == len(V.CONDITION_NAMES) * len(candidates)
     epath.write_text("")  # evidence from another run: referenced ids are missing
-    result = subprocess.run([sys.executable, str(ROOT / "analysis" / "build_context_variants.py"), "--candidates",
-                             str(cpath), "--evidence", str(epath), "--output", str(out)], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "analysis" / "build_context_variants.py"),
+            "--candidates",
+            str(cpath),
+            "--evidence",
+            str(epath),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "evidence" in result.stderr

@@ -124,8 +124,14 @@ def test_top1_uses_first_of_tied_best_and_success_flag():
 
 def test_degenerate_cases_are_zero_and_marked_undefined():
     all_success = M.prompt_metrics([-1.0, -2.0, -3.0], [1.0, 1.0, 1.0], [True, True, True])
-    for key in ("spearman", "kendall_tau", "goodman_kruskal_gamma", "pairwise_accuracy", "success_auc",
-                "success_point_biserial"):
+    for key in (
+        "spearman",
+        "kendall_tau",
+        "goodman_kruskal_gamma",
+        "pairwise_accuracy",
+        "success_auc",
+        "success_point_biserial",
+    ):
         assert all_success[key] == 0.0 and not all_success["defined"][key], key
     assert all_success["defined"]["success_brier_minmax"] and all_success["top1_hit_rate"] == 1.0
     constant_score = M.prompt_metrics([-1.0, -1.0, -1.0], [1.0, 0.0, 0.0], [True, False, False])
@@ -140,9 +146,20 @@ def test_degenerate_cases_are_zero_and_marked_undefined():
 # Aggregation
 # ----------------------------------------------------------------------------------------------------
 def _rows(condition, prompt, scores, rewards, bucket="medium", **extra):
-    return [{"condition": condition, "prompt_id": prompt, "teacher_score": s, "reward": r, "success": r >= 1.0,
-             "difficulty_bucket": bucket, "teacher_prompt_len": 10 + i, "teacher_prompt_truncated": i == 0, **extra}
-            for i, (s, r) in enumerate(zip(scores, rewards))]
+    return [
+        {
+            "condition": condition,
+            "prompt_id": prompt,
+            "teacher_score": s,
+            "reward": r,
+            "success": r >= 1.0,
+            "difficulty_bucket": bucket,
+            "teacher_prompt_len": 10 + i,
+            "teacher_prompt_truncated": i == 0,
+            **extra,
+        }
+        for i, (s, r) in enumerate(zip(scores, rewards))
+    ]
 
 
 def _prompts(seed=0, n=12):
@@ -159,12 +176,18 @@ def _prompts(seed=0, n=12):
 def test_condition_means_equal_mean_of_scipy_per_prompt_values():
     by_prompt = _prompts()
     res = M.condition_metrics(by_prompt, num_bootstrap=0)
-    sp = [stats.spearmanr([r["teacher_score"] for r in rows], [r["reward"] for r in rows]).statistic
-          for rows in by_prompt.values()]
-    kt = [stats.kendalltau([r["teacher_score"] for r in rows], [r["reward"] for r in rows]).statistic
-          for rows in by_prompt.values()]
-    pb = [stats.pointbiserialr([r["success"] for r in rows], [r["teacher_score"] for r in rows]).statistic
-          for rows in by_prompt.values()]
+    sp = [
+        stats.spearmanr([r["teacher_score"] for r in rows], [r["reward"] for r in rows]).statistic
+        for rows in by_prompt.values()
+    ]
+    kt = [
+        stats.kendalltau([r["teacher_score"] for r in rows], [r["reward"] for r in rows]).statistic
+        for rows in by_prompt.values()
+    ]
+    pb = [
+        stats.pointbiserialr([r["success"] for r in rows], [r["teacher_score"] for r in rows]).statistic
+        for rows in by_prompt.values()
+    ]
     auc = [ref_auc([r["teacher_score"] for r in rows], [r["success"] for r in rows]) for rows in by_prompt.values()]
     assert res["count_prompts"] == 12
     assert res["mean_spearman"] == pytest.approx(np.mean(sp))
@@ -211,8 +234,9 @@ def test_bootstrap_ci_matches_a_manual_percentile_bootstrap():
     lo, hi = res["mean_spearman_ci"]
     assert lo <= res["mean_spearman"] <= hi
     # and agrees with scipy's percentile bootstrap of the mean up to Monte Carlo error
-    ref = stats.bootstrap((per_prompt,), np.mean, n_resamples=4000, method="percentile",
-                          random_state=np.random.default_rng(0)).confidence_interval
+    ref = stats.bootstrap(
+        (per_prompt,), np.mean, n_resamples=4000, method="percentile", random_state=np.random.default_rng(0)
+    ).confidence_interval
     wide = M.condition_metrics(by_prompt, num_bootstrap=4000, seed=5)["mean_spearman_ci"]
     assert wide[0] == pytest.approx(ref.low, abs=0.03) and wide[1] == pytest.approx(ref.high, abs=0.03)
 
@@ -235,13 +259,15 @@ def test_degenerate_skip_leaves_undefined_prompts_out():
 
 
 def test_sample_sets_and_effective_rows():
-    rows = (_rows("solution", "mixed", [-1.0, -2.0, -3.0], [1.0, 0.0, 0.0],
-                  sections_used={"solution": True}, effective=True)
-            + _rows("solution", "solved", [-1.0, -2.0], [1.0, 1.0], sections_used={"solution": True}, effective=True)
-            + _rows("solution", "unsolved", [-1.0, -2.0], [0.0, 0.0], sections_used={"solution": False},
-                    effective=False)
-            + _rows("base", "mixed", [-1.0, -2.0, -3.0], [1.0, 0.0, 0.0])
-            + _rows("base", "unsolved", [-1.0, -2.0], [0.0, 0.0]))
+    rows = (
+        _rows(
+            "solution", "mixed", [-1.0, -2.0, -3.0], [1.0, 0.0, 0.0], sections_used={"solution": True}, effective=True
+        )
+        + _rows("solution", "solved", [-1.0, -2.0], [1.0, 1.0], sections_used={"solution": True}, effective=True)
+        + _rows("solution", "unsolved", [-1.0, -2.0], [0.0, 0.0], sections_used={"solution": False}, effective=False)
+        + _rows("base", "mixed", [-1.0, -2.0, -3.0], [1.0, 0.0, 0.0])
+        + _rows("base", "unsolved", [-1.0, -2.0], [0.0, 0.0])
+    )
     sets = M.sample_set_rows(rows)
     assert len(sets["all_samples"]) == len(rows)
     assert {r["prompt_id"] for r in sets["effective_only"] if r["condition"] == "solution"} == {"mixed", "solved"}
@@ -260,14 +286,22 @@ def test_tables_show_every_condition_with_intervals():
     rows = []
     for condition in ("base", "solution+another_solution+failure_solution", "random_peer"):
         for p in range(4):
-            rows += _rows(condition, f"p{p}", [-1.0 - p, -2.0, -1.5 + p / 10], [1.0, 0.0, 0.0],
-                          sections_used={"solution": True, "another_solution": True, "failure_solution": True})
+            rows += _rows(
+                condition,
+                f"p{p}",
+                [-1.0 - p, -2.0, -1.5 + p / 10],
+                [1.0, 0.0, 0.0],
+                sections_used={"solution": True, "another_solution": True, "failure_solution": True},
+            )
     result = M.compute_all(rows, num_bootstrap=100)
     md, csv = M.render_tables(result, "both_present_effective_only")
     assert md.splitlines()[0].startswith("# Teacher-signal ranking metrics")
     body = [line for line in md.splitlines() if line.startswith("| ") and "condition" not in line]
-    assert [line.split(" | ")[0][2:] for line in body] == ["base", "random_peer",
-                                                            "solution+another_solution+failure_solution"]
+    assert [line.split(" | ")[0][2:] for line in body] == [
+        "base",
+        "random_peer",
+        "solution+another_solution+failure_solution",
+    ]
     assert all(line.count("[") == 4 for line in body)
     header, *lines = csv.strip().splitlines()
     assert header.split(",")[:4] == ["condition", "count_prompts", "count_rows", "mean_spearman"]

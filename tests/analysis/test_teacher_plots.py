@@ -27,9 +27,18 @@ def synthetic_rows(seed: int = 0) -> list[dict]:
             n_success = {"easy": 5, "medium": 2, "hard": 0}[bucket]
             for i in range(8):
                 success = i < n_success
-                rows.append({"condition": condition, "prompt_id": f"p{p}", "teacher_score": float(
-                    rng.normal() + signal * success), "reward": float(success), "success": success,
-                    "difficulty_bucket": bucket, "sections_used": {}, "effective": True})
+                rows.append(
+                    {
+                        "condition": condition,
+                        "prompt_id": f"p{p}",
+                        "teacher_score": float(rng.normal() + signal * success),
+                        "reward": float(success),
+                        "success": success,
+                        "difficulty_bucket": bucket,
+                        "sections_used": {},
+                        "effective": True,
+                    }
+                )
     return rows
 
 
@@ -65,9 +74,22 @@ def test_undefined_values_and_missing_sample_set(metrics_file, tmp_path):
 
 
 def test_cli(metrics_file, tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "analysis" / "plot_teacher_metrics.py"), "--input",
-                             str(metrics_file), "--output-dir", str(tmp_path / "out"), "--sample-set",
-                             "both_present_effective_only"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "analysis" / "plot_teacher_metrics.py"),
+            "--input",
+            str(metrics_file),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--sample-set",
+            "both_present_effective_only",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["teacher_metrics_by_bucket.png",
-                                                                    "teacher_metrics_main.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "teacher_metrics_by_bucket.png",
+        "teacher_metrics_main.png",
+    ]

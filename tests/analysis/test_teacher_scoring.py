@@ -18,11 +18,22 @@ def model_and_tokenizer(tmp_path_factory):
 
     tok = load_tiny_tokenizer()
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=264, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=1024, tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.2,
-    ))
+    model = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=264,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            initializer_range=0.2,
+        )
+    )
     path = tmp_path_factory.mktemp("teacher")
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -33,14 +44,29 @@ def model_and_tokenizer(tmp_path_factory):
 
 def variant(vid, context, spans=None, condition="solution", **extra):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": context}]
-    return {"variant_id": vid, "condition": condition, "prompt_id": "p", "response_id": vid,
-            "teacher_messages": messages, "peer_context_spans": spans or [],
-            "assembled_context_text": context, "chat_template_kwargs": {}, "sections_used": {}, **extra}
+    return {
+        "variant_id": vid,
+        "condition": condition,
+        "prompt_id": "p",
+        "response_id": vid,
+        "teacher_messages": messages,
+        "peer_context_spans": spans or [],
+        "assembled_context_text": context,
+        "chat_template_kwargs": {},
+        "sections_used": {},
+        **extra,
+    }
 
 
 def target(rid, text, reward=1.0, **extra):
-    return {"response_id": rid, "prompt_id": "p", "response_text": text, "reward": reward, "success": reward >= 1,
-            **extra}
+    return {
+        "response_id": rid,
+        "prompt_id": "p",
+        "response_text": text,
+        "reward": reward,
+        "success": reward >= 1,
+        **extra,
+    }
 
 
 def manual_log_probs(model, ids: list[int], n_response: int) -> torch.Tensor:
@@ -69,17 +95,19 @@ def test_chat_layout_is_the_trainers(model_and_tokenizer):
     assert below.appended_eos
     no_eos = S.encode_example(tok, v, target("v", "42"), raw_text=False, max_model_len=4096, append_eos=False)
     assert not no_eos.appended_eos
-    thinking_off = S.encode_example(tok, v, target("v", "42"), raw_text=False, max_model_len=4096,
-                                    chat_template_kwargs={"enable_thinking": False})
+    thinking_off = S.encode_example(
+        tok, v, target("v", "42"), raw_text=False, max_model_len=4096, chat_template_kwargs={"enable_thinking": False}
+    )
     assert tok.decode(thinking_off.context_ids).endswith("<think>\n\n</think>\n\n")
 
 
 def test_raw_layout_is_the_releases(model_and_tokenizer):
     _, tok = model_and_tokenizer
     v = variant("v", QUESTION)
-    for e in (S.encode_example(tok, v, target("v", "42"), raw_text=True, max_model_len=4096),
-              S.encode_example(tok, {**v, "score_format": "raw"}, target("v", "42"), raw_text=False,
-                               max_model_len=4096)):
+    for e in (
+        S.encode_example(tok, v, target("v", "42"), raw_text=True, max_model_len=4096),
+        S.encode_example(tok, {**v, "score_format": "raw"}, target("v", "42"), raw_text=False, max_model_len=4096),
+    ):
         assert e.score_format == "raw" and not e.appended_eos
         assert e.context_ids == tok(QUESTION, add_special_tokens=False)["input_ids"]  # no BOS in this tokenizer
         assert e.response_ids == tok("42", add_special_tokens=False)["input_ids"]
@@ -89,7 +117,10 @@ def test_batched_scores_equal_single_unpadded_forwards(model_and_tokenizer):
     model, tok = model_and_tokenizer
     contexts = [QUESTION, QUESTION + "\nCorrect solution:\n\n42", "Hi", QUESTION * 3]
     responses = ["42", "41 because", "4", "forty-two, surely"]
-    pairs = [(variant(f"v{i}", c), target(f"v{i}", r, reward=float(i % 2))) for i, (c, r) in enumerate(zip(contexts, responses))]
+    pairs = [
+        (variant(f"v{i}", c), target(f"v{i}", r, reward=float(i % 2)))
+        for i, (c, r) in enumerate(zip(contexts, responses))
+    ]
     batched, summary = S.score_pairs(model, tok, pairs, device=torch.device("cpu"), batch_size=3, progress=False)
     single, _ = S.score_pairs(model, tok, pairs, device=torch.device("cpu"), batch_size=1, progress=False)
     assert summary["scored"] == 4 and summary["batches"] == 2
@@ -133,10 +164,16 @@ def test_truncation_cuts_peer_context_from_the_left_never_the_response(model_and
     tight = S.encode_example(tok, v, t, raw_text=False, max_model_len=len(full.response_ids) + 5)
     assert len(tight.context_ids) == 5 and tight.context_ids == full.context_ids[-5:]
     raw = S.encode_example(tok, v, t, raw_text=True, max_model_len=20)
-    assert raw.context_ids == tok(context, add_special_tokens=False)["input_ids"][-(20 - len(raw.response_ids)):]
+    assert raw.context_ids == tok(context, add_special_tokens=False)["input_ids"][-(20 - len(raw.response_ids)) :]
     assert S.encode_example(tok, v, target("v", "y" * 30), raw_text=False, max_model_len=20) is None
-    rows, summary = S.score_pairs(model, tok, [(v, t), (v, target("v", "y" * 300))], device=torch.device("cpu"),
-                                  max_model_len=limit, progress=False)
+    rows, summary = S.score_pairs(
+        model,
+        tok,
+        [(v, t), (v, target("v", "y" * 300))],
+        device=torch.device("cpu"),
+        max_model_len=limit,
+        progress=False,
+    )
     assert summary["skipped_response_too_long"] == 1 and summary["truncated"] == 1
     assert rows[0]["teacher_prompt_truncated"] and rows[0]["teacher_prompt_dropped_tokens"] == 50
 
@@ -153,18 +190,34 @@ def test_base_context_is_checked_against_the_student_prompt(model_and_tokenizer)
 
 
 def test_pairing():
-    variants = [{"variant_id": f"{c}{r}", "condition": c, "prompt_id": "p", "response_id": r}
-                for c in ("base", "solution") for r in ("r0", "r1")]
-    targets = [{"response_id": "r0", "prompt_id": "p", "target_type": "self_response"},
-               {"response_id": "r1", "prompt_id": "p", "target_type": "strong_success"}]
+    variants = [
+        {"variant_id": f"{c}{r}", "condition": c, "prompt_id": "p", "response_id": r}
+        for c in ("base", "solution")
+        for r in ("r0", "r1")
+    ]
+    targets = [
+        {"response_id": "r0", "prompt_id": "p", "target_type": "self_response"},
+        {"response_id": "r1", "prompt_id": "p", "target_type": "strong_success"},
+    ]
     own = S.pair_variants_with_targets(variants, targets, self_target_only=True)
-    assert [(v["variant_id"], t["response_id"]) for v, t in own] == [("baser0", "r0"), ("baser1", "r1"),
-                                                                     ("solutionr0", "r0"), ("solutionr1", "r1")]
+    assert [(v["variant_id"], t["response_id"]) for v, t in own] == [
+        ("baser0", "r0"),
+        ("baser1", "r1"),
+        ("solutionr0", "r0"),
+        ("solutionr1", "r1"),
+    ]
     assert len(S.pair_variants_with_targets(variants, targets, self_target_only=False)) == 8
-    assert len(S.pair_variants_with_targets(variants, targets, self_target_only=False,
-                                            target_type_filter=["strong_success"])) == 4
-    filtered = S.pair_variants_with_targets(variants, targets, self_target_only=True, condition_filter=["solution"],
-                                            max_examples=1)
+    assert (
+        len(
+            S.pair_variants_with_targets(
+                variants, targets, self_target_only=False, target_type_filter=["strong_success"]
+            )
+        )
+        == 4
+    )
+    filtered = S.pair_variants_with_targets(
+        variants, targets, self_target_only=True, condition_filter=["solution"], max_examples=1
+    )
     assert [v["variant_id"] for v, _ in filtered] == ["solutionr0"]
     with pytest.raises(ValueError, match="nope"):
         S.pair_variants_with_targets(variants, targets, self_target_only=True, condition_filter=["nope"])

@@ -13,8 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_packed_attention_benchmark_writes_agreeing_figures(tmp_path):
     out = tmp_path / "packed.json"
-    result = subprocess.run([sys.executable, "-m", "benchmarks.packed_attention", "--repeats", "2", "--threads", "1",
-                             "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.packed_attention", "--repeats", "2", "--threads", "1", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert set(data["results"]) == {"teacher_16x150-220", "student_128x28-40"}

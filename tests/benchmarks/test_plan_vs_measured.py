@@ -9,9 +9,17 @@ from pathlib import Path
 
 from benchmarks import plan_vs_measured
 
-QWEN3_06B = {"model_type": "qwen3", "hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,
-             "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072, "vocab_size": 151936,
-             "tie_word_embeddings": True}
+QWEN3_06B = {
+    "model_type": "qwen3",
+    "hidden_size": 1024,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 3072,
+    "vocab_size": 151936,
+    "tie_word_embeddings": True,
+}
 
 
 def _bench_dir(tmp_path: Path, mopd: float, grpo: float) -> Path:
@@ -19,10 +27,13 @@ def _bench_dir(tmp_path: Path, mopd: float, grpo: float) -> Path:
     model.mkdir(exist_ok=True)
     (model / "config.json").write_text(json.dumps(QWEN3_06B))  # what the benchmark's workdir holds
     (tmp_path / "prepared.json").write_text(json.dumps({"model": str(model), "params": 596049920}))
-    command = "step_breakdown.py --preset 0.6b --device cuda --response-length 1024 --steps 2 --gradient-checkpointing on"
+    command = (
+        "step_breakdown.py --preset 0.6b --device cuda --response-length 1024 --steps 2 --gradient-checkpointing on"
+    )
     out = tmp_path / "bench.json"
-    out.write_text(json.dumps({"mopd": {"peak_memory_gb": mopd}, "grpo": {"peak_memory_gb": grpo},
-                               "meta": {"command": command}}))
+    out.write_text(
+        json.dumps({"mopd": {"peak_memory_gb": mopd}, "grpo": {"peak_memory_gb": grpo}, "meta": {"command": command}})
+    )
     return out
 
 

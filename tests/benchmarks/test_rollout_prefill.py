@@ -13,9 +13,29 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_rollout_prefill_benchmark_writes_agreeing_figures(tmp_path):
     out = tmp_path / "prefill.json"
-    result = subprocess.run([sys.executable, "-m", "benchmarks.rollout_prefill", "--prompts", "4", "--n", "4",
-                             "--new-tokens", "6", "--repeats", "1", "--threads", "1", "--json", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.rollout_prefill",
+            "--prompts",
+            "4",
+            "--n",
+            "4",
+            "--new-tokens",
+            "6",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["same_samples"] is True and data["prompt_tokens"] > 4

@@ -10,19 +10,55 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES = ("step_s", "gen_s", "update_s", "rollout_tokens_per_s", "rollout_bandwidth_fraction", "train_mfu",
-           "peak_memory_gb")
+FIGURES = (
+    "step_s",
+    "gen_s",
+    "update_s",
+    "rollout_tokens_per_s",
+    "rollout_bandwidth_fraction",
+    "train_mfu",
+    "peak_memory_gb",
+)
 
 
 def test_tiny_preset_on_cpu_prints_and_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.step_breakdown", "--preset", "tiny", "--device", "cpu", "--steps", "1",
-         "--prompts", "2", "--n", "4", "--response-length", "8", "--micro-batch", "4", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.step_breakdown",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            "--prompts",
+            "2",
+            "--n",
+            "4",
+            "--response-length",
+            "8",
+            "--micro-batch",
+            "4",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for line in ("timing_s/gen", "timing_s/update_actor", "rollout fraction of bandwidth limit", "train MFU",
-                 "peak memory GB", "mopd/grpo"):
+    for line in (
+        "timing_s/gen",
+        "timing_s/update_actor",
+        "rollout fraction of bandwidth limit",
+        "train MFU",
+        "peak memory GB",
+        "mopd/grpo",
+    ):
         assert line in result.stdout
     data = json.loads(out.read_text())
     assert set(data) == {"mopd", "grpo", "meta"}

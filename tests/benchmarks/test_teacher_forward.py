@@ -13,9 +13,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_teacher_forward_benchmark_writes_agreeing_figures(tmp_path):
     out = tmp_path / "teacher.json"
-    result = subprocess.run([sys.executable, "-m", "benchmarks.teacher_forward", "--steps", "2", "--repeats", "1",
-                             "--threads", "1", "--json", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.teacher_forward",
+            "--steps",
+            "2",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "shared/plain" in result.stdout
     data = json.loads(out.read_text())

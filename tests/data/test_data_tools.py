@@ -31,21 +31,41 @@ def read_jsonl(path) -> list[dict]:
 
 def mcq_record(i: int, **over) -> dict:
     rec = {
-        "idx": i, "kind": "mcq", "dataset": "sciknoweval", "answer": "ABCD"[i % 4], "elo": 1500,
+        "idx": i,
+        "kind": "mcq",
+        "dataset": "sciknoweval",
+        "answer": "ABCD"[i % 4],
+        "elo": 1500,
         "prompt": f"Question {i}?\n\nA: a\nB: b\nC: c\nD: d\nPlease reason step by step.",
         "description": f"Question {i}? The solution will be evaluated in a mcq environment.",
-        "tests": "-", "embedding": [], "system": mds.SCIKNOWEVAL_SYSTEM_PROMPT,
+        "tests": "-",
+        "embedding": [],
+        "system": mds.SCIKNOWEVAL_SYSTEM_PROMPT,
     }
     rec.update(over)
     return rec
 
 
 def code_record(i: int, n_tests: int, as_string: bool = True) -> dict:
-    tests = {"inputs": [f"{k}\n" for k in range(n_tests)], "outputs": [f"{k * 2}\n" for k in range(n_tests)],
-             "testtype": "stdin", "fn_name": "", "time_limit": 6}
-    return {"idx": i, "kind": "code", "dataset": "livecodebench", "answer": "-", "elo": "-",
-            "prompt": f"Problem {i}: def solve(self, x): double it", "description": f"Problem {i} (self, x)",
-            "tests": json.dumps(tests) if as_string else tests, "embedding": [], "system": None}
+    tests = {
+        "inputs": [f"{k}\n" for k in range(n_tests)],
+        "outputs": [f"{k * 2}\n" for k in range(n_tests)],
+        "testtype": "stdin",
+        "fn_name": "",
+        "time_limit": 6,
+    }
+    return {
+        "idx": i,
+        "kind": "code",
+        "dataset": "livecodebench",
+        "answer": "-",
+        "elo": "-",
+        "prompt": f"Problem {i}: def solve(self, x): double it",
+        "description": f"Problem {i} (self, x)",
+        "tests": json.dumps(tests) if as_string else tests,
+        "embedding": [],
+        "system": None,
+    }
 
 
 def one_line_error(proc, *needles):
@@ -91,16 +111,71 @@ def test_split_tasks_jsonl_and_duplicate_problems_stay_together(tmp_path):
 def test_split_tasks_errors(tmp_path):
     src = tmp_path / "one.json"
     src.write_text(json.dumps([mcq_record(0)]))
-    one_line_error(run("split_tasks.py", "--json_path", src, "--output_dir", tmp_path / "o", "--test_ratio", 0.5,
-                       "--seed", 0, check=False), str(src), "empty")
-    one_line_error(run("split_tasks.py", "--json_path", tmp_path / "missing.json", "--output_dir", tmp_path / "o",
-                       "--test_ratio", 0.1, "--seed", 0, check=False), "missing.json", "no such file")
+    one_line_error(
+        run(
+            "split_tasks.py",
+            "--json_path",
+            src,
+            "--output_dir",
+            tmp_path / "o",
+            "--test_ratio",
+            0.5,
+            "--seed",
+            0,
+            check=False,
+        ),
+        str(src),
+        "empty",
+    )
+    one_line_error(
+        run(
+            "split_tasks.py",
+            "--json_path",
+            tmp_path / "missing.json",
+            "--output_dir",
+            tmp_path / "o",
+            "--test_ratio",
+            0.1,
+            "--seed",
+            0,
+            check=False,
+        ),
+        "missing.json",
+        "no such file",
+    )
     bad = tmp_path / "bad.json"
     bad.write_text('[{"idx": 0}, ')
-    one_line_error(run("split_tasks.py", "--json_path", bad, "--output_dir", tmp_path / "o", "--test_ratio", 0.1,
-                       "--seed", 0, check=False), "bad.json", "not valid JSON")
-    one_line_error(run("split_tasks.py", "--json_path", src, "--output_dir", tmp_path / "o", "--test_ratio", 1.5,
-                       "--seed", 0, check=False), "--test_ratio")
+    one_line_error(
+        run(
+            "split_tasks.py",
+            "--json_path",
+            bad,
+            "--output_dir",
+            tmp_path / "o",
+            "--test_ratio",
+            0.1,
+            "--seed",
+            0,
+            check=False,
+        ),
+        "bad.json",
+        "not valid JSON",
+    )
+    one_line_error(
+        run(
+            "split_tasks.py",
+            "--json_path",
+            src,
+            "--output_dir",
+            tmp_path / "o",
+            "--test_ratio",
+            1.5,
+            "--seed",
+            0,
+            check=False,
+        ),
+        "--test_ratio",
+    )
     one_line_error(run("split_tasks.py", "--json_path", src, check=False), "required")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
@@ -134,13 +209,20 @@ def test_split_tests_halves_with_at_least_one(tmp_path, as_string):
 def test_split_tests_errors(tmp_path):
     src = tmp_path / "x.json"
     src.write_text(json.dumps([code_record(0, 2), mcq_record(1)]))
-    one_line_error(run("split_tests.py", "--json_path", src, "--output_dir", tmp_path / "o", check=False),
-                   "x.json", "record 1", "'tests'")
+    one_line_error(
+        run("split_tests.py", "--json_path", src, "--output_dir", tmp_path / "o", check=False),
+        "x.json",
+        "record 1",
+        "'tests'",
+    )
     rec = code_record(0, 2)
     rec["tests"] = json.dumps({"inputs": ["1"], "outputs": []})
     src.write_text(json.dumps([rec]))
-    one_line_error(run("split_tests.py", "--json_path", src, "--output_dir", tmp_path / "o", check=False),
-                   "record 0", "1 inputs but 0 outputs")
+    one_line_error(
+        run("split_tests.py", "--json_path", src, "--output_dir", tmp_path / "o", check=False),
+        "record 0",
+        "1 inputs but 0 outputs",
+    )
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
@@ -286,11 +368,29 @@ def test_load_dataset_reasoning_gym_end_to_end(tmp_path):
     from mopd.rewards import compute_score
 
     out = tmp_path / "rg.json"
-    run("load_dataset.py", "--dataset_name", "reasoning_gym:basic_arithmetic", "--num_el", 20, "--seed", 3,
-        "--output_path", out)
+    run(
+        "load_dataset.py",
+        "--dataset_name",
+        "reasoning_gym:basic_arithmetic",
+        "--num_el",
+        20,
+        "--seed",
+        3,
+        "--output_path",
+        out,
+    )
     again = tmp_path / "rg2.json"
-    run("load_dataset.py", "--dataset_name", "reasoning_gym:basic_arithmetic", "--num_el", 20, "--seed", 3,
-        "--output_path", again)
+    run(
+        "load_dataset.py",
+        "--dataset_name",
+        "reasoning_gym:basic_arithmetic",
+        "--num_el",
+        20,
+        "--seed",
+        3,
+        "--output_path",
+        again,
+    )
     assert out.read_bytes() == again.read_bytes()  # seeded
     records = json.loads(out.read_text())
     assert len(records) == 20 and records[0]["kind"] == "reasoning_gym" and "<answer>" in records[0]["system"]
@@ -307,14 +407,30 @@ def test_load_dataset_reasoning_gym_end_to_end(tmp_path):
 
 def test_load_dataset_errors(tmp_path):
     out = tmp_path / "x.json"
-    one_line_error(run("load_dataset.py", "--dataset_name", "NoSuchSet", "--output_path", out, check=False),
-                   "unknown dataset", "NoSuchSet")
+    one_line_error(
+        run("load_dataset.py", "--dataset_name", "NoSuchSet", "--output_path", out, check=False),
+        "unknown dataset",
+        "NoSuchSet",
+    )
     if importlib.util.find_spec("reasoning_gym") is not None:
-        one_line_error(run("load_dataset.py", "--dataset_name", "reasoning_gym:no_such_task", "--output_path", out,
-                           check=False), "no_such_task")
+        one_line_error(
+            run("load_dataset.py", "--dataset_name", "reasoning_gym:no_such_task", "--output_path", out, check=False),
+            "no_such_task",
+        )
     one_line_error(run("load_dataset.py", "--dataset_name", "humaneval", check=False), "--output_path")
-    one_line_error(run("load_dataset.py", "--dataset_name", "humaneval", "--output_path", out, "--embeddings_file",
-                       tmp_path / "none.npy", check=False), "none.npy")
+    one_line_error(
+        run(
+            "load_dataset.py",
+            "--dataset_name",
+            "humaneval",
+            "--output_path",
+            out,
+            "--embeddings_file",
+            tmp_path / "none.npy",
+            check=False,
+        ),
+        "none.npy",
+    )
     assert not out.exists()
     proc = run("load_dataset.py", "--dataset_name", "tooluse")
     assert "preprocess" in proc.stdout
@@ -327,8 +443,19 @@ def test_embeddings_file(tmp_path):
     emb = tmp_path / "e.npy"
     np.save(emb, np.arange(164 * 2, dtype=float).reshape(164, 2))
     out = tmp_path / "he.json"
-    run("load_dataset.py", "--dataset_name", "humaneval", "--output_path", out, "--embeddings_file", emb,
-        "--start_idx", 1, "--num_el", 2)
+    run(
+        "load_dataset.py",
+        "--dataset_name",
+        "humaneval",
+        "--output_path",
+        out,
+        "--embeddings_file",
+        emb,
+        "--start_idx",
+        1,
+        "--num_el",
+        2,
+    )
     assert [r["embedding"] for r in json.loads(out.read_text())] == [[2.0, 3.0], [4.0, 5.0]]
 
 
@@ -336,7 +463,10 @@ def test_sciknoweval_formatter_matches_shipped_records():
     hub_row = {
         "question": "What is the folding stability score of the protein sequence 'GSS'?",
         "choices": {"text": ["-0.01", "1.69", "2.49", "0.45"], "label": ["A", "B", "C", "D"]},
-        "answerKey": "B", "domain": "Biology", "type": "mcq-4-choices", "details": {"level": "L3"},
+        "answerKey": "B",
+        "domain": "Biology",
+        "type": "mcq-4-choices",
+        "details": {"level": "L3"},
     }
     assert mds.keep_sciknoweval_row(hub_row, "Biology")
     assert not mds.keep_sciknoweval_row({**hub_row, "details": {"level": "L2"}}, "Biology")
@@ -345,12 +475,18 @@ def test_sciknoweval_formatter_matches_shipped_records():
     assert not mds.keep_sciknoweval_row(hub_row, "Chemistry")
     rec = mds.finalize_records([mds.format_sciknoweval_row(hub_row)], "Biology")[0]
     assert rec == {
-        "idx": 0, "kind": "mcq", "dataset": "sciknoweval", "answer": "B", "elo": 1500,
+        "idx": 0,
+        "kind": "mcq",
+        "dataset": "sciknoweval",
+        "answer": "B",
+        "elo": 1500,
         "prompt": "What is the folding stability score of the protein sequence 'GSS'?\n\nA: -0.01\nB: 1.69\nC: 2.49\n"
-                  "D: 0.45\nPlease reason step by step.",
+        "D: 0.45\nPlease reason step by step.",
         "description": "What is the folding stability score of the protein sequence 'GSS'? The solution will be "
-                       "evaluated in a mcq environment.",
-        "tests": "-", "embedding": [], "system": mds.SCIKNOWEVAL_SYSTEM_PROMPT,
+        "evaluated in a mcq environment.",
+        "tests": "-",
+        "embedding": [],
+        "system": mds.SCIKNOWEVAL_SYSTEM_PROMPT,
     }
     shipped_file = REPO.parent / "shared" / "datasets" / "sciknoweval" / "biology" / "test.json"
     if shipped_file.exists():  # same system prompt and layout as the release's shipped data
@@ -361,8 +497,13 @@ def test_sciknoweval_formatter_matches_shipped_records():
 
 def test_math_formatters():
     rec = mds.format_math_row({"problem": "Find x.", "solution": "\\boxed{204}"}, "math-ai/aime24")
-    assert rec == {"kind": "math", "dataset": "aime24", "description": "Find x.", "answer": "204",
-                   "prompt": "Find x.\n\nPlease reason step by step, and put your final answer within \\boxed{}."}
+    assert rec == {
+        "kind": "math",
+        "dataset": "aime24",
+        "description": "Find x.",
+        "answer": "204",
+        "prompt": "Find x.\n\nPlease reason step by step, and put your final answer within \\boxed{}.",
+    }
     assert mds.format_math_row({"question": "Q", "answer": 27.0}, "math-ai/amc23")["answer"] == "27"
     assert mds.format_math_row({"problem": "P", "answer": "\\frac{1}{2}"}, "math-ai/math500")["dataset"] == "math500"
     gsm = mds.format_math_row({"question": "Q", "answer": "steps...\n#### 1,234"}, "openai/gsm8k")
@@ -373,8 +514,10 @@ def test_math_formatters():
 
 
 def test_livecodebench_formatter():
-    private = [{"input": "[1, 2]", "output": "3", "testtype": "functional"},
-               {"input": "[5, 5]", "output": "10", "testtype": "functional"}]
+    private = [
+        {"input": "[1, 2]", "output": "3", "testtype": "functional"},
+        {"input": "[5, 5]", "output": "10", "testtype": "functional"},
+    ]
     row = {
         "question_id": "abc",
         "question_content": "Return the sum.\n\nExample 1:\n\nInput: nums = [1,2]\nOutput: 3",
@@ -394,23 +537,44 @@ def test_livecodebench_formatter():
     assert rec["prompt"].startswith("You are a coding expert.")
     assert "def sumIt(self, nums: List[int]) -> int:" in rec["prompt"]
     assert rec["description"] == "Return the sum."
-    assert json.loads(rec["tests"]) == {"inputs": ["[1, 2]", "[5, 5]"], "outputs": ["3", "10"],
-                                        "testtype": "functional", "fn_name": "sumIt", "time_limit": 6}
+    assert json.loads(rec["tests"]) == {
+        "inputs": ["[1, 2]", "[5, 5]"],
+        "outputs": ["3", "10"],
+        "testtype": "functional",
+        "fn_name": "sumIt",
+        "time_limit": 6,
+    }
     final = mds.finalize_records([rec], mds.LCB_NAME)[0]
     assert final["elo"] == "-" and final["answer"] == "-" and final["system"] is None
 
 
 def test_evalplus_gpqa_mmlu_formatters():
-    he = mds.format_humaneval_row({"prompt": 'def add(a, b):\n    """Add two numbers.\n    >>> add(1, 2)\n    3\n    """\n',
-                                   "entry_point": "add", "test": "def check(c):\n    assert c(1, 2) == 3\n"})
+    he = mds.format_humaneval_row(
+        {
+            "prompt": 'def add(a, b):\n    """Add two numbers.\n    >>> add(1, 2)\n    3\n    """\n',
+            "entry_point": "add",
+            "test": "def check(c):\n    assert c(1, 2) == 3\n",
+        }
+    )
     assert he["description"] == "Add two numbers."
     assert json.loads(he["tests"])["inputs"] == ["def check(c):\n    assert c(1, 2) == 3\n\ncheck(add)"]
-    mb = mds.format_mbppplus_row({"prompt": "Write a function to add.", "code": "def add_nums(a, b):\n    return a+b",
-                                  "test_imports": ["import math"], "test": "assert add_nums(1, 2) == 3"})
+    mb = mds.format_mbppplus_row(
+        {
+            "prompt": "Write a function to add.",
+            "code": "def add_nums(a, b):\n    return a+b",
+            "test_imports": ["import math"],
+            "test": "assert add_nums(1, 2) == 3",
+        }
+    )
     assert "The function should be called `add_nums`." in mb["prompt"]
     assert json.loads(mb["tests"])["inputs"] == ["import math\nassert add_nums(1, 2) == 3"]
-    g_row = {"Question": "Which?", "Correct Answer": "right", "Incorrect Answer 1": "w1", "Incorrect Answer 2": "w2",
-             "Incorrect Answer 3": "w3"}
+    g_row = {
+        "Question": "Which?",
+        "Correct Answer": "right",
+        "Incorrect Answer 1": "w1",
+        "Incorrect Answer 2": "w2",
+        "Incorrect Answer 3": "w3",
+    }
     g1, g2 = mds.format_gpqa_row(g_row, seed=1), mds.format_gpqa_row(g_row, seed=1)
     assert g1 == g2 and g1["kind"] == "gpqa" and f"{g1['answer']}) right" in g1["prompt"]
     mm = mds.format_mmlu_pro_row({"question": "Q?", "options": list("abcdefghij"), "answer": "J", "category": "law"})
@@ -419,8 +583,17 @@ def test_evalplus_gpqa_mmlu_formatters():
 
 def test_convert_evalplus(tmp_path):
     he = tmp_path / "HumanEvalPlus.jsonl"
-    he.write_text(json.dumps({"task_id": "HumanEval/0", "prompt": 'def f(x):\n    """Double."""\n',
-                              "entry_point": "f", "test": "def check(c):\n    assert c(2) == 4\n"}) + "\n")
+    he.write_text(
+        json.dumps(
+            {
+                "task_id": "HumanEval/0",
+                "prompt": 'def f(x):\n    """Double."""\n',
+                "entry_point": "f",
+                "test": "def check(c):\n    assert c(2) == 4\n",
+            }
+        )
+        + "\n"
+    )
     out = tmp_path / "he" / "test.parquet"
     run("convert_evalplus_to_parquet.py", "--dataset", "humaneval", "--input_path", he, "--output_path", out)
     (row,) = read_rl_parquet(out)
@@ -428,15 +601,48 @@ def test_convert_evalplus(tmp_path):
     assert json.loads(row["reward_model"]["ground_truth"])["inputs"][0].endswith("check(f)")
     hm = tmp_path / "hmmt.jsonl"
     hm.write_text(json.dumps({"id": 7, "problem": "Compute 2+2.", "answer": "4"}) + "\n")
-    run("convert_evalplus_to_parquet.py", "--dataset", "hmmt25_feb", "--input_path", hm, "--output_path", tmp_path / "h.parquet")
+    run(
+        "convert_evalplus_to_parquet.py",
+        "--dataset",
+        "hmmt25_feb",
+        "--input_path",
+        hm,
+        "--output_path",
+        tmp_path / "h.parquet",
+    )
     (row,) = read_rl_parquet(tmp_path / "h.parquet")
     from mopd.rewards import compute_score
 
     assert row["data_source"] == "hmmt25_feb" and row["reward_model"]["ground_truth"] == "4"
     assert compute_score(row["data_source"], "\\boxed{4}", "4")["score"] == 1.0
-    one_line_error(run("convert_evalplus_to_parquet.py", "--dataset", "nope", "--input_path", hm, "--output_path",
-                       tmp_path / "n.parquet", check=False), "--dataset", "nope")
+    one_line_error(
+        run(
+            "convert_evalplus_to_parquet.py",
+            "--dataset",
+            "nope",
+            "--input_path",
+            hm,
+            "--output_path",
+            tmp_path / "n.parquet",
+            check=False,
+        ),
+        "--dataset",
+        "nope",
+    )
     hm.write_text(json.dumps({"id": 7, "problem": "no answer"}) + "\n")
-    one_line_error(run("convert_evalplus_to_parquet.py", "--dataset", "hmmt25_nov", "--input_path", hm, "--output_path",
-                       tmp_path / "n.parquet", check=False), "hmmt.jsonl", "record 0", "'answer'")
+    one_line_error(
+        run(
+            "convert_evalplus_to_parquet.py",
+            "--dataset",
+            "hmmt25_nov",
+            "--input_path",
+            hm,
+            "--output_path",
+            tmp_path / "n.parquet",
+            check=False,
+        ),
+        "hmmt.jsonl",
+        "record 0",
+        "'answer'",
+    )
     assert not (tmp_path / "n.parquet").exists()

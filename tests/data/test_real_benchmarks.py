@@ -28,8 +28,13 @@ def _preprocess_copy(src: Path, tmp_path: Path) -> list[dict]:
     work = tmp_path / "ds"
     work.mkdir()
     shutil.copy(src, work / "test.json")
-    proc = subprocess.run([sys.executable, str(REPO / "data" / "preprocess.py"), "--data_source", str(work)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "data" / "preprocess.py"), "--data_source", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = read_rl_parquet(work / "test.parquet", key="test")
     n_records = sum(1 for line in src.read_text().splitlines() if line.strip())
@@ -50,7 +55,9 @@ def test_sciknoweval_every_row(domain, tmp_path):
         assert row["prompt"][0]["role"] == "system" and "<answer>" in row["prompt"][0]["content"]
         gt = row["reward_model"]["ground_truth"]
         assert gt in "ABCD" and len(gt) == 1
-        options = [line[0] for line in row["prompt"][-1]["content"].splitlines() if line[1:3] == ": " and line[0] in "ABCD"]
+        options = [
+            line[0] for line in row["prompt"][-1]["content"].splitlines() if line[1:3] == ": " and line[0] in "ABCD"
+        ]
         assert gt in options, row["extra_info"]["index"]
         result = compute_score(row["data_source"], _mcq_response(gt), gt, row["extra_info"])
         assert result["score"] == 1.0 and result["incorrect_format"] == 0, (row["extra_info"]["index"], result)
@@ -107,8 +114,10 @@ def test_tooluse_every_row(tmp_path):
                 if isinstance(value, str) and len(value) > 3:
                     assert value not in result["feedback"], (value, result["feedback"])
             wrong_input += 1
-    print(f"tooluse: {right}/{len(rows)} ground truths scored 1; {wrong_action} wrong actions and "
-          f"{wrong_input} wrong inputs scored 0")
+    print(
+        f"tooluse: {right}/{len(rows)} ground truths scored 1; {wrong_action} wrong actions and "
+        f"{wrong_input} wrong inputs scored 0"
+    )
     assert right == len(rows) == 68
     assert wrong_input >= 50
 

@@ -37,8 +37,13 @@ def test_shipped_parquet_is_readable_and_matches_the_records(domain):
 def test_regeneration_script_reproduces_the_shipped_files(tmp_path):
     if not SHARED.exists():
         pytest.skip(f"shared records not found: {SHARED}")
-    proc = subprocess.run([sys.executable, "scripts/make_sciknoweval_parquet.py", "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "scripts/make_sciknoweval_parquet.py", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     for domain in DOMAINS:
         for split in ("train", "test"):
@@ -50,15 +55,35 @@ def test_regeneration_script_reproduces_the_shipped_files(tmp_path):
 def test_release_command_trains_one_mopd_step_on_shipped_chemistry(tmp_path):
     """The release README's command on the shipped parquet, shrunk to one small step (CPU: embedded base)."""
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
-    env.update(PYTHON=sys.executable, USE_CUDA="0", DATA_PATH="datasets/sciknoweval/chemistry",
-               TRAIN_BATCH_SIZE="2", ROLLOUT_N="4", MINI_BATCH_SIZE="2", MICRO_BATCH_SIZE="8",
-               RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
+    env.update(
+        PYTHON=sys.executable,
+        USE_CUDA="0",
+        DATA_PATH="datasets/sciknoweval/chemistry",
+        TRAIN_BATCH_SIZE="2",
+        ROLLOUT_N="4",
+        MINI_BATCH_SIZE="2",
+        MICRO_BATCH_SIZE="8",
+        RAY_AUTH_MODE="disabled",
+        TOKENIZERS_PARALLELISM="false",
+    )
     run = tmp_path / "run"
     proc = subprocess.run(
-        ["bash", "run_local_sdpo.sh", "trainer.total_training_steps=1", "trainer.val_before_train=false",
-         "trainer.test_freq=-1", "trainer.backend=local", "trainer.logger=[console,jsonl]",
-         f"trainer.default_local_dir={run}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            "bash",
+            "run_local_sdpo.sh",
+            "trainer.total_training_steps=1",
+            "trainer.val_before_train=false",
+            "trainer.test_freq=-1",
+            "trainer.backend=local",
+            "trainer.logger=[console,jsonl]",
+            f"trainer.default_local_dir={run}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 1 and torch.isfinite(torch.tensor(rows[-1]["actor/loss"]))

@@ -18,9 +18,23 @@ from mopd.diversity.pipeline import _stats, diversity_metric_names, prompt_metri
 
 # ----------------------------------------------------------------------------------------- tokenisation
 
+
 def test_tokenize_identifiers_digits_symbols():
     assert M.tokenize("def foo_1(x): return x**2+10") == [
-        "def", "foo_1", "(", "x", ")", ":", "return", "x", "*", "*", "2", "+", "10"]
+        "def",
+        "foo_1",
+        "(",
+        "x",
+        ")",
+        ":",
+        "return",
+        "x",
+        "*",
+        "*",
+        "2",
+        "+",
+        "10",
+    ]
     assert M.tokenize("  \n\t ") == []
     assert M.tokenize("") == []
     assert M.tokenize(None) == []
@@ -50,6 +64,7 @@ def test_normalize_code_ignores_comments_and_layout():
 
 # ---------------------------------------------------------------------------------------- distinct-n
 
+
 def test_distinct_n_by_hand():
     texts = ["a b a", "a b c"]
     # unigrams a b a a b c -> 3 unique / 6; bigrams (a b)(b a)(a b)(b c) -> 3 / 4 (none across texts)
@@ -71,6 +86,7 @@ def test_unique_ratio_by_hand():
 
 
 # --------------------------------------------------------------------------------------------- pass@k
+
 
 def _pass_at_k_brute_force(n: int, c: int, k: int) -> float:
     labels = [1] * c + [0] * (n - c)
@@ -106,6 +122,7 @@ def test_pass_at_k_edges():
 
 # ---------------------------------------------------------------------------------------------- BLEU
 
+
 def test_bleu4_by_hand_documents_the_smoothing():
     hyp, ref = "a b c d e".split(), "a b c d f".split()
     # p1 = 4/5 (unsmoothed); p2..p4 = 3/4, 2/3, 1/2 -> add one: 4/5, 3/4, 2/3; equal lengths -> BP = 1
@@ -122,13 +139,25 @@ def test_bleu4_by_hand_documents_the_smoothing():
 
 
 def test_self_bleu4_equals_nltk_called_directly():
-    texts = ["def f(x): return x + 1", "def g(y): return y * 2 + 1", "x = [i for i in range(10)]",
-             "def f(x): return x + 1  # same", "f(x)"]
+    texts = [
+        "def f(x): return x + 1",
+        "def g(y): return y * 2 + 1",
+        "x = [i for i in range(10)]",
+        "def f(x): return x + 1  # same",
+        "f(x)",
+    ]
     toks = [M.tokenize(t) for t in texts]
     smooth = SmoothingFunction().method2
-    direct = [sentence_bleu([toks[j] for j in range(len(toks)) if j != i], toks[i],
-                            weights=(0.25,) * 4, smoothing_function=smooth, auto_reweigh=True)
-              for i in range(len(toks))]
+    direct = [
+        sentence_bleu(
+            [toks[j] for j in range(len(toks)) if j != i],
+            toks[i],
+            weights=(0.25,) * 4,
+            smoothing_function=smooth,
+            auto_reweigh=True,
+        )
+        for i in range(len(toks))
+    ]
     assert M.self_bleu4(texts) == pytest.approx(sum(direct) / len(direct), rel=1e-12)
 
 
@@ -143,6 +172,7 @@ def test_self_bleu4_edges():
 
 
 # ---------------------------------------------------------------------------------- pairwise distance
+
 
 def test_pairwise_text_distance_by_hand():
     # "abcd"/"abce": 3 matching chars -> ratio 2*3/8 = 0.75; nothing shared with "wxyz"
@@ -160,6 +190,7 @@ def test_pairwise_text_distance_edges():
 
 
 # --------------------------------------------------------------------------------------- AST Jaccard
+
 
 def test_ast_node_counts_by_hand():
     assert M.ast_node_counts("x = 1") == Counter(Module=1, Assign=1, Name=1, Store=1, Constant=1)
@@ -189,6 +220,7 @@ def test_ast_jaccard_edges():
 
 
 # ---------------------------------------------------------------------------------- group + summary
+
 
 def _group(texts, successes):
     return [Response("p", f"p_r{i}", "prompt", t, float(s), bool(s)) for i, (t, s) in enumerate(zip(texts, successes))]
@@ -254,8 +286,15 @@ def test_stats_population_std_and_interval():
 
 def test_prompt_metrics_equal_the_metric_functions_on_each_subset():
     rng = np.random.default_rng(5)
-    pool = ["x = 1\n", "x = 1  # c\n", "def f(a):\n    return a * 2\n", "for i in range(3):\n    print(i)\n",
-            "def f(a) return", "y = [v for v in z]\n", ""]
+    pool = [
+        "x = 1\n",
+        "x = 1  # c\n",
+        "def f(a):\n    return a * 2\n",
+        "for i in range(3):\n    print(i)\n",
+        "def f(a) return",
+        "y = [v for v in z]\n",
+        "",
+    ]
     for _trial in range(6):
         n = int(rng.integers(2, 9))
         codes = [pool[int(rng.integers(len(pool)))] for _ in range(n)]

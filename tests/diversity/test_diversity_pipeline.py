@@ -44,18 +44,37 @@ def _candidates(path: Path, n_prompts: int, n_resp: int, pool: list[str], seed: 
         for r in range(n_resp):
             ok = bool(rng.random() < p_success)
             code = pool[int(rng.integers(len(pool)))]
-            rows.append({"prompt_id": pid, "response_id": f"{pid}_r{r}", "prompt": f"Write f number {p}",
-                         "response_text": f"Solution:\n```python\n{code}```\n", "reward": float(ok), "success": ok,
-                         "difficulty_bucket": "medium"})
+            rows.append(
+                {
+                    "prompt_id": pid,
+                    "response_id": f"{pid}_r{r}",
+                    "prompt": f"Write f number {p}",
+                    "response_text": f"Solution:\n```python\n{code}```\n",
+                    "reward": float(ok),
+                    "success": ok,
+                    "difficulty_bucket": "medium",
+                }
+            )
     return _write_jsonl(path, rows)
 
 
 def _dump_row(prompt: str, output: str, score: float, step: int) -> dict:
-    return {"input": prompt, "output": output, "gts": "1", "score": score, "step": step, "uid": "0",
-            "data_source": "toy", "acc": score, "pred": "", "feedback": ""}
+    return {
+        "input": prompt,
+        "output": output,
+        "gts": "1",
+        "score": score,
+        "step": step,
+        "uid": "0",
+        "data_source": "toy",
+        "acc": score,
+        "pred": "",
+        "feedback": "",
+    }
 
 
 # ----------------------------------------------------------------------------------------- reading
+
 
 def test_load_candidates_file_and_directory(tmp_path):
     path = _candidates(tmp_path / "c" / "candidate_responses.jsonl", 3, 4, CODES, 0, 0.5)
@@ -108,6 +127,7 @@ def test_load_errors_are_one_line(tmp_path):
 
 # --------------------------------------------------------------------------------------- selection
 
+
 def test_select_caps_drops_intersects_and_samples_the_same_prompts(tmp_path):
     a = load_run("a", _candidates(tmp_path / "a.jsonl", 10, 6, CODES, 1, 0.5))
     rows = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
@@ -136,6 +156,7 @@ def test_select_caps_drops_intersects_and_samples_the_same_prompts(tmp_path):
 
 # ----------------------------------------------------------------------------- outputs and plots
 
+
 def _run_cli(*args, env=None, cwd=ROOT):
     e = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
     e.update(env or {})
@@ -158,9 +179,32 @@ def test_compute_and_plot_on_candidates(tmp_path):
     a = _candidates(tmp_path / "a" / "candidate_responses.jsonl", 12, 8, CODES, 1, 0.5)
     b = _candidates(tmp_path / "b.jsonl", 12, 8, CODES[:2], 2, 0.3)  # two spellings of one solution
     out = tmp_path / "out"
-    r = _run_cli(sys.executable, "diversity/compute_metrics.py", "--run", f"diverse={a.parent}", "--run", f"narrow={b}",
-                 "--task", "code", "--ks", "1", "2", "4", "8", "--intersect-prompts", "--max-prompts", "10",
-                 "--max-responses-per-prompt", "8", "--seed", "3", "--num-bootstrap", "200", "--output-dir", str(out))
+    r = _run_cli(
+        sys.executable,
+        "diversity/compute_metrics.py",
+        "--run",
+        f"diverse={a.parent}",
+        "--run",
+        f"narrow={b}",
+        "--task",
+        "code",
+        "--ks",
+        "1",
+        "2",
+        "4",
+        "8",
+        "--intersect-prompts",
+        "--max-prompts",
+        "10",
+        "--max-responses-per-prompt",
+        "8",
+        "--seed",
+        "3",
+        "--num-bootstrap",
+        "200",
+        "--output-dir",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(x) for x in (out / "per_prompt.jsonl").read_text().splitlines()]
@@ -172,8 +216,14 @@ def test_compute_and_plot_on_candidates(tmp_path):
         mrows = [x for x in rows if x["method"] == method]
         e = summary["per_method"][method]
         assert e["n_prompts"] == 10 and e["n_responses"] == 80
-        for metric in ("self_bleu4", "distinct2", "unique_code_ratio", "ast_node_jaccard_distance", "pass@4",
-                       "success_distinct2"):
+        for metric in (
+            "self_bleu4",
+            "distinct2",
+            "unique_code_ratio",
+            "ast_node_jaccard_distance",
+            "pass@4",
+            "success_distinct2",
+        ):
             vals = np.array([x[metric] for x in mrows if x[metric] is not None])
             assert e["metrics"][metric]["mean"] == pytest.approx(vals.mean())
             assert e["metrics"][metric]["std"] == pytest.approx(vals.std(ddof=0))
@@ -228,8 +278,14 @@ def test_run_pipeline_rejects_bad_arguments(tmp_path):
 
 
 def test_clis_fail_with_one_line(tmp_path):
-    r = _run_cli(sys.executable, "diversity/compute_metrics.py", "--run", f"a={tmp_path / 'missing'}",
-                 "--output-dir", str(tmp_path / "o"))
+    r = _run_cli(
+        sys.executable,
+        "diversity/compute_metrics.py",
+        "--run",
+        f"a={tmp_path / 'missing'}",
+        "--output-dir",
+        str(tmp_path / "o"),
+    )
     assert r.returncode == 2 and "does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _run_cli(sys.executable, "diversity/plot_metrics.py", "--input", str(tmp_path))
     assert r.returncode == 2 and "summary.json" in r.stderr
@@ -240,22 +296,43 @@ def test_clis_fail_with_one_line(tmp_path):
 
 # ------------------------------------------------------------------- end to end on a training run
 
+
 @pytest.mark.slow
 def test_run_diversity_on_rollout_dumps_of_a_short_training_run(tmp_path):
     what = "embedded default (datasets/embedded)"
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "trainer.main", "--config-name", "mopd", "trainer.backend=local",
-           "trainer.total_training_steps=2", "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=8",
-           "trainer.val_before_train=false", "trainer.test_freq=-1", "trainer.logger=[jsonl]",
-           f"trainer.default_local_dir={run_dir}", f"trainer.rollout_data_dir={run_dir / 'rollouts'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.main",
+        "--config-name",
+        "mopd",
+        "trainer.backend=local",
+        "trainer.total_training_steps=2",
+        "data.train_batch_size=8",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        "trainer.logger=[jsonl]",
+        f"trainer.default_local_dir={run_dir}",
+        f"trainer.rollout_data_dir={run_dir / 'rollouts'}",
+    ]
     r = _run_cli(*cmd, env={"TOKENIZERS_PARALLELISM": "false"})
     assert r.returncode == 0, f"{what}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     dumps = run_dir / "rollouts"
     assert (dumps / "1.jsonl").is_file() and (dumps / "2.jsonl").is_file()
 
     out = tmp_path / "diversity"
-    env = {"BASE_CANDIDATES": str(dumps / "1.jsonl"), "MOPD_CANDIDATES": str(dumps / "2.jsonl"), "SDPO_CANDIDATES": "",
-           "OUTPUT_DIR": str(out), "TASK": "text", "KS": "1 2 4 8", "INTERSECT": "0", "PYTHON": sys.executable}
+    env = {
+        "BASE_CANDIDATES": str(dumps / "1.jsonl"),
+        "MOPD_CANDIDATES": str(dumps / "2.jsonl"),
+        "SDPO_CANDIDATES": "",
+        "OUTPUT_DIR": str(out),
+        "TASK": "text",
+        "KS": "1 2 4 8",
+        "INTERSECT": "0",
+        "PYTHON": sys.executable,
+    }
     r = _run_cli("bash", "diversity/run_diversity.sh", env=env)
     assert r.returncode == 0, f"{what}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
 
@@ -285,13 +362,33 @@ def test_run_diversity_on_rollout_dumps_of_a_short_training_run(tmp_path):
     # the analysis pipeline's candidates file of the same dumps gives the same prompts and metrics
     prepare = ROOT / "analysis" / "prepare_rollout_dataset.py"
     if prepare.is_file():
-        r = _run_cli(sys.executable, str(prepare), "--input", str(dumps), "--output-dir", str(tmp_path / "prep"),
-                     "--max-responses-per-prompt", "16")
+        r = _run_cli(
+            sys.executable,
+            str(prepare),
+            "--input",
+            str(dumps),
+            "--output-dir",
+            str(tmp_path / "prep"),
+            "--max-responses-per-prompt",
+            "16",
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         both = tmp_path / "both"
-        r = _run_cli(sys.executable, "diversity/compute_metrics.py", "--run", f"cand={tmp_path / 'prep'}",
-                     "--run", f"dump={dumps}", "--task", "text", "--intersect-prompts", "--workers", "1",
-                     "--output-dir", str(both))
+        r = _run_cli(
+            sys.executable,
+            "diversity/compute_metrics.py",
+            "--run",
+            f"cand={tmp_path / 'prep'}",
+            "--run",
+            f"dump={dumps}",
+            "--task",
+            "text",
+            "--intersect-prompts",
+            "--workers",
+            "1",
+            "--output-dir",
+            str(both),
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         s = json.loads((both / "summary.json").read_text())["per_method"]
         assert s["cand"]["n_prompts"] == s["dump"]["n_prompts"] == len(merged.prompts)

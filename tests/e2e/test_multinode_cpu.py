@@ -24,17 +24,31 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [  # the embedded default, a few short steps
-    "data.train_batch_size=4", "data.max_response_length=8", "actor_rollout_ref.rollout.n=4",
-    "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
-    "trainer.test_freq=-1", "trainer.val_before_train=false", "trainer.logger=[jsonl]", "trainer.backend=ray",
+    "data.train_batch_size=4",
+    "data.max_response_length=8",
+    "actor_rollout_ref.rollout.n=4",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+    "trainer.test_freq=-1",
+    "trainer.val_before_train=false",
+    "trainer.logger=[jsonl]",
+    "trainer.backend=ray",
     "trainer.num_threads=1",
 ]
 pytestmark = pytest.mark.slow
 
 
 def command(run_dir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "trainer.main", "--config-name", "grpo", *SMALL,
-            f"trainer.default_local_dir={run_dir}", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "trainer.main",
+        "--config-name",
+        "grpo",
+        *SMALL,
+        f"trainer.default_local_dir={run_dir}",
+        *overrides,
+    ]
 
 
 def driver_env(address: str | None) -> dict:
@@ -46,8 +60,9 @@ def driver_env(address: str | None) -> dict:
 
 
 def train(run_dir: Path, address: str | None, *overrides: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(command(run_dir, *overrides), cwd=ROOT, env=driver_env(address), capture_output=True,
-                            text=True, timeout=400)
+    result = subprocess.run(
+        command(run_dir, *overrides), cwd=ROOT, env=driver_env(address), capture_output=True, text=True, timeout=400
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
@@ -80,8 +95,14 @@ def cluster():
 def test_two_nodes_train_like_one_node_and_resume(cluster, tmp_path):
     c, nodes = cluster
     run = tmp_path / "two_nodes"
-    first = train(run, c.address, "trainer.nnodes=2", "trainer.n_gpus_per_node=2", "trainer.total_training_steps=2",
-                  "trainer.save_freq=1")
+    first = train(
+        run,
+        c.address,
+        "trainer.nnodes=2",
+        "trainer.n_gpus_per_node=2",
+        "trainer.total_training_steps=2",
+        "trainer.save_freq=1",
+    )
     assert f"joined the Ray cluster at RAY_ADDRESS={c.address}: 3 node(s), 4 CPU" in first.stdout
 
     record = json.loads((run / "placement.json").read_text())
@@ -92,8 +113,15 @@ def test_two_nodes_train_like_one_node_and_resume(cluster, tmp_path):
     assert sum(line.startswith("[mopd] node ") for line in first.stdout.splitlines()) == 2
 
     # Resume on the cluster: one more step from the step-2 checkpoint.
-    resumed = train(run, c.address, "trainer.nnodes=2", "trainer.n_gpus_per_node=2", "trainer.total_training_steps=3",
-                    "trainer.save_freq=1", "trainer.resume_mode=auto")
+    resumed = train(
+        run,
+        c.address,
+        "trainer.nnodes=2",
+        "trainer.n_gpus_per_node=2",
+        "trainer.total_training_steps=3",
+        "trainer.save_freq=1",
+        "trainer.resume_mode=auto",
+    )
     assert "resumed from" in resumed.stdout and "at step 2" in resumed.stdout
     two_nodes = metrics(run)
     assert [r["step"] for r in two_nodes] == [1, 2, 3]
@@ -113,11 +141,21 @@ def test_a_node_removed_mid_run_names_the_node_and_its_ranks(cluster, tmp_path):
     """Last in this module: it takes node b away."""
     c, nodes = cluster
     run = tmp_path / "run"
-    proc = subprocess.Popen(command(run, "trainer.nnodes=2", "trainer.n_gpus_per_node=2",
-                                    "trainer.total_training_steps=200", "trainer.save_freq=1",
-                                    "trainer.max_actor_ckpt_to_keep=1"),
-                            cwd=ROOT, env=driver_env(c.address), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        command(
+            run,
+            "trainer.nnodes=2",
+            "trainer.n_gpus_per_node=2",
+            "trainer.total_training_steps=200",
+            "trainer.save_freq=1",
+            "trainer.max_actor_ckpt_to_keep=1",
+        ),
+        cwd=ROOT,
+        env=driver_env(c.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not list(run.glob("checkpoints/global_step_*/COMPLETE")):

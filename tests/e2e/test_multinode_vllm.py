@@ -36,11 +36,22 @@ def compose(*overrides: str) -> dict:
     from trainer.config_schema import validate_config
 
     with initialize_config_dir(config_dir=str(ROOT / "trainer" / "config"), version_base=None):
-        cfg = hydra_compose(config_name="grpo", overrides=[
-            f"{ROLLOUT}.name=vllm", f"{ROLLOUT}.gpu_memory_utilization=0.05", f"{ROLLOUT}.enforce_eager=true",
-            f"{ROLLOUT}.tensor_model_parallel_size=2", "trainer.backend=ray", "trainer.num_threads=1",
-            "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=8",
-            "trainer.val_before_train=false", "trainer.logger=[console]", *overrides])
+        cfg = hydra_compose(
+            config_name="grpo",
+            overrides=[
+                f"{ROLLOUT}.name=vllm",
+                f"{ROLLOUT}.gpu_memory_utilization=0.05",
+                f"{ROLLOUT}.enforce_eager=true",
+                f"{ROLLOUT}.tensor_model_parallel_size=2",
+                "trainer.backend=ray",
+                "trainer.num_threads=1",
+                "data.train_batch_size=8",
+                "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+                "trainer.val_before_train=false",
+                "trainer.logger=[console]",
+                *overrides,
+            ],
+        )
     validate_config(cfg)
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -55,8 +66,12 @@ def request(count: int) -> dict:
     data = PromptDataset(str(EMBEDDED_DIR / "train.parquet"), tok, max_prompt_length=256, max_samples=count)
     items = collate_prompts([data[i] for i in range(count)], tok.pad_token_id)
     sampling = dict(n=2, temperature=1.0, top_p=1.0, top_k=-1, do_sample=True, max_new_tokens=16)
-    return {"input_ids": items["input_ids"], "attention_mask": items["attention_mask"], "uid": list(items["uid"]),
-            "meta": {"sampling": sampling, "step": 3, "tag": "gen"}}
+    return {
+        "input_ids": items["input_ids"],
+        "attention_mask": items["attention_mask"],
+        "uid": list(items["uid"]),
+        "meta": {"sampling": sampling, "step": 3, "tag": "gen"},
+    }
 
 
 def rollouts(cfg: dict, world: int) -> tuple[dict, list]:
@@ -89,8 +104,9 @@ def test_tensor_parallel_engines_stay_on_one_node_and_sample_as_on_one_node(tmp_
             cluster.add_node(num_cpus=2, resources={f"node_{name}": 1})
         cluster.wait_for_nodes()
         os.environ["RAY_ADDRESS"] = cluster.address
-        two, placed = rollouts(compose("trainer.nnodes=2", "trainer.n_gpus_per_node=2",
-                                       f"trainer.default_local_dir={tmp_path / 'two'}"), 4)
+        two, placed = rollouts(
+            compose("trainer.nnodes=2", "trainer.n_gpus_per_node=2", f"trainer.default_local_dir={tmp_path / 'two'}"), 4
+        )
         ray.shutdown()
         # Engines are ranks {0,1} and {2,3} (consecutive ranks): each on one node, the two on different nodes.
         assert placed[0].node_id == placed[1].node_id != placed[2].node_id == placed[3].node_id

@@ -20,10 +20,21 @@ def test_summaries_are_asked_for_in_training_prompts_only(fixture_dir, tmp_path)
     """Release rule (reference §2.1 step 2): with summarize_solutions the instruction ends every training
     prompt (so the teacher's {prompt} has it) and no validation prompt; peers' summaries fill the teacher prompt."""
     run = tmp_path / "run"
-    train(fixture_dir, run, "trainer.backend=local", f"{SD}.summarize_solutions=true", f"{SD}.summary_from_all=true",
-          f"{SD}.summary_k=3", f"{SD}.include_another_solution=false", f"{SD}.include_failure_solution=false",
-          "data.max_prompt_length=400", f"{SD}.max_reprompt_len=2048", "trainer.val_before_train=true",
-          f"trainer.rollout_data_dir={run / 'rollouts'}", f"trainer.validation_data_dir={run / 'validation'}")
+    train(
+        fixture_dir,
+        run,
+        "trainer.backend=local",
+        f"{SD}.summarize_solutions=true",
+        f"{SD}.summary_from_all=true",
+        f"{SD}.summary_k=3",
+        f"{SD}.include_another_solution=false",
+        f"{SD}.include_failure_solution=false",
+        "data.max_prompt_length=400",
+        f"{SD}.max_reprompt_len=2048",
+        "trainer.val_before_train=true",
+        f"trainer.rollout_data_dir={run / 'rollouts'}",
+        f"trainer.validation_data_dir={run / 'validation'}",
+    )
     rollouts = read_jsonl(run / "rollouts" / "1.jsonl") + read_jsonl(run / "rollouts" / "2.jsonl")
     assert rollouts and all(INSTRUCTION in r["input"] for r in rollouts)
     assert all(INSTRUCTION in r["teacher_input"] for r in rollouts)
@@ -35,17 +46,31 @@ def test_summaries_are_asked_for_in_training_prompts_only(fixture_dir, tmp_path)
     train_rows = [r for r in rows if r["step"] >= 1]
     assert all(r["self_distillation/summary_sampled_total_count"] > 0 for r in train_rows)
     for r in train_rows:  # every sampled summary came from a tag or the fallback
-        assert (r["self_distillation/summary_sampled_with_tag_count"] + r["self_distillation/summary_sampled_fallback_count"]
-                == r["self_distillation/summary_sampled_total_count"])
+        assert (
+            r["self_distillation/summary_sampled_with_tag_count"]
+            + r["self_distillation/summary_sampled_fallback_count"]
+            == r["self_distillation/summary_sampled_total_count"]
+        )
 
 
 def test_grpo_with_kl_loss_and_kl_in_reward_trains_and_logs_its_kl(fixture_dir, tmp_path):
     run = tmp_path / "kl"
-    train(fixture_dir, run, "trainer.backend=local", "actor_rollout_ref.actor.use_kl_loss=true",
-          "actor_rollout_ref.actor.kl_loss_type=low_var_kl", "actor_rollout_ref.actor.kl_loss_coef=0.1",
-          "algorithm.use_kl_in_reward=true", "algorithm.kl_ctrl.type=adaptive", "algorithm.kl_ctrl.kl_coef=0.05",
-          "algorithm.kl_ctrl.target_kl=1e-6", "algorithm.kl_ctrl.horizon=16", "trainer.total_training_steps=3",
-          "algorithm.adv_estimator=rloo", config="grpo")
+    train(
+        fixture_dir,
+        run,
+        "trainer.backend=local",
+        "actor_rollout_ref.actor.use_kl_loss=true",
+        "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
+        "actor_rollout_ref.actor.kl_loss_coef=0.1",
+        "algorithm.use_kl_in_reward=true",
+        "algorithm.kl_ctrl.type=adaptive",
+        "algorithm.kl_ctrl.kl_coef=0.05",
+        "algorithm.kl_ctrl.target_kl=1e-6",
+        "algorithm.kl_ctrl.horizon=16",
+        "trainer.total_training_steps=3",
+        "algorithm.adv_estimator=rloo",
+        config="grpo",
+    )
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3]
     # step 1: the policy is the reference (k3 of equal log-probs is 0); after updates it has moved away
@@ -63,14 +88,19 @@ def test_grpo_with_kl_loss_and_kl_in_reward_trains_and_logs_its_kl(fixture_dir, 
 def test_balanced_ranks_train_like_unbalanced_ones(fixture_dir, tmp_path):
     """trainer.balance_batch on 2 ranks: the same rollouts, losses and gradient norms as without, and the
     imbalance metric does not get worse."""
-    common = ("trainer.backend=ray", "trainer.n_gpus_per_node=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-              "data.max_response_length=12")
+    common = (
+        "trainer.backend=ray",
+        "trainer.n_gpus_per_node=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "data.max_response_length=12",
+    )
     train(fixture_dir, tmp_path / "on", *common, "trainer.balance_batch=true", config="grpo")
     train(fixture_dir, tmp_path / "off", *common, "trainer.balance_batch=false", config="grpo")
     on, off = metrics(tmp_path / "on"), metrics(tmp_path / "off")
     _assert_trains_alike(on, off, steps=2)
     for row in on:
         assert row["perf/dp_token_imbalance/after"] <= row["perf/dp_token_imbalance/before"] + 1e-9
-    assert any(r["perf/dp_token_imbalance/after"] < r["perf/dp_token_imbalance/before"] for r in on), \
+    assert any(r["perf/dp_token_imbalance/after"] < r["perf/dp_token_imbalance/before"] for r in on), (
         "the rows were never reordered: the equality above would be vacuous"
+    )
     assert "perf/dp_token_imbalance/before" not in off[0]

@@ -30,11 +30,22 @@ def fixture_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
     tok = load_tiny_tokenizer()
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.2,
-    ))
+    model = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=264,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            initializer_range=0.2,
+        )
+    )
     model.save_pretrained(out / "model")
     tok.save_pretrained(out / "model")
     for split, n in (("train", 32), ("test", 4)):
@@ -45,15 +56,28 @@ def fixture_dir(tmp_path_factory):
 
 def train(fixture_dir: Path, run_dir: Path, *overrides: str, config: str = "mopd", check: bool = True):
     cmd = [
-        sys.executable, "-m", "trainer.main", "--config-name", config,
+        sys.executable,
+        "-m",
+        "trainer.main",
+        "--config-name",
+        config,
         f"actor_rollout_ref.model.path={fixture_dir / 'model'}",
-        f"data.train_files={fixture_dir / 'train.parquet'}", f"data.val_files={fixture_dir / 'test.parquet'}",
-        "data.train_batch_size=4", "data.max_response_length=6", "actor_rollout_ref.rollout.n=4",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
-        "actor_rollout_ref.rollout.val_kwargs.n=2", "actor_rollout_ref.actor.optim.lr=1e-3",
+        f"data.train_files={fixture_dir / 'train.parquet'}",
+        f"data.val_files={fixture_dir / 'test.parquet'}",
+        "data.train_batch_size=4",
+        "data.max_response_length=6",
+        "actor_rollout_ref.rollout.n=4",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.rollout.val_kwargs.n=2",
+        "actor_rollout_ref.actor.optim.lr=1e-3",
         "actor_rollout_ref.actor.self_distillation.max_reprompt_len=512",
-        "trainer.total_training_steps=2", "trainer.test_freq=-1", "trainer.val_before_train=false",
-        "trainer.logger=[console,jsonl]", f"trainer.default_local_dir={run_dir}", *overrides,
+        "trainer.total_training_steps=2",
+        "trainer.test_freq=-1",
+        "trainer.val_before_train=false",
+        "trainer.logger=[console,jsonl]",
+        f"trainer.default_local_dir={run_dir}",
+        *overrides,
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -66,16 +90,28 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("config,extra", [
-    ("grpo", ()),
-    ("sdpo", ("actor_rollout_ref.actor.self_distillation.teacher_regularization=trust-region",)),
-    ("mopd", ()),
-    ("mopd", ("actor_rollout_ref.model.use_remove_padding=true", "actor_rollout_ref.ref.shared_prefix=false")),
-], ids=["grpo", "sdpo-trust-region", "mopd", "mopd-packed"])
+@pytest.mark.parametrize(
+    "config,extra",
+    [
+        ("grpo", ()),
+        ("sdpo", ("actor_rollout_ref.actor.self_distillation.teacher_regularization=trust-region",)),
+        ("mopd", ()),
+        ("mopd", ("actor_rollout_ref.model.use_remove_padding=true", "actor_rollout_ref.ref.shared_prefix=false")),
+    ],
+    ids=["grpo", "sdpo-trust-region", "mopd", "mopd-packed"],
+)
 def test_two_ray_workers_fsdp2(fixture_dir, tmp_path, config, extra):
     run = tmp_path / config
-    train(fixture_dir, run, "trainer.backend=ray", "trainer.n_gpus_per_node=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-          f"trainer.rollout_data_dir={run / 'rollouts'}", *extra, config=config)
+    train(
+        fixture_dir,
+        run,
+        "trainer.backend=ray",
+        "trainer.n_gpus_per_node=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        f"trainer.rollout_data_dir={run / 'rollouts'}",
+        *extra,
+        config=config,
+    )
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
@@ -120,10 +156,14 @@ def test_packed_sequences_train_like_padded_ones(fixture_dir, tmp_path, shared):
     padded run's rollouts, losses and gradient norms. Shared prefixes off (with gradient checkpointing):
     every forward packs; on: the teacher's tree forwards (KV caches, 4D masks) run through the packing
     model's plain-sdpa side. The HF export does not name the packing attention."""
-    common = ("trainer.backend=local", "trainer.total_training_steps=3", "trainer.save_freq=3",
-              f"actor_rollout_ref.actor.shared_prefix={str(shared).lower()}",
-              f"actor_rollout_ref.ref.shared_prefix={str(shared).lower()}",
-              f"actor_rollout_ref.model.enable_gradient_checkpointing={str(not shared).lower()}")
+    common = (
+        "trainer.backend=local",
+        "trainer.total_training_steps=3",
+        "trainer.save_freq=3",
+        f"actor_rollout_ref.actor.shared_prefix={str(shared).lower()}",
+        f"actor_rollout_ref.ref.shared_prefix={str(shared).lower()}",
+        f"actor_rollout_ref.model.enable_gradient_checkpointing={str(not shared).lower()}",
+    )
     train(fixture_dir, tmp_path / "packed", *common, "actor_rollout_ref.model.use_remove_padding=true")
     train(fixture_dir, tmp_path / "padded", *common)
     _assert_trains_alike(metrics(tmp_path / "packed"), metrics(tmp_path / "padded"), steps=3)
@@ -161,8 +201,13 @@ def test_hf_export_loads_and_generates(fixture_dir, tmp_path):
     export = tmp_path / "run" / "checkpoints" / "global_step_2" / "hf"
     model = AutoModelForCausalLM.from_pretrained(export)
     tok = AutoTokenizer.from_pretrained(export)
-    ids = tok(tok.apply_chat_template([{"role": "user", "content": "What is 1+2?"}], tokenize=False,
-                                      add_generation_prompt=True), return_tensors="pt", add_special_tokens=False)
+    ids = tok(
+        tok.apply_chat_template(
+            [{"role": "user", "content": "What is 1+2?"}], tokenize=False, add_generation_prompt=True
+        ),
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
 
@@ -171,8 +216,9 @@ def test_bad_config_and_missing_data_fail_clearly(fixture_dir, tmp_path):
     bad = train(fixture_dir, tmp_path / "a", "actor_rollout_ref.actor.self_distillation.alpha=3", check=False)
     assert bad.returncode == 2 and "self_distillation.alpha must be in [0, 1]" in bad.stderr
     assert "Traceback" not in bad.stderr
-    missing = train(fixture_dir, tmp_path / "b", "trainer.backend=local", "data.train_files=/nonexistent/train.parquet",
-                    check=False)
+    missing = train(
+        fixture_dir, tmp_path / "b", "trainer.backend=local", "data.train_files=/nonexistent/train.parquet", check=False
+    )
     assert missing.returncode == 2 and "data.train_files: no such file: /nonexistent/train.parquet" in missing.stderr
     assert "Traceback" not in missing.stderr
 
@@ -181,11 +227,26 @@ def test_external_teacher_with_another_vocabulary_is_refused(fixture_dir, tmp_pa
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     other = tmp_path / "other_teacher"
-    Qwen3ForCausalLM(Qwen3Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16)).save_pretrained(other)
+    Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=300,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+        )
+    ).save_pretrained(other)
     AutoTokenizer.from_pretrained(fixture_dir / "model").save_pretrained(other)
-    result = train(fixture_dir, tmp_path / "run", "trainer.backend=local", f"actor_rollout_ref.ref.model.path={other}",
-                   config="sdpo", check=False)
+    result = train(
+        fixture_dir,
+        tmp_path / "run",
+        "trainer.backend=local",
+        f"actor_rollout_ref.ref.model.path={other}",
+        config="sdpo",
+        check=False,
+    )
     assert result.returncode == 2
     assert "actor_rollout_ref.ref.model.path" in result.stderr and "differs from the student's" in result.stderr
     assert "Traceback" not in result.stderr
@@ -202,14 +263,28 @@ def test_training_step_on_sciknoweval_chemistry(fixture_dir, tmp_path):
     data.mkdir()
     for split in ("train.json", "test.json"):
         shutil.copy(shared / split, data / split)
-    prep = subprocess.run([sys.executable, "data/preprocess.py", "--data_source", str(data)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    prep = subprocess.run(
+        [sys.executable, "data/preprocess.py", "--data_source", str(data)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert prep.returncode == 0, prep.stderr
     run = tmp_path / "run"
-    train(fixture_dir, run, "trainer.backend=local", f"data.train_files={data / 'train.parquet'}",
-          f"data.val_files={data / 'test.parquet'}", "data.max_prompt_length=4096", "data.max_response_length=8",
-          "actor_rollout_ref.actor.self_distillation.max_reprompt_len=8192", "trainer.total_training_steps=1",
-          "data.val_batch_size=8", f"trainer.rollout_data_dir={run / 'rollouts'}")
+    train(
+        fixture_dir,
+        run,
+        "trainer.backend=local",
+        f"data.train_files={data / 'train.parquet'}",
+        f"data.val_files={data / 'test.parquet'}",
+        "data.max_prompt_length=4096",
+        "data.max_response_length=8",
+        "actor_rollout_ref.actor.self_distillation.max_reprompt_len=8192",
+        "trainer.total_training_steps=1",
+        "data.val_batch_size=8",
+        f"trainer.rollout_data_dir={run / 'rollouts'}",
+    )
     rows = metrics(run)
     assert rows[-1]["step"] == 1 and torch.isfinite(torch.tensor(rows[-1]["actor/loss"]))
     dump = [json.loads(line) for line in (run / "rollouts" / "1.jsonl").read_text().splitlines()]

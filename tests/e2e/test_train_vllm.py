@@ -28,11 +28,21 @@ MEAN = "val-core/embedded_arith/acc/mean@8"
 
 def test_embedded_default_trains_with_vllm(tmp_path):
     cmd = [
-        sys.executable, "-m", "trainer.main", "--config-name", "mopd", "trainer.backend=local",
+        sys.executable,
+        "-m",
+        "trainer.main",
+        "--config-name",
+        "mopd",
+        "trainer.backend=local",
         f"{ROLLOUT}.name=vllm",
-        f"{ROLLOUT}.gpu_memory_utilization=0.1", f"{ROLLOUT}.enforce_eager=true",
-        "trainer.total_training_steps=20", "trainer.test_freq=20", f"trainer.default_local_dir={tmp_path}",
-        "trainer.rollout_data_dir=null", "trainer.validation_data_dir=null", "trainer.logger=[console,jsonl]",
+        f"{ROLLOUT}.gpu_memory_utilization=0.1",
+        f"{ROLLOUT}.enforce_eager=true",
+        "trainer.total_training_steps=20",
+        "trainer.test_freq=20",
+        f"trainer.default_local_dir={tmp_path}",
+        "trainer.rollout_data_dir=null",
+        "trainer.validation_data_dir=null",
+        "trainer.logger=[console,jsonl]",
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("cpu_table_aggregate", ROOT / "experiments" / "cpu_table" / "aggregate.py")
+    spec = importlib.util.spec_from_file_location(
+        "cpu_table_aggregate", ROOT / "experiments" / "cpu_table" / "aggregate.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -92,10 +94,17 @@ def test_run_script_rejects_bad_settings_before_running_anything(tmp_path):
 
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
     env.update(PYTHON=sys.executable, OUTPUT_DIR=str(tmp_path / "out"))
-    for bad, message in (({"SEEDS": "0"}, "SEEDS must be a positive integer"),
-                         ({"METHODS": "grpo ppo"}, "unknown method 'ppo'"),
-                         ({"JOBS": "x"}, "JOBS must be a positive integer")):
-        proc = subprocess.run(["bash", str(ROOT / "experiments" / "cpu_table" / "run.sh")], env={**env, **bad},
-                              capture_output=True, text=True, timeout=60)
+    for bad, message in (
+        ({"SEEDS": "0"}, "SEEDS must be a positive integer"),
+        ({"METHODS": "grpo ppo"}, "unknown method 'ppo'"),
+        ({"JOBS": "x"}, "JOBS must be a positive integer"),
+    ):
+        proc = subprocess.run(
+            ["bash", str(ROOT / "experiments" / "cpu_table" / "run.sh")],
+            env={**env, **bad},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 2 and message in proc.stderr, (bad, proc.stderr)
         assert not (tmp_path / "out").exists()

@@ -76,11 +76,20 @@ def slurm(tmp_path):
         path.write_text(text)
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths
-    env = dict(os.environ, PATH=f"{bin_dir}:{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", RAY_TMPDIR=ray_tmp,
-               FAKE_SLURM_LOG=str(tmp_path / "slurm.log"), RAY_PORT=str(free_port()), RAY_AUTH_MODE="disabled",
-               PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", USE_CUDA="0",
-               # two Ray nodes on one machine: each picks its own agent port; no dashboard
-               RAY_START_ARGS="--dashboard-agent-listen-port=0", RAY_HEAD_ARGS="--include-dashboard=false")
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
+        RAY_TMPDIR=ray_tmp,
+        FAKE_SLURM_LOG=str(tmp_path / "slurm.log"),
+        RAY_PORT=str(free_port()),
+        RAY_AUTH_MODE="disabled",
+        PYTHONPATH=str(ROOT),
+        TOKENIZERS_PARALLELISM="false",
+        USE_CUDA="0",
+        # two Ray nodes on one machine: each picks its own agent port; no dashboard
+        RAY_START_ARGS="--dashboard-agent-listen-port=0",
+        RAY_HEAD_ARGS="--include-dashboard=false",
+    )
     env.pop("RAY_ADDRESS", None)
     yield env, tmp_path
     left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
@@ -96,12 +105,30 @@ def test_sbatch_script_starts_the_cluster_trains_on_two_nodes_and_stops_it(slurm
     run = tmp / "run"
     env.update(MOPD_CONTAINER_IMAGE="mopd-gh200.sqsh", MOPD_CONTAINER_MOUNTS="/data:/data")
     result = subprocess.run(
-        ["sbatch", "--nodes=2", "--gpus-per-node=2", str(SBATCH), "run_local_grpo.sh",
-         "data.train_batch_size=4", "data.max_response_length=6", "actor_rollout_ref.rollout.n=2",
-         "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-         "trainer.total_training_steps=1", "trainer.test_freq=-1", "trainer.val_before_train=false",
-         "trainer.logger=[jsonl]", "trainer.num_threads=1", f"trainer.default_local_dir={run}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        [
+            "sbatch",
+            "--nodes=2",
+            "--gpus-per-node=2",
+            str(SBATCH),
+            "run_local_grpo.sh",
+            "data.train_batch_size=4",
+            "data.max_response_length=6",
+            "actor_rollout_ref.rollout.n=2",
+            "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+            "trainer.total_training_steps=1",
+            "trainer.test_freq=-1",
+            "trainer.val_before_train=false",
+            "trainer.logger=[jsonl]",
+            "trainer.num_threads=1",
+            f"trainer.default_local_dir={run}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-6000:]
     assert "[mopd] Ray cluster up: 2 node(s), 4 GPU(s)" in out and "[mopd] Ray cluster stopped" in out
@@ -137,11 +164,19 @@ def test_a_cluster_that_never_fills_up_fails_naming_what_is_missing(slurm):
     env, tmp = slurm
     _fake_ray(env, tmp, nodes=1)
     env["MOPD_CLUSTER_TIMEOUT_S"] = "2"
-    result = subprocess.run(["sbatch", "--nodes=2", "--gpus-per-node=2", str(SBATCH), "run_local_grpo.sh"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["sbatch", "--nodes=2", "--gpus-per-node=2", str(SBATCH), "run_local_grpo.sh"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
-    assert ("[mopd] error: the Ray cluster at 127.0.0.1:" in result.stderr and
-            "has 1/2 node(s) and 2/4 GPU(s) after MOPD_CLUSTER_TIMEOUT_S=2 s" in result.stderr), result.stderr
+    assert (
+        "[mopd] error: the Ray cluster at 127.0.0.1:" in result.stderr
+        and "has 1/2 node(s) and 2/4 GPU(s) after MOPD_CLUSTER_TIMEOUT_S=2 s" in result.stderr
+    ), result.stderr
     assert "[mopd] Ray cluster stopped" in result.stdout
     assert "run_local_grpo.sh" not in (tmp / "slurm.log").read_text()  # no driver without a cluster
 
@@ -153,13 +188,21 @@ def test_usr1_from_slurm_reaches_the_driver_step(slurm):
     _fake_ray(env, tmp, nodes=2)
     driver = tmp / "driver.sh"
     # A trainer stand-in: Python, as the real driver (a handler on USR1 even where its shell ignores it).
-    driver.write_text('exec python3 -c "import os, signal, sys, time\n'
-                      "def stop(*_):\n    open(os.environ['MARK'], 'w').write('checkpointed')\n    sys.exit(75)\n"
-                      "signal.signal(signal.SIGUSR1, stop)\nopen(os.environ['MARK'] + '.up', 'w').write('up')\n"
-                      'time.sleep(60)\nsys.exit(3)"\n')
+    driver.write_text(
+        'exec python3 -c "import os, signal, sys, time\n'
+        "def stop(*_):\n    open(os.environ['MARK'], 'w').write('checkpointed')\n    sys.exit(75)\n"
+        "signal.signal(signal.SIGUSR1, stop)\nopen(os.environ['MARK'] + '.up', 'w').write('up')\n"
+        'time.sleep(60)\nsys.exit(3)"\n'
+    )
     env["MARK"] = str(tmp / "mark")
-    proc = subprocess.Popen(["sbatch", "--nodes=2", "--gpus-per-node=2", str(SBATCH), str(driver)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["sbatch", "--nodes=2", "--gpus-per-node=2", str(SBATCH), str(driver)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not (tmp / "mark.up").exists():

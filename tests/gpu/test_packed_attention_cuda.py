@@ -43,14 +43,20 @@ def test_packed_sdpa_log_probs_and_gradients_equal_padded_on_the_device(device, 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     path = model_utils.resolve_model_path("embedded")
     results = {}
-    for name, attn, remove_padding in (("padded", "sdpa", False),
-                                       ("packed", packed_attention.implementation("sdpa", True), True)):
+    for name, attn, remove_padding in (
+        ("padded", "sdpa", False),
+        ("packed", packed_attention.implementation("sdpa", True), True),
+    ):
         model = model_utils.load_causal_lm(path, dtype=dtype, attn_implementation=attn, device=torch.device(device))
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.train()
-        ids, mask, pos, responses, response_mask = (t.to(device) for t in _batch(
-            [30, 70, 10, 50, 64, 3], [40, 10, 60, 20, 64, 1], prompt_width=70, response_width=64, seed=5))
+        ids, mask, pos, responses, response_mask = (
+            t.to(device)
+            for t in _batch(
+                [30, 70, 10, 50, 64, 3], [40, 10, 60, 20, 64, 1], prompt_width=70, response_width=64, seed=5
+            )
+        )
         labels = responses[response_mask.bool()]
 
         def fn(hidden, weight):

@@ -20,7 +20,7 @@ KERNELS = ["sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_a
 @pytest.mark.parametrize("prompts", [_prompts(seed=7), _group_prompts(0)], ids=["mixed", "groups"])
 @pytest.mark.parametrize("attn", KERNELS)
 def test_shared_prefix_hidden_equals_the_plain_forward_on_the_device(device, attn, prompts):
-    """"groups" packs siblings into one row under a boolean 4D mask with sdpa (flash-attention: one row
+    """ "groups" packs siblings into one row under a boolean 4D mask with sdpa (flash-attention: one row
     each); both lay the parents' keys/values out left-padded in a cache."""
     from workers import forward, model_utils
     from workers.shared_prefix import shared_prefix_hidden
@@ -28,8 +28,9 @@ def test_shared_prefix_hidden_equals_the_plain_forward_on_the_device(device, att
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if attn == "flash_attention_2" and device != "cuda":
         pytest.skip("flash-attn needs CUDA")
-    model = model_utils.load_causal_lm(model_utils.resolve_model_path("embedded"), dtype=dtype,
-                                       attn_implementation=attn, device=torch.device(device))
+    model = model_utils.load_causal_lm(
+        model_utils.resolve_model_path("embedded"), dtype=dtype, attn_implementation=attn, device=torch.device(device)
+    )
     batch = [t.to(device) for t in _teacher_batch(prompts, [5, 1, 7, 3, 7, 2, 6, 4], response_width=7, seed=7)]
     with torch.no_grad():
         plain = forward.response_hidden(model, *batch).float()
@@ -51,10 +52,12 @@ def test_shared_prefix_student_gradient_equals_the_plain_one_on_the_device(devic
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if attn == "flash_attention_2" and device != "cuda":
         pytest.skip("flash-attn needs CUDA")
-    model = model_utils.load_causal_lm(model_utils.resolve_model_path("embedded"), dtype=dtype,
-                                       attn_implementation=attn, device=torch.device(device))
-    batch = [t.to(device) for t in _teacher_batch(_group_prompts(0), [5, 1, 7, 3, 7, 2, 6, 4], response_width=7,
-                                                    seed=3)]
+    model = model_utils.load_causal_lm(
+        model_utils.resolve_model_path("embedded"), dtype=dtype, attn_implementation=attn, device=torch.device(device)
+    )
+    batch = [
+        t.to(device) for t in _teacher_batch(_group_prompts(0), [5, 1, 7, 3, 7, 2, 6, 4], response_width=7, seed=3)
+    ]
     assert plan(model, batch[0], batch[1], batch[3]) is not None  # the shared path runs
     probe = torch.randn(model.config.hidden_size, 3, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     grads = {}

@@ -24,13 +24,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def train(run_dir: Path, device: str, *overrides: str, config: str = "mopd") -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, "-m", "trainer.main", "--config-name", config, "trainer.backend=local",
-        f"trainer.device={device}", "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=8",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16", "data.val_batch_size=64",
-        "trainer.logger=[console,jsonl]", f"trainer.default_local_dir={run_dir}", *overrides,
+        sys.executable,
+        "-m",
+        "trainer.main",
+        "--config-name",
+        config,
+        "trainer.backend=local",
+        f"trainer.device={device}",
+        "data.train_batch_size=8",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16",
+        "data.val_batch_size=64",
+        "trainer.logger=[console,jsonl]",
+        f"trainer.default_local_dir={run_dir}",
+        *overrides,
     ]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        TOKENIZERS_PARALLELISM="false",
+    )
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
@@ -43,8 +56,15 @@ def metrics(run_dir: Path) -> list[dict]:
 @pytest.mark.parametrize("config", ["mopd", "sdpo", "grpo"])
 def test_embedded_default_trains(config, device, tmp_path):
     run = tmp_path / config
-    out = train(run, device, "trainer.total_training_steps=3", "trainer.test_freq=3", "trainer.val_before_train=false",
-                "actor_rollout_ref.rollout.val_kwargs.n=2", config=config)
+    out = train(
+        run,
+        device,
+        "trainer.total_training_steps=3",
+        "trainer.test_freq=3",
+        "trainer.val_before_train=false",
+        "actor_rollout_ref.rollout.val_kwargs.n=2",
+        config=config,
+    )
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(r["actor/loss"])) for r in rows)
@@ -59,12 +79,17 @@ def test_embedded_default_trains(config, device, tmp_path):
 def resume_runs(device, tmp_path_factory):
     """A straight 4-step run (checkpoint every 2), its repeat, and a run resumed from its step-2 checkpoint."""
     base = tmp_path_factory.mktemp("resume")
-    common = ("trainer.save_freq=2", "trainer.total_training_steps=4", "trainer.test_freq=-1",
-              "trainer.val_before_train=false")
+    common = (
+        "trainer.save_freq=2",
+        "trainer.total_training_steps=4",
+        "trainer.test_freq=-1",
+        "trainer.val_before_train=false",
+    )
     train(base / "straight", device, *common)
     train(base / "repeat", device, *common)
-    shutil.copytree(base / "straight" / "checkpoints" / "global_step_2",
-                    base / "resumed" / "checkpoints" / "global_step_2")
+    shutil.copytree(
+        base / "straight" / "checkpoints" / "global_step_2", base / "resumed" / "checkpoints" / "global_step_2"
+    )
     resumed = train(base / "resumed", device, *common)
     assert "resumed from" in resumed.stdout
     return base
@@ -81,8 +106,9 @@ def test_resume_reproduces_the_straight_run(resume_runs):
     assert straight.keys() == resumed.keys()
     noise = max((straight[k].float() - repeat[k].float()).abs().max().item() for k in straight)
     drift = max((straight[k].float() - resumed[k].float()).abs().max().item() for k in straight)
-    moved = max((straight[k].float() - _weights(resume_runs / "straight", 2)[k].float()).abs().max().item()
-                for k in straight)
+    moved = max(
+        (straight[k].float() - _weights(resume_runs / "straight", 2)[k].float()).abs().max().item() for k in straight
+    )
     # Resuming adds no error beyond what two identical runs already differ by (0 where kernels are
     # deterministic), and that noise is far below what two training steps change.
     assert drift <= max(1e-6, 4 * noise), (drift, noise)
@@ -100,8 +126,9 @@ def test_hf_export_is_float32_and_loads_and_generates(resume_runs, device):
     assert all(t.dtype == torch.float32 for t in _weights(resume_runs / "straight").values())
     model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.bfloat16).to(device)
     tok = AutoTokenizer.from_pretrained(export)
-    text = tok.apply_chat_template([{"role": "user", "content": "What is 1+2?"}], tokenize=False,
-                                   add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 1+2?"}], tokenize=False, add_generation_prompt=True
+    )
     ids = tok(text, return_tensors="pt", add_special_tokens=False).to(device)
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]

@@ -16,10 +16,20 @@ def _config(device: str, *overrides: str) -> dict:
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        cfg = compose(config_name="grpo", overrides=[
-            "trainer.backend=local", f"trainer.device={device}", "actor_rollout_ref.model.dtype=bfloat16",
-            "data.train_batch_size=2", "actor_rollout_ref.rollout.n=4", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
-            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4", "data.max_response_length=8", *overrides])
+        cfg = compose(
+            config_name="grpo",
+            overrides=[
+                "trainer.backend=local",
+                f"trainer.device={device}",
+                "actor_rollout_ref.model.dtype=bfloat16",
+                "data.train_batch_size=2",
+                "actor_rollout_ref.rollout.n=4",
+                "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+                "data.max_response_length=8",
+                *overrides,
+            ],
+        )
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -48,15 +58,25 @@ def test_bf16_compute_keeps_float32_master_weights_through_an_update(worker, dev
     data = PromptDataset(str(EMBEDDED_DIR / "train.parquet"), worker.tokenizer, max_prompt_length=256, max_samples=2)
     items = collate_prompts([data[0], data[1]], worker.tokenizer.pad_token_id)
     worker.sync_rollout_weights()
-    out = worker.generate({"input_ids": items["input_ids"], "attention_mask": items["attention_mask"],
-                           "uid": list(items["uid"]), "meta": {"sampling": dict(n=4, max_new_tokens=8), "step": 1}})
+    out = worker.generate(
+        {
+            "input_ids": items["input_ids"],
+            "attention_mask": items["attention_mask"],
+            "uid": list(items["uid"]),
+            "meta": {"sampling": dict(n=4, max_new_tokens=8), "step": 1},
+        }
+    )
     n = 4
     attention = torch.cat([out["prompt_attention_mask"], out["response_mask"]], 1)
     batch = {
-        "input_ids": torch.cat([out["prompt_input_ids"], out["responses"]], 1), "attention_mask": attention,
-        "position_ids": (attention.cumsum(1) - 1).clamp(min=0), "responses": out["responses"],
-        "response_mask": out["response_mask"], "advantages": torch.linspace(-1, 1, 2 * n).unsqueeze(1).repeat(1, 8),
-        "scores": torch.zeros(2 * n), "uid": [u for u in items["uid"] for _ in range(n)],
+        "input_ids": torch.cat([out["prompt_input_ids"], out["responses"]], 1),
+        "attention_mask": attention,
+        "position_ids": (attention.cumsum(1) - 1).clamp(min=0),
+        "responses": out["responses"],
+        "response_mask": out["response_mask"],
+        "advantages": torch.linspace(-1, 1, 2 * n).unsqueeze(1).repeat(1, 8),
+        "scores": torch.zeros(2 * n),
+        "uid": [u for u in items["uid"] for _ in range(n)],
         "meta": {"step": 1, "temperature": 1.0},
     }
     with torch.no_grad():
@@ -87,17 +107,29 @@ def test_rollout_peak_memory_scales_with_tokens_not_vocabulary(device):
 
     vocab, rows, steps = 151_936, 64, 512
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=vocab, hidden_size=128, num_hidden_layers=2, num_attention_heads=16, num_key_value_heads=8,
-        head_dim=128, intermediate_size=384, tie_word_embeddings=True, max_position_embeddings=2048,
-        eos_token_id=1, pad_token_id=0)).to(device, torch.bfloat16)
+    model = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=vocab,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            intermediate_size=384,
+            tie_word_embeddings=True,
+            max_position_embeddings=2048,
+            eos_token_id=1,
+            pad_token_id=0,
+        )
+    ).to(device, torch.bfloat16)
     rollout = HFRollout(model, Tok())
     prompts = torch.randint(3, vocab, (8, 32))
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    out = rollout.generate(prompts, torch.ones_like(prompts), SamplingParams(n=8, max_new_tokens=steps),
-                           list(range(rows)))
+    out = rollout.generate(
+        prompts, torch.ones_like(prompts), SamplingParams(n=8, max_new_tokens=steps), list(range(rows))
+    )
     peak = (torch.cuda.max_memory_allocated() - base) / 1e9
     history = rows * steps * vocab * 4 / 1e9
     assert out["responses"].shape == (rows, steps) and out["rollout_log_probs"].shape == (rows, steps)

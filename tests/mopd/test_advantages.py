@@ -46,7 +46,9 @@ def test_rloo_is_the_score_minus_the_mean_of_the_others():
     out = compute_advantages("rloo", rewards(), MASK, UIDS)
     per_row = [1 - (0 + 0.5) / 2, 0 - (1 + 0.5) / 2, 0.5 - (1 + 0) / 2, 0 - 0, 0 - 0]
     torch.testing.assert_close(out, torch.tensor(per_row).unsqueeze(-1) * MASK.float())
-    lone = compute_advantages("rloo", token_level_scores(torch.tensor([0.7]), torch.ones(1, 2)), torch.ones(1, 2), ["x"])
+    lone = compute_advantages(
+        "rloo", token_level_scores(torch.tensor([0.7]), torch.ones(1, 2)), torch.ones(1, 2), ["x"]
+    )
     torch.testing.assert_close(lone, torch.full((1, 2), 0.7))
 
 
@@ -82,8 +84,13 @@ def test_token_rewards_with_a_kl_penalty_are_summed_for_the_outcome_estimators()
     token_rewards = rewards() - 0.1 * MASK.float()  # a per-token penalty
     sums = (SCORES - 0.1 * MASK.sum(-1)).tolist()
     out = compute_advantages("rloo", token_rewards, MASK, UIDS)
-    expected = [sums[0] - (sums[1] + sums[2]) / 2, sums[1] - (sums[0] + sums[2]) / 2,
-                sums[2] - (sums[0] + sums[1]) / 2, sums[3] - sums[4], sums[4] - sums[3]]
+    expected = [
+        sums[0] - (sums[1] + sums[2]) / 2,
+        sums[1] - (sums[0] + sums[2]) / 2,
+        sums[2] - (sums[0] + sums[1]) / 2,
+        sums[3] - sums[4],
+        sums[4] - sums[3],
+    ]
     torch.testing.assert_close(out, torch.tensor(expected).unsqueeze(-1) * MASK.float())
 
 

@@ -20,27 +20,50 @@ def stdin_gt(inputs, outputs, time_limit=2.0):
 
 
 def functional_gt(inputs, outputs, fn_name, time_limit=2.0):
-    return {"inputs": inputs, "outputs": outputs, "testtype": "functional", "fn_name": fn_name,
-            "time_limit": time_limit}
+    return {
+        "inputs": inputs,
+        "outputs": outputs,
+        "testtype": "functional",
+        "fn_name": fn_name,
+        "time_limit": time_limit,
+    }
 
 
 def code_gt(scripts, fn_name="", time_limit=2.0, context=None):
-    gt = {"inputs": scripts, "outputs": [""] * len(scripts), "testtype": "code", "fn_name": fn_name,
-          "time_limit": time_limit}
+    gt = {
+        "inputs": scripts,
+        "outputs": [""] * len(scripts),
+        "testtype": "code",
+        "fn_name": fn_name,
+        "time_limit": time_limit,
+    }
     if context is not None:
         gt["context"] = context
     return json.dumps(gt)
 
 
-KEYS = {"score", "acc", "pred", "incorrect_format", "error_in_test_cases", "timed_out", "truncated",
-        "truncated_and_missing_answer", "feedback", "num_tests", "num_passed"}
+KEYS = {
+    "score",
+    "acc",
+    "pred",
+    "incorrect_format",
+    "error_in_test_cases",
+    "timed_out",
+    "truncated",
+    "truncated_and_missing_answer",
+    "feedback",
+    "num_tests",
+    "num_passed",
+}
 
 # --- extraction -----------------------------------------------------------------------------------------
 
 
 def test_extract_longest_python_block():
-    text = ("```python\nx = 1\n```\ntext\n```py\nx = 2\ny = 3\n```\n```\nshort\n```\n"
-            "```cpp\nint main() { return 0; } // long\n```")
+    text = (
+        "```python\nx = 1\n```\ntext\n```py\nx = 2\ny = 3\n```\n```\nshort\n```\n"
+        "```cpp\nint main() { return 0; } // long\n```"
+    )
     assert cv.extract_code(text) == "x = 2\ny = 3\n"
     assert cv.extract_code("```\nprint(1)\n```") == "print(1)\n"
     assert cv.extract_code("no code here") is None
@@ -109,8 +132,10 @@ def test_stdin_partial_acc():
 
 
 def test_stdin_runtime_error_feedback_trims_traceback():
-    prog = ("def a(x):\n    return b(x)\n\ndef b(x):\n    return c(x)\n\ndef c(x):\n    return d(x)\n\n"
-            "def d(x):\n    return 1 // x\n\nprint(a(int(input())))")
+    prog = (
+        "def a(x):\n    return b(x)\n\ndef b(x):\n    return c(x)\n\ndef c(x):\n    return d(x)\n\n"
+        "def d(x):\n    return 1 // x\n\nprint(a(int(input())))"
+    )
     result = cv.compute_score(fence(prog), stdin_gt(["1", "0"], ["1", "0"]))
     assert result["score"] == 0.0 and result["acc"] == 0.5 and result["error_in_test_cases"] == 1
     fb = result["feedback"]
@@ -145,20 +170,26 @@ def test_runtime_error_beats_timeout_and_wrong():
 
 
 def test_stdin_legit_patterns_pass():
-    fast_io = ("import sys\ndata = sys.stdin.buffer.read().split()\nout = [str(int(x) * 2) for x in data]\n"
-               "sys.stdout.write('\\n'.join(out) + '\\n')")
+    fast_io = (
+        "import sys\ndata = sys.stdin.buffer.read().split()\nout = [str(int(x) * 2) for x in data]\n"
+        "sys.stdout.write('\\n'.join(out) + '\\n')"
+    )
     assert cv.compute_score(fence(fast_io), stdin_gt(["1 2 3"], ["2\n4\n6"]))["score"] == 1.0
     exit_after = "print(int(input()) + 1)\nimport sys\nsys.exit(0)\nprint('never')"
     assert cv.compute_score(fence(exit_after), stdin_gt(["1"], ["2"]))["score"] == 1.0
     os_exit_after = "import os, sys\nprint(int(input()) + 1)\nsys.stdout.flush()\nos._exit(0)"
     assert cv.compute_score(fence(os_exit_after), stdin_gt(["1"], ["2"]))["score"] == 1.0
-    recursion = ("import sys, threading\nsys.setrecursionlimit(1 << 20)\nthreading.stack_size(1 << 26)\n"
-                 "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n"
-                 "def main():\n    print(depth(int(input())))\nthreading.Thread(target=main).start()")
+    recursion = (
+        "import sys, threading\nsys.setrecursionlimit(1 << 20)\nthreading.stack_size(1 << 26)\n"
+        "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n"
+        "def main():\n    print(depth(int(input())))\nthreading.Thread(target=main).start()"
+    )
     assert cv.compute_score(fence(recursion), stdin_gt(["50000"], ["50000"]))["score"] == 1.0
-    files = ("import tempfile, os\nwith open('scratch.txt', 'w') as f: f.write(input())\n"
-             "with tempfile.NamedTemporaryFile('w+') as t:\n    t.write('x'); t.flush()\n"
-             "print(open('scratch.txt').read())")
+    files = (
+        "import tempfile, os\nwith open('scratch.txt', 'w') as f: f.write(input())\n"
+        "with tempfile.NamedTemporaryFile('w+') as t:\n    t.write('x'); t.flush()\n"
+        "print(open('scratch.txt').read())"
+    )
     assert cv.compute_score(fence(files), stdin_gt(["hello"], ["hello"]))["score"] == 1.0
     main_guard = "def main():\n    print(int(input()) * 3)\nif __name__ == '__main__':\n    main()"
     assert cv.compute_score(fence(main_guard), stdin_gt(["2"], ["6"]))["score"] == 1.0
@@ -175,8 +206,10 @@ def test_numpy_available_in_the_sandbox():
 
 def test_functional_plain_function_and_feedback():
     gt = functional_gt(["[2,7,11,15]\n9", "[3,2,4]\n6", "[3,3]\n6"], ["[0, 1]", "[1, 2]", "[0, 1]"], "twoSum")
-    right = ("def twoSum(nums, target):\n    seen = {}\n    for i, x in enumerate(nums):\n"
-             "        if target - x in seen:\n            return (seen[target - x], i)\n        seen[x] = i")
+    right = (
+        "def twoSum(nums, target):\n    seen = {}\n    for i, x in enumerate(nums):\n"
+        "        if target - x in seen:\n            return (seen[target - x], i)\n        seen[x] = i"
+    )
     result = cv.compute_score(fence(right), gt)
     assert result["score"] == 1.0 and result["feedback"] == ""  # a tuple result equals a JSON list
     wrong = "def twoSum(nums, target):\n    return [0, 1]"
@@ -186,9 +219,11 @@ def test_functional_plain_function_and_feedback():
 
 
 def test_functional_leetcode_solution_class_and_kwargs():
-    prog = ("from typing import List\nclass Solution:\n    def __init__(self):\n        self.calls = 0\n"
-            "    def maxOf(self, nums: List[int]) -> int:\n        self.calls += 1\n"
-            "        return max(nums) * self.calls")
+    prog = (
+        "from typing import List\nclass Solution:\n    def __init__(self):\n        self.calls = 0\n"
+        "    def maxOf(self, nums: List[int]) -> int:\n        self.calls += 1\n"
+        "        return max(nums) * self.calls"
+    )
     gt = functional_gt(["[1,5,2]", "[7]", {"nums": [3, 4]}], ["5", "7", "4"], "maxOf")
     assert cv.compute_score(fence(prog), gt)["score"] == 1.0  # a fresh Solution() per test
 
@@ -255,8 +290,9 @@ def test_code_right_wrong_error_timeout():
 
     wrong = cv.compute_score(fence("def total(xs):\n    return len(xs)"), gt)
     assert wrong["score"] == 0.0
-    assert wrong["feedback"] == ("Wrong Answer\nFailed assertion:\nassert candidate([1, 2, 3]) == 6\n"
-                                 "Last call:\ntotal([1, 2, 3])\nReturned:\n3")
+    assert wrong["feedback"] == (
+        "Wrong Answer\nFailed assertion:\nassert candidate([1, 2, 3]) == 6\nLast call:\ntotal([1, 2, 3])\nReturned:\n3"
+    )
 
     error = cv.compute_score(fence("def total(xs):\n    return xs[0] + total(xs[1:])"), gt)
     assert error["score"] == 0.0 and error["error_in_test_cases"] == 1
@@ -332,7 +368,7 @@ def test_code_load_error_and_helper_from_prompt():
     result = cv.compute_score(fence("import nosuchmodule_xyz\ndef f():\n    return 1"), code_gt(["assert f() == 1"]))
     assert result["score"] == 0.0 and "ModuleNotFoundError" in result["feedback"]
     # HumanEval/38 style: the test calls a helper that only the solution (prompt + completion) defines
-    prog = ("def encode(s):\n    return s[::-1]\n\ndef decode(s):\n    return s[::-1]")
+    prog = "def encode(s):\n    return s[::-1]\n\ndef decode(s):\n    return s[::-1]"
     script = "def check(candidate):\n    assert candidate(encode('abc')) == 'abc'\ncheck(decode)"
     assert cv.compute_score(fence(prog), code_gt([script]))["score"] == 1.0
 
@@ -374,8 +410,10 @@ def test_registered_data_sources(source):
 
 
 def test_reward_scorer_pool_runs_code_rows():
-    items = [("code", fence(ADD), stdin_gt(["1 1"], ["2"]), None),
-             ("livecodebench", fence("print(0)"), stdin_gt(["1 1"], ["2"]), {"truncated": True})]
+    items = [
+        ("code", fence(ADD), stdin_gt(["1 1"], ["2"]), None),
+        ("livecodebench", fence("print(0)"), stdin_gt(["1 1"], ["2"]), {"truncated": True}),
+    ]
     with rewards.RewardScorer(num_workers=1) as scorer:
         results = scorer.score(items)
     assert [r["score"] for r in results] == [1.0, 0.0]

@@ -19,8 +19,9 @@ EMBEDDED = Path(__file__).resolve().parents[2] / "datasets" / "embedded"
 BASE_MODEL = EMBEDDED / "base_model"
 # The shipped artifacts come from scripts/make_embedded_default.py (a checkout without them, e.g. one
 # made with a sparse clone, still runs the generator and scorer tests).
-needs_artifacts = pytest.mark.skipif(not (BASE_MODEL / "config.json").exists(),
-                                     reason="datasets/embedded/base_model is not in this checkout")
+needs_artifacts = pytest.mark.skipif(
+    not (BASE_MODEL / "config.json").exists(), reason="datasets/embedded/base_model is not in this checkout"
+)
 
 
 def _pair(problem):
@@ -60,19 +61,22 @@ def test_train_and_test_are_disjoint_even_with_swapped_operands():
 # ---------------------------------------------------------------------------------------------------
 # Verifier
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("response, score, pred, bad_format", [
-    ("85", 1.0, "85", 0),
-    ("  85\n", 1.0, "85", 0),
-    ("85<|im_end|>", 1.0, "85", 0),
-    (" 85 <|im_end|>", 1.0, "85", 0),
-    ("84", 0.0, "84", 0),
-    ("850", 0.0, "850", 0),
-    ("8 5", 0.0, "", 1),
-    ("eighty-five", 0.0, "", 1),
-    ("85.", 0.0, "", 1),
-    ("", 0.0, "", 1),
-    ("<|im_end|>", 0.0, "", 1),
-])
+@pytest.mark.parametrize(
+    "response, score, pred, bad_format",
+    [
+        ("85", 1.0, "85", 0),
+        ("  85\n", 1.0, "85", 0),
+        ("85<|im_end|>", 1.0, "85", 0),
+        (" 85 <|im_end|>", 1.0, "85", 0),
+        ("84", 0.0, "84", 0),
+        ("850", 0.0, "850", 0),
+        ("8 5", 0.0, "", 1),
+        ("eighty-five", 0.0, "", 1),
+        ("85.", 0.0, "", 1),
+        ("", 0.0, "", 1),
+        ("<|im_end|>", 0.0, "", 1),
+    ],
+)
 def test_compute_score(response, score, pred, bad_format):
     out = compute_score(response, "85")
     assert set(out) == {"score", "acc", "pred", "incorrect_format", "feedback"}
@@ -111,7 +115,9 @@ def test_shipped_parquet_splits():
     test = pd.read_parquet(EMBEDDED / "test.parquet")
     assert len(train) == 2000 and len(test) == 256
     assert set(train.columns) == {"data_source", "prompt", "ability", "reward_model", "extra_info"}
-    assert not set(train["extra_info"].map(lambda e: e["question"])) & set(test["extra_info"].map(lambda e: e["question"]))
+    assert not set(train["extra_info"].map(lambda e: e["question"])) & set(
+        test["extra_info"].map(lambda e: e["question"])
+    )
     first = test.iloc[0]
     assert first["data_source"] == DATA_SOURCE
     assert first["reward_model"]["ground_truth"] == make_problems("test", 256, seed=2)[0]["answer"]
@@ -132,13 +138,15 @@ def test_base_model_loads_offline_and_answers(monkeypatch):
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2 and tok.pad_token_id == 0
     n_params = sum(p.numel() for p in model.parameters())
     assert 1_000_000 <= n_params <= 4_000_000
-    text = tok.apply_chat_template([{"role": "user", "content": "What is 47+38?"}], tokenize=False,
-                                   add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 47+38?"}], tokenize=False, add_generation_prompt=True
+    )
     enc = tok(text, add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**enc, do_sample=False, max_new_tokens=8, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id)
-    new = out[0, enc["input_ids"].shape[1]:].tolist()
+        out = model.generate(
+            **enc, do_sample=False, max_new_tokens=8, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+        )
+    new = out[0, enc["input_ids"].shape[1] :].tolist()
     assert tok.eos_token_id in new and new.index(tok.eos_token_id) <= 4  # a short answer, then <|im_end|>
     answer = tok.decode(new, skip_special_tokens=True)
     assert compute_score(answer, "85")["incorrect_format"] == 0, answer
@@ -156,8 +164,15 @@ def test_embedded_stats_report_the_target_difficulty():
     assert stats["with_context_sampled_acc"] >= 0.75
     assert stats["with_context_sampled_acc"] > nc + 0.25
     per_context = stats["context_sampled_acc"]
-    assert set(per_context) == {"no_context", "sdpo_one_success", "sdpo_feedback_only", "mopd_2s1f",
-                                "mopd_no_success", "positive_only_2s", "failure_only"}
+    assert set(per_context) == {
+        "no_context",
+        "sdpo_one_success",
+        "sdpo_feedback_only",
+        "mopd_2s1f",
+        "mopd_no_success",
+        "positive_only_2s",
+        "failure_only",
+    }
     assert per_context["no_context"] == nc
     for name in ("sdpo_one_success", "mopd_2s1f", "positive_only_2s"):
         assert per_context[name] >= 0.6 and per_context[name] > nc + 0.1, (name, per_context[name])

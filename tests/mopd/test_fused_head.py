@@ -40,7 +40,9 @@ def test_fused_equals_plain_values_and_gradients(alpha, topk, add_tail, temperat
     hidden, weight, labels, th, tw, coefs = _inputs()
     settings = dict(temperature=temperature, alpha=alpha, topk=topk, add_tail=add_tail)
     got = fused_head(hidden, weight, labels, teacher_hidden=th, teacher_weight=tw, chunk_size=chunk, **settings)
-    want = plain(hidden, weight, labels, th, tw, **{k: settings[k] for k in ("temperature", "alpha", "topk", "add_tail")})
+    want = plain(
+        hidden, weight, labels, th, tw, **{k: settings[k] for k in ("temperature", "alpha", "topk", "add_tail")}
+    )
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
     grads_got = torch.autograd.grad(sum((c * v).sum() for c, v in zip(coefs, got)), (hidden, weight))
@@ -50,7 +52,7 @@ def test_fused_equals_plain_values_and_gradients(alpha, topk, add_tail, temperat
 
 
 def test_without_teacher_and_with_only_some_outputs_used():
-    hidden, weight, labels, *_ , coefs = _inputs(1, scale=3.0)
+    hidden, weight, labels, *_, coefs = _inputs(1, scale=3.0)
     log_probs, entropy, divergence = fused_head(hidden, weight, labels, chunk_size=4)
     assert divergence is None
     want_lp, want_ent, _ = plain(hidden, weight, labels, hidden.detach(), weight.detach(), 1.0, 0.5, 5, True)
@@ -79,8 +81,16 @@ def test_tied_embedding_gradients_add_up():
         hidden = model_hidden()
         th = hidden.detach() * 0.5
         if use_fused:
-            lp, ent, div = fused_head(hidden, embedding, labels, teacher_hidden=th, teacher_weight=teacher_weight,
-                                      topk=6, alpha=0.5, temperature=0.9)
+            lp, ent, div = fused_head(
+                hidden,
+                embedding,
+                labels,
+                teacher_hidden=th,
+                teacher_weight=teacher_weight,
+                topk=6,
+                alpha=0.5,
+                temperature=0.9,
+            )
         else:
             lp, ent, div = plain(hidden, embedding, labels, th, teacher_weight, 0.9, 0.5, 6, True)
         return (div - 0.3 * lp - 0.1 * ent).mean()

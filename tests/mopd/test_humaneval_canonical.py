@@ -29,8 +29,15 @@ def _item(problem: dict, broken: bool) -> tuple[str, str]:
         program = problem["prompt"].rstrip() + "\n    pass\n"
     else:
         program = problem["prompt"] + problem["canonical_solution"]
-    gt = json.dumps({"inputs": [problem["test"] + f"\ncheck({problem['entry_point']})"], "outputs": [""],
-                     "testtype": "code", "fn_name": "", "time_limit": 5})
+    gt = json.dumps(
+        {
+            "inputs": [problem["test"] + f"\ncheck({problem['entry_point']})"],
+            "outputs": [""],
+            "testtype": "code",
+            "fn_name": "",
+            "time_limit": 5,
+        }
+    )
     return f"```python\n{program}\n```", gt
 
 
@@ -38,8 +45,9 @@ def test_humaneval_canonical_solutions_pass_and_pass_bodies_fail():
     problems = _problems()
     assert len(problems) == 164
     good = cv.score_many([_item(p, broken=False) for p in problems], num_workers=2)
-    failed = {p["task_id"]: r["feedback"][:300] or r.get("sandbox_error") for p, r in zip(problems, good)
-              if r["score"] != 1.0}
+    failed = {
+        p["task_id"]: r["feedback"][:300] or r.get("sandbox_error") for p, r in zip(problems, good) if r["score"] != 1.0
+    }
     assert failed == {}
     assert all(r["acc"] == 1.0 and r["feedback"] == "" for r in good)
 

@@ -34,8 +34,10 @@ def direct(kind, lp, ref):
 @pytest.mark.parametrize("kind", KL_TYPES)
 def test_each_estimator_equals_the_direct_formula(kind):
     out = kl_penalty(LOGP, REF, kind)
-    expected = torch.tensor([[direct(kind, a, b) for a, b in zip(ra, rb)] for ra, rb in
-                             zip(LOGP.tolist(), REF.tolist())], dtype=torch.float64)
+    expected = torch.tensor(
+        [[direct(kind, a, b) for a, b in zip(ra, rb)] for ra, rb in zip(LOGP.tolist(), REF.tolist())],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(out, expected)
 
 
@@ -46,7 +48,7 @@ def test_k3_is_clamped_and_nonnegative_and_its_gradient_flows_through_the_policy
     out.sum().backward()
     # d/dlp [exp(ref - lp) - (ref - lp) - 1] = 1 - exp(ref - lp), where not clamped
     grad = 1 - torch.exp(REF - LOGP)
-    free = (kl_penalty(LOGP, REF, "low_var_kl") < 10.0)
+    free = kl_penalty(LOGP, REF, "low_var_kl") < 10.0
     torch.testing.assert_close(lp.grad[free], grad[free])
 
 

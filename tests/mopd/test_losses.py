@@ -64,9 +64,7 @@ def ref_divergence(student, teacher, alpha, topk, add_tail=True):
         return _kl(lpt, lps)
     if alpha == 1:
         return _kl(lps, lpt)
-    log_m = torch.logsumexp(
-        torch.stack([lps + math.log(1 - alpha), lpt + math.log(alpha)], dim=0), dim=0
-    )
+    log_m = torch.logsumexp(torch.stack([lps + math.log(1 - alpha), lpt + math.log(alpha)], dim=0), dim=0)
     return alpha * _kl(lpt, log_m) + (1 - alpha) * _kl(lps, log_m)
 
 
@@ -132,9 +130,20 @@ def ref_step_mean(values, mask, step_ids):
     return out
 
 
-def ref_self_distillation(student, teacher, responses, response_mask, distillation_mask, cfg,
-                          old_log_probs=None, rollout_is_weights=None, step_ids=None,
-                          loss_agg_mode="token-mean", normalizer=None, horizon=None):
+def ref_self_distillation(
+    student,
+    teacher,
+    responses,
+    response_mask,
+    distillation_mask,
+    cfg,
+    old_log_probs=None,
+    rollout_is_weights=None,
+    step_ids=None,
+    loss_agg_mode="token-mean",
+    normalizer=None,
+    horizon=None,
+):
     s = student.double()
     s_y = ref_token_log_probs(s, responses)
     if cfg.full_logit_distillation:
@@ -375,6 +384,7 @@ def test_topk_divergence_finite_difference_gradient(alpha):
     t = _logits(24, shape=(1, 3, 7))
     w = torch.rand(1, 3, generator=_gen(27), dtype=torch.float64) + 0.5
     for topk, add_tail in ((3, True), (3, False), (None, True)):
+
         def f(x):
             return (topk_divergence(x, t, alpha=alpha, topk=topk, add_tail=add_tail, chunk_size=2) * w).sum()
 
@@ -566,8 +576,16 @@ def _sd_batch(seed, rows=4, length=7, vocab=V):
         bounds = torch.randint(0, 3, (n,), generator=_gen(seed + 10 + i))
         ids = torch.cumsum((bounds == 0).long(), 0)
         step_ids[i, :n] = ids - ids[0]
-    return dict(student=student, teacher=teacher, responses=responses, response_mask=response_mask,
-                distillation_mask=distillation_mask, old=old, rollout_w=rollout_w, step_ids=step_ids)
+    return dict(
+        student=student,
+        teacher=teacher,
+        responses=responses,
+        response_mask=response_mask,
+        distillation_mask=distillation_mask,
+        old=old,
+        rollout_w=rollout_w,
+        step_ids=step_ids,
+    )
 
 
 def _run_sd(batch, cfg, *, use_old, use_rollout, mode, normalizer=None, horizon=None):
@@ -577,7 +595,9 @@ def _run_sd(batch, cfg, *, use_old, use_rollout, mode, normalizer=None, horizon=
         old_log_probs=batch["old"] if use_old else None,
         rollout_is_weights=batch["rollout_w"] if use_rollout else None,
         step_ids=batch["step_ids"] if cfg.step_level_kl else None,
-        loss_agg_mode=mode, normalizer=normalizer, horizon=horizon,
+        loss_agg_mode=mode,
+        normalizer=normalizer,
+        horizon=horizon,
     )
     loss, metrics = self_distillation_loss(
         s, t, batch["responses"], batch["response_mask"], batch["distillation_mask"], cfg, **kwargs
@@ -586,8 +606,9 @@ def _run_sd(batch, cfg, *, use_old, use_rollout, mode, normalizer=None, horizon=
     assert loss.dim() == 0
     g = _grad(loss, s)
     s_ref = batch["student"].clone().requires_grad_(True)
-    ref = ref_self_distillation(s_ref, batch["teacher"], batch["responses"], batch["response_mask"],
-                                batch["distillation_mask"], cfg, **kwargs)
+    ref = ref_self_distillation(
+        s_ref, batch["teacher"], batch["responses"], batch["response_mask"], batch["distillation_mask"], cfg, **kwargs
+    )
     g_ref = _grad(ref, s_ref)
     return loss, g, ref, g_ref
 
@@ -620,12 +641,17 @@ def test_self_distillation_loss_matches_reference(cfg_kwargs, use_old, use_rollo
 @pytest.mark.parametrize("mode", AGG_MODES)
 @pytest.mark.parametrize("full_logit", [True, False])
 def test_self_distillation_loss_agg_modes(full_logit, mode, step_level):
-    cfg = SelfDistillationConfig(alpha=0.5 if full_logit else 1.0, distillation_topk=5,
-                                 full_logit_distillation=full_logit, step_level_kl=step_level)
+    cfg = SelfDistillationConfig(
+        alpha=0.5 if full_logit else 1.0,
+        distillation_topk=5,
+        full_logit_distillation=full_logit,
+        step_level_kl=step_level,
+    )
     batch = _sd_batch(61)
     for normalizer, horizon in ((None, None), (5.0, 9)):
-        loss, g, ref, g_ref = _run_sd(batch, cfg, use_old=True, use_rollout=True, mode=mode,
-                                      normalizer=normalizer, horizon=horizon)
+        loss, g, ref, g_ref = _run_sd(
+            batch, cfg, use_old=True, use_rollout=True, mode=mode, normalizer=normalizer, horizon=horizon
+        )
         _assert_close(loss, ref, rtol=1e-8, atol=1e-10, msg=f"loss normalizer={normalizer}")
         _assert_close(g, g_ref, rtol=1e-7, atol=1e-10, msg=f"grad normalizer={normalizer}")
 
@@ -636,8 +662,15 @@ def test_self_distillation_sampled_token_value_and_gradient_explicit():
     batch = _sd_batch(62, rows=2, length=3)
     s = batch["student"].clone().requires_grad_(True)
     mask = torch.ones(2, 3, dtype=torch.float64)
-    loss, _ = self_distillation_loss(s, batch["teacher"], batch["responses"], mask,
-                                     torch.ones(2, dtype=torch.float64), cfg, loss_agg_mode="token-mean")
+    loss, _ = self_distillation_loss(
+        s,
+        batch["teacher"],
+        batch["responses"],
+        mask,
+        torch.ones(2, dtype=torch.float64),
+        cfg,
+        loss_agg_mode="token-mean",
+    )
     s_y = ref_token_log_probs(s.detach(), batch["responses"])
     t_y = ref_token_log_probs(batch["teacher"], batch["responses"])
     assert loss.item() == pytest.approx(float(((s_y - t_y) * s_y).mean()), rel=1e-10)
@@ -659,9 +692,16 @@ def test_self_distillation_is_weight_explicit():
     s_y = ref_token_log_probs(batch["student"], batch["responses"])
     old = s_y - torch.tensor([[0.0, math.log(1.5), math.log(5.0), -math.log(4.0)]], dtype=torch.float64)
     mask = torch.ones(1, 4, dtype=torch.float64)
-    loss, _ = self_distillation_loss(s, batch["teacher"], batch["responses"], mask,
-                                     torch.ones(1, dtype=torch.float64), cfg, old_log_probs=old,
-                                     loss_agg_mode="seq-mean-token-sum")
+    loss, _ = self_distillation_loss(
+        s,
+        batch["teacher"],
+        batch["responses"],
+        mask,
+        torch.ones(1, dtype=torch.float64),
+        cfg,
+        old_log_probs=old,
+        loss_agg_mode="seq-mean-token-sum",
+    )
     d = ref_divergence(batch["student"], batch["teacher"], 1.0, None)
     w = torch.tensor([[1.0, 1.5, 2.0, 0.25]], dtype=torch.float64)
     assert loss.item() == pytest.approx(float((d * w).sum()), rel=1e-9)
@@ -682,8 +722,16 @@ def test_self_distillation_step_level_explicit():
 
     # (a) binary mask with a hole at [0, 3] (inside step 1 of row 0)
     mask = torch.tensor([[1, 1, 1, 0, 1, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.float64)
-    loss, _ = self_distillation_loss(batch["student"], batch["teacher"], batch["responses"], mask, ones,
-                                     cfg, step_ids=step_ids, loss_agg_mode="seq-mean-token-sum")
+    loss, _ = self_distillation_loss(
+        batch["student"],
+        batch["teacher"],
+        batch["responses"],
+        mask,
+        ones,
+        cfg,
+        step_ids=step_ids,
+        loss_agg_mode="seq-mean-token-sum",
+    )
     step1 = (d[0, 2] + d[0, 4]) / 2
     row0 = 2 * d[0, 0:2].mean() + 2 * step1
     row1 = 4 / 3 * (d[1, 0] + d[1, 1:3].mean() + d[1, 3])  # 4 tokens, 3 steps of 1, 2, 1 tokens
@@ -695,8 +743,9 @@ def test_self_distillation_step_level_explicit():
     # (b) fractional mask: unweighted step mean, then the masked token-mean
     fmask = torch.tensor([[1, 0.5, 1, 0.25, 1, 0], [1, 1, 0.5, 1, 0, 0]], dtype=torch.float64)
     s = batch["student"].clone().requires_grad_(True)
-    loss, _ = self_distillation_loss(s, batch["teacher"], batch["responses"], fmask, ones, cfg,
-                                     step_ids=step_ids, loss_agg_mode="token-mean")
+    loss, _ = self_distillation_loss(
+        s, batch["teacher"], batch["responses"], fmask, ones, cfg, step_ids=step_ids, loss_agg_mode="token-mean"
+    )
     s_ref = batch["student"].clone().requires_grad_(True)
     d_ref = ref_divergence(s_ref, batch["teacher"], 0.0, None)
     stepped = ref_step_mean(d_ref, fmask, step_ids)
@@ -711,21 +760,38 @@ def test_self_distillation_step_level_requires_step_ids():
     cfg = SelfDistillationConfig(alpha=0.5, step_level_kl=True)
     batch = _sd_batch(65)
     with pytest.raises((ValueError, TypeError, AssertionError, RuntimeError)):
-        self_distillation_loss(batch["student"], batch["teacher"], batch["responses"],
-                               batch["response_mask"], batch["distillation_mask"], cfg, step_ids=None)
+        self_distillation_loss(
+            batch["student"],
+            batch["teacher"],
+            batch["responses"],
+            batch["response_mask"],
+            batch["distillation_mask"],
+            cfg,
+            step_ids=None,
+        )
 
 
 @pytest.mark.parametrize("mode", AGG_MODES)
 @pytest.mark.parametrize("full_logit,step_level", [(True, False), (True, True), (False, False)])
 def test_self_distillation_all_masked(full_logit, step_level, mode):
-    cfg = SelfDistillationConfig(alpha=0.5 if full_logit else 1.0, full_logit_distillation=full_logit,
-                                 distillation_topk=5, step_level_kl=step_level)
+    cfg = SelfDistillationConfig(
+        alpha=0.5 if full_logit else 1.0,
+        full_logit_distillation=full_logit,
+        distillation_topk=5,
+        step_level_kl=step_level,
+    )
     batch = _sd_batch(66)
     s = batch["student"].clone().requires_grad_(True)
     loss, metrics = self_distillation_loss(
-        s, batch["teacher"], batch["responses"], batch["response_mask"],
-        torch.zeros(4, dtype=torch.float64), cfg, old_log_probs=batch["old"],
-        step_ids=batch["step_ids"] if step_level else None, loss_agg_mode=mode,
+        s,
+        batch["teacher"],
+        batch["responses"],
+        batch["response_mask"],
+        torch.zeros(4, dtype=torch.float64),
+        cfg,
+        old_log_probs=batch["old"],
+        step_ids=batch["step_ids"] if step_level else None,
+        loss_agg_mode=mode,
     )
     assert isinstance(metrics, dict)
     assert loss.item() == 0.0 and not torch.isnan(loss)
@@ -738,31 +804,53 @@ def test_self_distillation_float32_and_bf16():
     cfg = SelfDistillationConfig(alpha=0.5, distillation_topk=5)
     batch = _sd_batch(67)
     s = batch["student"].float().requires_grad_(True)
-    loss, _ = self_distillation_loss(s, batch["teacher"].float(), batch["responses"],
-                                     batch["response_mask"].float(), batch["distillation_mask"].float(),
-                                     cfg, old_log_probs=batch["old"].float())
+    loss, _ = self_distillation_loss(
+        s,
+        batch["teacher"].float(),
+        batch["responses"],
+        batch["response_mask"].float(),
+        batch["distillation_mask"].float(),
+        cfg,
+        old_log_probs=batch["old"].float(),
+    )
     s_ref = batch["student"].float().double().requires_grad_(True)
-    ref = ref_self_distillation(s_ref, batch["teacher"].float().double(), batch["responses"],
-                                batch["response_mask"], batch["distillation_mask"], cfg,
-                                old_log_probs=batch["old"].float().double())
+    ref = ref_self_distillation(
+        s_ref,
+        batch["teacher"].float().double(),
+        batch["responses"],
+        batch["response_mask"],
+        batch["distillation_mask"],
+        cfg,
+        old_log_probs=batch["old"].float().double(),
+    )
     _assert_close(loss, ref, rtol=1e-4, atol=1e-5)
     _assert_close(_grad(loss, s), _grad(ref, s_ref), rtol=1e-4, atol=1e-6)
     sb = batch["student"].bfloat16().requires_grad_(True)
-    loss_b, _ = self_distillation_loss(sb, batch["teacher"].bfloat16(), batch["responses"],
-                                       batch["response_mask"], batch["distillation_mask"], cfg)
+    loss_b, _ = self_distillation_loss(
+        sb, batch["teacher"].bfloat16(), batch["responses"], batch["response_mask"], batch["distillation_mask"], cfg
+    )
     assert torch.isfinite(loss_b.float())
     loss_b.backward()
     assert sb.grad is not None and torch.isfinite(sb.grad.float()).all()
 
 
 def test_self_distillation_teacher_gets_no_gradient():
-    for cfg in (SelfDistillationConfig(alpha=0.5, distillation_topk=5),
-                SelfDistillationConfig(alpha=1.0, full_logit_distillation=False)):
+    for cfg in (
+        SelfDistillationConfig(alpha=0.5, distillation_topk=5),
+        SelfDistillationConfig(alpha=1.0, full_logit_distillation=False),
+    ):
         batch = _sd_batch(68)
         s = batch["student"].clone().requires_grad_(True)
         t = batch["teacher"].clone().requires_grad_(True)
-        loss, _ = self_distillation_loss(s, t, batch["responses"], batch["response_mask"],
-                                         batch["distillation_mask"], cfg, old_log_probs=batch["old"])
+        loss, _ = self_distillation_loss(
+            s,
+            t,
+            batch["responses"],
+            batch["response_mask"],
+            batch["distillation_mask"],
+            cfg,
+            old_log_probs=batch["old"],
+        )
         loss.backward()
         assert s.grad is not None and float(s.grad.abs().sum()) > 0
         assert _no_grad_or_zero(t)

@@ -31,14 +31,16 @@ P = "self_distillation/"
 # ------------------------------------------------------------------------------------------------
 def S(uid: str, text: str | None = None, *, feedback=None, n=None, reward: float = 1.0) -> Rollout:
     """A successful rollout (reward 1.0 >= the default threshold 1.0)."""
-    return Rollout(uid=uid, reward=reward, text=text if text is not None else f"success of {uid}",
-                   feedback=feedback, num_tokens=n)
+    return Rollout(
+        uid=uid, reward=reward, text=text if text is not None else f"success of {uid}", feedback=feedback, num_tokens=n
+    )
 
 
 def F(uid: str, text: str | None = None, *, feedback=None, n=None, reward: float = 0.0) -> Rollout:
     """A failed rollout (reward 0.0)."""
-    return Rollout(uid=uid, reward=reward, text=text if text is not None else f"failure of {uid}",
-                   feedback=feedback, num_tokens=n)
+    return Rollout(
+        uid=uid, reward=reward, text=text if text is not None else f"failure of {uid}", feedback=feedback, num_tokens=n
+    )
 
 
 def cfg(**kw) -> SelfDistillationConfig:
@@ -51,8 +53,11 @@ def is_success(r: Rollout, c: SelfDistillationConfig) -> bool:
 
 def S_i(rollouts, i, c):
     u = rollouts[i].uid
-    return [j for j, r in enumerate(rollouts)
-            if r.uid == u and is_success(r, c) and not (c.dont_reprompt_on_self_success and j == i)]
+    return [
+        j
+        for j, r in enumerate(rollouts)
+        if r.uid == u and is_success(r, c) and not (c.dont_reprompt_on_self_success and j == i)
+    ]
 
 
 def F_i(rollouts, i, c):
@@ -84,8 +89,16 @@ def blocks_of(ctx):
 
 
 def ctx_key(ctx):
-    return (ctx.primary, ctx.another, ctx.failure, tuple(ctx.summaries), tuple(ctx.summary_texts),
-            tuple((b.index, b.label) for b in ctx.control_blocks), ctx.use_feedback, ctx.has_context)
+    return (
+        ctx.primary,
+        ctx.another,
+        ctx.failure,
+        tuple(ctx.summaries),
+        tuple(ctx.summary_texts),
+        tuple((b.index, b.label) for b in ctx.control_blocks),
+        ctx.use_feedback,
+        ctx.has_context,
+    )
 
 
 def run(rollouts, config, seed: int = 0):
@@ -98,10 +111,16 @@ def run(rollouts, config, seed: int = 0):
         assert key.startswith(P), key
         assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
     for i, ctx in enumerate(sel.contexts):
-        expected_ctx = any([
-            ctx.primary is not None, ctx.another is not None, ctx.failure is not None,
-            len(ctx.summaries) > 0, len(ctx.control_blocks) > 0, bool(ctx.use_feedback),
-        ])
+        expected_ctx = any(
+            [
+                ctx.primary is not None,
+                ctx.another is not None,
+                ctx.failure is not None,
+                len(ctx.summaries) > 0,
+                len(ctx.control_blocks) > 0,
+                bool(ctx.use_feedback),
+            ]
+        )
         assert ctx.has_context == expected_ctx, (i, ctx)
         assert sel.distillation_mask[i] == (1.0 if ctx.has_context else 0.0), (i, sel.distillation_mask)
         assert len(ctx.summary_texts) == len(ctx.summaries)
@@ -173,77 +192,142 @@ def test_rollout_is_frozen():
 G5 = [S("A"), F("A"), S("A"), F("A"), S("A")]  # successes 0,2,4 ; failures 1,3
 
 NORMAL_CASES = [
-    pytest.param([S("A")] * 4, dict(),
-                 [(1, None, None), (0, None, None), (0, None, None), (0, None, None)], id="all_succeed"),
-    pytest.param([S("A")] * 4, dict(include_another_solution=True),
-                 [(1, 2, None), (0, 2, None), (0, 1, None), (0, 1, None)], id="all_succeed_another"),
-    pytest.param([F("A")] * 3,
-                 dict(include_another_solution=True, include_failure_solution=True),
-                 [(None, None, {1, 2}), (None, None, {0, 2}), (None, None, {0, 1})], id="all_fail"),
-    pytest.param([F("A")] * 3, dict(),
-                 [(None, None, None)] * 3, id="all_fail_no_failure_peer"),
-    pytest.param([F("A"), S("A"), F("A")],
-                 dict(include_another_solution=True, include_failure_solution=True),
-                 [(1, None, None), (None, None, {0, 2}), (1, None, None)], id="exactly_one_success"),
-    pytest.param([F("A"), S("B"), S("A"), F("B"), S("A"), S("B")],
-                 dict(include_another_solution=True),
-                 [(2, 4, None), (5, None, None), (4, None, None), (1, 5, None), (2, None, None),
-                  (1, None, None)], id="two_groups_interleaved"),
-    pytest.param([S("B"), S("A"), S("B"), S("A")], dict(),
-                 [(2, None, None), (3, None, None), (0, None, None), (1, None, None)],
-                 id="interleaved_first_success_in_rollout_order"),
-    pytest.param([S("A"), F("A"), S("A")],
-                 dict(include_another_solution=True, dont_reprompt_on_self_success=True),
-                 [(2, None, None), (0, 2, None), (0, None, None)], id="self_exclusion_on"),
-    pytest.param([S("A"), F("A"), S("A")],
-                 dict(include_another_solution=True, dont_reprompt_on_self_success=False),
-                 [(0, 2, None), (0, 2, None), (0, 2, None)], id="self_exclusion_off_own_primary"),
-    pytest.param([S("A")], dict(dont_reprompt_on_self_success=False),
-                 [(0, None, None)], id="self_exclusion_off_lone_success"),
-    pytest.param([S("A")], dict(dont_reprompt_on_self_success=True),
-                 [(None, None, None)], id="self_exclusion_on_lone_success"),
-    pytest.param([S("A"), F("A")],
-                 dict(dont_reprompt_on_self_success=False, include_failure_solution=True),
-                 [(0, None, None), (0, None, None)], id="self_success_suppresses_when_no_solution_failure"),
+    pytest.param(
+        [S("A")] * 4, dict(), [(1, None, None), (0, None, None), (0, None, None), (0, None, None)], id="all_succeed"
+    ),
+    pytest.param(
+        [S("A")] * 4,
+        dict(include_another_solution=True),
+        [(1, 2, None), (0, 2, None), (0, 1, None), (0, 1, None)],
+        id="all_succeed_another",
+    ),
+    pytest.param(
+        [F("A")] * 3,
+        dict(include_another_solution=True, include_failure_solution=True),
+        [(None, None, {1, 2}), (None, None, {0, 2}), (None, None, {0, 1})],
+        id="all_fail",
+    ),
+    pytest.param([F("A")] * 3, dict(), [(None, None, None)] * 3, id="all_fail_no_failure_peer"),
+    pytest.param(
+        [F("A"), S("A"), F("A")],
+        dict(include_another_solution=True, include_failure_solution=True),
+        [(1, None, None), (None, None, {0, 2}), (1, None, None)],
+        id="exactly_one_success",
+    ),
+    pytest.param(
+        [F("A"), S("B"), S("A"), F("B"), S("A"), S("B")],
+        dict(include_another_solution=True),
+        [(2, 4, None), (5, None, None), (4, None, None), (1, 5, None), (2, None, None), (1, None, None)],
+        id="two_groups_interleaved",
+    ),
+    pytest.param(
+        [S("B"), S("A"), S("B"), S("A")],
+        dict(),
+        [(2, None, None), (3, None, None), (0, None, None), (1, None, None)],
+        id="interleaved_first_success_in_rollout_order",
+    ),
+    pytest.param(
+        [S("A"), F("A"), S("A")],
+        dict(include_another_solution=True, dont_reprompt_on_self_success=True),
+        [(2, None, None), (0, 2, None), (0, None, None)],
+        id="self_exclusion_on",
+    ),
+    pytest.param(
+        [S("A"), F("A"), S("A")],
+        dict(include_another_solution=True, dont_reprompt_on_self_success=False),
+        [(0, 2, None), (0, 2, None), (0, 2, None)],
+        id="self_exclusion_off_own_primary",
+    ),
+    pytest.param(
+        [S("A")], dict(dont_reprompt_on_self_success=False), [(0, None, None)], id="self_exclusion_off_lone_success"
+    ),
+    pytest.param(
+        [S("A")], dict(dont_reprompt_on_self_success=True), [(None, None, None)], id="self_exclusion_on_lone_success"
+    ),
+    pytest.param(
+        [S("A"), F("A")],
+        dict(dont_reprompt_on_self_success=False, include_failure_solution=True),
+        [(0, None, None), (0, None, None)],
+        id="self_success_suppresses_when_no_solution_failure",
+    ),
     # include combinations on G5
-    pytest.param(G5, dict(),
-                 [(2, None, None), (0, None, None), (0, None, None), (0, None, None), (0, None, None)],
-                 id="combo_P"),
-    pytest.param(G5, dict(include_another_solution=True),
-                 [(2, 4, None), (0, 2, None), (0, 4, None), (0, 2, None), (0, 2, None)], id="combo_PA"),
-    pytest.param(G5, dict(include_primary_solution=False, include_another_solution=True),
-                 [(None, 4, None), (None, 2, None), (None, 4, None), (None, 2, None), (None, 2, None)],
-                 id="combo_A_only"),
-    pytest.param(G5, dict(include_another_solution=True, include_failure_solution=True),
-                 [(2, 4, None), (0, 2, None), (0, 4, None), (0, 2, None), (0, 2, None)],
-                 id="combo_PAF_when_no_solution"),
-    pytest.param(G5, dict(include_failure_solution=True, failure_solution_condition="always"),
-                 [(2, None, {1, 3}), (0, None, {3}), (0, None, {1, 3}), (0, None, {1}), (0, None, {1, 3})],
-                 id="combo_PF_always"),
-    pytest.param(G5, dict(include_primary_solution=False, include_failure_solution=True),
-                 [(None, None, None)] * 5, id="combo_F_when_no_solution_but_S_nonempty"),
-    pytest.param(G5, dict(include_primary_solution=False, include_failure_solution=True,
-                          failure_solution_condition="always"),
-                 [(None, None, {1, 3}), (None, None, {3}), (None, None, {1, 3}), (None, None, {1}),
-                  (None, None, {1, 3})], id="combo_F_always"),
+    pytest.param(
+        G5, dict(), [(2, None, None), (0, None, None), (0, None, None), (0, None, None), (0, None, None)], id="combo_P"
+    ),
+    pytest.param(
+        G5,
+        dict(include_another_solution=True),
+        [(2, 4, None), (0, 2, None), (0, 4, None), (0, 2, None), (0, 2, None)],
+        id="combo_PA",
+    ),
+    pytest.param(
+        G5,
+        dict(include_primary_solution=False, include_another_solution=True),
+        [(None, 4, None), (None, 2, None), (None, 4, None), (None, 2, None), (None, 2, None)],
+        id="combo_A_only",
+    ),
+    pytest.param(
+        G5,
+        dict(include_another_solution=True, include_failure_solution=True),
+        [(2, 4, None), (0, 2, None), (0, 4, None), (0, 2, None), (0, 2, None)],
+        id="combo_PAF_when_no_solution",
+    ),
+    pytest.param(
+        G5,
+        dict(include_failure_solution=True, failure_solution_condition="always"),
+        [(2, None, {1, 3}), (0, None, {3}), (0, None, {1, 3}), (0, None, {1}), (0, None, {1, 3})],
+        id="combo_PF_always",
+    ),
+    pytest.param(
+        G5,
+        dict(include_primary_solution=False, include_failure_solution=True),
+        [(None, None, None)] * 5,
+        id="combo_F_when_no_solution_but_S_nonempty",
+    ),
+    pytest.param(
+        G5,
+        dict(include_primary_solution=False, include_failure_solution=True, failure_solution_condition="always"),
+        [(None, None, {1, 3}), (None, None, {3}), (None, None, {1, 3}), (None, None, {1}), (None, None, {1, 3})],
+        id="combo_F_always",
+    ),
     pytest.param(G5, dict(include_primary_solution=False), [(None, None, None)] * 5, id="combo_none"),
-    pytest.param([F("A"), F("A"), S("A")], dict(include_failure_solution=True),
-                 [(2, None, None), (2, None, None), (None, None, {0, 1})], id="when_no_solution_lone_success"),
-    pytest.param([F("A"), F("A"), S("A")],
-                 dict(include_failure_solution=True, failure_solution_condition="always"),
-                 [(2, None, {1}), (2, None, {0}), (None, None, {0, 1})], id="always_lone_success"),
+    pytest.param(
+        [F("A"), F("A"), S("A")],
+        dict(include_failure_solution=True),
+        [(2, None, None), (2, None, None), (None, None, {0, 1})],
+        id="when_no_solution_lone_success",
+    ),
+    pytest.param(
+        [F("A"), F("A"), S("A")],
+        dict(include_failure_solution=True, failure_solution_condition="always"),
+        [(2, None, {1}), (2, None, {0}), (None, None, {0, 1})],
+        id="always_lone_success",
+    ),
     # success_reward_threshold boundary: reward == threshold is a success
-    pytest.param([S("A", reward=0.5), F("A", reward=0.4999), S("A", reward=0.75), F("A", reward=0.0)],
-                 dict(success_reward_threshold=0.5, include_another_solution=True,
-                      include_failure_solution=True),
-                 [(2, None, None), (0, 2, None), (0, None, None), (0, 2, None)], id="threshold_equal_is_success"),
-    pytest.param([F("A", reward=0.999999), S("A", reward=1.0)], dict(include_failure_solution=True),
-                 [(1, None, None), (None, None, {0})], id="threshold_just_below_is_failure"),
-    pytest.param([S("A", reward=0.0), F("A", reward=-1.0)],
-                 dict(success_reward_threshold=-0.5, include_failure_solution=True),
-                 [(None, None, {1}), (0, None, None)], id="threshold_negative"),
-    pytest.param([S("A", reward=1.0), S("A", reward=1.0)], dict(success_reward_threshold=1.5),
-                 [(None, None, None), (None, None, None)], id="threshold_above_all_rewards"),
+    pytest.param(
+        [S("A", reward=0.5), F("A", reward=0.4999), S("A", reward=0.75), F("A", reward=0.0)],
+        dict(success_reward_threshold=0.5, include_another_solution=True, include_failure_solution=True),
+        [(2, None, None), (0, 2, None), (0, None, None), (0, 2, None)],
+        id="threshold_equal_is_success",
+    ),
+    pytest.param(
+        [F("A", reward=0.999999), S("A", reward=1.0)],
+        dict(include_failure_solution=True),
+        [(1, None, None), (None, None, {0})],
+        id="threshold_just_below_is_failure",
+    ),
+    pytest.param(
+        [S("A", reward=0.0), F("A", reward=-1.0)],
+        dict(success_reward_threshold=-0.5, include_failure_solution=True),
+        [(None, None, {1}), (0, None, None)],
+        id="threshold_negative",
+    ),
+    pytest.param(
+        [S("A", reward=1.0), S("A", reward=1.0)],
+        dict(success_reward_threshold=1.5),
+        [(None, None, None), (None, None, None)],
+        id="threshold_above_all_rewards",
+    ),
 ]
 
 
@@ -278,8 +362,10 @@ def test_no_context_fields_are_empty():
 
 
 def test_context_field_types():
-    sel = run([S("A", "<summary>x</summary>"), S("A", "<summary>y</summary>"), S("A")],
-              cfg(summarize_solutions=True, summary_k=5))
+    sel = run(
+        [S("A", "<summary>x</summary>"), S("A", "<summary>y</summary>"), S("A")],
+        cfg(summarize_solutions=True, summary_k=5),
+    )
     ctx = sel.contexts[0]
     assert isinstance(ctx.summaries, tuple) and isinstance(ctx.summary_texts, tuple)
     assert isinstance(ctx.control_blocks, tuple)
@@ -323,18 +409,28 @@ def test_failure_draw_reproducible_and_varies_with_seed():
 @pytest.mark.parametrize(
     "rollouts, kwargs",
     [
-        pytest.param([S("A"), S("A"), F("A")], dict(include_failure_solution=True),
-                     id="failure_on_but_every_rollout_has_a_success"),
-        pytest.param([F("A"), S("B")], dict(include_failure_solution=True, failure_solution_condition="always"),
-                     id="failure_on_but_no_other_failure"),
-        pytest.param([S("A"), S("B"), F("C")], dict(summarize_solutions=True, summary_k=3),
-                     id="summary_pools_empty"),
-        pytest.param([S("A"), S("A")], dict(summarize_solutions=True, include_another_solution=False),
-                     id="summary_pool_empty_after_primary"),
-        pytest.param([S("A"), F("B"), S("C")], dict(peer_control_mode="unrelated_prompt"),
-                     id="control_no_slots"),
-        pytest.param([S("A"), F("A"), F("B")], dict(peer_control_mode="random_peer", include_primary_solution=False),
-                     id="control_random_peer_no_slots"),
+        pytest.param(
+            [S("A"), S("A"), F("A")],
+            dict(include_failure_solution=True),
+            id="failure_on_but_every_rollout_has_a_success",
+        ),
+        pytest.param(
+            [F("A"), S("B")],
+            dict(include_failure_solution=True, failure_solution_condition="always"),
+            id="failure_on_but_no_other_failure",
+        ),
+        pytest.param([S("A"), S("B"), F("C")], dict(summarize_solutions=True, summary_k=3), id="summary_pools_empty"),
+        pytest.param(
+            [S("A"), S("A")],
+            dict(summarize_solutions=True, include_another_solution=False),
+            id="summary_pool_empty_after_primary",
+        ),
+        pytest.param([S("A"), F("B"), S("C")], dict(peer_control_mode="unrelated_prompt"), id="control_no_slots"),
+        pytest.param(
+            [S("A"), F("A"), F("B")],
+            dict(peer_control_mode="random_peer", include_primary_solution=False),
+            id="control_random_peer_no_slots",
+        ),
         pytest.param([S("A"), S("A"), F("A")], dict(), id="defaults"),
     ],
 )
@@ -348,32 +444,81 @@ def test_generator_untouched_when_no_draw_is_needed(rollouts, kwargs):
 
 def _exercising_configs():
     return [
-        cfg(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always",
-            summarize_solutions=True, summary_k=2, summary_source="all"),
-        cfg(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always",
-            peer_control_mode="random_peer"),
-        cfg(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always",
-            peer_control_mode="unrelated_prompt", peer_control_match="token"),
-        cfg(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always",
-            peer_control_mode="unrelated_prompt", peer_control_match="block"),
-        cfg(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always",
-            peer_control_mode="success_only_matched", peer_control_match="token"),
-        cfg(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always",
-            peer_control_mode="success_only_matched", peer_control_match="block"),
+        cfg(
+            include_another_solution=True,
+            include_failure_solution=True,
+            failure_solution_condition="always",
+            summarize_solutions=True,
+            summary_k=2,
+            summary_source="all",
+        ),
+        cfg(
+            include_another_solution=True,
+            include_failure_solution=True,
+            failure_solution_condition="always",
+            peer_control_mode="random_peer",
+        ),
+        cfg(
+            include_another_solution=True,
+            include_failure_solution=True,
+            failure_solution_condition="always",
+            peer_control_mode="unrelated_prompt",
+            peer_control_match="token",
+        ),
+        cfg(
+            include_another_solution=True,
+            include_failure_solution=True,
+            failure_solution_condition="always",
+            peer_control_mode="unrelated_prompt",
+            peer_control_match="block",
+        ),
+        cfg(
+            include_another_solution=True,
+            include_failure_solution=True,
+            failure_solution_condition="always",
+            peer_control_mode="success_only_matched",
+            peer_control_match="token",
+        ),
+        cfg(
+            include_another_solution=True,
+            include_failure_solution=True,
+            failure_solution_condition="always",
+            peer_control_mode="success_only_matched",
+            peer_control_match="block",
+        ),
     ]
 
 
-MIXED = [S("A", "<summary>a0</summary>", n=5), F("A", "f1", n=6), S("A", "s2", n=7), F("A", "f3", n=8),
-         F("A", "<summary>a4</summary>", n=9), S("B", "b5", n=3), S("B", "b6", n=4), F("B", "b7", n=2),
-         S("C", "c8", n=11), F("C", "c9", n=1)]
+MIXED = [
+    S("A", "<summary>a0</summary>", n=5),
+    F("A", "f1", n=6),
+    S("A", "s2", n=7),
+    F("A", "f3", n=8),
+    F("A", "<summary>a4</summary>", n=9),
+    S("B", "b5", n=3),
+    S("B", "b6", n=4),
+    F("B", "b7", n=2),
+    S("C", "c8", n=11),
+    F("C", "c9", n=1),
+]
 
 
 def test_global_random_module_never_used(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the global random module was used")
 
-    for name in ("choice", "choices", "sample", "shuffle", "random", "randrange", "randint", "uniform",
-                 "getrandbits", "seed"):
+    for name in (
+        "choice",
+        "choices",
+        "sample",
+        "shuffle",
+        "random",
+        "randrange",
+        "randint",
+        "uniform",
+        "getrandbits",
+        "seed",
+    ):
         monkeypatch.setattr(random, name, boom)
     for c in _exercising_configs():
         sel = select_peers(list(MIXED), c, random.Random(7))
@@ -397,23 +542,41 @@ def test_global_random_state_irrelevant_and_untouched():
 # ------------------------------------------------------------------------------------------------
 # environment feedback
 # ------------------------------------------------------------------------------------------------
-FB = [S("A", feedback="fb0"), F("A", feedback="fb1"), F("A", feedback="   \n\t"), F("A"),
-      F("B", feedback="fb4"), F("B", feedback="")]
+FB = [
+    S("A", feedback="fb0"),
+    F("A", feedback="fb1"),
+    F("A", feedback="   \n\t"),
+    F("A"),
+    F("B", feedback="fb4"),
+    F("B", feedback=""),
+]
 
 
 @pytest.mark.parametrize(
     "kwargs, expected_use, expected_mask",
     [
-        pytest.param(dict(), [True, False, False, False, True, False], [1, 1, 1, 1, 1, 0],
-                     id="default_only_without_solution"),
-        pytest.param(dict(environment_feedback_only_without_solution=False),
-                     [True, True, False, False, True, False], [1, 1, 1, 1, 1, 0], id="only_without_solution_off"),
-        pytest.param(dict(include_environment_feedback=False), [False] * 6, [0, 1, 1, 1, 0, 0],
-                     id="feedback_disabled"),
-        pytest.param(dict(include_primary_solution=False), [True, True, False, False, True, False],
-                     [1, 1, 0, 0, 1, 0], id="no_success_shown_when_primary_off"),
-        pytest.param(dict(include_primary_solution=False, environment_feedback_only_without_solution=False),
-                     [True, True, False, False, True, False], [1, 1, 0, 0, 1, 0], id="primary_off_always"),
+        pytest.param(
+            dict(), [True, False, False, False, True, False], [1, 1, 1, 1, 1, 0], id="default_only_without_solution"
+        ),
+        pytest.param(
+            dict(environment_feedback_only_without_solution=False),
+            [True, True, False, False, True, False],
+            [1, 1, 1, 1, 1, 0],
+            id="only_without_solution_off",
+        ),
+        pytest.param(dict(include_environment_feedback=False), [False] * 6, [0, 1, 1, 1, 0, 0], id="feedback_disabled"),
+        pytest.param(
+            dict(include_primary_solution=False),
+            [True, True, False, False, True, False],
+            [1, 1, 0, 0, 1, 0],
+            id="no_success_shown_when_primary_off",
+        ),
+        pytest.param(
+            dict(include_primary_solution=False, environment_feedback_only_without_solution=False),
+            [True, True, False, False, True, False],
+            [1, 1, 0, 0, 1, 0],
+            id="primary_off_always",
+        ),
     ],
 )
 def test_environment_feedback(kwargs, expected_use, expected_mask):
@@ -448,32 +611,64 @@ def test_feedback_only_context():
 # ------------------------------------------------------------------------------------------------
 # summaries
 # ------------------------------------------------------------------------------------------------
-SFSF = [S("A", "<summary>s0</summary>"), F("A", "<summary>f1</summary>"), S("A", "<summary>s2</summary>"),
-        F("A", "<summary>f3</summary>")]
+SFSF = [
+    S("A", "<summary>s0</summary>"),
+    F("A", "<summary>f1</summary>"),
+    S("A", "<summary>s2</summary>"),
+    F("A", "<summary>f3</summary>"),
+]
 SSSS = [S("A", f"<summary>t{j}</summary>") for j in range(4)]
 
 SUMMARY_POOL_CASES = [
-    pytest.param(SFSF, dict(include_primary_solution=False, summary_source="success"),
-                 [{2}, {0, 2}, {0}, {0, 2}], id="source_success"),
-    pytest.param(SFSF, dict(include_primary_solution=False, summary_source="all"),
-                 [{1, 2, 3}, {0, 2, 3}, {0, 1, 3}, {0, 1, 2}], id="source_all"),
-    pytest.param(SFSF, dict(include_primary_solution=False, summary_source="failure"),
-                 [{1, 3}, {3}, {1, 3}, {1}], id="source_failure"),
-    pytest.param(SFSF, dict(include_primary_solution=False, summary_source="success", summary_from_all=True),
-                 [{1, 2, 3}, {0, 2, 3}, {0, 1, 3}, {0, 1, 2}], id="summary_from_all_overrides_success"),
-    pytest.param(SFSF, dict(include_primary_solution=False, summary_source="failure", summary_from_all=True),
-                 [{1, 2, 3}, {0, 2, 3}, {0, 1, 3}, {0, 1, 2}], id="summary_from_all_overrides_failure"),
-    pytest.param(SFSF, dict(summary_source="all"),
-                 [{1, 3}, {2, 3}, {1, 3}, {1, 2}], id="pool_excludes_primary"),
-    pytest.param(SSSS, dict(include_another_solution=True),
-                 [{3}, {3}, {3}, {2}], id="pool_excludes_primary_and_another"),
-    pytest.param(SSSS, dict(dont_reprompt_on_self_success=False),
-                 [{1, 2, 3}, {1, 2, 3}, {1, 2, 3}, {1, 2, 3}], id="self_not_excluded_when_self_reprompt_allowed"),
-    pytest.param([S("A", "<summary>x</summary>"), S("B"), S("A"), S("B"), F("A")],
-                 dict(include_primary_solution=False, summary_source="all"),
-                 [{2, 4}, {3}, {0, 4}, {1}, {0, 2}], id="pool_same_uid_only"),
-    pytest.param([S("A"), S("A"), F("A")], dict(summary_source="all", summary_k=10),
-                 [{2}, {2}, {1}], id="k_larger_than_pool"),
+    pytest.param(
+        SFSF,
+        dict(include_primary_solution=False, summary_source="success"),
+        [{2}, {0, 2}, {0}, {0, 2}],
+        id="source_success",
+    ),
+    pytest.param(
+        SFSF,
+        dict(include_primary_solution=False, summary_source="all"),
+        [{1, 2, 3}, {0, 2, 3}, {0, 1, 3}, {0, 1, 2}],
+        id="source_all",
+    ),
+    pytest.param(
+        SFSF,
+        dict(include_primary_solution=False, summary_source="failure"),
+        [{1, 3}, {3}, {1, 3}, {1}],
+        id="source_failure",
+    ),
+    pytest.param(
+        SFSF,
+        dict(include_primary_solution=False, summary_source="success", summary_from_all=True),
+        [{1, 2, 3}, {0, 2, 3}, {0, 1, 3}, {0, 1, 2}],
+        id="summary_from_all_overrides_success",
+    ),
+    pytest.param(
+        SFSF,
+        dict(include_primary_solution=False, summary_source="failure", summary_from_all=True),
+        [{1, 2, 3}, {0, 2, 3}, {0, 1, 3}, {0, 1, 2}],
+        id="summary_from_all_overrides_failure",
+    ),
+    pytest.param(SFSF, dict(summary_source="all"), [{1, 3}, {2, 3}, {1, 3}, {1, 2}], id="pool_excludes_primary"),
+    pytest.param(
+        SSSS, dict(include_another_solution=True), [{3}, {3}, {3}, {2}], id="pool_excludes_primary_and_another"
+    ),
+    pytest.param(
+        SSSS,
+        dict(dont_reprompt_on_self_success=False),
+        [{1, 2, 3}, {1, 2, 3}, {1, 2, 3}, {1, 2, 3}],
+        id="self_not_excluded_when_self_reprompt_allowed",
+    ),
+    pytest.param(
+        [S("A", "<summary>x</summary>"), S("B"), S("A"), S("B"), F("A")],
+        dict(include_primary_solution=False, summary_source="all"),
+        [{2, 4}, {3}, {0, 4}, {1}, {0, 2}],
+        id="pool_same_uid_only",
+    ),
+    pytest.param(
+        [S("A"), S("A"), F("A")], dict(summary_source="all", summary_k=10), [{2}, {2}, {1}], id="k_larger_than_pool"
+    ),
     pytest.param([S("A"), F("B")], dict(summary_source="all"), [set(), set()], id="empty_pools"),
 ]
 
@@ -541,34 +736,56 @@ def test_summary_draw_is_rng_sample_in_rollout_order():
 @pytest.mark.parametrize(
     "peer_text, kwargs, expected",
     [
-        pytest.param("intro <summary>  Use induction on n.  </summary> tail", dict(), "Use induction on n.",
-                     id="tag_present"),
+        pytest.param(
+            "intro <summary>  Use induction on n.  </summary> tail", dict(), "Use induction on n.", id="tag_present"
+        ),
         pytest.param("<summary>one</summary><summary>two</summary>", dict(), "one", id="first_tag"),
         pytest.param("abcdefghijklmnop", dict(summary_fallback_chars=5), "abcde", id="fallback_first_n"),
         pytest.param("short", dict(summary_fallback_chars=300), "short", id="fallback_shorter_than_n"),
         pytest.param("x" * 400, dict(), "x" * 300, id="fallback_default_300"),
-        pytest.param("head <summary>   </summary> rest", dict(summary_fallback_chars=9), "head <sum",
-                     id="blank_tag_falls_back"),
-        pytest.param("<gist>the gist</gist> <summary>no</summary>", dict(summary_tag="gist"), "the gist",
-                     id="custom_tag"),
-        pytest.param("<summary>no</summary> body", dict(summary_tag="gist", summary_fallback_chars=7),
-                     "<summary"[:7], id="custom_tag_missing_falls_back"),
-        pytest.param("<think>plan it</think>\n  Visible answer text", dict(summary_fallback_chars=7),
-                     "<think>", id="fallback_keeps_thinking_by_default"),
-        pytest.param("<think>plan it</think>\n  Visible answer text",
-                     dict(summary_fallback_chars=7, remove_thinking_from_demonstration=True),
-                     "Visible", id="fallback_think_stripped"),
-        pytest.param("<think>a</think>Ans<think>b</think> wer and more",
-                     dict(summary_fallback_chars=6, remove_thinking_from_demonstration=True),
-                     "Answer", id="fallback_think_stripped_every_block"),
+        pytest.param(
+            "head <summary>   </summary> rest", dict(summary_fallback_chars=9), "head <sum", id="blank_tag_falls_back"
+        ),
+        pytest.param(
+            "<gist>the gist</gist> <summary>no</summary>", dict(summary_tag="gist"), "the gist", id="custom_tag"
+        ),
+        pytest.param(
+            "<summary>no</summary> body",
+            dict(summary_tag="gist", summary_fallback_chars=7),
+            "<summary"[:7],
+            id="custom_tag_missing_falls_back",
+        ),
+        pytest.param(
+            "<think>plan it</think>\n  Visible answer text",
+            dict(summary_fallback_chars=7),
+            "<think>",
+            id="fallback_keeps_thinking_by_default",
+        ),
+        pytest.param(
+            "<think>plan it</think>\n  Visible answer text",
+            dict(summary_fallback_chars=7, remove_thinking_from_demonstration=True),
+            "Visible",
+            id="fallback_think_stripped",
+        ),
+        pytest.param(
+            "<think>a</think>Ans<think>b</think> wer and more",
+            dict(summary_fallback_chars=6, remove_thinking_from_demonstration=True),
+            "Answer",
+            id="fallback_think_stripped_every_block",
+        ),
     ],
 )
 @pytest.mark.parametrize("peer_success", [True, False], ids=["success_peer", "failed_peer"])
 def test_summary_text(peer_text, kwargs, expected, peer_success):
     peer = S("A", peer_text) if peer_success else F("A", peer_text)
     rollouts = [F("A", "me"), peer]
-    c = cfg(summarize_solutions=True, include_primary_solution=False, summary_source="all",
-            include_environment_feedback=False, **kwargs)
+    c = cfg(
+        summarize_solutions=True,
+        include_primary_solution=False,
+        summary_source="all",
+        include_environment_feedback=False,
+        **kwargs,
+    )
     sel = run(rollouts, c)
     ctx = sel.contexts[0]
     assert ctx.summaries == (1,)
@@ -601,8 +818,13 @@ def test_remove_thinking_does_not_touch_tag_text_and_only_affects_fallback():
     peer_raw = "<think>hidden</think>\nshown"
     rollouts = [F("A", "me"), S("A", peer_tag), F("A", peer_raw)]
     for remove, raw_expected in ((False, peer_raw), (True, "shown")):
-        c = cfg(summarize_solutions=True, include_primary_solution=False, summary_source="all", summary_k=5,
-                remove_thinking_from_demonstration=remove)
+        c = cfg(
+            summarize_solutions=True,
+            include_primary_solution=False,
+            summary_source="all",
+            summary_k=5,
+            remove_thinking_from_demonstration=remove,
+        )
         ctx = run(rollouts, c).contexts[0]
         texts = dict(zip(ctx.summaries, ctx.summary_texts))
         assert texts == {1: "kept", 2: raw_expected}
@@ -611,8 +833,16 @@ def test_remove_thinking_does_not_touch_tag_text_and_only_affects_fallback():
 # ------------------------------------------------------------------------------------------------
 # peer-control ablations
 # ------------------------------------------------------------------------------------------------
-RP_GROUP = [S("A", n=10), S("A", n=20), F("A", n=30), F("A", n=40), S("A", n=50), S("B", n=60), F("C", n=5),
-            F("C", n=6)]
+RP_GROUP = [
+    S("A", n=10),
+    S("A", n=20),
+    F("A", n=30),
+    F("A", n=40),
+    S("A", n=50),
+    S("B", n=60),
+    F("C", n=5),
+    F("C", n=6),
+]
 
 
 @pytest.mark.parametrize(
@@ -621,15 +851,24 @@ RP_GROUP = [S("A", n=10), S("A", n=20), F("A", n=30), F("A", n=40), S("A", n=50)
         pytest.param(dict(), id="P"),
         pytest.param(dict(include_another_solution=True), id="PA"),
         pytest.param(dict(include_another_solution=True, include_failure_solution=True), id="PAF_when_no_solution"),
-        pytest.param(dict(include_another_solution=True, include_failure_solution=True,
-                          failure_solution_condition="always"), id="PAF_always"),
-        pytest.param(dict(include_primary_solution=False, include_failure_solution=True,
-                          failure_solution_condition="always"), id="F_always"),
+        pytest.param(
+            dict(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always"),
+            id="PAF_always",
+        ),
+        pytest.param(
+            dict(include_primary_solution=False, include_failure_solution=True, failure_solution_condition="always"),
+            id="F_always",
+        ),
     ],
 )
 def test_random_peer_block(kwargs):
-    c = cfg(peer_control_mode="random_peer", peer_control_match="block", include_environment_feedback=False,
-            summarize_solutions=True, **kwargs)
+    c = cfg(
+        peer_control_mode="random_peer",
+        peer_control_match="block",
+        include_environment_feedback=False,
+        summarize_solutions=True,
+        **kwargs,
+    )
     firsts = set()
     for seed in range(40):
         sel = run(RP_GROUP, c, seed)
@@ -656,21 +895,25 @@ def test_random_peer_block(kwargs):
         pytest.param(
             [S("A", n=100), F("A", n=5), S("A", n=5), S("A", n=7)],
             dict(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always"),
-            [[(1, "success"), (3, "success"), (2, "failure")],
-             [(0, "success"), (2, "success")],
-             [(0, "success"), (3, "success"), (1, "failure")],
-             [(0, "success"), (1, "success"), (2, "failure")]],
+            [
+                [(1, "success"), (3, "success"), (2, "failure")],
+                [(0, "success"), (2, "success")],
+                [(0, "success"), (3, "success"), (1, "failure")],
+                [(0, "success"), (1, "success"), (2, "failure")],
+            ],
             id="closest_length_ties_to_earliest_labels_from_slots",
         ),
         pytest.param(
             [S("A", n=10), S("A", n=20), F("A", n=30), F("A", n=40), S("A", n=50), S("B", n=60)],
             dict(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always"),
-            [[(1, "success"), (4, "success"), (2, "failure")],
-             [(0, "success"), (4, "success"), (2, "failure")],
-             [(0, "success"), (1, "success"), (3, "failure")],
-             [(0, "success"), (1, "success"), (2, "failure")],
-             [(0, "success"), (1, "success"), (2, "failure")],
-             []],
+            [
+                [(1, "success"), (4, "success"), (2, "failure")],
+                [(0, "success"), (4, "success"), (2, "failure")],
+                [(0, "success"), (1, "success"), (3, "failure")],
+                [(0, "success"), (1, "success"), (2, "failure")],
+                [(0, "success"), (1, "success"), (2, "failure")],
+                [],
+            ],
             id="exact_lengths",
         ),
         pytest.param(
@@ -683,8 +926,7 @@ def test_random_peer_block(kwargs):
     ],
 )
 def test_random_peer_token_is_deterministic(rollouts, kwargs, expected):
-    c = cfg(peer_control_mode="random_peer", peer_control_match="token", include_environment_feedback=False,
-            **kwargs)
+    c = cfg(peer_control_mode="random_peer", peer_control_match="token", include_environment_feedback=False, **kwargs)
     for seed in range(3):
         rng = random.Random(seed)
         before = rng.getstate()
@@ -702,16 +944,22 @@ UP_GROUP = [S("A"), S("A"), F("A"), S("B"), F("B"), S("C"), S("C"), F("D")]
     [
         pytest.param(UP_GROUP, dict(), id="P"),
         pytest.param(UP_GROUP, dict(include_another_solution=True), id="PA"),
-        pytest.param(UP_GROUP, dict(include_another_solution=True, include_failure_solution=True,
-                                    failure_solution_condition="always"), id="PAF_always"),
-        pytest.param([S("A"), S("A"), S("A"), S("B"), F("A")],
-                     dict(include_another_solution=True, include_failure_solution=True,
-                          failure_solution_condition="always"), id="fewer_candidates_than_blocks"),
+        pytest.param(
+            UP_GROUP,
+            dict(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always"),
+            id="PAF_always",
+        ),
+        pytest.param(
+            [S("A"), S("A"), S("A"), S("B"), F("A")],
+            dict(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always"),
+            id="fewer_candidates_than_blocks",
+        ),
     ],
 )
 def test_unrelated_prompt_block(rollouts, kwargs):
-    c = cfg(peer_control_mode="unrelated_prompt", peer_control_match="block", include_environment_feedback=False,
-            **kwargs)
+    c = cfg(
+        peer_control_mode="unrelated_prompt", peer_control_match="block", include_environment_feedback=False, **kwargs
+    )
     draws = set()
     for seed in range(30):
         sel = run(rollouts, c, seed)
@@ -751,13 +999,16 @@ UT_GROUPS = [
     [
         pytest.param(dict(), id="P"),
         pytest.param(dict(include_another_solution=True), id="PA"),
-        pytest.param(dict(include_another_solution=True, include_failure_solution=True,
-                          failure_solution_condition="always"), id="PAF_always"),
+        pytest.param(
+            dict(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always"),
+            id="PAF_always",
+        ),
     ],
 )
 def test_unrelated_prompt_token(rollouts, kwargs):
-    c = cfg(peer_control_mode="unrelated_prompt", peer_control_match="token", include_environment_feedback=False,
-            **kwargs)
+    c = cfg(
+        peer_control_mode="unrelated_prompt", peer_control_match="token", include_environment_feedback=False, **kwargs
+    )
     for seed in range(25):
         sel = run(rollouts, c, seed)
         for i, ctx in enumerate(sel.contexts):
@@ -781,8 +1032,14 @@ SO_BLOCK = [S("A"), S("A"), F("A"), F("A"), S("B"), S("B"), S("B")]
 
 
 def test_success_only_matched_block_with_topup():
-    c = cfg(peer_control_mode="success_only_matched", peer_control_match="block", include_another_solution=True,
-            include_failure_solution=True, failure_solution_condition="always", include_environment_feedback=False)
+    c = cfg(
+        peer_control_mode="success_only_matched",
+        peer_control_match="block",
+        include_another_solution=True,
+        include_failure_solution=True,
+        failure_solution_condition="always",
+        include_environment_feedback=False,
+    )
     expected_n = [2, 2, 3, 3, 2, 2, 2]
     for seed in range(30):
         sel = run(SO_BLOCK, c, seed)
@@ -810,8 +1067,7 @@ def test_success_only_matched_block_with_topup():
 
 def test_success_only_matched_block_no_topup_needed():
     rollouts = [S("A"), S("A"), S("A"), F("A"), S("B"), S("B")]
-    c = cfg(peer_control_mode="success_only_matched", include_another_solution=True,
-            include_environment_feedback=False)
+    c = cfg(peer_control_mode="success_only_matched", include_another_solution=True, include_environment_feedback=False)
     for seed in range(10):
         sel = run(rollouts, c, seed)
         for i, ctx in enumerate(sel.contexts):
@@ -823,8 +1079,7 @@ def test_success_only_matched_block_no_topup_needed():
         assert sel.metrics[P + "peer_control_topup_count"] == 0
 
 
-SO_TOKEN = [S("A", n=10), S("A", n=12), F("A", n=50), S("B", n=5), S("B", n=6), S("B", n=7), S("B", n=40),
-            F("C", n=2)]
+SO_TOKEN = [S("A", n=10), S("A", n=12), F("A", n=50), S("B", n=5), S("B", n=6), S("B", n=7), S("B", n=40), F("C", n=2)]
 
 
 @pytest.mark.parametrize(
@@ -832,13 +1087,19 @@ SO_TOKEN = [S("A", n=10), S("A", n=12), F("A", n=50), S("B", n=5), S("B", n=6), 
     [
         pytest.param(dict(include_failure_solution=True, failure_solution_condition="always"), id="PF_always"),
         pytest.param(dict(include_another_solution=True), id="PA"),
-        pytest.param(dict(include_another_solution=True, include_failure_solution=True,
-                          failure_solution_condition="always"), id="PAF_always"),
+        pytest.param(
+            dict(include_another_solution=True, include_failure_solution=True, failure_solution_condition="always"),
+            id="PAF_always",
+        ),
     ],
 )
 def test_success_only_matched_token(kwargs):
-    c = cfg(peer_control_mode="success_only_matched", peer_control_match="token",
-            include_environment_feedback=False, **kwargs)
+    c = cfg(
+        peer_control_mode="success_only_matched",
+        peer_control_match="token",
+        include_environment_feedback=False,
+        **kwargs,
+    )
     for seed in range(25):
         sel = run(SO_TOKEN, c, seed)
         topped_blocks = topped_samples = 0
@@ -877,8 +1138,9 @@ def test_success_only_matched_token(kwargs):
 def test_control_no_slots_means_no_context(mode, match):
     rollouts = [S("A", n=3), F("B", n=4), F("B", n=5), S("C", n=6)]
     # only the primary slot is on; no rollout has another success of its uid -> no slots anywhere
-    c = cfg(peer_control_mode=mode, peer_control_match=match, include_environment_feedback=False,
-            summarize_solutions=True)
+    c = cfg(
+        peer_control_mode=mode, peer_control_match=match, include_environment_feedback=False, summarize_solutions=True
+    )
     rng = random.Random(5)
     before = rng.getstate()
     sel = select_peers(rollouts, c, rng)
@@ -892,8 +1154,13 @@ def test_control_no_slots_means_no_context(mode, match):
 
 def test_random_peer_metrics():
     rollouts = [S("A"), S("A"), F("A"), F("A"), S("A"), S("B")]
-    c = cfg(peer_control_mode="random_peer", include_another_solution=True, include_failure_solution=True,
-            failure_solution_condition="always", include_environment_feedback=False)
+    c = cfg(
+        peer_control_mode="random_peer",
+        include_another_solution=True,
+        include_failure_solution=True,
+        failure_solution_condition="always",
+        include_environment_feedback=False,
+    )
     sel = run(rollouts, c, 3)
     m = sel.metrics
     assert m[P + "peer_control_active"] == 1.0
@@ -910,24 +1177,39 @@ def test_random_peer_metrics():
 # metrics on hand-computed examples
 # ------------------------------------------------------------------------------------------------
 DOC_METRICS = [
-    "success_group_fraction", "success_sample_fraction", "feedback_available_fraction", "feedback_used_fraction",
-    "reprompt_sample_fraction", "another_solution_fraction", "failure_solution_fraction",
-    "summary_sample_fraction", "summary_candidate_count", "summary_tag_available_count",
-    "summary_sampled_total_count", "summary_sampled_success_count", "summary_sampled_failure_count",
-    "summary_sampled_with_tag_count", "summary_sampled_fallback_count", "summary_sampled_with_tag_fraction",
-    "summary_sampled_fallback_fraction", "peer_control_active", "peer_control_block_total",
-    "peer_control_success_block_total", "peer_control_failure_block_total", "peer_control_blocks_per_sample",
+    "success_group_fraction",
+    "success_sample_fraction",
+    "feedback_available_fraction",
+    "feedback_used_fraction",
+    "reprompt_sample_fraction",
+    "another_solution_fraction",
+    "failure_solution_fraction",
+    "summary_sample_fraction",
+    "summary_candidate_count",
+    "summary_tag_available_count",
+    "summary_sampled_total_count",
+    "summary_sampled_success_count",
+    "summary_sampled_failure_count",
+    "summary_sampled_with_tag_count",
+    "summary_sampled_fallback_count",
+    "summary_sampled_with_tag_fraction",
+    "summary_sampled_fallback_fraction",
+    "peer_control_active",
+    "peer_control_block_total",
+    "peer_control_success_block_total",
+    "peer_control_failure_block_total",
+    "peer_control_blocks_per_sample",
     "peer_control_topup_count",
 ]
 
 METRIC_BATCH = [
-    S("A"),                           # 0
-    F("B", feedback="wrong"),         # 1
-    F("A", feedback="err A2"),        # 2
-    F("B", feedback="  "),            # 3  blank -> not available
-    S("A"),                           # 4
-    S("C"),                           # 5  lone success: no context
-    S("A", feedback="x"),             # 6
+    S("A"),  # 0
+    F("B", feedback="wrong"),  # 1
+    F("A", feedback="err A2"),  # 2
+    F("B", feedback="  "),  # 3  blank -> not available
+    S("A"),  # 4
+    S("C"),  # 5  lone success: no context
+    S("A", feedback="x"),  # 6
 ]
 
 
@@ -949,13 +1231,13 @@ def test_metrics_hand_computed_normal_mode():
     for name in DOC_METRICS:
         assert P + name in m, name
     expected = {
-        "success_group_fraction": 2 / 3,      # A and C have a success, B does not
-        "success_sample_fraction": 4 / 7,     # 0, 2, 4, 6 are shown a success
+        "success_group_fraction": 2 / 3,  # A and C have a success, B does not
+        "success_sample_fraction": 4 / 7,  # 0, 2, 4, 6 are shown a success
         "feedback_available_fraction": 3 / 7,  # 1, 2, 6 (3 is blank)
-        "feedback_used_fraction": 1 / 7,      # only 1 (2 and 6 are shown a success)
+        "feedback_used_fraction": 1 / 7,  # only 1 (2 and 6 are shown a success)
         "reprompt_sample_fraction": 6 / 7,
         "another_solution_fraction": 4 / 7,
-        "failure_solution_fraction": 2 / 7,   # 1 and 3
+        "failure_solution_fraction": 2 / 7,  # 1 and 3
         "summary_sample_fraction": 0.0,
         "summary_sampled_total_count": 0.0,
         "peer_control_active": 0.0,
@@ -969,10 +1251,10 @@ def test_metrics_hand_computed_normal_mode():
 def test_metrics_hand_computed_summaries():
     rollouts = [
         S("A", "<summary>alpha</summary> sol0"),  # 0
-        F("A", "no tag failure text"),           # 1
-        S("A", "<summary>gamma</summary>"),       # 2
+        F("A", "no tag failure text"),  # 1
+        S("A", "<summary>gamma</summary>"),  # 2
         F("A", "<summary>delta</summary> wrong"),  # 3
-        F("B", "plain"),                          # 4
+        F("B", "plain"),  # 4
     ]
     c = cfg(summarize_solutions=True, summary_k=2, summary_source="all")
     sel = run(rollouts, c, 4)
@@ -1011,8 +1293,12 @@ TRACKER_STEPS = [
 
 
 def _tracker_tuple(m):
-    return (m[P + "uid_seen_count"], m[P + "uid_ever_success_count"], m[P + "uid_never_success_count"],
-            m[P + "uid_ever_success_fraction"])
+    return (
+        m[P + "uid_seen_count"],
+        m[P + "uid_ever_success_count"],
+        m[P + "uid_never_success_count"],
+        m[P + "uid_ever_success_fraction"],
+    )
 
 
 def test_uid_success_tracker_cumulative():
@@ -1049,7 +1335,11 @@ def test_peer_slot_rules_are_public_and_match_the_2s1f_budget():
     assert peer_candidates(range(5), succeeded, 2, exclude_self=False) == ([0, 2, 3], [1, 4])
     assert peer_candidates([1, 4], succeeded, 1, exclude_self=True) == ([], [4])
     full = dict(primary=True, another=True, failure=True)
-    assert context_slots([0, 3], [1, 4], failure_always=True, **full) == [("success", 0), ("success", 3), ("failure", 1)]
+    assert context_slots([0, 3], [1, 4], failure_always=True, **full) == [
+        ("success", 0),
+        ("success", 3),
+        ("failure", 1),
+    ]
     assert context_slots([0], [1], failure_always=False, **full) == [("success", 0)]  # when_no_solution
     assert context_slots([], [1], failure_always=False, **full) == [("failure", 1)]
     assert context_slots([0, 3], [], primary=True, another=False, failure=True, failure_always=True) == [("success", 0)]

@@ -134,8 +134,13 @@ def _ppo_batch(seed, rows=4, length=6):
 @pytest.mark.parametrize("mode", AGG_MODES)
 def test_ppo_policy_loss_matches_reference(mode, clip_c, use_rollout):
     lp0, old, adv, mask, rw = _ppo_batch(1)
-    kw = dict(clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=clip_c, loss_agg_mode=mode,
-              rollout_is_weights=rw if use_rollout else None)
+    kw = dict(
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.28,
+        clip_ratio_c=clip_c,
+        loss_agg_mode=mode,
+        rollout_is_weights=rw if use_rollout else None,
+    )
     lp = lp0.clone().requires_grad_(True)
     loss, metrics = ppo_policy_loss(lp, old, adv, mask, **kw)
     assert loss.dim() == 0
@@ -157,9 +162,19 @@ def test_ppo_policy_loss_matches_reference(mode, clip_c, use_rollout):
 def test_ppo_policy_loss_normalizer_and_horizon(mode, normalizer, horizon):
     lp0, old, adv, mask, rw = _ppo_batch(2)
     lp = lp0.clone().requires_grad_(True)
-    loss, _ = ppo_policy_loss(lp, old, adv, mask, clip_ratio_low=0.1, clip_ratio_high=0.3,
-                              clip_ratio_c=2.5, loss_agg_mode=mode, rollout_is_weights=rw,
-                              normalizer=normalizer, horizon=horizon)
+    loss, _ = ppo_policy_loss(
+        lp,
+        old,
+        adv,
+        mask,
+        clip_ratio_low=0.1,
+        clip_ratio_high=0.3,
+        clip_ratio_c=2.5,
+        loss_agg_mode=mode,
+        rollout_is_weights=rw,
+        normalizer=normalizer,
+        horizon=horizon,
+    )
     lp_ref = lp0.clone().requires_grad_(True)
     ref = ref_ppo(lp_ref, old, adv, mask, 0.1, 0.3, 2.5, mode, rw, normalizer, horizon)
     _assert_close(loss, ref, msg="loss")
@@ -168,8 +183,7 @@ def test_ppo_policy_loss_normalizer_and_horizon(mode, normalizer, horizon):
 
 def test_ppo_dual_clip_negative_advantage_big_ratio():
     old = torch.zeros(1, 3, dtype=torch.float64)
-    lp = torch.tensor([[math.log(10.0), math.log(2.0), math.log(1.1)]], dtype=torch.float64,
-                      requires_grad=True)
+    lp = torch.tensor([[math.log(10.0), math.log(2.0), math.log(1.1)]], dtype=torch.float64, requires_grad=True)
     adv = torch.full((1, 3), -1.0, dtype=torch.float64)
     mask = torch.ones(1, 3, dtype=torch.float64)
     loss, _ = ppo_policy_loss(lp, old, adv, mask, clip_ratio_c=3.0, loss_agg_mode="seq-mean-token-sum")
@@ -183,8 +197,7 @@ def test_ppo_dual_clip_negative_advantage_big_ratio():
     assert loss2.item() == pytest.approx(10.0 + 2.0 + 1.1, rel=1e-12)
     _assert_close(_grad(loss2, lp), torch.tensor([[10.0, 2.0, 1.1]], dtype=torch.float64))
     # positive advantage with a big ratio: clipped at 1+high, no gradient; small ratio: unclipped side
-    lp3 = torch.tensor([[math.log(10.0), math.log(0.5), math.log(0.9)]], dtype=torch.float64,
-                       requires_grad=True)
+    lp3 = torch.tensor([[math.log(10.0), math.log(0.5), math.log(0.9)]], dtype=torch.float64, requires_grad=True)
     loss3, _ = ppo_policy_loss(lp3, old, -adv, mask, loss_agg_mode="seq-mean-token-sum")
     assert loss3.item() == pytest.approx(-1.28 - 0.5 - 0.9, rel=1e-12)
     _assert_close(_grad(loss3, lp3), torch.tensor([[0.0, -0.5, -0.9]], dtype=torch.float64))
@@ -225,8 +238,9 @@ def test_ppo_on_policy_metrics_and_all_masked():
 def test_ppo_float32():
     lp0, old, adv, mask, rw = _ppo_batch(4)
     lp = lp0.float().requires_grad_(True)
-    loss, _ = ppo_policy_loss(lp, old.float(), adv.float(), mask.float(), loss_agg_mode="token-mean",
-                              rollout_is_weights=rw.float())
+    loss, _ = ppo_policy_loss(
+        lp, old.float(), adv.float(), mask.float(), loss_agg_mode="token-mean", rollout_is_weights=rw.float()
+    )
     lp_ref = lp0.float().double().requires_grad_(True)
     ref = ref_ppo(lp_ref, old.float(), adv.float(), mask, 0.2, 0.28, 3.0, "token-mean", rw.float())
     _assert_close(loss, ref, rtol=1e-5, atol=1e-6)
@@ -336,8 +350,7 @@ def test_simpo_loss(beta, gamma, eps):
     lp0 = -torch.rand(n, generator=_gen(22), dtype=torch.float64) * 20
     lengths = torch.randint(1, 30, (n,), generator=_gen(23))
     lp = lp0.clone().requires_grad_(True)
-    loss, metrics = simpo_loss(lp, lengths, PREF_UIDS, PREF_REWARDS, beta=beta, gamma=gamma,
-                               label_smoothing=eps)
+    loss, metrics = simpo_loss(lp, lengths, PREF_UIDS, PREF_REWARDS, beta=beta, gamma=gamma, label_smoothing=eps)
     assert isinstance(metrics, dict) and loss.dim() == 0
     lp_ref = lp0.clone().requires_grad_(True)
     expected = ref_pref_loss(lp_ref / lengths.double(), ref_pairs(PREF_UIDS, PREF_REWARDS), beta, gamma, eps)
@@ -370,8 +383,9 @@ def test_verified_sft_loss(length_normalize, threshold):
         mask[i, :n] = 1.0
     rewards = torch.tensor([1.0, 0.0, 1.0, 0.5, 0.99], dtype=torch.float64)
     tlp = tlp0.clone().requires_grad_(True)
-    loss, metrics = verified_sft_loss(tlp, mask, rewards, success_threshold=threshold,
-                                      length_normalize=length_normalize)
+    loss, metrics = verified_sft_loss(
+        tlp, mask, rewards, success_threshold=threshold, length_normalize=length_normalize
+    )
     assert isinstance(metrics, dict) and loss.dim() == 0
     tlp_ref = tlp0.clone().requires_grad_(True)
     succ = [i for i in range(rows) if float(rewards[i]) >= threshold]

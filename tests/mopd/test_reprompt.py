@@ -62,13 +62,16 @@ def test_rendered_2s1f_message_matches_templates_exactly(tok):
 def test_no_context_keeps_the_original_prompt(tok):
     cfg = SelfDistillationConfig()
     rollouts = group(["41"], [0])
-    msgs, _ = render_teacher_messages([SYSTEM, {"role": "user", "content": QUESTION}], PeerContext(), rollouts, None, cfg)
+    msgs, _ = render_teacher_messages(
+        [SYSTEM, {"role": "user", "content": QUESTION}], PeerContext(), rollouts, None, cfg
+    )
     assert msgs == [SYSTEM, {"role": "user", "content": QUESTION}]
 
 
 def test_feedback_and_thinking_rules(tok):
-    cfg = SelfDistillationConfig(remove_thinking_from_demonstration=True, include_failure_solution=True,
-                                 failure_solution_condition="always")
+    cfg = SelfDistillationConfig(
+        remove_thinking_from_demonstration=True, include_failure_solution=True, failure_solution_condition="always"
+    )
     rollouts = group(["<think>hmm</think>\n 42", "<think>oops</think>41"], [1, 0], ["", "off by one"])
     ctx = PeerContext(primary=0, failure=1, use_feedback=True)
     msgs, _ = render_teacher_messages([{"role": "user", "content": QUESTION}], ctx, rollouts, "off by one", cfg)
@@ -82,7 +85,9 @@ def test_feedback_and_thinking_rules(tok):
 def test_control_blocks_render_by_slot_label(tok):
     cfg = SelfDistillationConfig(**MOPD, peer_control_mode="random_peer")
     rollouts = group(["a", "b", "c", "d"], [1, 0, 1, 0])
-    ctx = PeerContext(control_blocks=(ControlBlock(1, "success"), ControlBlock(3, "success"), ControlBlock(2, "failure")))
+    ctx = PeerContext(
+        control_blocks=(ControlBlock(1, "success"), ControlBlock(3, "success"), ControlBlock(2, "failure"))
+    )
     content = render_teacher_messages([{"role": "user", "content": "Q"}], ctx, rollouts, None, cfg)[0][-1]["content"]
     assert content == (
         "Q\nCorrect solution:\n\nb\nAnother successful solution:\n\nd"
@@ -95,7 +100,12 @@ def _inputs(tok, cfg, texts, rewards, seed=0, **kw):
     selection = select_peers(rollouts, cfg, random.Random(seed))
     responses, mask = encode_responses(tok, texts)
     prompts = [[SYSTEM, {"role": "user", "content": QUESTION}]] * len(texts)
-    return build_teacher_inputs(tok, prompts, rollouts, selection, responses, mask, cfg, **kw), responses, mask, selection
+    return (
+        build_teacher_inputs(tok, prompts, rollouts, selection, responses, mask, cfg, **kw),
+        responses,
+        mask,
+        selection,
+    )
 
 
 def test_response_ids_are_appended_unchanged_and_prompts_left_padded(tok):
@@ -127,7 +137,7 @@ def test_each_row_gets_its_own_chat_tokenized_alone(tok):
     assert 1 < len(chats) < len(texts)  # some rows share a chat, not all
     for i, length in enumerate(ti.prompt_lengths):
         text = tok.apply_chat_template(ti.messages[i], tokenize=False, add_generation_prompt=True)
-        assert ti.input_ids[i, width - length:width].tolist() == tok(text, add_special_tokens=False)["input_ids"]
+        assert ti.input_ids[i, width - length : width].tolist() == tok(text, add_special_tokens=False)["input_ids"]
 
 
 def test_batched_teacher_log_probs_equal_unpadded_scoring(tok):
@@ -135,10 +145,19 @@ def test_batched_teacher_log_probs_equal_unpadded_scoring(tok):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=512, initializer_range=0.5,
-    )).eval()
+    model = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=512,
+            initializer_range=0.5,
+        )
+    ).eval()
     cfg = SelfDistillationConfig(**MOPD)
     texts = ["42", "41 is it", "42", "no idea at all"]
     ti, responses, mask, _ = _inputs(tok, cfg, texts, [1, 0, 1, 0])
@@ -248,8 +267,13 @@ def test_append_summary_instruction_copies(tok):
 
 def test_summary_instruction_goes_to_the_last_user_message():
     """The release appends it to the last message whose role is user (not a trailing assistant turn)."""
-    msgs = [SYSTEM, {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
-            {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "partial"}]
+    msgs = [
+        SYSTEM,
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": "partial"},
+    ]
     out = append_summary_instruction(msgs, " Summarize.")
     assert [m["content"] for m in out] == [SYSTEM["content"], "Q1", "A1", "Q2 Summarize.", "partial"]
     with pytest.raises(ValueError, match="no user message"):
@@ -272,15 +296,20 @@ def test_training_prompts_carry_the_instruction_and_its_tokens(tmp_path):
     asked = PromptDataset(str(tmp_path / "t.parquet"), tok, max_prompt_length=1024, instruction=" <summary> please")
     for a, b in zip(plain, asked):
         assert b["messages"][-1]["content"] == a["messages"][-1]["content"] + " <summary> please"
-        assert " <summary> please" in tok.decode(b["prompt_ids"]) and " <summary> please" not in tok.decode(a["prompt_ids"])
+        assert " <summary> please" in tok.decode(b["prompt_ids"]) and " <summary> please" not in tok.decode(
+            a["prompt_ids"]
+        )
 
 
 def test_summaries_render_with_item_templates(tok):
-    cfg = SelfDistillationConfig(summarize_solutions=True, summary_k=2, summary_from_all=True,
-                                 include_primary_solution=False)
+    cfg = SelfDistillationConfig(
+        summarize_solutions=True, summary_k=2, summary_from_all=True, include_primary_solution=False
+    )
     texts = ["ok <summary>add tens</summary>", "bad <summary>guessed</summary>", "me"]
     rollouts = group(texts, [1, 0, 0])
-    selection = PeerSelection([PeerContext(), PeerContext(), PeerContext(summaries=(0, 1), summary_texts=("add tens", "guessed"))])
+    selection = PeerSelection(
+        [PeerContext(), PeerContext(), PeerContext(summaries=(0, 1), summary_texts=("add tens", "guessed"))]
+    )
     responses, mask = encode_responses(tok, texts)
     ti = build_teacher_inputs(tok, [[{"role": "user", "content": "Q"}]] * 3, rollouts, selection, responses, mask, cfg)
     content = ti.messages[2][-1]["content"]

@@ -261,13 +261,16 @@ def test_embedded_adapter_calls_the_task_lazily(monkeypatch):
     calls = []
     fake = types.ModuleType("mopd.embedded_task")
     fake.DATA_SOURCE = "embedded_arith"
-    fake.compute_score = lambda solution_str, ground_truth: calls.append((solution_str, ground_truth)) or {
-        "score": 1.0,
-        "acc": 1.0,
-        "pred": "7",
-        "incorrect_format": 0,
-        "feedback": "",
-    }
+    fake.compute_score = lambda solution_str, ground_truth: (
+        calls.append((solution_str, ground_truth))
+        or {
+            "score": 1.0,
+            "acc": 1.0,
+            "pred": "7",
+            "incorrect_format": 0,
+            "feedback": "",
+        }
+    )
     monkeypatch.setitem(sys.modules, "mopd.embedded_task", fake)
     monkeypatch.setattr(mopd, "embedded_task", fake, raising=False)
     assert compute_score("embedded_arith", "The answer is 7", "7", {"index": 3})["pred"] == "7"

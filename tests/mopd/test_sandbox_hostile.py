@@ -39,13 +39,21 @@ def stdin_gt(inp="5\n", out="10", time_limit=1.0):
 
 
 def functional_gt(inputs=("3\n4",), outputs=("7",), fn_name="add", time_limit=1.0):
-    return json.dumps({"inputs": list(inputs), "outputs": list(outputs), "testtype": "functional",
-                       "fn_name": fn_name, "time_limit": time_limit})
+    return json.dumps(
+        {
+            "inputs": list(inputs),
+            "outputs": list(outputs),
+            "testtype": "functional",
+            "fn_name": fn_name,
+            "time_limit": time_limit,
+        }
+    )
 
 
 def code_gt(script, time_limit=2.0, fn_name=""):
-    return json.dumps({"inputs": [script], "outputs": [""], "testtype": "code", "fn_name": fn_name,
-                       "time_limit": time_limit})
+    return json.dumps(
+        {"inputs": [script], "outputs": [""], "testtype": "code", "fn_name": fn_name, "time_limit": time_limit}
+    )
 
 
 def layers():
@@ -129,15 +137,19 @@ def run(src: str, gt: str, limits=GUARDED):
 STDIN_HOSTILE = {
     "infinite_loop": "while True:\n    pass",
     "sleep_forever": "import time\ntime.sleep(10**6)",
-    "busy_threads": ("import threading\ndef spin():\n    while True: pass\n"
-                     "for _ in range(8): threading.Thread(target=spin).start()\nspin()"),
+    "busy_threads": (
+        "import threading\ndef spin():\n    while True: pass\n"
+        "for _ in range(8): threading.Thread(target=spin).start()\nspin()"
+    ),
     "fork_bomb": "import os\nwhile True:\n    os.fork()",
     "fork_bomb_posix": "import posix\nwhile True:\n    posix.fork()",
     "fork_bomb_shell": "import os\nos.system(':(){{ :|:& }};:')",
     "subprocess": "import subprocess\nsubprocess.run(['sh', '-c', 'echo 10'])",
     "multiprocessing": "import multiprocessing as mp\nmp.Process(target=print, args=(10,)).start()",
-    "thread_bomb": ("import threading, time\nwhile True:\n"
-                    "    threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()"),
+    "thread_bomb": (
+        "import threading, time\nwhile True:\n"
+        "    threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()"
+    ),
     "memory_bomb": "blocks = []\nwhile True:\n    blocks.append(bytearray(10**8))",
     "memory_one_shot": "x = bytearray(10**11)",
     "huge_output": "import sys\nwhile True:\n    sys.stdout.write('10 ' * 100000)",
@@ -153,15 +165,20 @@ STDIN_HOSTILE = {
     "chmod_outside": "import os\nos.chmod({canary!r}, 0)",
     "read_outside": "print(open({canary!r}).read())",
     "read_env": "import os\nprint(os.environ.get({secret!r}, ''), dict(os.environ))",
-    "read_parent_env": ("import os\nprint(open('/proc/%d/environ' % os.getppid(), 'rb').read())\n"
-                        "print(open('/proc/{pid}/environ', 'rb').read())"),
-    "scan_proc_env": ("import os\nfor p in os.listdir('/proc'):\n"
-                      "    try: print(open('/proc/%s/environ' % p, 'rb').read())\n"
-                      "    except Exception as e: print(e)"),
+    "read_parent_env": (
+        "import os\nprint(open('/proc/%d/environ' % os.getppid(), 'rb').read())\n"
+        "print(open('/proc/{pid}/environ', 'rb').read())"
+    ),
+    "scan_proc_env": (
+        "import os\nfor p in os.listdir('/proc'):\n"
+        "    try: print(open('/proc/%s/environ' % p, 'rb').read())\n"
+        "    except Exception as e: print(e)"
+    ),
     "error_with_env": "import os\nraise ValueError(str(dict(os.environ)))",
     "socket_connect": "import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'hi')",
-    "socket_udp": ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-                   "s.sendto(b'x', ('127.0.0.1', {port}))"),
+    "socket_udp": (
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'x', ('127.0.0.1', {port}))"
+    ),
     "socket_listen": "import socket\ns = socket.socket()\ns.bind(('0.0.0.0', 0))\ns.listen()",
     "kill_parent": "import os\nos.kill(os.getppid(), 9)",
     "kill_test_process": "import os\nos.kill({pid}, 9)",
@@ -179,18 +196,35 @@ STDIN_HOSTILE = {
 
 @pytest.mark.parametrize("name", sorted(STDIN_HOSTILE))
 def test_hostile_stdin_program_gets_zero_and_host_survives(name, host):
-    src = STDIN_HOSTILE[name].format(port=host["port"], pid=host["pid"], tmp=str(host["tmp"]),
-                                     canary=str(host["canary"]), secret=SECRET_ENV)
+    src = STDIN_HOSTILE[name].format(
+        port=host["port"], pid=host["pid"], tmp=str(host["tmp"]), canary=str(host["canary"]), secret=SECRET_ENV
+    )
     result, elapsed = run(src, stdin_gt(time_limit=0.5))
     check_hostile(result, elapsed, limit=15)
     assert result.get("sandbox_error") is None, result["sandbox_error"]
     assert os.getpid() == host["pid"]
 
 
-KERNEL_ONLY = ["fork_bomb", "thread_bomb", "memory_bomb", "write_outside", "create_outside", "delete_outside",
-               "rmtree_outside", "symlink_escape", "read_outside", "read_parent_env", "scan_proc_env",
-               "socket_connect", "socket_udp", "kill_parent", "kill_test_process", "kill_everything", "killpg",
-               "subprocess"]
+KERNEL_ONLY = [
+    "fork_bomb",
+    "thread_bomb",
+    "memory_bomb",
+    "write_outside",
+    "create_outside",
+    "delete_outside",
+    "rmtree_outside",
+    "symlink_escape",
+    "read_outside",
+    "read_parent_env",
+    "scan_proc_env",
+    "socket_connect",
+    "socket_udp",
+    "kill_parent",
+    "kill_test_process",
+    "kill_everything",
+    "killpg",
+    "subprocess",
+]
 KERNEL_EXTRA = {
     "ctypes_execve": "import ctypes\nlibc = ctypes.CDLL(None)\nprint(libc.execve(b'/bin/sh', None, None))",
     "os_exec": "import os\nos.execv('/bin/sh', ['sh', '-c', 'echo 10'])",
@@ -207,7 +241,8 @@ def test_kernel_layers_alone_contain_hostile_programs(name, host):
     if not kernel_layers_available():
         pytest.skip(f"kernel layers not available on this machine: {layers()}")
     src = (STDIN_HOSTILE.get(name) or KERNEL_EXTRA[name]).format(
-        port=host["port"], pid=host["pid"], tmp=str(host["tmp"]), canary=str(host["canary"]), secret=SECRET_ENV)
+        port=host["port"], pid=host["pid"], tmp=str(host["tmp"]), canary=str(host["canary"]), secret=SECRET_ENV
+    )
     result, elapsed = run(src, stdin_gt(time_limit=0.5), limits=UNGUARDED)
     check_hostile(result, elapsed, limit=15)
     assert result.get("sandbox_error") is None, result["sandbox_error"]  # even the harness survived
@@ -216,20 +251,28 @@ def test_kernel_layers_alone_contain_hostile_programs(name, host):
 # --- faking a pass ---------------------------------------------------------------------------------------
 
 FUNCTIONAL_HOSTILE = {
-    "eq_always_true": ("class Yes:\n    def __eq__(self, other): return True\n"
-                       "    def __ne__(self, other): return False\n"
-                       "def add(a, b):\n    return Yes()"),
-    "int_subclass_eq": ("class Int(int):\n    def __eq__(self, other): return True\n    __hash__ = int.__hash__\n"
-                        "def add(a, b):\n    return Int(0)"),
-    "monkeypatch_json": ("import json\njson.dumps = lambda *a, **k: 'true'\njson.loads = lambda *a, **k: True\n"
-                         "json.JSONEncoder.encode = lambda self, o: 'true'\ndef add(a, b):\n    return 0"),
+    "eq_always_true": (
+        "class Yes:\n    def __eq__(self, other): return True\n"
+        "    def __ne__(self, other): return False\n"
+        "def add(a, b):\n    return Yes()"
+    ),
+    "int_subclass_eq": (
+        "class Int(int):\n    def __eq__(self, other): return True\n    __hash__ = int.__hash__\n"
+        "def add(a, b):\n    return Int(0)"
+    ),
+    "monkeypatch_json": (
+        "import json\njson.dumps = lambda *a, **k: 'true'\njson.loads = lambda *a, **k: True\n"
+        "json.JSONEncoder.encode = lambda self, o: 'true'\ndef add(a, b):\n    return 0"
+    ),
     "exit_in_function": "def add(a, b):\n    import sys\n    sys.exit(0)",
     "os_exit_in_function": "def add(a, b):\n    import os\n    os._exit(0)",
     "exit_before_tests": "import sys\nsys.exit(0)\ndef add(a, b):\n    return a + b",
     "os_exit_before_tests": "import os\nos._exit(0)\ndef add(a, b):\n    return a + b",
     "print_expected_shape": "def add(a, b):\n    print(7)\n    return None",
-    "override_builtins": ("import builtins\nbuiltins.isinstance = lambda *a: True\nbuiltins.len = lambda x: 0\n"
-                          "builtins.print = lambda *a, **k: None\ndef add(a, b):\n    return -1"),
+    "override_builtins": (
+        "import builtins\nbuiltins.isinstance = lambda *a: True\nbuiltins.len = lambda x: 0\n"
+        "builtins.print = lambda *a, **k: None\ndef add(a, b):\n    return -1"
+    ),
     "return_generator": "def add(a, b):\n    yield a + b",
     "infinite_loop": "def add(a, b):\n    while True: pass",
 }
@@ -254,14 +297,19 @@ check(add)
 """
 
 CODE_HOSTILE = {
-    "eq_always_true": ("class Yes(float):\n    def __eq__(self, o): return True\n"
-                       "    def __ne__(self, o): return False\n"
-                       "    def __lt__(self, o): return True\n    def __sub__(self, o): return Yes()\n"
-                       "    def __abs__(self): return 0\ndef add(a, b):\n    return Yes(-1)"),
-    "opaque_eq_object": ("class Yes:\n    def __eq__(self, o): return True\n    __hash__ = None\n"
-                         "def add(a, b):\n    return Yes()"),
-    "patch_builtins": ("import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.isinstance = lambda *a: True\n"
-                       "builtins.AssertionError = type('Nope', (Exception,), {{}})\ndef add(a, b):\n    return -1"),
+    "eq_always_true": (
+        "class Yes(float):\n    def __eq__(self, o): return True\n"
+        "    def __ne__(self, o): return False\n"
+        "    def __lt__(self, o): return True\n    def __sub__(self, o): return Yes()\n"
+        "    def __abs__(self): return 0\ndef add(a, b):\n    return Yes(-1)"
+    ),
+    "opaque_eq_object": (
+        "class Yes:\n    def __eq__(self, o): return True\n    __hash__ = None\ndef add(a, b):\n    return Yes()"
+    ),
+    "patch_builtins": (
+        "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.isinstance = lambda *a: True\n"
+        "builtins.AssertionError = type('Nope', (Exception,), {{}})\ndef add(a, b):\n    return -1"
+    ),
     "shadow_builtins": "def abs(x):\n    return 0\ndef isinstance(*a):\n    return True\ndef add(a, b):\n    return -1",
     "patch_math": "import math\nmath.isclose = lambda *a, **k: True\ndef add(a, b):\n    return -1",
     "define_check": "def check(candidate):\n    pass\ndef add(a, b):\n    return -1",
@@ -270,8 +318,10 @@ CODE_HOSTILE = {
     "exit_in_function": "def add(a, b):\n    raise SystemExit(0)",
     "os_exit_in_function": "import os\ndef add(a, b):\n    os._exit(0)",
     "monkeypatch_json": "import json\njson.loads = json.dumps = lambda *a, **k: True\ndef add(a, b):\n    return -1",
-    "settrace_skip_asserts": ("import sys\ndef tracer(frame, event, arg):\n    return None\nsys.settrace(tracer)\n"
-                              "def add(a, b):\n    return -1"),
+    "settrace_skip_asserts": (
+        "import sys\ndef tracer(frame, event, arg):\n    return None\nsys.settrace(tracer)\n"
+        "def add(a, b):\n    return -1"
+    ),
     "steal_the_test": (
         "import gc, sys, re\n"
         "def _find():\n"
@@ -290,7 +340,8 @@ CODE_HOSTILE = {
         "def add(a, b):\n"
         "    if FOUND is not None:\n"
         "        return FOUND\n"
-        "    return -1"),
+        "    return -1"
+    ),
     "infinite_loop": "def add(a, b):\n    while True: pass",
 }
 

@@ -17,8 +17,13 @@ def test_harness_imports_only_the_standard_library_and_itself():
     own = {p.stem for p in HARNESS.glob("*.py")}
     for path in HARNESS.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 top = name.split(".")[0]
                 assert top in own or top in sys.stdlib_module_names, f"{path.name} imports {name}"
@@ -26,12 +31,15 @@ def test_harness_imports_only_the_standard_library_and_itself():
 
 def test_harness_modules_load_in_an_isolated_interpreter():
     """What the parent's Popen does, minus the job: every module imports under -I -S from any directory."""
-    code = ("import runpy, sys; sys.argv = ['x']; "
-            f"ns = runpy.run_path({str(HARNESS / 'run_harness.py')!r}, run_name='not_main'); "
-            "print(sorted(m for m in sys.modules if m.startswith('sbx_'))); "
-            f"print({str(HARNESS)!r} in sys.path)")
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd="/", capture_output=True, text=True,
-                         env={}, timeout=30)
+    code = (
+        "import runpy, sys; sys.argv = ['x']; "
+        f"ns = runpy.run_path({str(HARNESS / 'run_harness.py')!r}, run_name='not_main'); "
+        "print(sorted(m for m in sys.modules if m.startswith('sbx_'))); "
+        f"print({str(HARNESS)!r} in sys.path)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], cwd="/", capture_output=True, text=True, env={}, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     modules, on_path = out.stdout.splitlines()
     assert eval(modules) == ["sbx_asserts", "sbx_codec", "sbx_guard", "sbx_lockdown", "sbx_loops", "sbx_protocol"]

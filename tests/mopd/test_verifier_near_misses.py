@@ -58,9 +58,16 @@ MATH_NEAR_MISSES = [
     ("x^2+1", "\\boxed{x^2+10}"),
     ("x^2+1", "\\boxed{x^2-1}"),
 ]
-MATH_RIGHT = [("128", "\\boxed{128}"), ("128", "\\boxed{12} no: \\boxed{128}"), ("-7", "\\boxed{-7}"),
-              ("\\frac{1}{3}", "\\boxed{\\frac13}"), ("2\\sqrt{3}", "\\boxed{\\sqrt{12}}"), ("(1,2)", "\\boxed{(1,2)}"),
-              ("x^2+1", "\\boxed{1+x^2}"), ("128\\text{ m}", "\\boxed{128\\text{ m}}")]
+MATH_RIGHT = [
+    ("128", "\\boxed{128}"),
+    ("128", "\\boxed{12} no: \\boxed{128}"),
+    ("-7", "\\boxed{-7}"),
+    ("\\frac{1}{3}", "\\boxed{\\frac13}"),
+    ("2\\sqrt{3}", "\\boxed{\\sqrt{12}}"),
+    ("(1,2)", "\\boxed{(1,2)}"),
+    ("x^2+1", "\\boxed{1+x^2}"),
+    ("128\\text{ m}", "\\boxed{128\\text{ m}}"),
+]
 
 
 @pytest.mark.parametrize("source", MATH_SOURCES)
@@ -75,8 +82,11 @@ def test_math_near_miss_scores_0(source, gt, response):
     assert compute_score(source, response, gt)["score"] == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: math_verify strips units on both sides, so 128 cm == 128 m; "
-                   "a unit-aware comparison is needed (answers that omit the unit must keep scoring 1)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: math_verify strips units on both sides, so 128 cm == 128 m; "
+    "a unit-aware comparison is needed (answers that omit the unit must keep scoring 1)",
+)
 @pytest.mark.parametrize("source", ["math", "aime24"])
 def test_math_other_unit_scores_0(source):
     assert compute_score(source, "\\boxed{128\\text{ cm}}", "128\\text{ m}")["score"] == 0.0
@@ -88,6 +98,7 @@ def test_math_other_unit_scores_0(source):
 
 def _tags(block: str) -> str:
     return f"<reasoning>\nOption B fits the data.\n</reasoning>\n<answer>\n{block}\n</answer>"
+
 
 MCQ_NEAR_MISSES = [
     _tags("C"),  # a different letter
@@ -136,8 +147,15 @@ CHOICE_NEAR_MISSES = [
 ]
 
 
-@pytest.mark.parametrize("source, response", [("gpqa", "\\boxed{B}"), ("gpqa", "\\boxed{\\text{(B)}}"),
-                                              ("gpqa", "\\boxed{A, B}? No: \\boxed{B}"), ("mmlu_pro", "the answer is (B)")])
+@pytest.mark.parametrize(
+    "source, response",
+    [
+        ("gpqa", "\\boxed{B}"),
+        ("gpqa", "\\boxed{\\text{(B)}}"),
+        ("gpqa", "\\boxed{A, B}? No: \\boxed{B}"),
+        ("mmlu_pro", "the answer is (B)"),
+    ],
+)
 def test_choice_right_answer_scores_1(source, response):
     assert compute_score(source, response, "B")["score"] == 1.0
 
@@ -150,10 +168,12 @@ def test_choice_near_miss_scores_0(source, response):
 # ---------------------------------------------------------------------------------------------------
 # ToolUse: the multiset of actions and the merged inputs must both equal the ground truth's
 
-TOOL_GT = json.dumps([
-    {"Action": "getUserProfile", "Action_Input": json.dumps({"userId": "u-1", "limit": 10})},
-    {"Action": "assignUserRole", "Action_Input": json.dumps({"roleId": "role-9"})},
-])
+TOOL_GT = json.dumps(
+    [
+        {"Action": "getUserProfile", "Action_Input": json.dumps({"userId": "u-1", "limit": 10})},
+        {"Action": "assignUserRole", "Action_Input": json.dumps({"roleId": "role-9"})},
+    ]
+)
 PROFILE = ("getUserProfile", {"userId": "u-1", "limit": 10})
 ROLE = ("assignUserRole", {"roleId": "role-9"})
 
@@ -163,6 +183,7 @@ def _react(*calls) -> str:
     for name, args in calls:
         lines += [f"Action: {name}", f"Action Input: {json.dumps(args)}", "Observation: ok"]
     return "\n".join(lines)
+
 
 TOOL_NEAR_MISSES = {
     "argument extended": _react(("getUserProfile", {"userId": "u-12", "limit": 10}), ROLE),
@@ -198,8 +219,10 @@ def test_tooluse_near_miss_scores_0(response):
 def _fence(body: str) -> str:
     return f"```python\n{body}\n```"
 
-STDIN_GT = json.dumps({"inputs": ["64 64\n", "1 2\n"], "outputs": ["128\n", "3\n"], "testtype": "stdin",
-                       "time_limit": 4})
+
+STDIN_GT = json.dumps(
+    {"inputs": ["64 64\n", "1 2\n"], "outputs": ["128\n", "3\n"], "testtype": "stdin", "time_limit": 4}
+)
 READ = "a, b = map(int, input().split())\n"
 STDIN_NEAR_MISSES = {
     "off by one": "print(a + b + 1)",
@@ -212,8 +235,13 @@ STDIN_NEAR_MISSES = {
     "extra line": "print(a + b)\nprint('done')",
     "digit separator": "print('1_28' if a + b == 128 else a + b)",  # Decimal('1_28') == 128: not a printed 128
 }
-FUNC_GT = {"inputs": ["[1,2,3]", "[5]"], "outputs": ["[2, 3, 4]", "[6]"], "testtype": "functional",
-           "fn_name": "inc", "time_limit": 4}
+FUNC_GT = {
+    "inputs": ["[1,2,3]", "[5]"],
+    "outputs": ["[2, 3, 4]", "[6]"],
+    "testtype": "functional",
+    "fn_name": "inc",
+    "time_limit": 4,
+}
 FUNC_NEAR_MISSES = {
     "off by one": "return [x + 2 for x in xs]",
     "prefix of the list": "return [x + 1 for x in xs][:-1]",
@@ -224,10 +252,19 @@ FUNC_NEAR_MISSES = {
     "beyond tolerance": "return [x + 1.001 for x in xs]",
     "bools for ints": "return [x + 1 == x + 1 for x in xs]",
 }
-STR_GT = {"inputs": ['"ab"', '"x"'], "outputs": ['"ab!"', '"x!"'], "testtype": "functional", "fn_name": "bang",
-          "time_limit": 4}
-STR_NEAR_MISSES = {"extra char": "return s + '!!'", "prefix": "return s", "trailing space": "return s + '! '",
-                   "case": "return s.upper() + '!'"}  # string results compare exactly
+STR_GT = {
+    "inputs": ['"ab"', '"x"'],
+    "outputs": ['"ab!"', '"x!"'],
+    "testtype": "functional",
+    "fn_name": "bang",
+    "time_limit": 4,
+}
+STR_NEAR_MISSES = {
+    "extra char": "return s + '!!'",
+    "prefix": "return s",
+    "trailing space": "return s + '! '",
+    "case": "return s.upper() + '!'",
+}  # string results compare exactly
 
 
 def test_code_right_answers_score_1():
@@ -241,9 +278,12 @@ def test_code_stdin_near_miss_scores_0(body):
     assert compute_score("code", _fence(READ + body), STDIN_GT)["score"] == 0.0
 
 
-@pytest.mark.parametrize("gt, fn, body", [(FUNC_GT, "inc(xs)", b) for b in FUNC_NEAR_MISSES.values()]
-                         + [(STR_GT, "bang(s)", b) for b in STR_NEAR_MISSES.values()],
-                         ids=[f"list-{k}" for k in FUNC_NEAR_MISSES] + [f"str-{k}" for k in STR_NEAR_MISSES])
+@pytest.mark.parametrize(
+    "gt, fn, body",
+    [(FUNC_GT, "inc(xs)", b) for b in FUNC_NEAR_MISSES.values()]
+    + [(STR_GT, "bang(s)", b) for b in STR_NEAR_MISSES.values()],
+    ids=[f"list-{k}" for k in FUNC_NEAR_MISSES] + [f"str-{k}" for k in STR_NEAR_MISSES],
+)
 def test_code_functional_near_miss_scores_0(gt, fn, body):
     assert compute_score("code", _fence(f"def {fn}:\n    {body}"), gt)["score"] == 0.0
 
@@ -252,8 +292,10 @@ def test_code_functional_near_miss_scores_0(gt, fn, body):
 # the embedded arithmetic task: the whole response must be one integer equal to the answer
 
 
-@pytest.mark.parametrize("response", ["8", "5", "850", "-85", "58", "84", "86", "85.5", "85 86", "85\n85",
-                                      "The answer is 85", "85<|im_end|>86"])
+@pytest.mark.parametrize(
+    "response",
+    ["8", "5", "850", "-85", "58", "84", "86", "85.5", "85 86", "85\n85", "The answer is 85", "85<|im_end|>86"],
+)
 def test_embedded_near_miss_scores_0(response):
     assert compute_score("embedded_arith", "85", "85")["score"] == 1.0
     assert compute_score("embedded_arith", response, "85")["score"] == 0.0

@@ -27,7 +27,10 @@ from mopd.rewards import math as math_verifier
         ("\\boxed{2\\sqrt{3}}", "\\sqrt{12}"),
         ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\sqrt{2}/2"),
         ("\\boxed{\\{1, 2\\}}", "\\{2,1\\}"),
-        ("first \\boxed{3}, then corrected: \\boxed{\\frac{a+b}{\\sqrt{c}}}", "\\frac{a+b}{\\sqrt{c}}"),  # nested braces, last box
+        (
+            "first \\boxed{3}, then corrected: \\boxed{\\frac{a+b}{\\sqrt{c}}}",
+            "\\frac{a+b}{\\sqrt{c}}",
+        ),  # nested braces, last box
     ],
 )
 def test_math_correct(response, gt):
@@ -185,7 +188,9 @@ def _react(*calls):
 
 
 def test_tooluse_right_any_order():
-    response = _react(("assignUserRole", {"roleId": "role-9"}), ("getUserProfile", {"accessToken": "tok", "userId": "u-1"}))
+    response = _react(
+        ("assignUserRole", {"roleId": "role-9"}), ("getUserProfile", {"accessToken": "tok", "userId": "u-1"})
+    )
     result = compute_score("tooluse", response, GT)
     assert result["score"] == 1.0 and result["acc"] == 1.0 and result["feedback"] == ""
     assert result["incorrect_format"] == 0 and result["actions_correct"] == 1 and result["inputs_correct"] == 1
@@ -219,7 +224,9 @@ def test_tooluse_wrong_count_no_leak():
 
 
 def test_tooluse_wrong_input_no_leak():
-    response = _react(("getUserProfile", {"userId": "u-2", "accessToken": "tok", "verbose": True}), ("assignUserRole", {}))
+    response = _react(
+        ("getUserProfile", {"userId": "u-2", "accessToken": "tok", "verbose": True}), ("assignUserRole", {})
+    )
     result = compute_score("tooluse", response, GT)
     assert result["score"] == 0.0 and result["actions_correct"] == 1 and result["inputs_correct"] == 0
     fb = result["feedback"]
@@ -250,7 +257,9 @@ def test_tooluse_format_errors():
 
 def test_tooluse_action_line_does_not_swallow_next_line():
     # "Action:" followed by a blank and then "Action Input:" must not read "Action" as the tool name
-    result = compute_score("tooluse", "Action:\nAction Input: {}", json.dumps([{"Action": "Action", "Action_Input": "{}"}]))
+    result = compute_score(
+        "tooluse", "Action:\nAction Input: {}", json.dumps([{"Action": "Action", "Action_Input": "{}"}])
+    )
     assert result["score"] == 0.0
 
 

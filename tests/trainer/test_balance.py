@@ -10,7 +10,7 @@ from trainer.balance import BatchBalancer, balanced_order, imbalance
 
 def shards(order, world):
     size = len(order) // world
-    return [order[r * size:(r + 1) * size] for r in range(world)]
+    return [order[r * size : (r + 1) * size] for r in range(world)]
 
 
 @pytest.mark.parametrize("world,window,unit", [(2, 8, 1), (4, 16, 1), (2, 16, 4), (3, 12, 2)])
@@ -23,10 +23,10 @@ def test_a_permutation_that_keeps_every_mini_batch_and_evens_the_ranks(world, wi
     per_window = window // world
     for rank, shard in enumerate(shards(order, world)):
         for w in range(rows // window):  # the rank's w-th mini-batch holds rows of global mini-batch w only
-            part = shard[w * per_window:(w + 1) * per_window]
+            part = shard[w * per_window : (w + 1) * per_window]
             assert all(w * window <= i < (w + 1) * window for i in part), (rank, w, part)
             for start in range(0, len(part), unit):  # whole units, in order
-                unit_rows = part[start:start + unit]
+                unit_rows = part[start : start + unit]
                 assert unit_rows == list(range(unit_rows[0], unit_rows[0] + unit))
                 assert unit_rows[0] % unit == 0
     assert imbalance(work, order, world, window) <= imbalance(work, list(range(rows)), world, window)

@@ -51,8 +51,11 @@ def test_verify_names_the_damaged_file(tmp_path, damage):
     with pytest.raises(CheckpointCorrupt) as err:
         verify(final)
     assert err.value.path == shard
-    expected = {"truncate": f"100 bytes, the manifest says {len(data)}", "flip": "CRC-32 mismatch",
-                "delete": "missing"}[damage]
+    expected = {
+        "truncate": f"100 bytes, the manifest says {len(data)}",
+        "flip": "CRC-32 mismatch",
+        "delete": "missing",
+    }[damage]
     assert expected in str(err.value)
 
 
@@ -162,8 +165,11 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_writing_and_warned_about
     writer.save(1, lambda tmp: (tmp / "w.bin").write_bytes(b"0" * 4000))
     assert "the next checkpoint will not fit" in capsys.readouterr().err
     written = []
-    with pytest.raises(CheckpointError, match=r"checkpoint step 2 could not be written .* it needs 0\.0 MB "
-                                              r"\(measured from step 1\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint step 2 could not be written .* it needs 0\.0 MB "
+        r"\(measured from step 1\)",
+    ):
         writer.save(2, written.append)
     assert written == [] and manager.complete_steps() == [1]
 
@@ -200,6 +206,7 @@ def test_skip_causes_and_the_weight_check():
 
 def test_guard_counts_consecutive_skips_and_stops(capsys):
     guard = SkippedUpdateGuard(max_consecutive=3, lr=1e6)
+
     def latest():
         return 2, "/ckpt/global_step_2"
 
@@ -273,8 +280,9 @@ def test_a_rollout_dump_on_a_full_disk_is_one_line_and_leaves_no_partial_file(tm
     monkeypatch.setattr(rollout_io, "write_jsonl", full)
     with pytest.raises(CheckpointError) as err:
         rollout_io._write(tmp_path / "rollouts" / "3.jsonl", iter([]))
-    assert str(err.value).startswith(f"rollout dump could not be written to {tmp_path / 'rollouts' / '3.jsonl'}: "
-                                     "no space left on the device (")
+    assert str(err.value).startswith(
+        f"rollout dump could not be written to {tmp_path / 'rollouts' / '3.jsonl'}: no space left on the device ("
+    )
     monkeypatch.setattr(rollout_io, "write_jsonl", lambda path, rows: (_ for _ in ()).throw(PermissionError(13, "no")))
     with pytest.raises(PermissionError):  # not a full disk: the error itself
         rollout_io._write(tmp_path / "r.jsonl", iter([]))

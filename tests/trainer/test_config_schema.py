@@ -23,7 +23,11 @@ ROLLOUT = "actor_rollout_ref.rollout"
 
 # What the experiment configs change in the self_distillation block, relative to the dataclass.
 OVERRIDES = {
-    "mopd": {"include_another_solution": True, "include_failure_solution": True, "failure_solution_condition": "always"},
+    "mopd": {
+        "include_another_solution": True,
+        "include_failure_solution": True,
+        "failure_solution_condition": "always",
+    },
     "sdpo": {},
     "grpo": {},
 }
@@ -177,9 +181,17 @@ def test_logger_entries_and_type():
 # Positive integers and ranges
 
 POSITIVE_INTS = [
-    "data.train_batch_size", f"{ROLLOUT}.n", f"{ACTOR}.ppo_mini_batch_size", f"{ACTOR}.ppo_micro_batch_size_per_gpu",
-    f"{ACTOR}.ppo_epochs", "data.max_prompt_length", "data.max_response_length", f"{ROLLOUT}.val_kwargs.n",
-    "trainer.n_gpus_per_node", "trainer.nnodes", "trainer.total_epochs",
+    "data.train_batch_size",
+    f"{ROLLOUT}.n",
+    f"{ACTOR}.ppo_mini_batch_size",
+    f"{ACTOR}.ppo_micro_batch_size_per_gpu",
+    f"{ACTOR}.ppo_epochs",
+    "data.max_prompt_length",
+    "data.max_response_length",
+    f"{ROLLOUT}.val_kwargs.n",
+    "trainer.n_gpus_per_node",
+    "trainer.nnodes",
+    "trainer.total_epochs",
 ]
 
 
@@ -232,17 +244,37 @@ def test_train_batch_must_be_a_multiple_of_the_mini_batch():
 
 
 def test_sequences_per_step_must_split_over_devices():
-    msg = error_of(["data.train_batch_size=3", f"{ACTOR}.ppo_mini_batch_size=1", f"{ROLLOUT}.n=3",
-                    f"{ACTOR}.ppo_micro_batch_size_per_gpu=1", "trainer.n_gpus_per_node=2", "trainer.backend=auto"])
-    assert msg.startswith(f"data.train_batch_size * {ROLLOUT}.n (3*3=9 sequences per step) must be divisible by "
-                          "trainer.n_gpus_per_node * trainer.nnodes (2*1=2 devices)")
+    msg = error_of(
+        [
+            "data.train_batch_size=3",
+            f"{ACTOR}.ppo_mini_batch_size=1",
+            f"{ROLLOUT}.n=3",
+            f"{ACTOR}.ppo_micro_batch_size_per_gpu=1",
+            "trainer.n_gpus_per_node=2",
+            "trainer.backend=auto",
+        ]
+    )
+    assert msg.startswith(
+        f"data.train_batch_size * {ROLLOUT}.n (3*3=9 sequences per step) must be divisible by "
+        "trainer.n_gpus_per_node * trainer.nnodes (2*1=2 devices)"
+    )
 
 
 def test_mini_batch_sequences_must_split_over_devices():
-    msg = error_of(["data.train_batch_size=6", f"{ACTOR}.ppo_mini_batch_size=3", f"{ROLLOUT}.n=3",
-                    f"{ACTOR}.ppo_micro_batch_size_per_gpu=1", "trainer.n_gpus_per_node=2", "trainer.backend=auto"])
-    assert msg.startswith(f"{ACTOR}.ppo_mini_batch_size * {ROLLOUT}.n (3*3=9 sequences per optimizer step) must be "
-                          "divisible by trainer.n_gpus_per_node * trainer.nnodes (2*1=2 devices)")
+    msg = error_of(
+        [
+            "data.train_batch_size=6",
+            f"{ACTOR}.ppo_mini_batch_size=3",
+            f"{ROLLOUT}.n=3",
+            f"{ACTOR}.ppo_micro_batch_size_per_gpu=1",
+            "trainer.n_gpus_per_node=2",
+            "trainer.backend=auto",
+        ]
+    )
+    assert msg.startswith(
+        f"{ACTOR}.ppo_mini_batch_size * {ROLLOUT}.n (3*3=9 sequences per optimizer step) must be "
+        "divisible by trainer.n_gpus_per_node * trainer.nnodes (2*1=2 devices)"
+    )
 
 
 def test_micro_batch_must_divide_the_per_device_mini_batch():
@@ -260,8 +292,15 @@ def test_micro_batch_larger_than_the_per_device_mini_batch_says_so():
 def test_world_counts_nodes():
     nodes = ["trainer.backend=auto", "trainer.n_gpus_per_node=2", "trainer.nnodes=2"]
     validate_config(load("mopd", nodes + [f"{ACTOR}.ppo_micro_batch_size_per_gpu=16"]))  # 8*8/4 = 16 per device
-    msg = error_of(nodes + ["data.train_batch_size=6", f"{ACTOR}.ppo_mini_batch_size=3", f"{ROLLOUT}.n=3",
-                            f"{ACTOR}.ppo_micro_batch_size_per_gpu=1"])
+    msg = error_of(
+        nodes
+        + [
+            "data.train_batch_size=6",
+            f"{ACTOR}.ppo_mini_batch_size=3",
+            f"{ROLLOUT}.n=3",
+            f"{ACTOR}.ppo_micro_batch_size_per_gpu=1",
+        ]
+    )
     assert "(2*2=4 devices)" in msg
 
 
@@ -281,7 +320,9 @@ def test_preference_pairs_need_whole_groups_in_a_micro_batch(mode):
 
 
 def test_group_modes_need_two_samples():
-    assert f"{ROLLOUT}.n must be >= 2" in error_of([f"{ROLLOUT}.n=1", f"{ACTOR}.ppo_micro_batch_size_per_gpu=8"], "grpo")
+    assert f"{ROLLOUT}.n must be >= 2" in error_of(
+        [f"{ROLLOUT}.n=1", f"{ACTOR}.ppo_micro_batch_size_per_gpu=8"], "grpo"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,10 +347,25 @@ def test_vllm_engine_needs_vllm_installed(monkeypatch):
 
 def test_vllm_engine_settings_are_validated(monkeypatch):
     monkeypatch.setattr(config_schema, "_module_available", lambda name: True)
-    validate_config(load("mopd", [f"{ROLLOUT}.name=vllm", "trainer.backend=ray", "trainer.n_gpus_per_node=2",
-                                  f"{ROLLOUT}.tensor_model_parallel_size=2"]))
-    msg = error_of([f"{ROLLOUT}.name=vllm", "trainer.backend=ray", "trainer.n_gpus_per_node=2",
-                    f"{ROLLOUT}.tensor_model_parallel_size=3"])
+    validate_config(
+        load(
+            "mopd",
+            [
+                f"{ROLLOUT}.name=vllm",
+                "trainer.backend=ray",
+                "trainer.n_gpus_per_node=2",
+                f"{ROLLOUT}.tensor_model_parallel_size=2",
+            ],
+        )
+    )
+    msg = error_of(
+        [
+            f"{ROLLOUT}.name=vllm",
+            "trainer.backend=ray",
+            "trainer.n_gpus_per_node=2",
+            f"{ROLLOUT}.tensor_model_parallel_size=3",
+        ]
+    )
     assert msg.startswith(f"{ROLLOUT}.tensor_model_parallel_size (3) must divide trainer.n_gpus_per_node")
     assert "\n" not in msg
     assert f"{ROLLOUT}.max_num_batched_tokens" in error_of([f"{ROLLOUT}.max_num_batched_tokens=0"])
@@ -320,14 +376,29 @@ def test_vllm_engine_settings_are_validated(monkeypatch):
 @pytest.mark.parametrize("kind", ["kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"])
 def test_kl_penalties_are_accepted_for_the_rl_losses(kind):
     validate_config(load("grpo", [f"{ACTOR}.use_kl_loss=true", f"{ACTOR}.kl_loss_type={kind}"]))
-    validate_config(load("grpo", ["algorithm.use_kl_in_reward=true", f"algorithm.kl_penalty={kind}",
-                                  "algorithm.kl_ctrl.type=adaptive", f"{ACTOR}.policy_loss.loss_mode=vanilla"]))
+    validate_config(
+        load(
+            "grpo",
+            [
+                "algorithm.use_kl_in_reward=true",
+                f"algorithm.kl_penalty={kind}",
+                "algorithm.kl_ctrl.type=adaptive",
+                f"{ACTOR}.policy_loss.loss_mode=vanilla",
+            ],
+        )
+    )
 
 
 @pytest.mark.parametrize("mode", ["dpo", "simpo", "verified_sft"])
 def test_kl_penalty_is_refused_for_the_sequence_losses(mode):
-    msg = error_of([f"{ACTOR}.use_kl_loss=true", f"{ACTOR}.policy_loss.loss_mode={mode}",
-                    f"{ACTOR}.ppo_micro_batch_size_per_gpu=8"], "grpo")
+    msg = error_of(
+        [
+            f"{ACTOR}.use_kl_loss=true",
+            f"{ACTOR}.policy_loss.loss_mode={mode}",
+            f"{ACTOR}.ppo_micro_batch_size_per_gpu=8",
+        ],
+        "grpo",
+    )
     assert f"loss_mode={mode}" in msg and "use_kl_loss=false" in msg and "\n" not in msg
 
 
@@ -376,6 +447,8 @@ def test_other_optional_packages_and_devices(monkeypatch):
     assert error_of(["trainer.backend=ray"]).startswith("trainer.backend=ray but ray is not installed")
     msg = error_of(["actor_rollout_ref.model.attn_implementation=flash_attention_2"])
     assert "flash-attn is not installed" in msg and "attn_implementation=sdpa" in msg
-    assert error_of(["trainer.logger=[console,wandb]"]).startswith("trainer.logger contains wandb but wandb is not installed")
+    assert error_of(["trainer.logger=[console,wandb]"]).startswith(
+        "trainer.logger contains wandb but wandb is not installed"
+    )
     monkeypatch.setattr(config_schema, "_cuda_available", lambda: False)
     assert error_of(["trainer.device=cuda"]).startswith("trainer.device=cuda but torch sees no CUDA device")

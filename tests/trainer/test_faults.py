@@ -17,15 +17,28 @@ from trainer.checkpoint import CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
-    "data.train_batch_size=2", "data.max_response_length=4", "actor_rollout_ref.rollout.n=2",
-    "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-    "trainer.test_freq=-1", "trainer.val_before_train=false", "trainer.logger=[jsonl]",
+    "data.train_batch_size=2",
+    "data.max_response_length=4",
+    "actor_rollout_ref.rollout.n=2",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+    "trainer.test_freq=-1",
+    "trainer.val_before_train=false",
+    "trainer.logger=[jsonl]",
 ]
 
 
 def command(run_dir: Path, *overrides: str, config: str = "grpo") -> list[str]:
-    return [sys.executable, "-m", "trainer.main", "--config-name", config, *SMALL,
-            f"trainer.default_local_dir={run_dir}", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "trainer.main",
+        "--config-name",
+        config,
+        *SMALL,
+        f"trainer.default_local_dir={run_dir}",
+        *overrides,
+    ]
 
 
 def env() -> dict:
@@ -33,8 +46,9 @@ def env() -> dict:
 
 
 def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command(run_dir, *overrides), cwd=ROOT, env=env(), capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        command(run_dir, *overrides), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -47,10 +61,16 @@ def error_lines(stderr: str) -> list[str]:
 
 def test_a_verifier_that_always_raises_stops_with_one_line(tmp_path):
     reward = tmp_path / "broken_reward.py"
-    reward.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
-                      "    raise RuntimeError('verifier service down')\n")
-    result = train(tmp_path / "run", "trainer.backend=local", "trainer.total_training_steps=3",
-                   f"custom_reward_function.path={reward}")
+    reward.write_text(
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+        "    raise RuntimeError('verifier service down')\n"
+    )
+    result = train(
+        tmp_path / "run",
+        "trainer.backend=local",
+        "trainer.total_training_steps=3",
+        f"custom_reward_function.path={reward}",
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     (line,) = error_lines(result.stderr)
     assert line.startswith("[mopd] error: every reward of step 1 errored (4/4 rollouts)"), line
@@ -75,8 +95,9 @@ def test_some_errors_and_nan_rewards_are_counted_and_shown_once(tmp_path):
         "    return 1.0\n"
     )
     run = tmp_path / "run"
-    result = train(run, "trainer.backend=local", "trainer.total_training_steps=2",
-                   f"custom_reward_function.path={reward}")
+    result = train(
+        run, "trainer.backend=local", "trainer.total_training_steps=2", f"custom_reward_function.path={reward}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -123,10 +144,21 @@ def _worker_pids(root: int) -> list[int]:
 def test_killed_ray_worker_ends_the_run_with_one_line_and_resume_advice(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        command(run, "trainer.backend=ray", "trainer.n_gpus_per_node=2",
-                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1", "trainer.total_training_steps=200",
-                "trainer.save_freq=1", "trainer.max_actor_ckpt_to_keep=1"),
-        cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        command(
+            run,
+            "trainer.backend=ray",
+            "trainer.n_gpus_per_node=2",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+            "trainer.total_training_steps=200",
+            "trainer.save_freq=1",
+            "trainer.max_actor_ckpt_to_keep=1",
+        ),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not list(run.glob("checkpoints/global_step_*/COMPLETE")):
@@ -158,8 +190,9 @@ def test_main_prints_user_errors_as_one_line(monkeypatch, capsys, error, code):
     from mopd.errors import DataError, RewardError
     from trainer import config_schema, main
 
-    exc = (DataError("data.train_files: x.parquet has no rows") if error == "data"
-           else RewardError("every reward failed"))
+    exc = (
+        DataError("data.train_files: x.parquet has no rows") if error == "data" else RewardError("every reward failed")
+    )
 
     def fail(cfg):
         raise exc
@@ -192,11 +225,14 @@ def small_disk(tmp_path):
     """A 10 MB tmpfs: a checkpoint of the embedded default (16.8 MB) cannot fit. Needs root (mount)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()}); the stand-in ENOSPC test covers the writer "
-                    "(tests/trainer/test_checkpoint_verify.py)")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({made.stderr.strip()}); the stand-in ENOSPC test covers the writer "
+            "(tests/trainer/test_checkpoint_verify.py)"
+        )
     try:
         yield mount
     finally:
@@ -209,8 +245,9 @@ def test_a_full_disk_ends_the_run_with_one_line_and_no_partial_checkpoint(small_
     assert result.returncode == 1, result.stderr[-3000:]
     (line,) = error_lines(result.stderr)
     root = run / "checkpoints"
-    assert line.startswith(f"[mopd] error: checkpoint step 2 could not be written to {root}: no space left on "
-                           "the device ("), line
+    assert line.startswith(
+        f"[mopd] error: checkpoint step 2 could not be written to {root}: no space left on the device ("
+    ), line
     free_mb = float(line.split("device (")[1].split(" MB free")[0])
     assert 5 < free_mb <= 10.5, line  # what is left once the partial directory is removed
     assert "it needs 16.3 MB (estimated from the model's parameters)" in line
@@ -232,16 +269,23 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     result = train(run, *common, "trainer.total_training_steps=6")
     assert result.returncode == 0, result.stderr[-3000:]
     (line,) = [x for x in result.stderr.splitlines() if "is corrupt" in x]
-    assert line == (f"[mopd] checkpoint {shard.parents[1]} is corrupt: {shard}: {size // 2} bytes, the manifest says "
-                    f"{size} (truncated or rewritten); resuming from {run / 'checkpoints' / 'global_step_2'}, the "
-                    "newest checkpoint that verifies (the corrupt one stays on disk for inspection)")
+    assert line == (
+        f"[mopd] checkpoint {shard.parents[1]} is corrupt: {shard}: {size // 2} bytes, the manifest says "
+        f"{size} (truncated or rewritten); resuming from {run / 'checkpoints' / 'global_step_2'}, the "
+        "newest checkpoint that verifies (the corrupt one stays on disk for inspection)"
+    )
     assert f"resumed from {run / 'checkpoints' / 'global_step_2'} at step 2" in result.stdout
     assert "Traceback" not in result.stderr
 
     # resume_path to a corrupt checkpoint: one line, nothing trained
     os.truncate(run / "checkpoints" / "global_step_6" / "driver_state.pt", 10)
-    bad = train(run, *common, "trainer.total_training_steps=8", "trainer.resume_mode=resume_path",
-                f"trainer.resume_from_path={run / 'checkpoints' / 'global_step_6'}")
+    bad = train(
+        run,
+        *common,
+        "trainer.total_training_steps=8",
+        "trainer.resume_mode=resume_path",
+        f"trainer.resume_from_path={run / 'checkpoints' / 'global_step_6'}",
+    )
     assert bad.returncode == 1, bad.stderr[-3000:]
     (line,) = error_lines(bad.stderr)
     assert "trainer.resume_from_path: checkpoint" in line and "global_step_6/driver_state.pt: 10 bytes" in line
@@ -249,8 +293,13 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 def test_a_learning_rate_that_destroys_the_model_stops_the_run(tmp_path):
     run = tmp_path / "run"
-    result = train(run, "trainer.backend=local", "trainer.total_training_steps=30", "trainer.save_freq=2",
-                   "actor_rollout_ref.actor.optim.lr=1e6")
+    result = train(
+        run,
+        "trainer.backend=local",
+        "trainer.total_training_steps=30",
+        "trainer.save_freq=2",
+        "actor_rollout_ref.actor.optim.lr=1e6",
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     (line,) = error_lines(result.stderr)
     assert "optimizer updates were all skipped" in line and "trainer.max_consecutive_skipped_updates=5" in line

@@ -22,13 +22,21 @@ ROLLOUT = "actor_rollout_ref.rollout"
 EMBEDDED_LINE = "No CUDA device and no MODEL_PATH: running the embedded CPU default (tiny Qwen3 on datasets/embedded)"
 ROOT_SCRIPTS = ["run_local_sdpo.sh", "run_local_grpo.sh", "run_ts_sdpo.sh"]
 EXPERIMENT_SCRIPTS = [
-    "experiments/generalization/run_sdpo_all.sh", "experiments/generalization/run_baseline_grpo_all.sh",
-    "experiments/rich_feedback/run_sdpo.sh", "experiments/rich_feedback/run_baseline_grpo.sh",
+    "experiments/generalization/run_sdpo_all.sh",
+    "experiments/generalization/run_baseline_grpo_all.sh",
+    "experiments/rich_feedback/run_sdpo.sh",
+    "experiments/rich_feedback/run_baseline_grpo.sh",
 ]
 # On CUDA the scripts pick vllm where it is installed (for the interpreter they run), hf otherwise.
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 EXPECTED_ROLLOUT = "vllm" if HAVE_VLLM else "hf"
-GEN_DATASETS = ["sciknoweval/biology", "sciknoweval/chemistry", "sciknoweval/material", "sciknoweval/physics", "tooluse"]
+GEN_DATASETS = [
+    "sciknoweval/biology",
+    "sciknoweval/chemistry",
+    "sciknoweval/material",
+    "sciknoweval/physics",
+    "tooluse",
+]
 
 
 def run(script: str, *args: str, dry: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -38,8 +46,9 @@ def run(script: str, *args: str, dry: bool = True, **env: str) -> subprocess.Com
     if dry:
         base["DRY_RUN"] = "1"
     base.update(env)
-    return subprocess.run(["bash", str(ROOT / script), *args], cwd=ROOT, env=base, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(ROOT / script), *args], cwd=ROOT, env=base, capture_output=True, text=True, timeout=60
+    )
 
 
 def commands(result: subprocess.CompletedProcess) -> list[list[str]]:
@@ -121,22 +130,43 @@ def test_sdpo_cpu_default_runs_the_embedded_default_with_yaml_defaults():
 
 
 def test_sdpo_cpu_forwards_only_flags_that_are_set_and_extra_args_go_last():
-    cmd = command("run_local_sdpo.sh", "trainer.total_training_steps=3", f"{SD}.alpha=0.25",
-                  INCLUDE_FAILURE_SOLUTION="False", ALPHA="1.0")
+    cmd = command(
+        "run_local_sdpo.sh",
+        "trainer.total_training_steps=3",
+        f"{SD}.alpha=0.25",
+        INCLUDE_FAILURE_SOLUTION="False",
+        ALPHA="1.0",
+    )
     assert overrides(cmd) == [
-        f"{SD}.include_failure_solution=false", f"{SD}.alpha=1.0",
-        "trainer.total_training_steps=3", f"{SD}.alpha=0.25",
+        f"{SD}.include_failure_solution=false",
+        f"{SD}.alpha=1.0",
+        "trainer.total_training_steps=3",
+        f"{SD}.alpha=0.25",
     ]
 
 
 def test_sdpo_env_flags_map_to_their_keys():
     env = dict(
-        DATA_PATH="datasets/lcb_v6", MODEL_PATH="/models/qwen", EXPERIMENT="exp1", TRAIN_BATCH_SIZE="4",
-        ROLLOUT_N="2", MINI_BATCH_SIZE="4", LR="3e-6", ALPHA="0.0", DISTILLATION_TOPK="20",
-        DONT_REPROMPT_ON_SELF_SUCCESS="False", INCLUDE_ENVIRONMENT_FEEDBACK="false", SUMMARIZE_SOLUTIONS="True",
-        SUMMARY_FROM_ALL="True", SUMMARY_K="7",
-        PEER_CONTROL_MATCH="token", N_GPUS_PER_NODE="2", TEACHER_UPDATE_RATE="0.1",
-        INCLUDE_PRIMARY_SOLUTION="True", INCLUDE_ANOTHER_SOLUTION="False", FAILURE_SOLUTION_CONDITION="when_no_solution",
+        DATA_PATH="datasets/lcb_v6",
+        MODEL_PATH="/models/qwen",
+        EXPERIMENT="exp1",
+        TRAIN_BATCH_SIZE="4",
+        ROLLOUT_N="2",
+        MINI_BATCH_SIZE="4",
+        LR="3e-6",
+        ALPHA="0.0",
+        DISTILLATION_TOPK="20",
+        DONT_REPROMPT_ON_SELF_SUCCESS="False",
+        INCLUDE_ENVIRONMENT_FEEDBACK="false",
+        SUMMARIZE_SOLUTIONS="True",
+        SUMMARY_FROM_ALL="True",
+        SUMMARY_K="7",
+        PEER_CONTROL_MATCH="token",
+        N_GPUS_PER_NODE="2",
+        TEACHER_UPDATE_RATE="0.1",
+        INCLUDE_PRIMARY_SOLUTION="True",
+        INCLUDE_ANOTHER_SOLUTION="False",
+        FAILURE_SOLUTION_CONDITION="when_no_solution",
     )
     got = as_dict(command("run_local_sdpo.sh", **env))
     assert got == {
@@ -171,24 +201,42 @@ def test_sdpo_gpu_uses_the_release_settings():
     expected = {  # what depends on the machine or the script: on the command line
         "release": "gpu",
         "actor_rollout_ref.model.path": "Qwen/Qwen3-4B-Instruct-2507",
-        "data.train_files": "datasets/lcb_v6/train.parquet", "data.max_response_length": "4096",
-        f"{ROLLOUT}.name": EXPECTED_ROLLOUT, "trainer.n_gpus_per_node": "8",
-        f"{SD}.include_primary_solution": "true", f"{SD}.include_another_solution": "true",
-        f"{SD}.include_failure_solution": "true", f"{SD}.failure_solution_condition": "always",
+        "data.train_files": "datasets/lcb_v6/train.parquet",
+        "data.max_response_length": "4096",
+        f"{ROLLOUT}.name": EXPECTED_ROLLOUT,
+        "trainer.n_gpus_per_node": "8",
+        f"{SD}.include_primary_solution": "true",
+        f"{SD}.include_another_solution": "true",
+        f"{SD}.include_failure_solution": "true",
+        f"{SD}.failure_solution_condition": "always",
         "trainer.save_freq": "10",
     }
     assert {k: got.get(k) for k in expected} == expected
     release = {  # the release's fixed settings: from the release=gpu preset, as python -m trainer.main users get them
-        "data.train_batch_size": 32, f"{ROLLOUT}.n": 8, f"{ACTOR}.ppo_mini_batch_size": 32,
-        f"{ACTOR}.optim.lr": 1e-5, "data.max_prompt_length": 2048, "data.max_response_length": 4096,
-        f"{SD}.max_reprompt_len": 10240, f"{ROLLOUT}.val_kwargs.n": 8, "trainer.test_freq": 5,
-        "trainer.total_epochs": 30, "actor_rollout_ref.model.dtype": "bfloat16",
-        "data.apply_chat_template_kwargs.enable_thinking": False, "trainer.logger": ["console", "jsonl", "wandb"],
-        f"{ROLLOUT}.val_kwargs.temperature": 0.6, f"{ROLLOUT}.val_kwargs.top_p": 0.95,
-        "algorithm.rollout_correction.rollout_is": "token", f"{ACTOR}.optim.warmup_style": "constant",
-        "trainer.total_training_steps": None, "actor_rollout_ref.model.enable_gradient_checkpointing": True,
-        f"{ACTOR}.ppo_micro_batch_size_per_gpu": 1, f"{ACTOR}.optim.lr_warmup_steps": 10,
-        "trainer.n_gpus_per_node": 8, "trainer.save_freq": 10, "actor_rollout_ref.model.use_remove_padding": True,
+        "data.train_batch_size": 32,
+        f"{ROLLOUT}.n": 8,
+        f"{ACTOR}.ppo_mini_batch_size": 32,
+        f"{ACTOR}.optim.lr": 1e-5,
+        "data.max_prompt_length": 2048,
+        "data.max_response_length": 4096,
+        f"{SD}.max_reprompt_len": 10240,
+        f"{ROLLOUT}.val_kwargs.n": 8,
+        "trainer.test_freq": 5,
+        "trainer.total_epochs": 30,
+        "actor_rollout_ref.model.dtype": "bfloat16",
+        "data.apply_chat_template_kwargs.enable_thinking": False,
+        "trainer.logger": ["console", "jsonl", "wandb"],
+        f"{ROLLOUT}.val_kwargs.temperature": 0.6,
+        f"{ROLLOUT}.val_kwargs.top_p": 0.95,
+        "algorithm.rollout_correction.rollout_is": "token",
+        f"{ACTOR}.optim.warmup_style": "constant",
+        "trainer.total_training_steps": None,
+        "actor_rollout_ref.model.enable_gradient_checkpointing": True,
+        f"{ACTOR}.ppo_micro_batch_size_per_gpu": 1,
+        f"{ACTOR}.optim.lr_warmup_steps": 10,
+        "trainer.n_gpus_per_node": 8,
+        "trainer.save_freq": 10,
+        "actor_rollout_ref.model.use_remove_padding": True,
     }
     effective = composed(cmd)
     assert {k: effective.get(k) for k in release} == release
@@ -197,13 +245,17 @@ def test_sdpo_gpu_uses_the_release_settings():
 def test_release_preset_is_a_hydra_choice_and_off_by_default():
     plain = composed([sys.executable, "-m", "trainer.main", "--config-name", "mopd"])
     assert plain["data.train_batch_size"] == 16 and plain["trainer.logger"] == ["console", "jsonl"]
-    gpu = composed([sys.executable, "-m", "trainer.main", "--config-name", "grpo", "release=gpu", "data.train_batch_size=8"])
+    gpu = composed(
+        [sys.executable, "-m", "trainer.main", "--config-name", "grpo", "release=gpu", "data.train_batch_size=8"]
+    )
     assert gpu["data.train_batch_size"] == 8 and gpu[f"{ACTOR}.optim.lr"] == 1e-5  # command line wins
     assert gpu[f"{ACTOR}.policy_loss.loss_mode"] == "grpo"
 
 
 def test_sdpo_gpu_env_overrides_the_release_defaults():
-    got = as_dict(command("run_local_sdpo.sh", **gpu_env(INCLUDE_FAILURE_SOLUTION="False", MODEL_PATH="m", ROLLOUT_N="4")))
+    got = as_dict(
+        command("run_local_sdpo.sh", **gpu_env(INCLUDE_FAILURE_SOLUTION="False", MODEL_PATH="m", ROLLOUT_N="4"))
+    )
     assert got[f"{SD}.include_failure_solution"] == "false"
     assert got["actor_rollout_ref.model.path"] == "m" and got[f"{ROLLOUT}.n"] == "4"
 
@@ -253,8 +305,12 @@ def test_missing_data_stops_before_launching():
 def test_grpo_script():
     cmd = command("run_local_grpo.sh", "x.y=1", DATA_PATH="d", LR="1e-6")
     assert cmd[4] == "grpo" and overrides(cmd) == [
-        "data.train_files=d/train.parquet", "data.val_files=d/test.parquet", "data.max_prompt_length=2048",
-        f"{ACTOR}.optim.lr=1e-6", "x.y=1"]
+        "data.train_files=d/train.parquet",
+        "data.val_files=d/test.parquet",
+        "data.max_prompt_length=2048",
+        f"{ACTOR}.optim.lr=1e-6",
+        "x.y=1",
+    ]
     got = as_dict(command("run_local_grpo.sh", **gpu_env()))
     assert got["actor_rollout_ref.model.path"] == "Qwen/Qwen3-4B" and got["data.max_response_length"] == "8192"
     assert not any(k.startswith(SD) for k in got)
@@ -273,8 +329,11 @@ def test_ts_sets_the_frozen_external_teacher_and_primary_only_context():
     assert cmd[4] == "sdpo" and overrides(cmd)[-1] == "extra=1"
     assert got["actor_rollout_ref.ref.model.path"] == "/t" and got["actor_rollout_ref.model.path"] == "/s"
     assert got[f"{SD}.teacher_update_rate"] == "0.0"
-    assert (got[f"{SD}.include_primary_solution"], got[f"{SD}.include_another_solution"],
-            got[f"{SD}.include_failure_solution"]) == ("true", "false", "false")
+    assert (
+        got[f"{SD}.include_primary_solution"],
+        got[f"{SD}.include_another_solution"],
+        got[f"{SD}.include_failure_solution"],
+    ) == ("true", "false", "false")
 
 
 def test_ts_embedded_default_uses_the_embedded_base_model_as_teacher():
@@ -298,8 +357,12 @@ def datasets_dir(tmp_path):
 
 
 def test_generalization_sdpo_sweep(datasets_dir):
-    result = run("experiments/generalization/run_sdpo_all.sh", "trainer.save_freq=5",
-                 DATASETS_DIR=str(datasets_dir), N_GPUS_PER_NODE="8")
+    result = run(
+        "experiments/generalization/run_sdpo_all.sh",
+        "trainer.save_freq=5",
+        DATASETS_DIR=str(datasets_dir),
+        N_GPUS_PER_NODE="8",
+    )
     cmds = commands(result)
     assert len(cmds) == 4  # 2 models x the 2 datasets present
     for missing in ("sciknoweval/biology", "sciknoweval/material", "sciknoweval/physics"):
@@ -310,7 +373,10 @@ def test_generalization_sdpo_sweep(datasets_dir):
         got = as_dict(cmd)
         assert cmd[4] == "sdpo" and overrides(cmd)[-1] == "trainer.save_freq=5"
         assert (got[f"{SD}.alpha"], got[f"{SD}.distillation_topk"], got[f"{SD}.include_environment_feedback"]) == (
-            "0.5", "100", "false")
+            "0.5",
+            "100",
+            "false",
+        )
         assert got[f"{ROLLOUT}.val_kwargs.n"] == "16" and got["release"] == "gpu"
         effective = composed(cmd)
         assert effective["data.train_batch_size"] == 32
@@ -320,8 +386,12 @@ def test_generalization_sdpo_sweep(datasets_dir):
 
 
 def test_generalization_grpo_sweep(datasets_dir):
-    result = run("experiments/generalization/run_baseline_grpo_all.sh", DATASETS_DIR=str(datasets_dir),
-                 MODELS="Qwen/Qwen3-8B", N_GPUS_PER_NODE="8")
+    result = run(
+        "experiments/generalization/run_baseline_grpo_all.sh",
+        DATASETS_DIR=str(datasets_dir),
+        MODELS="Qwen/Qwen3-8B",
+        N_GPUS_PER_NODE="8",
+    )
     cmds = commands(result)
     grid = [(as_dict(c)[f"{ACTOR}.ppo_mini_batch_size"], as_dict(c)[f"{ACTOR}.optim.lr"]) for c in cmds]
     assert grid == [("8", "1e-5"), ("8", "1e-6"), ("32", "1e-5"), ("32", "1e-6")] * 2
@@ -338,15 +408,24 @@ def test_generalization_skips_everything_with_a_message(tmp_path):
 def test_rich_feedback_scripts():
     got = as_dict(command("experiments/rich_feedback/run_sdpo.sh", N_GPUS_PER_NODE="8"))
     expected = {
-        "actor_rollout_ref.model.path": "Qwen/Qwen3-8B", "data.train_files": "datasets/lcb_v6/train.parquet",
-        f"{SD}.alpha": "1.0", f"{SD}.distillation_topk": "20", f"{SD}.teacher_update_rate": "0.01",
-        f"{ACTOR}.ppo_mini_batch_size": "1", f"{ACTOR}.optim.lr": "1e-6", f"{ACTOR}.optim.lr_warmup_steps": "0",
-        f"{ROLLOUT}.val_kwargs.n": "4", f"{SD}.include_environment_feedback": "true",
+        "actor_rollout_ref.model.path": "Qwen/Qwen3-8B",
+        "data.train_files": "datasets/lcb_v6/train.parquet",
+        f"{SD}.alpha": "1.0",
+        f"{SD}.distillation_topk": "20",
+        f"{SD}.teacher_update_rate": "0.01",
+        f"{ACTOR}.ppo_mini_batch_size": "1",
+        f"{ACTOR}.optim.lr": "1e-6",
+        f"{ACTOR}.optim.lr_warmup_steps": "0",
+        f"{ROLLOUT}.val_kwargs.n": "4",
+        f"{SD}.include_environment_feedback": "true",
     }
     assert {k: got.get(k) for k in expected} == expected
     got = as_dict(command("experiments/rich_feedback/run_baseline_grpo.sh", "a=1", N_GPUS_PER_NODE="8"))
     assert (got[f"{ACTOR}.ppo_mini_batch_size"], got[f"{ACTOR}.optim.lr"], got[f"{ROLLOUT}.val_kwargs.n"]) == (
-        "8", "1e-6", "4")
+        "8",
+        "1e-6",
+        "4",
+    )
     assert got["a"] == "1" and not any(k.startswith(SD) for k in got)
 
 
@@ -367,10 +446,23 @@ def test_printed_commands_compose_and_validate(monkeypatch, datasets_dir):
         command("run_local_grpo.sh", **gpu_env()),
         command("run_ts_sdpo.sh", **gpu_env(TEACHER_MODEL_PATH="Qwen/Qwen3-14B")),
         command("run_ts_sdpo.sh"),
-        commands(run("experiments/generalization/run_sdpo_all.sh", DATASETS_DIR=str(datasets_dir),
-                     MODELS="m", METHOD="mopd", N_GPUS_PER_NODE="8"))[0],
-        commands(run("experiments/generalization/run_baseline_grpo_all.sh", DATASETS_DIR=str(datasets_dir),
-                     MODELS="m", N_GPUS_PER_NODE="8"))[0],
+        commands(
+            run(
+                "experiments/generalization/run_sdpo_all.sh",
+                DATASETS_DIR=str(datasets_dir),
+                MODELS="m",
+                METHOD="mopd",
+                N_GPUS_PER_NODE="8",
+            )
+        )[0],
+        commands(
+            run(
+                "experiments/generalization/run_baseline_grpo_all.sh",
+                DATASETS_DIR=str(datasets_dir),
+                MODELS="m",
+                N_GPUS_PER_NODE="8",
+            )
+        )[0],
         command("experiments/rich_feedback/run_sdpo.sh", N_GPUS_PER_NODE="8"),
         command("experiments/rich_feedback/run_baseline_grpo.sh", N_GPUS_PER_NODE="8"),
     ]
@@ -384,8 +476,10 @@ def test_rollout_engine_choice_is_said_in_one_line():
     assert as_dict(commands(gpu)[0])[f"{ROLLOUT}.name"] == EXPECTED_ROLLOUT
     assert ("vllm is not installed: rollout with hf" in gpu.stderr) == (not HAVE_VLLM)
     cpu = run("run_local_sdpo.sh")
-    assert any(line.endswith("no CUDA device: rollout with hf (vllm is the default on CUDA machines that have it)")
-        for line in cpu.stderr.splitlines())
+    assert any(
+        line.endswith("no CUDA device: rollout with hf (vllm is the default on CUDA machines that have it)")
+        for line in cpu.stderr.splitlines()
+    )
     chosen = run("run_local_sdpo.sh", **gpu_env(ROLLOUT_NAME="hf"))
     assert as_dict(commands(chosen)[0])[f"{ROLLOUT}.name"] == "hf" and "rollout with hf" not in chosen.stderr
 

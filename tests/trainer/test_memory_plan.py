@@ -27,12 +27,27 @@ from trainer.memory_plan import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-QWEN3_8B = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 4096, "num_hidden_layers": 36,
-            "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 12288,
-            "vocab_size": 151936, "tie_word_embeddings": False}
+QWEN3_8B = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    "hidden_size": 4096,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 12288,
+    "vocab_size": 151936,
+    "tie_word_embeddings": False,
+}
 # benchmarks/step_breakdown.py's 0.6b preset: the model of the H200 rows in docs/performance.md
-QWEN3_06B = {**QWEN3_8B, "hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,
-             "intermediate_size": 3072, "tie_word_embeddings": True}
+QWEN3_06B = {
+    **QWEN3_8B,
+    "hidden_size": 1024,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "intermediate_size": 3072,
+    "tie_word_embeddings": True,
+}
 
 
 def _model_dir(tmp_path: Path, config: dict, name: str) -> str:
@@ -49,8 +64,14 @@ def _compose(name: str, overrides: list[str]) -> dict:
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "trainer.memory_plan", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.memory_plan", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_parameter_count_matches_a_real_model_built_from_the_same_config():
@@ -69,21 +90,41 @@ def test_parameter_count_matches_a_real_model_built_from_the_same_config():
 
 def test_release_8b_fits_eight_h100s_and_prints_every_phase(tmp_path):
     path = _model_dir(tmp_path, QWEN3_8B, "qwen3-8b")
-    done = _cli("--config-name", "mopd", "release=gpu", f"actor_rollout_ref.model.path={path}",
-                "trainer.n_gpus_per_node=8", "trainer.device_memory_gb=80")
+    done = _cli(
+        "--config-name",
+        "mopd",
+        "release=gpu",
+        f"actor_rollout_ref.model.path={path}",
+        "trainer.n_gpus_per_node=8",
+        "trainer.device_memory_gb=80",
+    )
     assert done.returncode == 0, done.stderr
     for column in ("load", "generation", "logprob/teacher", "update", "checkpoint"):
         assert column in done.stdout
-    for row in ("actor weights", "gradients", "optimizer state", "activations", "fused head chunks",
-                "teacher weights", "KV cache", "left of usable"):
+    for row in (
+        "actor weights",
+        "gradients",
+        "optimizer state",
+        "activations",
+        "fused head chunks",
+        "teacher weights",
+        "KV cache",
+        "left of usable",
+    ):
         assert row in done.stdout
     assert "verdict: fits" in done.stdout
 
 
 def test_release_8b_on_one_16gb_gpu_stops_with_one_line_naming_a_key(tmp_path):
     path = _model_dir(tmp_path, QWEN3_8B, "qwen3-8b")
-    done = _cli("--config-name", "mopd", "release=gpu", f"actor_rollout_ref.model.path={path}",
-                "trainer.n_gpus_per_node=1", "trainer.device_memory_gb=16")
+    done = _cli(
+        "--config-name",
+        "mopd",
+        "release=gpu",
+        f"actor_rollout_ref.model.path={path}",
+        "trainer.n_gpus_per_node=1",
+        "trainer.device_memory_gb=16",
+    )
     assert done.returncode == 1
     reason = done.stderr.strip().splitlines()
     assert len(reason) == 1 and "does not fit" in reason[0]
@@ -93,7 +134,11 @@ def test_release_8b_on_one_16gb_gpu_stops_with_one_line_naming_a_key(tmp_path):
 def test_missing_config_json_is_one_line(tmp_path):
     done = _cli("--config-name", "grpo", f"actor_rollout_ref.model.path={tmp_path}", "trainer.device_memory_gb=80")
     assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and "config.json" in done.stderr and "actor_rollout_ref.model.path" in done.stderr
+    assert (
+        done.stderr.strip().count("\n") == 0
+        and "config.json" in done.stderr
+        and "actor_rollout_ref.model.path" in done.stderr
+    )
 
 
 def _measured_h200_peaks() -> dict[str, float]:
@@ -108,15 +153,25 @@ def _measured_h200_peaks() -> dict[str, float]:
 def test_plan_matches_the_measured_h200_peaks_within_25_percent(tmp_path, mode):
     # The H200 run's settings (benchmarks/step_breakdown.py --preset 0.6b --response-length 1024 on 2026-11-28)
     path = _model_dir(tmp_path, QWEN3_06B, "q06")
-    cfg = _compose(mode, [f"actor_rollout_ref.model.path={path}", "data.val_files=null", "data.train_batch_size=8",
-                          "data.max_prompt_length=512", "data.max_response_length=1024", "actor_rollout_ref.rollout.n=8",
-                          "actor_rollout_ref.actor.ppo_mini_batch_size=8",
-                          "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
-                          "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
-                          "actor_rollout_ref.actor.self_distillation.max_reprompt_len=4864",
-                          "actor_rollout_ref.model.enable_gradient_checkpointing=true",
-                          "actor_rollout_ref.model.use_remove_padding=true", "trainer.device=cuda",
-                          "trainer.device_memory_gb=141"])
+    cfg = _compose(
+        mode,
+        [
+            f"actor_rollout_ref.model.path={path}",
+            "data.val_files=null",
+            "data.train_batch_size=8",
+            "data.max_prompt_length=512",
+            "data.max_response_length=1024",
+            "actor_rollout_ref.rollout.n=8",
+            "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
+            "actor_rollout_ref.actor.self_distillation.max_reprompt_len=4864",
+            "actor_rollout_ref.model.enable_gradient_checkpointing=true",
+            "actor_rollout_ref.model.use_remove_padding=true",
+            "trainer.device=cuda",
+            "trainer.device_memory_gb=141",
+        ],
+    )
     plan = plan_memory(cfg, 141 * GB)
     measured = _measured_h200_peaks()[mode]
     assert plan.peak / GB == pytest.approx(measured, rel=0.25), (plan.peak_phase, plan.peak / GB)
@@ -125,8 +180,9 @@ def test_plan_matches_the_measured_h200_peaks_within_25_percent(tmp_path, mode):
 
 def _release(tmp_path, *extra: str) -> dict:
     path = _model_dir(tmp_path, QWEN3_8B, "q8")
-    return _compose("mopd", ["release=gpu", f"actor_rollout_ref.model.path={path}", "trainer.n_gpus_per_node=8",
-                             *extra])
+    return _compose(
+        "mopd", ["release=gpu", f"actor_rollout_ref.model.path={path}", "trainer.n_gpus_per_node=8", *extra]
+    )
 
 
 def test_generation_budget_bounds_the_kv_cache_and_is_what_the_plan_suggests(tmp_path):
@@ -148,13 +204,25 @@ def test_offload_and_checkpointing_lower_what_they_should(tmp_path):
     assert "optimizer state (Adam)" not in off.phases["generation"]
     assert off.phases["update"]["optimizer state (Adam)"] == base.phases["update"]["optimizer state (Adam)"]
     no_ckpt = plan_memory(_release(tmp_path, "actor_rollout_ref.model.enable_gradient_checkpointing=false"), 80 * GB)
-    assert no_ckpt.phases["update"]["activations (micro-batch)"] > 10 * base.phases["update"]["activations (micro-batch)"]
+    assert (
+        no_ckpt.phases["update"]["activations (micro-batch)"] > 10 * base.phases["update"]["activations (micro-batch)"]
+    )
 
 
 def test_a_kl_penalty_plans_its_frozen_reference_and_its_forward(tmp_path):
     path = _model_dir(tmp_path, QWEN3_8B, "q8")
-    grpo = lambda *extra: _compose("grpo", ["release=gpu", f"actor_rollout_ref.model.path={path}",  # noqa: E731
-                                            "trainer.n_gpus_per_node=8", *extra])
+
+    def grpo(*extra):
+        return _compose(
+            "grpo",
+            [
+                "release=gpu",
+                f"actor_rollout_ref.model.path={path}",
+                "trainer.n_gpus_per_node=8",
+                *extra,
+            ],
+        )
+
     plain = plan_memory(grpo(), 80 * GB)
     kl = plan_memory(grpo("actor_rollout_ref.actor.use_kl_loss=true"), 80 * GB)
     reference = "teacher weights (fp32 shard)"
@@ -179,10 +247,24 @@ def test_trainer_check_stops_warns_or_passes(tmp_path, capsys):
 def test_trainer_main_runs_the_plan_before_any_worker(tmp_path):
     path = _model_dir(tmp_path, QWEN3_8B, "q8")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "trainer.main", "--config-name", "grpo",
-                           f"actor_rollout_ref.model.path={path}", "trainer.device_memory_gb=16", "trainer.backend=local",
-                           f"trainer.default_local_dir={tmp_path / 'run'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.main",
+            "--config-name",
+            "grpo",
+            f"actor_rollout_ref.model.path={path}",
+            "trainer.device_memory_gb=16",
+            "trainer.backend=local",
+            f"trainer.default_local_dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "memory plan does not fit" in done.stderr and done.stderr.strip().count("\n") == 0
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -30,8 +30,12 @@ def node(node_id: str, ip: str, cpu: float, gpu: float = 0, alive: bool = True) 
 
 
 def test_nodes_are_chosen_driver_first_then_by_ip_and_only_if_they_hold_a_node_of_ranks():
-    nodes = [node("c" * 56, "10.0.0.3", 8, 4), node("a" * 56, "10.0.0.2", 8, 4), node("b" * 56, "10.0.0.1", 8, 2),
-             node("d" * 56, "10.0.0.0", 8, 8, alive=False)]
+    nodes = [
+        node("c" * 56, "10.0.0.3", 8, 4),
+        node("a" * 56, "10.0.0.2", 8, 4),
+        node("b" * 56, "10.0.0.1", 8, 2),
+        node("d" * 56, "10.0.0.0", 8, 8, alive=False),
+    ]
     chosen = placement.choose_nodes(nodes, 2, 4, use_gpu=True, driver_node_id="c" * 56)
     assert [n["NodeID"][0] for n in chosen] == ["c", "a"]  # b has 2 GPUs only, d is dead
     assert [n["NodeID"][0] for n in placement.choose_nodes(nodes, 3, 2, use_gpu=True)] == ["b", "a", "c"]
@@ -52,7 +56,11 @@ def test_ranks_are_ordered_by_node_then_by_the_gpu_ray_gave_the_bundle():
     probes += [{"node_id": "n1", "node_ip": "ip1", "gpu_ids": [g], "device_index": int(g)} for g in ("0", "2")]
     placed = placement.places(probes, per_node=2)
     assert [(p.rank, p.node_id, p.local_rank, p.device, p.bundle) for p in placed] == [
-        (0, "n0", 0, "cuda:1", 1), (1, "n0", 1, "cuda:3", 0), (2, "n1", 0, "cuda:0", 2), (3, "n1", 1, "cuda:2", 3)]
+        (0, "n0", 0, "cuda:1", 1),
+        (1, "n0", 1, "cuda:3", 0),
+        (2, "n1", 0, "cuda:0", 2),
+        (3, "n1", 1, "cuda:2", 3),
+    ]
     assert [p.device_index for p in placed] == [1, 3, 0, 2] and placed[1].gpu_ids == ("3",)
     placement.check_packed(placed, 2)
     split = [placed[0], replace(placed[2], rank=1), replace(placed[1], rank=2), placed[3]]
@@ -60,14 +68,25 @@ def test_ranks_are_ordered_by_node_then_by_the_gpu_ray_gave_the_bundle():
         placement.check_packed(split, 2)
 
 
-@pytest.mark.parametrize("overrides,start", [
-    (["trainer.placement_timeout_s=0"], "trainer.placement_timeout_s must be a positive number of seconds"),
-    (["trainer.runtime_env=[NCCL_DEBUG]"], "trainer.runtime_env must be null or a mapping"),
-    (["trainer.backend=ray", "trainer.nnodes=2", "trainer.n_gpus_per_node=3", "data.train_batch_size=6",
-      "actor_rollout_ref.actor.ppo_mini_batch_size=6", "actor_rollout_ref.rollout.name=vllm",
-      "actor_rollout_ref.rollout.tensor_model_parallel_size=2"],
-     "actor_rollout_ref.rollout.tensor_model_parallel_size (2) must divide trainer.n_gpus_per_node (3)"),
-])
+@pytest.mark.parametrize(
+    "overrides,start",
+    [
+        (["trainer.placement_timeout_s=0"], "trainer.placement_timeout_s must be a positive number of seconds"),
+        (["trainer.runtime_env=[NCCL_DEBUG]"], "trainer.runtime_env must be null or a mapping"),
+        (
+            [
+                "trainer.backend=ray",
+                "trainer.nnodes=2",
+                "trainer.n_gpus_per_node=3",
+                "data.train_batch_size=6",
+                "actor_rollout_ref.actor.ppo_mini_batch_size=6",
+                "actor_rollout_ref.rollout.name=vllm",
+                "actor_rollout_ref.rollout.tensor_model_parallel_size=2",
+            ],
+            "actor_rollout_ref.rollout.tensor_model_parallel_size (2) must divide trainer.n_gpus_per_node (3)",
+        ),
+    ],
+)
 def test_placement_config_keys_are_checked(overrides, start):
     from hydra import compose, initialize_config_dir
 
@@ -149,9 +168,13 @@ class EchoWorker:
     def where(self):
         import ray
 
-        return {"rank": self.rank, "node": ray.get_runtime_context().get_node_id(),
-                "LOCAL_RANK": os.environ["LOCAL_RANK"], "device_index": self.device_index,
-                "env": os.environ.get("MOPD_PLACEMENT_TEST")}
+        return {
+            "rank": self.rank,
+            "node": ray.get_runtime_context().get_node_id(),
+            "LOCAL_RANK": os.environ["LOCAL_RANK"],
+            "device_index": self.device_index,
+            "env": os.environ.get("MOPD_PLACEMENT_TEST"),
+        }
 
     @register(Dispatch.ONE_TO_ALL)
     def shutdown(self):
@@ -191,8 +214,14 @@ def test_ranks_are_packed_node_by_node_and_written_to_placement_json(two_nodes, 
     from trainer.worker_group import RayWorkerGroup
 
     cluster, nodes = two_nodes
-    config = {"trainer": {"nnodes": 2, "default_local_dir": str(tmp_path), "placement_timeout_s": 60,
-                          "runtime_env": {"env_vars": {"MOPD_PLACEMENT_TEST": "from trainer.runtime_env"}}}}
+    config = {
+        "trainer": {
+            "nnodes": 2,
+            "default_local_dir": str(tmp_path),
+            "placement_timeout_s": 60,
+            "runtime_env": {"env_vars": {"MOPD_PLACEMENT_TEST": "from trainer.runtime_env"}},
+        }
+    }
     group = RayWorkerGroup(EchoWorker, config, 4, use_gpu=False, timeout_s=120)
     try:
         seen = group.where()
@@ -207,7 +236,8 @@ def test_ranks_are_packed_node_by_node_and_written_to_placement_json(two_nodes, 
         assert {s["env"] for s in seen} == {"from trainer.runtime_env"}
         record = json.loads((tmp_path / "placement.json").read_text())
         assert [(r["rank"], r["node_id"], r["local_rank"], r["device"]) for r in record["ranks"]] == [
-            (s["rank"], s["node"], int(s["LOCAL_RANK"]), "cpu") for s in seen]
+            (s["rank"], s["node"], int(s["LOCAL_RANK"]), "cpu") for s in seen
+        ]
         assert record["nnodes"] == 2 and record["n_gpus_per_node"] == 2
         node_lines = [line for line in out.splitlines() if line.startswith("[mopd] node ")]
         assert len(node_lines) == 2 and "ranks 0-1, local ranks 0-1" in node_lines[0]

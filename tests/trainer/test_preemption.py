@@ -25,9 +25,15 @@ STEPS = ("trainer.backend=local", "trainer.total_training_steps=8", "trainer.sav
 def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
     # SIGINT back to its default in the child: a test runner started in the background ignores it, and Python
     # only turns SIGINT into KeyboardInterrupt when it is not ignored at start.
-    return subprocess.Popen(command(run_dir, *overrides), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        command(run_dir, *overrides),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 180.0) -> None:
@@ -84,8 +90,9 @@ def test_a_signal_at_a_random_moment_checkpoints_and_the_rerun_resumes_bit_ident
     step = int(line.split("after step ")[1].split(";")[0])
     assert 1 <= step < 8, context
     where = run / "checkpoints" / f"global_step_{step}"
-    assert line == (f"[mopd] stopped by {sig.name} after step {step}; checkpoint written: {where}; "
-                    "the same command resumes"), context
+    assert line == (
+        f"[mopd] stopped by {sig.name} after step {step}; checkpoint written: {where}; the same command resumes"
+    ), context
     assert verify(where) and steps_logged(run) == step  # every step done is logged and checkpointed
     assert "Traceback" not in stderr, context
 
@@ -105,8 +112,9 @@ def test_a_stop_at_once_keeps_the_last_complete_checkpoint(tmp_path, how):
     grace = ["trainer.preemption_grace_s=0.001"] if how == "grace-deadline" else []
     # 8 optimizer updates a step for the second signal: a step outlasts the moment between the two
     epochs = ["actor_rollout_ref.actor.ppo_epochs=8"] if how == "second-signal" else []
-    proc = start(run, "trainer.backend=local", "trainer.total_training_steps=200", "trainer.save_freq=2",
-                 *epochs, *grace)
+    proc = start(
+        run, "trainer.backend=local", "trainer.total_training_steps=200", "trainer.save_freq=2", *epochs, *grace
+    )
     try:
         wait_for(proc, lambda: steps_logged(run) >= 3, "three steps")
         if how == "ctrl-c":
@@ -123,9 +131,11 @@ def test_a_stop_at_once_keeps_the_last_complete_checkpoint(tmp_path, how):
             proc.kill()
     expected_rc = {"second-signal": 143, "grace-deadline": 143, "ctrl-c": 130}[how]
     assert proc.returncode == expected_rc, stderr[-3000:]
-    first = {"second-signal": "[mopd] stopped at once by a second signal (SIGTERM after SIGTERM) during step ",
-             "grace-deadline": "[mopd] stopped at once: trainer.preemption_grace_s=0.001 s passed since SIGTERM",
-             "ctrl-c": "[mopd] interrupted (Ctrl-C) during step "}[how]
+    first = {
+        "second-signal": "[mopd] stopped at once by a second signal (SIGTERM after SIGTERM) during step ",
+        "grace-deadline": "[mopd] stopped at once: trainer.preemption_grace_s=0.001 s passed since SIGTERM",
+        "ctrl-c": "[mopd] interrupted (Ctrl-C) during step ",
+    }[how]
     (line,) = mopd_lines(stderr, first)
     manager = CheckpointManager(run / "checkpoints")
     latest_step, latest = manager.latest()

@@ -34,21 +34,26 @@ def _left_padded(lengths, width, generator, vocab):
     ids = torch.zeros(len(lengths), width, dtype=torch.long)
     mask = torch.zeros(len(lengths), width, dtype=torch.long)
     for i, n in enumerate(lengths):
-        ids[i, width - n:] = torch.randint(3, vocab, (n,), generator=generator)
-        mask[i, width - n:] = 1
+        ids[i, width - n :] = torch.randint(3, vocab, (n,), generator=generator)
+        mask[i, width - n :] = 1
     return ids, mask
 
 
 def make_mini_batch(vocab: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     b = PROMPTS * N
-    prompt, prompt_mask = _left_padded(torch.randint(2, PROMPT_WIDTH + 1, (PROMPTS,), generator=g).repeat_interleave(N).tolist(),
-                                       PROMPT_WIDTH, g, vocab)
+    prompt, prompt_mask = _left_padded(
+        torch.randint(2, PROMPT_WIDTH + 1, (PROMPTS,), generator=g).repeat_interleave(N).tolist(),
+        PROMPT_WIDTH,
+        g,
+        vocab,
+    )
     response_lengths = torch.randint(1, RESPONSE_WIDTH + 1, (b,), generator=g)
     response_mask = (torch.arange(RESPONSE_WIDTH) < response_lengths.unsqueeze(1)).long()
     responses = torch.randint(3, vocab, (b, RESPONSE_WIDTH), generator=g) * response_mask
-    teacher, teacher_mask = _left_padded(torch.randint(3, TEACHER_WIDTH + 1, (b,), generator=g).tolist(),
-                                         TEACHER_WIDTH, g, vocab)
+    teacher, teacher_mask = _left_padded(
+        torch.randint(3, TEACHER_WIDTH + 1, (b,), generator=g).tolist(), TEACHER_WIDTH, g, vocab
+    )
     attention_mask = torch.cat([prompt_mask, response_mask], 1)
     teacher_attention = torch.cat([teacher_mask, response_mask], 1)
     # Scores: mixed groups (pairs), one all-failed group (no pairs), one all-successful group.
@@ -72,9 +77,19 @@ def make_mini_batch(vocab: int, seed: int = 0) -> dict:
 
 def actor_cfg(loss_mode: str, agg_mode: str = "token-mean") -> dict:
     return {
-        "loss_agg_mode": agg_mode, "clip_ratio_low": 0.2, "clip_ratio_high": 0.28, "clip_ratio_c": 3.0,
-        "policy_loss": {"loss_mode": loss_mode, "dpo_beta": 0.1, "simpo_beta": 2.0, "simpo_gamma": 0.5,
-                        "pref_label_smoothing": 0.1, "sft_success_threshold": 1.0, "sft_length_normalize": True},
+        "loss_agg_mode": agg_mode,
+        "clip_ratio_low": 0.2,
+        "clip_ratio_high": 0.28,
+        "clip_ratio_c": 3.0,
+        "policy_loss": {
+            "loss_mode": loss_mode,
+            "dpo_beta": 0.1,
+            "simpo_beta": 2.0,
+            "simpo_gamma": 0.5,
+            "pref_label_smoothing": 0.1,
+            "sft_success_threshold": 1.0,
+            "sft_length_normalize": True,
+        },
     }
 
 
@@ -108,9 +123,17 @@ def _loss_kwargs(case, models, batch, remove_padding=False):
     if with_old:
         g = torch.Generator().manual_seed(5)
         batch["old_log_probs"] = -2.0 + 0.5 * torch.randn(batch["responses"].shape, generator=g, dtype=torch.float64)
-    return dict(loss_mode=loss_mode, actor_cfg=actor_cfg(loss_mode, agg_mode), sd_cfg=sd_cfg, teacher=teacher,
-                ref_module=other, temperature=batch["meta"]["temperature"], horizon=RESPONSE_WIDTH + 2,
-                entropy_coeff=entropy_coeff, remove_padding=remove_padding)
+    return dict(
+        loss_mode=loss_mode,
+        actor_cfg=actor_cfg(loss_mode, agg_mode),
+        sd_cfg=sd_cfg,
+        teacher=teacher,
+        ref_module=other,
+        temperature=batch["meta"]["temperature"],
+        horizon=RESPONSE_WIDTH + 2,
+        entropy_coeff=entropy_coeff,
+        remove_padding=remove_padding,
+    )
 
 
 def _run(student, micro_batches, normalizers, kwargs):
@@ -171,7 +194,7 @@ def test_group_shuffle_keeps_each_prompts_rollouts_together():
     assert sorted(order.tolist()) == list(range(PROMPTS * N))
     assert order.tolist() != list(range(PROMPTS * N))
     batch = index_batch(make_mini_batch(264), order)
-    groups = [batch["uid"][i:i + N] for i in range(0, PROMPTS * N, N)]
+    groups = [batch["uid"][i : i + N] for i in range(0, PROMPTS * N, N)]
     assert all(len(set(g)) == 1 for g in groups) and len({g[0] for g in groups}) == PROMPTS
 
 
@@ -198,12 +221,21 @@ def plain_loss(case, models, batch, kwargs):
             if sd.teacher_regularization == "trust-region":
                 teacher_logits = trust_region_logits(teacher_logits, _plain_logits(student, *targs), 0.3)
         loss, _ = losses.self_distillation_loss(
-            logits, teacher_logits, batch["responses"], mask, batch["distillation_mask"], sd,
-            old_log_probs=batch.get("old_log_probs"), loss_agg_mode=agg_mode, horizon=kwargs["horizon"])
+            logits,
+            teacher_logits,
+            batch["responses"],
+            mask,
+            batch["distillation_mask"],
+            sd,
+            old_log_probs=batch.get("old_log_probs"),
+            loss_agg_mode=agg_mode,
+            horizon=kwargs["horizon"],
+        )
     elif loss_mode in ("grpo", "vanilla"):
         lp = losses.token_log_probs(logits, batch["responses"])
-        loss, _ = losses.ppo_policy_loss(lp, batch["old_log_probs"], batch["advantages"], mask,
-                                         loss_agg_mode=agg_mode, horizon=kwargs["horizon"])
+        loss, _ = losses.ppo_policy_loss(
+            lp, batch["old_log_probs"], batch["advantages"], mask, loss_agg_mode=agg_mode, horizon=kwargs["horizon"]
+        )
     else:
         lp = losses.token_log_probs(logits, batch["responses"])
         rewards, policy = batch["scores"].tolist(), cfg["policy_loss"]
@@ -212,13 +244,28 @@ def plain_loss(case, models, batch, kwargs):
             loss, _ = sequence_losses.verified_sft_loss(lp, mask, rewards)
         elif loss_mode == "dpo":
             with torch.no_grad():
-                ref = losses.token_log_probs(_plain_logits(other, batch["input_ids"], batch["attention_mask"],
-                                                           batch["position_ids"], width, t), batch["responses"])
-            loss, _ = sequence_losses.dpo_loss(seq, (ref * mask).sum(-1), batch["uid"], rewards, beta=policy["dpo_beta"],
-                                      label_smoothing=policy["pref_label_smoothing"])
+                ref = losses.token_log_probs(
+                    _plain_logits(other, batch["input_ids"], batch["attention_mask"], batch["position_ids"], width, t),
+                    batch["responses"],
+                )
+            loss, _ = sequence_losses.dpo_loss(
+                seq,
+                (ref * mask).sum(-1),
+                batch["uid"],
+                rewards,
+                beta=policy["dpo_beta"],
+                label_smoothing=policy["pref_label_smoothing"],
+            )
         else:
-            loss, _ = sequence_losses.simpo_loss(seq, mask.sum(-1), batch["uid"], rewards, beta=policy["simpo_beta"],
-                                        gamma=policy["simpo_gamma"], label_smoothing=policy["pref_label_smoothing"])
+            loss, _ = sequence_losses.simpo_loss(
+                seq,
+                mask.sum(-1),
+                batch["uid"],
+                rewards,
+                beta=policy["simpo_beta"],
+                gamma=policy["simpo_gamma"],
+                label_smoothing=policy["pref_label_smoothing"],
+            )
     if kwargs["entropy_coeff"]:
         log_p = torch.log_softmax(logits, dim=-1)
         loss = loss - kwargs["entropy_coeff"] * losses.agg_loss(-(log_p.exp() * log_p).sum(-1), mask, "token-mean")
@@ -293,9 +340,12 @@ def _fsdp_worker(rank: int, world: int, port: int, student_shared_prefix: bool =
             ref_kwargs = _loss_kwargs(case, plain_models, batch)
             want = plain_loss(case, plain_models, batch, ref_kwargs)
             want_grads = torch.autograd.grad(want, list(plain_models[0].parameters()))
-            student, other = (model_utils.fsdp2_wrap(copy.deepcopy(m), torch.device("cpu"), world, torch.float32,
-                                                     shard_single_rank=True)
-                              for m in plain_models)
+            student, other = (
+                model_utils.fsdp2_wrap(
+                    copy.deepcopy(m), torch.device("cpu"), world, torch.float32, shard_single_rank=True
+                )
+                for m in plain_models
+            )
             kwargs = _loss_kwargs(case, (student, other), batch, remove_padding=not student_shared_prefix)
             kwargs["student_shared_prefix"] = student_shared_prefix
             counts = loss_normalizer_counts(batch, case[0], kwargs["actor_cfg"])
@@ -306,7 +356,11 @@ def _fsdp_worker(rank: int, world: int, port: int, student_shared_prefix: bool =
             total = torch.tensor([loss], dtype=torch.float64)
             dist.all_reduce(total)
             # Each rank's share is scaled by the world size; their mean is the mini-batch loss.
-            assert total.item() / world == pytest.approx(want.item(), rel=1e-9), (case, total.item() / world, want.item())
+            assert total.item() / world == pytest.approx(want.item(), rel=1e-9), (
+                case,
+                total.item() / world,
+                want.item(),
+            )
             for p, w in zip(student.parameters(), want_grads):
                 torch.testing.assert_close(p.grad.full_tensor(), w, rtol=1e-8, atol=1e-11)
     finally:
@@ -345,14 +399,16 @@ def test_token_budget_partition_respects_budget_groups_and_part_count():
     from workers.batch import token_budget_partition
 
     g = torch.Generator().manual_seed(0)
-    lengths = [(int(s), int(s) + int(t)) for s, t in zip(torch.randint(5, 40, (24,), generator=g),
-                                                          torch.randint(0, 60, (24,), generator=g))]
+    lengths = [
+        (int(s), int(s) + int(t))
+        for s, t in zip(torch.randint(5, 40, (24,), generator=g), torch.randint(0, 60, (24,), generator=g))
+    ]
     for group in (1, 3):
         parts = token_budget_partition(lengths, 150, group=group)
         assert sorted(i for p in parts for i in p) == list(range(24))
         for p in parts:
             assert all(sum(lengths[i][c] for i in p) <= 150 for c in (0, 1)) or len(p) == group
-            assert all(len({i // group for i in p[k:k + group]}) == 1 for k in range(0, len(p), group))
+            assert all(len({i // group for i in p[k : k + group]}) == 1 for k in range(0, len(p), group))
         # the teacher column binds: fewer parts if only student lengths counted
         assert len(token_budget_partition([(s,) for s, _ in lengths], 150, group=group)) < len(parts)
         more = min(len(parts) + 2, 24 // group)
@@ -393,9 +449,11 @@ def _with_shared_teacher_prefixes(batch: dict) -> dict:
     lengths = mask[:, :width].sum(-1)
     for first in range(0, PROMPTS * N, N):
         rows = range(first, first + N)
-        k = int(lengths[first:first + N].min()) - 1
+        k = int(lengths[first : first + N].min()) - 1
         for r in rows:
-            ids[r, width - int(lengths[r]):width - int(lengths[r]) + k] = ids[first, width - int(lengths[first]):][:k]
+            ids[r, width - int(lengths[r]) : width - int(lengths[r]) + k] = ids[first, width - int(lengths[first]) :][
+                :k
+            ]
     return {**batch, "teacher_input_ids": ids}
 
 
@@ -478,7 +536,7 @@ def _with_shared_student_prompts(batch: dict) -> dict:
     columns copied from its first member."""
     ids = batch["input_ids"].clone()
     for first in range(0, PROMPTS * N, N):
-        ids[first:first + N, :PROMPT_WIDTH] = ids[first, :PROMPT_WIDTH]
+        ids[first : first + N, :PROMPT_WIDTH] = ids[first, :PROMPT_WIDTH]
     return {**batch, "input_ids": ids}
 
 

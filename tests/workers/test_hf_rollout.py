@@ -20,8 +20,10 @@ def parts():
     tokenizer = load_tokenizer(path)
     model = load_causal_lm(path, dtype=torch.float32, attn_implementation="sdpa")
     problems = embedded_task.make_problems("test", 6, seed=3)
-    texts = [tokenizer.apply_chat_template(embedded_task.prompt_messages(p), tokenize=False,
-                                           add_generation_prompt=True) for p in problems]
+    texts = [
+        tokenizer.apply_chat_template(embedded_task.prompt_messages(p), tokenize=False, add_generation_prompt=True)
+        for p in problems
+    ]
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     return model, tokenizer, enc["input_ids"], enc["attention_mask"]
 
@@ -61,8 +63,9 @@ def test_samples_follow_their_seeds_not_the_batch(parts):
     seeds = [1000 + i for i in range(ids.shape[0] * 2)]
     whole = rollout(parts).generate(ids, mask, sample(), seeds)
     # the same prompts in two calls (same padded width), and one sample per forward
-    halves = [rollout(parts).generate(ids[s : s + 3], mask[s : s + 3], sample(), seeds[2 * s : 2 * s + 6])
-              for s in (0, 3)]
+    halves = [
+        rollout(parts).generate(ids[s : s + 3], mask[s : s + 3], sample(), seeds[2 * s : 2 * s + 6]) for s in (0, 3)
+    ]
     one_by_one = rollout(parts, micro_batch_size=1).generate(ids, mask, sample(), seeds)
     for other in (halves, [one_by_one]):
         responses = torch.cat([o["responses"] for o in other])
@@ -101,13 +104,13 @@ def test_one_seed_per_sample_is_required(parts):
 
 def test_load_weights_changes_what_is_generated_and_rejects_foreign_weights(parts):
     model, tokenizer, ids, mask = parts
-    engine = HFRollout(load_causal_lm(resolve_model_path("embedded"), dtype=torch.float32,
-                                      attn_implementation="sdpa"), tokenizer)
+    engine = HFRollout(
+        load_causal_lm(resolve_model_path("embedded"), dtype=torch.float32, attn_implementation="sdpa"), tokenizer
+    )
     greedy, seeds = sample(n=1, do_sample=False), list(range(ids.shape[0]))
     before = engine.generate(ids, mask, greedy, seeds)
     original = {k: v.clone() for k, v in model.state_dict().items()}
-    perturbed = {k: v + 0.5 * torch.randn_like(v) if v.dtype.is_floating_point else v
-                 for k, v in original.items()}
+    perturbed = {k: v + 0.5 * torch.randn_like(v) if v.dtype.is_floating_point else v for k, v in original.items()}
     engine.load_weights(perturbed)
     changed = engine.generate(ids, mask, greedy, seeds)
     assert not torch.equal(changed["rollout_log_probs"], before["rollout_log_probs"])

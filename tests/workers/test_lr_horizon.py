@@ -10,8 +10,16 @@ import torch
 
 from workers.fsdp_worker import ActorRolloutRefWorker, _build_optimizer
 
-OPTIM = {"lr": 1.0, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8, "lr_warmup_steps": 2,
-         "lr_warmup_steps_ratio": 0.0, "warmup_style": "cosine", "min_lr_ratio": 0.1}
+OPTIM = {
+    "lr": 1.0,
+    "weight_decay": 0.0,
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+    "lr_warmup_steps": 2,
+    "lr_warmup_steps_ratio": 0.0,
+    "warmup_style": "cosine",
+    "min_lr_ratio": 0.1,
+}
 
 
 def lrs(total: int, steps: int, **changes) -> list[float]:

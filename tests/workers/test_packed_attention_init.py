@@ -21,8 +21,9 @@ def test_grouped_kv_heads_reach_the_varlen_kernel_unrepeated(monkeypatch):
 
     seen = {}
 
-    def fake_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False,
-                         **rest):
+    def fake_varlen_attn(
+        q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False, **rest
+    ):
         seen.update(q_heads=q.shape[1], k_heads=k.shape[1], enable_gqa=enable_gqa, window=window_size)
         return torch.zeros_like(q)
 

@@ -20,8 +20,9 @@ def test_budget_dtype_is_the_mixed_precision_compute_dtype():
     try:
         plain = load_causal_lm(resolve_model_path("embedded"), dtype=torch.float32)
         assert prefix_plan.compute_dtype(plain) == torch.float32
-        mixed = model_utils.fsdp2_wrap(load_causal_lm(resolve_model_path("embedded"), dtype=torch.float32),
-                                       torch.device("cpu"), 1, torch.bfloat16)
+        mixed = model_utils.fsdp2_wrap(
+            load_causal_lm(resolve_model_path("embedded"), dtype=torch.float32), torch.device("cpu"), 1, torch.bfloat16
+        )
         assert next(mixed.parameters()).dtype == torch.float32  # the masters
         assert prefix_plan.compute_dtype(mixed) == torch.bfloat16
         # twice the tokens fit the same cache bytes in bf16

@@ -29,8 +29,8 @@ def _batch(prompt_lengths, response_lengths, prompt_width, response_width, seed=
     prompt = torch.zeros(b, prompt_width, dtype=torch.long)
     prompt_mask = torch.zeros_like(prompt)
     for i, n in enumerate(prompt_lengths):
-        prompt[i, prompt_width - n:] = torch.randint(3, vocab, (n,), generator=g)
-        prompt_mask[i, prompt_width - n:] = 1
+        prompt[i, prompt_width - n :] = torch.randint(3, vocab, (n,), generator=g)
+        prompt_mask[i, prompt_width - n :] = 1
     response_mask = (torch.arange(response_width) < torch.tensor(response_lengths).unsqueeze(1)).long()
     responses = torch.randint(3, vocab, (b, response_width), generator=g) * response_mask
     mask = torch.cat([prompt_mask, response_mask], 1)
@@ -66,8 +66,9 @@ def test_packing_needs_no_mask_and_no_cache():
     keep = mask.bool()
     packed_ids, packed_pos = ids[keep].unsqueeze(0), pos[keep].unsqueeze(0)
     first = int(keep[0].sum())
-    alone = model(input_ids=ids[1][keep[1]].unsqueeze(0), position_ids=pos[1][keep[1]].unsqueeze(0),
-                  use_cache=False).logits
+    alone = model(
+        input_ids=ids[1][keep[1]].unsqueeze(0), position_ids=pos[1][keep[1]].unsqueeze(0), use_cache=False
+    ).logits
     separate = model(input_ids=packed_ids, position_ids=packed_pos, attention_mask=None, use_cache=False).logits
     torch.testing.assert_close(separate[:, first:], alone, rtol=0, atol=1e-10)
     for leaky in (dict(attention_mask=torch.ones_like(packed_ids), use_cache=False), dict(attention_mask=None)):
@@ -140,14 +141,18 @@ def test_packed_sdpa_attends_per_sequence_without_a_mask(monkeypatch):
     assert calls["widths"] == lengths * model.config.num_hidden_layers
     _logits(model, (ids, mask, pos, None, response_mask), False)
     layers = model.config.num_hidden_layers
-    assert calls["mask"] == 1 and calls["widths"][len(lengths) * layers:] == [ids.shape[1]] * layers  # one row each
+    assert calls["mask"] == 1 and calls["widths"][len(lengths) * layers :] == [ids.shape[1]] * layers  # one row each
 
 
 def test_packed_sdpa_refuses_a_packed_forward_without_boundaries():
     model = _model(torch.float32, "packed")
     with packed_attention.packed(), pytest.raises(RuntimeError, match="without its sequence boundaries"):
-        model(input_ids=torch.tensor([[5, 6, 7, 5, 6]]), position_ids=torch.tensor([[0, 1, 2, 0, 1]]),
-              attention_mask=None, use_cache=False)
+        model(
+            input_ids=torch.tensor([[5, 6, 7, 5, 6]]),
+            position_ids=torch.tensor([[0, 1, 2, 0, 1]]),
+            attention_mask=None,
+            use_cache=False,
+        )
 
 
 def test_packing_choice_of_attention():
@@ -159,12 +164,17 @@ def test_packing_choice_of_attention():
 
 def _kernel_from_sdpa(causal: bool):
     """A varlen kernel ``(q, k, v [T, H, D], bounds, longest, scale, groups)`` built from sdpa per sequence."""
+
     def run(q, k, v, bounds, longest, scale, groups):
         edges = bounds.tolist()
-        pieces = [torch.nn.functional.scaled_dot_product_attention(
-            *(t[a:b].transpose(0, 1) for t in (q, k, v)), is_causal=causal, scale=scale, enable_gqa=groups > 1)
-            for a, b in zip(edges[:-1], edges[1:])]
+        pieces = [
+            torch.nn.functional.scaled_dot_product_attention(
+                *(t[a:b].transpose(0, 1) for t in (q, k, v)), is_causal=causal, scale=scale, enable_gqa=groups > 1
+            )
+            for a, b in zip(edges[:-1], edges[1:])
+        ]
         return torch.cat(pieces, 1).transpose(0, 1)
+
     return run
 
 

@@ -18,11 +18,23 @@ def _tiny_model(vocab: int = 64, seed: int = 0):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
-    return Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=True,
-        eos_token_id=1, pad_token_id=0, bos_token_id=2, initializer_range=0.5,
-    )).eval()
+    return Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            eos_token_id=1,
+            pad_token_id=0,
+            bos_token_id=2,
+            initializer_range=0.5,
+        )
+    ).eval()
 
 
 class _Tok:
@@ -35,12 +47,16 @@ def _draw(logits: torch.Tensor, params: SamplingParams, seeds: list[int]) -> tor
     return forced.argmax(-1)
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(temperature=1.0, max_new_tokens=1),
-    SamplingParams(temperature=0.7, max_new_tokens=1),
-    SamplingParams(temperature=1.3, top_k=5, max_new_tokens=1),
-    SamplingParams(temperature=1.0, top_p=0.6, max_new_tokens=1),
-], ids=["t1", "t0.7", "topk5", "topp0.6"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0, max_new_tokens=1),
+        SamplingParams(temperature=0.7, max_new_tokens=1),
+        SamplingParams(temperature=1.3, top_k=5, max_new_tokens=1),
+        SamplingParams(temperature=1.0, top_p=0.6, max_new_tokens=1),
+    ],
+    ids=["t1", "t0.7", "topk5", "topp0.6"],
+)
 def test_sampled_frequencies_match_the_filtered_softmax(params):
     torch.manual_seed(3)
     logits = torch.randn(1, 12) * 2
@@ -159,8 +175,9 @@ def test_rollout_memory_does_not_grow_with_vocabulary_times_length():
     # allocator, not live tensors). With it, RSS follows the live buffers; it costs ~30% rollout time on
     # CPU, so only the probe uses it.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True,
-                         timeout=600, cwd=root, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True, timeout=600, cwd=root, env=env
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     peaks = json.loads(out.stdout.strip().splitlines()[-1])
     history_gb = 64 * 256 * 20000 * 4 / 1e9
@@ -208,8 +225,9 @@ def test_shared_prefill_gives_the_plain_prefills_samples(micro, monkeypatch):
     seeds = [300 + i for i in range(16)]
     rollout = _rollout(micro=micro)
     calls = []
-    rollout.model.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)),
-                                            with_kwargs=True)
+    rollout.model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
     shared = rollout.generate(ids, mask, params, seeds)
     assert calls[0] == (min(4, (micro - 1) // 4 + 1), 4)  # the distinct prompts of the first micro-batch, once each
     monkeypatch.setattr(HFRollout, "_shared_prefill", lambda *a: {})

@@ -30,8 +30,14 @@ def _rank(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
     model_utils.init_distributed(rank, world, "127.0.0.1", port, torch.device("cpu"))
     try:
-        model = sharded_load.build_sharded(EMBEDDED, device=torch.device("cpu"), rank=rank, world_size=world,
-                                           compute_dtype=torch.float32, attn_implementation="sdpa")
+        model = sharded_load.build_sharded(
+            EMBEDDED,
+            device=torch.device("cpu"),
+            rank=rank,
+            world_size=world,
+            compute_dtype=torch.float32,
+            attn_implementation="sdpa",
+        )
         reference = load_causal_lm(EMBEDDED, dtype=torch.float32, attn_implementation="sdpa")
         full = model_utils.full_state_dict(model)
         want = reference.state_dict()
@@ -54,8 +60,14 @@ def _rank(rank: int, world: int, port: int) -> None:
 def test_one_float32_rank_loads_a_plain_module_with_tied_embeddings(capsys):
     model_utils.init_distributed(0, 1, "127.0.0.1", _free_port(), torch.device("cpu"))
     try:
-        model = sharded_load.build_sharded(EMBEDDED, device=torch.device("cpu"), rank=0, world_size=1,
-                                           compute_dtype=torch.float32, attn_implementation="sdpa")
+        model = sharded_load.build_sharded(
+            EMBEDDED,
+            device=torch.device("cpu"),
+            rank=0,
+            world_size=1,
+            compute_dtype=torch.float32,
+            attn_implementation="sdpa",
+        )
     finally:
         dist.destroy_process_group()
     assert "from_pretrained" not in capsys.readouterr().out  # the safetensors path, no fallback
@@ -73,8 +85,9 @@ def test_three_ranks_load_their_rows_and_match_from_pretrained():
 
 
 def test_engine_copy_is_unfilled_compute_dtype_until_the_sync(tmp_path):
-    copy = sharded_load.build_engine_copy(EMBEDDED, dtype=torch.bfloat16, device=torch.device("cpu"),
-                                          attn_implementation="sdpa")
+    copy = sharded_load.build_engine_copy(
+        EMBEDDED, dtype=torch.bfloat16, device=torch.device("cpu"), attn_implementation="sdpa"
+    )
     reference = load_causal_lm(EMBEDDED, dtype=torch.bfloat16, attn_implementation="sdpa")
     assert all(p.dtype == torch.bfloat16 for p in copy.parameters())
     assert copy.generation_config.eos_token_id == reference.generation_config.eos_token_id
@@ -90,8 +103,14 @@ def test_a_checkpoint_without_safetensors_falls_back_with_one_line(tmp_path, cap
         reference = load_causal_lm(EMBEDDED, dtype=torch.float32)
         reference.config.save_pretrained(tmp_path)
         torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")  # a .bin checkpoint only
-        model = sharded_load.build_sharded(str(tmp_path), device=torch.device("cpu"), rank=0, world_size=1,
-                                           compute_dtype=torch.float32, attn_implementation="sdpa")
+        model = sharded_load.build_sharded(
+            str(tmp_path),
+            device=torch.device("cpu"),
+            rank=0,
+            world_size=1,
+            compute_dtype=torch.float32,
+            attn_implementation="sdpa",
+        )
         assert "loading with from_pretrained on the host instead" in capsys.readouterr().out
         for (name, p), q in zip(model.named_parameters(), reference.parameters()):
             assert torch.equal(p, q), name

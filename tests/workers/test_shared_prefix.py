@@ -14,8 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(dtype, attn="sdpa"):
-    return model_utils.load_causal_lm(model_utils.resolve_model_path("embedded"), dtype=dtype,
-                                      attn_implementation=attn)
+    return model_utils.load_causal_lm(model_utils.resolve_model_path("embedded"), dtype=dtype, attn_implementation=attn)
 
 
 def _teacher_batch(prompts: list[list[int]], response_lengths: list[int], response_width: int, seed: int = 0):
@@ -27,8 +26,8 @@ def _teacher_batch(prompts: list[list[int]], response_lengths: list[int], respon
     prompt = torch.zeros(b, width, dtype=torch.long)
     prompt_mask = torch.zeros_like(prompt)
     for i, p in enumerate(prompts):
-        prompt[i, width - len(p):] = torch.tensor(p)
-        prompt_mask[i, width - len(p):] = 1
+        prompt[i, width - len(p) :] = torch.tensor(p)
+        prompt_mask[i, width - len(p) :] = 1
     response_mask = (torch.arange(response_width) < torch.tensor(response_lengths).unsqueeze(1)).long()
     responses = torch.randint(3, 264, (b, response_width), generator=g) * response_mask
     mask = torch.cat([prompt_mask, response_mask], 1)
@@ -85,16 +84,21 @@ def test_one_segment_per_forward_gives_the_same_hidden_states(monkeypatch):
     batch_plan = prefix_plan.plan(model, ids, mask, response_mask)
     assert all(len(c) == 1 for chunks in batch_plan.depths for c in chunks)
     assert all(len(c) == 1 for c in batch_plan.row_chunks)
-    torch.testing.assert_close(shared_prefix_hidden(model, ids, mask, pos, response_mask, batch_plan), whole,
-                               rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        shared_prefix_hidden(model, ids, mask, pos, response_mask, batch_plan), whole, rtol=0, atol=1e-10
+    )
 
 
 def test_shared_prefix_hidden_with_eager_attention():
     model, reference = _model(torch.float32, "eager"), _model(torch.float32)
     prompts = _prompts(seed=3)
     ids, mask, pos, response_mask = _teacher_batch(prompts, [2, 4, 4, 1, 3, 4, 4, 2], response_width=4, seed=3)
-    torch.testing.assert_close(shared_prefix_hidden(model, ids, mask, pos, response_mask),
-                               forward.response_hidden(reference, ids, mask, pos, response_mask), rtol=0, atol=2e-5)
+    torch.testing.assert_close(
+        shared_prefix_hidden(model, ids, mask, pos, response_mask),
+        forward.response_hidden(reference, ids, mask, pos, response_mask),
+        rtol=0,
+        atol=2e-5,
+    )
 
 
 def test_a_one_token_prompt_runs_whole_beside_shared_ones():
@@ -103,8 +107,12 @@ def test_a_one_token_prompt_runs_whole_beside_shared_ones():
     ids, mask, pos, response_mask = _teacher_batch(prompts, [2, 2, 1, 2, 2], response_width=2, seed=4)
     batch_plan = prefix_plan.plan(model, ids, mask, response_mask)
     assert batch_plan is not None and batch_plan.tree.row_parent[4] == -1
-    torch.testing.assert_close(shared_prefix_hidden(model, ids, mask, pos, response_mask),
-                               forward.response_hidden(model, ids, mask, pos, response_mask), rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        shared_prefix_hidden(model, ids, mask, pos, response_mask),
+        forward.response_hidden(model, ids, mask, pos, response_mask),
+        rtol=0,
+        atol=1e-10,
+    )
 
 
 def test_little_to_share_falls_back_to_the_plain_forward():
@@ -121,19 +129,26 @@ def test_siblings_packed_into_one_forward_row_give_the_same_hidden_states(attn, 
     """Rows under one parent with short tails share a forward row under a 4D mask (each sees the parent and
     itself, not its siblings); the result equals the plain forward and the one-row-per-row pass."""
     model, reference = _model(torch.float64, attn), _model(torch.float64)  # (eager's own plain forward: NaN
-    prompts = _group_prompts(0)                                            # at left padding in float64)
+    prompts = _group_prompts(0)  # at left padding in float64)
     ids, mask, pos, response_mask = _teacher_batch(prompts, [5, 1, 7, 3, 7, 0, 6, 2], response_width=7)
     batch_plan = prefix_plan.plan(model, ids, mask, response_mask)
-    segment = [(batch_plan.starts[r] + batch_plan.tree.prefix(batch_plan.tree.row_parent[r]),
-                ids.shape[1] - 7 + batch_plan.scored[r]) for r in range(len(prompts))]
+    segment = [
+        (
+            batch_plan.starts[r] + batch_plan.tree.prefix(batch_plan.tree.row_parent[r]),
+            ids.shape[1] - 7 + batch_plan.scored[r],
+        )
+        for r in range(len(prompts))
+    ]
     packs = [p for c in batch_plan.row_chunks for p in shared_prefix._sibling_packs(batch_plan.tree, c, segment, True)]
     assert any(len(p) > 1 for p in packs)
     packed = shared_prefix_hidden(model, ids, mask, pos, response_mask, batch_plan)
-    torch.testing.assert_close(packed, forward.response_hidden(reference, ids, mask, pos, response_mask),
-                               rtol=0, atol=tol)
+    torch.testing.assert_close(
+        packed, forward.response_hidden(reference, ids, mask, pos, response_mask), rtol=0, atol=tol
+    )
     monkeypatch.setattr(shared_prefix, "_takes_4d_masks", lambda module: False)  # as under flash-attention
-    torch.testing.assert_close(shared_prefix_hidden(model, ids, mask, pos, response_mask, batch_plan), packed,
-                               rtol=0, atol=tol)
+    torch.testing.assert_close(
+        shared_prefix_hidden(model, ids, mask, pos, response_mask, batch_plan), packed, rtol=0, atol=tol
+    )
 
 
 def test_sibling_packs_keep_long_tails_and_orphans_apart():
@@ -204,8 +219,8 @@ def test_identical_rows_run_once_and_each_gets_its_hidden_states(monkeypatch):
     ids[2, width + 3] = ids[0, width + 3] % 250 + 3  # row 2: row 0 but its last token (not an input)
     ids[3, width:] = ids[0, width:]
     ids[3, width + 1] = ids[0, width + 1] % 250 + 3  # row 3: differs inside its response: runs
-    ids[4, width:width + 3] = ids[0, width:width + 3]  # row 4: row 0 one token shorter: runs
-    ids[5, width:width + 4] = ids[0, width:width + 4]  # row 5: row 0 one token longer: runs
+    ids[4, width : width + 3] = ids[0, width : width + 3]  # row 4: row 0 one token shorter: runs
+    ids[5, width : width + 4] = ids[0, width : width + 4]  # row 5: row 0 one token longer: runs
     ids[6, width:] = ids[0, width:]
     response_mask[6, 1] = 0  # row 6: row 0's inputs, one token not scored (a masked tool output, say)
     batch_plan = prefix_plan.plan(model, ids, mask, response_mask)
@@ -214,12 +229,20 @@ def test_identical_rows_run_once_and_each_gets_its_hidden_states(monkeypatch):
     _, tokens = prefix_plan.shared_tokens(ids, mask, response_mask)
     assert tokens == batch_plan.tokens
     shared = shared_prefix_hidden(model, ids, mask, pos, response_mask, batch_plan)
-    torch.testing.assert_close(shared, forward.response_hidden(model, ids, mask, pos, response_mask),
-                               rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        shared, forward.response_hidden(model, ids, mask, pos, response_mask), rtol=0, atol=1e-10
+    )
     # each copy's labels are its own: a head that reads them per position sees row 2's last token
     labels = ids[:, width:][response_mask.bool()]
-    fn = lambda hidden, weight, where=None: (hidden @ weight.T).log_softmax(-1).gather(  # noqa: E731
-        -1, (labels if where is None else labels[where]).unsqueeze(-1))
+
+    def fn(hidden, weight, where=None):
+        return (
+            (hidden @ weight.T).log_softmax(-1).gather(-1, (labels if where is None else labels[where]).unsqueeze(-1))
+        )
+
     torch.testing.assert_close(
         shared_prefix.response_head(model, ids, mask, pos, response_mask, fn),
-        shared_prefix.response_head(model, ids, mask, pos, response_mask, fn, share=False), rtol=0, atol=1e-10)
+        shared_prefix.response_head(model, ids, mask, pos, response_mask, fn, share=False),
+        rtol=0,
+        atol=1e-10,
+    )

@@ -30,12 +30,16 @@ def _worker(*overrides: str):
     return worker
 
 
-@pytest.mark.parametrize("overrides", [
-    (),
-    ("actor_rollout_ref.ref.shared_prefix=false",),
-    ("actor_rollout_ref.actor.self_distillation.teacher_regularization=trust-region",),
-    ("actor_rollout_ref.actor.use_dynamic_bsz=true", "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=40"),
-], ids=["shared", "plain", "trust-region", "token-budget"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        ("actor_rollout_ref.ref.shared_prefix=false",),
+        ("actor_rollout_ref.actor.self_distillation.teacher_regularization=trust-region",),
+        ("actor_rollout_ref.actor.use_dynamic_bsz=true", "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=40"),
+    ],
+    ids=["shared", "plain", "trust-region", "token-budget"],
+)
 def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides, monkeypatch):
     shared_runs = _record_shared_runs(monkeypatch)
     worker = _worker(*overrides)
@@ -49,10 +53,10 @@ def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides, monkeypatch)
         plain_tokens = int(batch["teacher_attention_mask"].sum()) * (2 if worker.teacher.mixes_student else 1)
         assert 0 < tokens_run <= plain_tokens and (tokens_run < plain_tokens) == worker.teacher.shared_prefix
         for start in range(0, PROMPTS * N, 2):  # other cuts than the pass's chunks
-            part = {k: (v[start:start + 2] if k != "meta" else v) for k, v in batch.items()}
+            part = {k: (v[start : start + 2] if k != "meta" else v) for k, v in batch.items()}
             valid = part["response_mask"].bool()
-            torch.testing.assert_close(stored[start:start + 2][valid], worker.teacher.hidden(part), rtol=0, atol=2e-5)
-            assert not stored[start:start + 2][~valid].any()
+            torch.testing.assert_close(stored[start : start + 2][valid], worker.teacher.hidden(part), rtol=0, atol=2e-5)
+            assert not stored[start : start + 2][~valid].any()
         assert any(r is not None for r in shared_runs) == worker.teacher.shared_prefix  # the shared path ran
     finally:
         worker.shutdown()
@@ -83,8 +87,10 @@ def _two_rank_teacher_pass(rank: int, port: int, out_dir: str, overrides: tuple 
         worker.teacher.shared_prefix = False
         plain, _ = worker._teacher_pass(batch, N)
         hook.remove()
-        torch.save({"shared": shared, "plain": plain, "forwards": made, "plain_forwards": calls[0] - made},
-                   f"{out_dir}/rank{rank}.pt")
+        torch.save(
+            {"shared": shared, "plain": plain, "forwards": made, "plain_forwards": calls[0] - made},
+            f"{out_dir}/rank{rank}.pt",
+        )
     finally:
         worker.shutdown()
 
@@ -94,16 +100,28 @@ def _config(*overrides: str) -> dict:
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        cfg = compose(config_name="mopd", overrides=[
-            "trainer.backend=local", "trainer.device=cpu", "actor_rollout_ref.model.dtype=float32",
-            f"data.train_batch_size={PROMPTS}", f"actor_rollout_ref.rollout.n={N}",
-            f"actor_rollout_ref.actor.ppo_mini_batch_size={PROMPTS}", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3",
-            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=7", *overrides])
+        cfg = compose(
+            config_name="mopd",
+            overrides=[
+                "trainer.backend=local",
+                "trainer.device=cpu",
+                "actor_rollout_ref.model.dtype=float32",
+                f"data.train_batch_size={PROMPTS}",
+                f"actor_rollout_ref.rollout.n={N}",
+                f"actor_rollout_ref.actor.ppo_mini_batch_size={PROMPTS}",
+                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3",
+                "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=7",
+                *overrides,
+            ],
+        )
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-@pytest.mark.parametrize("overrides", [(), ("actor_rollout_ref.actor.self_distillation.teacher_regularization=trust-region",)],
-                         ids=["ema", "trust-region"])
+@pytest.mark.parametrize(
+    "overrides",
+    [(), ("actor_rollout_ref.actor.self_distillation.teacher_regularization=trust-region",)],
+    ids=["ema", "trust-region"],
+)
 def test_teacher_pass_under_fsdp2_matches_forward_counts_across_ranks(tmp_path, overrides):
     import socket
 
@@ -112,8 +130,9 @@ def test_teacher_pass_under_fsdp2_matches_forward_counts_across_ranks(tmp_path, 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.start_processes(_two_rank_teacher_pass, args=(port, str(tmp_path), overrides), nprocs=2, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(
+        _two_rank_teacher_pass, args=(port, str(tmp_path), overrides), nprocs=2, join=False, start_method="spawn"
+    )
     for process in ctx.processes:
         process.join(timeout=300)
     hung = [p.pid for p in ctx.processes if p.is_alive()]

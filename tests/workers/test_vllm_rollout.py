@@ -36,9 +36,17 @@ def compose(*overrides: str) -> dict:
     from trainer.config_schema import validate_config
 
     with initialize_config_dir(config_dir=str(ROOT / "trainer" / "config"), version_base=None):
-        cfg = hydra_compose(config_name="mopd", overrides=[
-            f"{ROLLOUT}.name=vllm", f"{ROLLOUT}.gpu_memory_utilization={MEMORY}", f"{ROLLOUT}.enforce_eager=true",
-            "trainer.val_before_train=false", "trainer.logger=[console]", *overrides])
+        cfg = hydra_compose(
+            config_name="mopd",
+            overrides=[
+                f"{ROLLOUT}.name=vllm",
+                f"{ROLLOUT}.gpu_memory_utilization={MEMORY}",
+                f"{ROLLOUT}.enforce_eager=true",
+                "trainer.val_before_train=false",
+                "trainer.logger=[console]",
+                *overrides,
+            ],
+        )
     validate_config(cfg)
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -50,24 +58,32 @@ def prompts(count: int, split: str = "test"):
     from workers import model_utils
 
     tok = model_utils.load_tokenizer(model_utils.resolve_model_path("embedded"))
-    data = PromptDataset(str(EMBEDDED_DIR / f"{split}.parquet"), tok, max_prompt_length=256,
-                         max_samples=count)
+    data = PromptDataset(str(EMBEDDED_DIR / f"{split}.parquet"), tok, max_prompt_length=256, max_samples=count)
     return collate_prompts([data[i] for i in range(count)], tok.pad_token_id)
 
 
 def gen_request(items, step: int, **sampling) -> dict:
     params = dict(n=2, temperature=1.0, top_p=1.0, top_k=-1, do_sample=True, max_new_tokens=16)
     params.update(sampling)
-    return {"input_ids": items["input_ids"], "attention_mask": items["attention_mask"], "uid": list(items["uid"]),
-            "meta": {"sampling": params, "step": step, "tag": "gen"}}
+    return {
+        "input_ids": items["input_ids"],
+        "attention_mask": items["attention_mask"],
+        "uid": list(items["uid"]),
+        "meta": {"sampling": params, "step": step, "tag": "gen"},
+    }
 
 
 def full_batch(request: dict, out: dict, temperature: float) -> dict:
     """What the trainer builds from a generation (``trainer.ppo_trainer._generate``)."""
     mask = torch.cat([out["prompt_attention_mask"], out["response_mask"]], dim=1)
-    return {"input_ids": torch.cat([out["prompt_input_ids"], out["responses"]], dim=1), "attention_mask": mask,
-            "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0), "responses": out["responses"],
-            "response_mask": out["response_mask"], "meta": {"temperature": temperature}}
+    return {
+        "input_ids": torch.cat([out["prompt_input_ids"], out["responses"]], dim=1),
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0),
+        "responses": out["responses"],
+        "response_mask": out["response_mask"],
+        "meta": {"temperature": temperature},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +92,10 @@ def worker():
     from trainer.worker_group import LocalWorkerGroup
     from workers.fsdp_worker import ActorRolloutRefWorker
 
-    group = LocalWorkerGroup(ActorRolloutRefWorker, compose("trainer.backend=local", "trainer.num_threads=2",
-                                                            "actor_rollout_ref.model.dtype=float32"))
+    group = LocalWorkerGroup(
+        ActorRolloutRefWorker,
+        compose("trainer.backend=local", "trainer.num_threads=2", "actor_rollout_ref.model.dtype=float32"),
+    )
     group.init_model(10)  # the LR schedule's horizon (optimizer steps)
     yield group.worker
     group.worker.rollout.llm = None  # let the engine go before the next test module starts its own
@@ -161,8 +179,15 @@ def test_sampled_log_probs_match_the_actor_after_a_training_step(worker):
     worker.actor.train()
     worker.optimizer.zero_grad(set_to_none=True)
     width = batch["responses"].shape[1]
-    logits = worker.actor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          position_ids=batch["position_ids"], use_cache=False).logits[:, -width - 1 : -1] / 0.7
+    logits = (
+        worker.actor(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+        ).logits[:, -width - 1 : -1]
+        / 0.7
+    )
     loss = -(token_log_probs(logits, batch["responses"]) * batch["response_mask"]).sum() / batch["response_mask"].sum()
     loss.backward()
     worker.optimizer.step()
@@ -238,7 +263,9 @@ def test_bad_settings_stop_with_one_line(monkeypatch):
     monkeypatch.setattr(vllm, "__version__", "0.10.2")
     with pytest.raises(ValueError) as info:
         check_vllm_version()
-    assert str(info.value).startswith(f"{ROLLOUT}.name=vllm: vLLM 0.10.2 is not supported") and "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{ROLLOUT}.name=vllm: vLLM 0.10.2 is not supported") and "\n" not in str(
+        info.value
+    )
 
 
 def test_stale_shared_memory_of_this_port_is_removed_before_the_engine_starts(monkeypatch):
@@ -277,9 +304,14 @@ def test_one_and_two_workers_give_the_same_rollouts(tp):
     items = prompts(8, "train")
     results = []
     for world in (1, 2):
-        cfg = compose("trainer.backend=ray", f"trainer.n_gpus_per_node={world}", "trainer.num_threads=1",
-                      "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=8",
-                      f"{ROLLOUT}.tensor_model_parallel_size={tp if world == 2 else 1}")
+        cfg = compose(
+            "trainer.backend=ray",
+            f"trainer.n_gpus_per_node={world}",
+            "trainer.num_threads=1",
+            "data.train_batch_size=8",
+            "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+            f"{ROLLOUT}.tensor_model_parallel_size={tp if world == 2 else 1}",
+        )
         group = RayWorkerGroup(ActorRolloutRefWorker, cfg, world, use_gpu=False)
         try:
             group.init_model(10)

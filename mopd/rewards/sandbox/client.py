@@ -118,8 +118,16 @@ def _kill_uid(uid: int) -> None:
         time.sleep(0.01)
 
 
-def run_tests(code: str, mode: str, tests: list, *, fn_name: str | None = None, context: str = "",
-              time_limit: float = 6.0, limits: SandboxLimits | None = None) -> SandboxResult:
+def run_tests(
+    code: str,
+    mode: str,
+    tests: list,
+    *,
+    fn_name: str | None = None,
+    context: str = "",
+    time_limit: float = 6.0,
+    limits: SandboxLimits | None = None,
+) -> SandboxResult:
     """Run ``code`` against ``tests`` in a fresh sandbox; see the module docstring.
 
     ``tests``: stdin -> list of input strings; functional -> list of {"args": [...], "kwargs": {...}}
@@ -187,14 +195,27 @@ def run_tests(code: str, mode: str, tests: list, *, fn_name: str | None = None, 
         del job
 
         r, w = os.pipe()
-        env = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0", "HOME": workdir,
-               "TMPDIR": workdir, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-               "MKL_NUM_THREADS": "1"}
+        env = {
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "PYTHONHASHSEED": "0",
+            "HOME": workdir,
+            "TMPDIR": workdir,
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
         try:
             proc = subprocess.Popen(
                 [lim.python or sys.executable, "-I", "-S", _HARNESS, jobdir, str(w)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(w,),
-                cwd=jobdir, env=env, start_new_session=True, close_fds=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(w,),
+                cwd=jobdir,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
             )
         finally:
             os.close(w)
@@ -243,8 +264,7 @@ def _collect(proc, rfd, results, n, lim, wall_per_test, deadline):
         while sel.get_map() and not done:
             now = time.monotonic()
             if now > deadline or now - last > inactivity:
-                error = ("sandbox did not start in time" if not layers else
-                         "sandbox harness stopped responding")
+                error = "sandbox did not start in time" if not layers else "sandbox harness stopped responding"
                 break
             for key, _ in sel.select(timeout=min(deadline - now, inactivity - (now - last), 1.0)):
                 fd = key.fd
@@ -304,6 +324,7 @@ def _collect(proc, rfd, results, n, lim, wall_per_test, deadline):
         if stderr_tail and "harness" in error:
             error += "\n" + stderr_tail[-1500:]
     return error, layers
+
 
 _LAYERS_CACHE: dict = {}
 

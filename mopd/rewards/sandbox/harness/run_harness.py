@@ -66,7 +66,5 @@ def _harness_main(argv: list) -> None:
     os._exit(0)
 
 
-
-
 if __name__ == "__main__":
     _harness_main(sys.argv)

@@ -28,7 +28,8 @@ def _exception_class(name: str):
         import builtins
 
         _SAFE_EXCEPTIONS = {
-            n: c for n, c in vars(builtins).items()
+            n: c
+            for n, c in vars(builtins).items()
             if isinstance(c, type) and issubclass(c, Exception) and c is not StopIteration
         }
     return _SAFE_EXCEPTIONS.get(name, RuntimeError)
@@ -112,8 +113,9 @@ class _Remote(_Handle):
         except (TypeError, ValueError) as exc:
             raise TypeError(f"the test passes a value the sandbox cannot send: {exc}") from None
         conn.in_flight = describe()
-        value, mut = conn.request({"op": "call", "h": object.__getattribute__(self, "_hid"), "args": enc_args,
-                                   "kwargs": enc_kwargs}, describe)
+        value, mut = conn.request(
+            {"op": "call", "h": object.__getattribute__(self, "_hid"), "args": enc_args, "kwargs": enc_kwargs}, describe
+        )
         conn.in_flight = None
         for i, new in mut.items():  # in-place changes of list/dict/set arguments
             try:
@@ -184,14 +186,56 @@ class _Remote(_Handle):
 # Modules whose objects the tester may bind when the solution exports e.g. ``from math import gcd`` or
 # ``import heapq``: the tester imports them itself (the real thing, not the solution's copy). Only modules
 # without side effects on the process, so a solution cannot point a name the test calls at ``os._exit``.
-_REF_MODULES = frozenset({
-    "typing", "collections", "collections.abc", "_collections", "_collections_abc", "itertools", "functools",
-    "_functools", "math", "cmath", "operator", "_operator", "heapq", "_heapq", "bisect", "_bisect", "re",
-    "string", "fractions", "decimal", "_decimal", "_pydecimal", "statistics", "random", "dataclasses", "enum",
-    "copy", "numbers", "array", "datetime", "_datetime", "json", "abc", "_abc", "textwrap", "unicodedata",
-    "hashlib", "_hashlib", "_sha256", "_md5", "struct", "_struct", "calendar", "graphlib",
-    "numpy", "sortedcontainers",
-})
+_REF_MODULES = frozenset(
+    {
+        "typing",
+        "collections",
+        "collections.abc",
+        "_collections",
+        "_collections_abc",
+        "itertools",
+        "functools",
+        "_functools",
+        "math",
+        "cmath",
+        "operator",
+        "_operator",
+        "heapq",
+        "_heapq",
+        "bisect",
+        "_bisect",
+        "re",
+        "string",
+        "fractions",
+        "decimal",
+        "_decimal",
+        "_pydecimal",
+        "statistics",
+        "random",
+        "dataclasses",
+        "enum",
+        "copy",
+        "numbers",
+        "array",
+        "datetime",
+        "_datetime",
+        "json",
+        "abc",
+        "_abc",
+        "textwrap",
+        "unicodedata",
+        "hashlib",
+        "_hashlib",
+        "_sha256",
+        "_md5",
+        "struct",
+        "_struct",
+        "calendar",
+        "graphlib",
+        "numpy",
+        "sortedcontainers",
+    }
+)
 
 
 def _importable(name: str) -> bool:
@@ -267,8 +311,11 @@ def _run_test_script(job: dict, script: str, conn: _Conn, wall: float) -> dict:
             message = str(exc)[:500]
         except Exception:
             message = ""
-        return {"status": "error", "error": f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
-                "input": conn.last_call[0] if conn.last_call else ""}
+        return {
+            "status": "error",
+            "error": f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
+            "input": conn.last_call[0] if conn.last_call else "",
+        }
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)

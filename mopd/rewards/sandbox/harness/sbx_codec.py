@@ -118,7 +118,7 @@ class _LineIO:
     def send(self, obj) -> None:
         view = memoryview((_jdumps(obj) + "\n").encode())
         while view:
-            view = view[os.write(self.wfd, view):]
+            view = view[os.write(self.wfd, view) :]
 
     def recv(self):
         while True:

@@ -11,24 +11,99 @@ from sbx_codec import _dec_plain, _enc_plain, _LineIO
 from sbx_lockdown import _child_common
 from sbx_protocol import CONTEXT_FILE, SOLUTION_FILE, _jdumps
 
-_BLOCKED_IMPORTS = frozenset({"ctypes", "_ctypes", "cffi", "_cffi_backend", "_posixsubprocess", "subprocess",
-                              "_xxsubinterpreters", "_xxinterpchannels", "_testcapi", "_testinternalcapi",
-                              "multiprocessing", "_multiprocessing", "pty"})
-_DENIED_EVENTS = frozenset({"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-                            "subprocess.Popen", "pty.spawn", "os.killpg", "builtins.breakpoint",
-                            "cpython.PyInterpreterState_New", "os.startfile", "webbrowser.open"})
+_BLOCKED_IMPORTS = frozenset(
+    {
+        "ctypes",
+        "_ctypes",
+        "cffi",
+        "_cffi_backend",
+        "_posixsubprocess",
+        "subprocess",
+        "_xxsubinterpreters",
+        "_xxinterpchannels",
+        "_testcapi",
+        "_testinternalcapi",
+        "multiprocessing",
+        "_multiprocessing",
+        "pty",
+    }
+)
+_DENIED_EVENTS = frozenset(
+    {
+        "os.system",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.fork",
+        "os.forkpty",
+        "subprocess.Popen",
+        "pty.spawn",
+        "os.killpg",
+        "builtins.breakpoint",
+        "cpython.PyInterpreterState_New",
+        "os.startfile",
+        "webbrowser.open",
+    }
+)
 _PATH_EVENTS = {  # event -> indexes of the path arguments that must stay inside the working directory
-    "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,), "os.chown": (0,),
-    "os.chflags": (0,), "os.lchflags": (0,), "os.lchmod": (0,), "os.lchown": (0,), "os.link": (0, 1),
-    "os.rename": (0, 1), "os.symlink": (1,), "os.truncate": (0,), "os.utime": (0,), "os.mkfifo": (0,),
-    "os.mknod": (0,), "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.copymode": (1,),
-    "shutil.copystat": (1,), "shutil.copytree": (1,), "shutil.move": (0, 1), "os.setxattr": (0,),
+    "os.remove": (0,),
+    "os.rmdir": (0,),
+    "os.mkdir": (0,),
+    "os.chmod": (0,),
+    "os.chown": (0,),
+    "os.chflags": (0,),
+    "os.lchflags": (0,),
+    "os.lchmod": (0,),
+    "os.lchown": (0,),
+    "os.link": (0, 1),
+    "os.rename": (0, 1),
+    "os.symlink": (1,),
+    "os.truncate": (0,),
+    "os.utime": (0,),
+    "os.mkfifo": (0,),
+    "os.mknod": (0,),
+    "shutil.rmtree": (0,),
+    "shutil.copyfile": (1,),
+    "shutil.copymode": (1,),
+    "shutil.copystat": (1,),
+    "shutil.copytree": (1,),
+    "shutil.move": (0, 1),
+    "os.setxattr": (0,),
     "os.removexattr": (0,),
 }
-_DELETED_OS_FUNCS = ("fork", "forkpty", "system", "popen", "execv", "execve", "execl", "execle", "execlp",
-                     "execlpe", "execvp", "execvpe", "fexecve", "spawnv", "spawnve", "spawnvp", "spawnvpe",
-                     "spawnl", "spawnle", "spawnlp", "spawnlpe", "posix_spawn", "posix_spawnp", "kill",
-                     "killpg", "setsid", "setpgid", "setpgrp", "register_at_fork", "pidfd_open", "chroot")
+_DELETED_OS_FUNCS = (
+    "fork",
+    "forkpty",
+    "system",
+    "popen",
+    "execv",
+    "execve",
+    "execl",
+    "execle",
+    "execlp",
+    "execlpe",
+    "execvp",
+    "execvpe",
+    "fexecve",
+    "spawnv",
+    "spawnve",
+    "spawnvp",
+    "spawnvpe",
+    "spawnl",
+    "spawnle",
+    "spawnlp",
+    "spawnlpe",
+    "posix_spawn",
+    "posix_spawnp",
+    "kill",
+    "killpg",
+    "setsid",
+    "setpgid",
+    "setpgrp",
+    "register_at_fork",
+    "pidfd_open",
+    "chroot",
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -138,13 +213,18 @@ def _child_fds(stdin_path: str | None, stdout_path: str | None, keep: tuple = ()
 def _std_streams() -> None:
     import io
 
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
-                                                 encoding="utf-8", errors="replace")
-    sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
-                                                   encoding="utf-8", errors="backslashreplace")
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
-                                                   encoding="utf-8", errors="backslashreplace",
-                                                   line_buffering=True)
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(
+        io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8", errors="replace"
+    )
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8", errors="backslashreplace"
+    )
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
 
 
 def _format_exception(exc: BaseException, sources: dict, max_frames: int = 3) -> str:
@@ -159,8 +239,7 @@ def _format_exception(exc: BaseException, sources: dict, max_frames: int = 3) ->
             message = message[:500] + " ..."
         if isinstance(exc, SyntaxError) and exc.filename in sources:
             line = (exc.text or "").rstrip("\n")
-            return (f'  File "{exc.filename}", line {exc.lineno}\n    {line.strip()}\n'
-                    f"{name}: {exc.msg}")
+            return f'  File "{exc.filename}", line {exc.lineno}\n    {line.strip()}\n{name}: {exc.msg}'
         frames = []
         tb = exc.__traceback__
         while tb is not None:
@@ -256,10 +335,11 @@ def _locate_function(g: dict, fn_name: str | None):
 
 def _child_process_test(job: dict, mode: str, test, paths: dict) -> None:
     """Run one stdin/functional test in this (forked) child; writes a JSON record to the result file."""
-    (res_fd,) = _child_fds(paths["in"] if mode == "stdin" else None,
-                           paths["out"] if mode == "stdin" else None,
-                           keep=(os.open(paths["res"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                                         0o600),))
+    (res_fd,) = _child_fds(
+        paths["in"] if mode == "stdin" else None,
+        paths["out"] if mode == "stdin" else None,
+        keep=(os.open(paths["res"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),),
+    )
     _child_common(job["limits"], job["time_limit"])
     _std_streams()
     _lockdown(job["workdir"], job["limits"].get("python_guard", True))
@@ -296,7 +376,7 @@ def _child_process_test(job: dict, mode: str, test, paths: dict) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[write(res_fd, view):]
+            view = view[write(res_fd, view) :]
     except BaseException:
         pass
     os._exit(0)
@@ -313,8 +393,12 @@ def _child_code_server(job: dict, rfd: int, wfd: int) -> None:
     handles: list = []
 
     def err(exc):
-        return {"err": {"type": type(exc).__name__ if isinstance(type(exc).__name__, str) else "Exception",
-                        "text": _format_exception(exc, sources)}}
+        return {
+            "err": {
+                "type": type(exc).__name__ if isinstance(type(exc).__name__, str) else "Exception",
+                "text": _format_exception(exc, sources),
+            }
+        }
 
     try:
         g = _exec_solution(job, "solution")
@@ -328,8 +412,12 @@ def _child_code_server(job: dict, rfd: int, wfd: int) -> None:
                 continue
             owner = getattr(value, "__module__", None)
             qual = getattr(value, "__qualname__", None)
-            if isinstance(owner, str) and isinstance(qual, str) and owner not in ("solution", "__main__") \
-                    and (callable(value) or isinstance(value, type)):
+            if (
+                isinstance(owner, str)
+                and isinstance(qual, str)
+                and owner not in ("solution", "__main__")
+                and (callable(value) or isinstance(value, type))
+            ):
                 names[name] = ["r", owner, qual]
                 continue
             try:

@@ -15,7 +15,15 @@ _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_MOVE, _MS_REC, _MS_PRIVATE, _MS_RDONLY = (
-    2, 4, 32, 4096, 8192, 16384, 1 << 18, 1)
+    2,
+    4,
+    32,
+    4096,
+    8192,
+    16384,
+    1 << 18,
+    1,
+)
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP = 1, 38, 24
 
 # landlock (same syscall numbers on every architecture)
@@ -112,8 +120,11 @@ def _landlock(ctypes, libc, ro_paths, rw_paths, ro_files, rw_files) -> int:
         fs |= _LL_IOCTL_DEV
     attr = RulesetAttr(fs, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
     size = 24 if abi >= 6 else (16 if abi >= 4 else 8)
-    rfd = _check(ctypes, syscall(_LL_CREATE, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0)),
-                 "landlock_create_ruleset")
+    rfd = _check(
+        ctypes,
+        syscall(_LL_CREATE, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0)),
+        "landlock_create_ruleset",
+    )
     file_rights = (_LL_EXECUTE | _LL_WRITE_FILE | _LL_READ_FILE | _LL_TRUNCATE | _LL_IOCTL_DEV) & fs
     read = _LL_READ_FILE | _LL_READ_DIR
     rules = [(p, read) for p in ro_paths] + [(p, fs & ~_LL_EXECUTE) for p in rw_paths]
@@ -130,8 +141,11 @@ def _landlock(ctypes, libc, ro_paths, rw_paths, ro_files, rw_files) -> int:
                 if not _stat.S_ISDIR(os.fstat(fd).st_mode):
                     access &= file_rights
                 rule = PathBeneath(access, fd)
-                _check(ctypes, syscall(_LL_ADD_RULE, ctypes.c_int(rfd), ctypes.c_int(1), ctypes.byref(rule),
-                                       ctypes.c_uint32(0)), f"landlock_add_rule {path}")
+                _check(
+                    ctypes,
+                    syscall(_LL_ADD_RULE, ctypes.c_int(rfd), ctypes.c_int(1), ctypes.byref(rule), ctypes.c_uint32(0)),
+                    f"landlock_add_rule {path}",
+                )
             finally:
                 os.close(fd)
         _check(ctypes, libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "!prctl(NO_NEW_PRIVS)")
@@ -150,8 +164,11 @@ def _landlock_scope_only(ctypes, libc) -> None:
         _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
 
     attr = RulesetAttr(0, 0, 3)
-    rfd = _check(ctypes, libc.syscall(_LL_CREATE, ctypes.byref(attr), ctypes.c_size_t(24), ctypes.c_uint32(0)),
-                 "landlock_create_ruleset")
+    rfd = _check(
+        ctypes,
+        libc.syscall(_LL_CREATE, ctypes.byref(attr), ctypes.c_size_t(24), ctypes.c_uint32(0)),
+        "landlock_create_ruleset",
+    )
     try:
         _check(ctypes, libc.syscall(_LL_RESTRICT, ctypes.c_int(rfd), ctypes.c_uint32(0)), "landlock_restrict_self")
     finally:
@@ -165,8 +182,7 @@ def _drop_capabilities(ctypes, libc):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
     class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
     for cap in range(64):
         if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == 22:
@@ -230,8 +246,11 @@ def _setup_sandbox(cfg: dict) -> dict:
         try:
             real_uid, real_gid = os.getuid(), os.getgid()
             _check(ctypes, libc.unshare(ctypes.c_int(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWNET)), "!unshare")
-            for name, text in (("setgroups", "deny"), ("uid_map", f"{real_uid} {real_uid} 1"),
-                               ("gid_map", f"{real_gid} {real_gid} 1")):
+            for name, text in (
+                ("setgroups", "deny"),
+                ("uid_map", f"{real_uid} {real_uid} 1"),
+                ("gid_map", f"{real_gid} {real_gid} 1"),
+            ):
                 with open(f"/proc/self/{name}", "w") as f:
                     f.write(text)
             namespaces = True
@@ -304,8 +323,14 @@ def _setup_sandbox(cfg: dict) -> dict:
     layers["landlock"] = 0
     if cfg.get("landlock", True):
         try:
-            ro_dirs = list(cfg["read_paths"]) + ["/usr", "/lib", "/lib64", "/lib32", "/libx32",
-                                                 "/sys/devices/system/cpu"]
+            ro_dirs = list(cfg["read_paths"]) + [
+                "/usr",
+                "/lib",
+                "/lib64",
+                "/lib32",
+                "/libx32",
+                "/sys/devices/system/cpu",
+            ]
             ro_files = ["/etc/ld.so.cache", "/etc/localtime", "/dev/urandom", "/dev/random", "/dev/zero"]
             layers["landlock"] = _landlock(ctypes, libc, ro_dirs, [workdir], ro_files, ["/dev/null"])
         except OSError as exc:

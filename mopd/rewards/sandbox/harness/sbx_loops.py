@@ -108,14 +108,26 @@ def _run_forked_tests(job: dict, out: _Out) -> None:
                 with open(paths["in"], "wb") as f:
                     f.write(str(tests[i]).encode("utf-8", "surrogateescape"))
             except OSError as exc:  # e.g. the working directory's size cap
-                out.send({"type": "test", "i": i, "status": "error",
-                          "error": f"the test input could not be written: {exc.strerror or exc}"})
+                out.send(
+                    {
+                        "type": "test",
+                        "i": i,
+                        "status": "error",
+                        "error": f"the test input could not be written: {exc.strerror or exc}",
+                    }
+                )
                 return
         try:
             pid = os.fork()
         except OSError as exc:  # e.g. the process limit, used up by a fork bomb of an earlier test
-            out.send({"type": "test", "i": i, "status": "error",
-                      "error": f"the test could not be started: {exc.strerror or exc}"})
+            out.send(
+                {
+                    "type": "test",
+                    "i": i,
+                    "status": "error",
+                    "error": f"the test could not be started: {exc.strerror or exc}",
+                }
+            )
             return
         if pid == 0:
             try:
@@ -230,8 +242,14 @@ def _run_code_tests(job: dict, out: _Out, script_fds: list) -> None:
         except OSError as exc:
             for fd in (req_r, req_w, resp_r, resp_w, sfd):
                 os.close(fd)
-            out.send({"type": "test", "i": i, "status": "error",
-                      "error": f"the test could not be started: {exc.strerror or exc}"})
+            out.send(
+                {
+                    "type": "test",
+                    "i": i,
+                    "status": "error",
+                    "error": f"the test could not be started: {exc.strerror or exc}",
+                }
+            )
             continue
         if pid == 0:
             try:
@@ -282,8 +300,11 @@ def _run_code_tests(job: dict, out: _Out, script_fds: list) -> None:
             elif kind == "crash":
                 res = {"status": "error", "error": text, "input": conn.current_input()}
             else:
-                res = {"status": "error", "error": "the program exited while the tests were running",
-                       "input": conn.current_input()}
+                res = {
+                    "status": "error",
+                    "error": "the program exited while the tests were running",
+                    "input": conn.current_input(),
+                }
         elif res["status"] in ("ok", "wrong") and cpu > tl:
             res = {"status": "timeout"}
         if res["status"] == "timeout":

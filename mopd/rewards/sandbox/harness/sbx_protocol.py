@@ -11,6 +11,8 @@ SOLUTION_FILE = "solution.py"
 CONTEXT_FILE = "context.py"
 TEST_FILE = "test.py"
 _FORMAT_VERSION = 1
+
+
 # JSON through the C accelerator only: `import json` would pull in `re` and `enum` (~20 ms per sandbox).
 class _ScanContext:
     strict = True
@@ -57,4 +59,4 @@ class _Out:
         data = (_jdumps(record) + "\n").encode()
         view = memoryview(data)
         while view:
-            view = view[os.write(self.fd, view):]
+            view = view[os.write(self.fd, view) :]
