@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mopd.io import atomic_write_text
+from trainer.disk_space import raise_if_disk_full
 
 __all__ = ["ALLOWED_LOGGERS", "Tracking", "wandb_mode", "format_console_line"]
 
@@ -229,8 +230,12 @@ class Tracking:
 
         if self._jsonl is not None:
             record = {"step": step, **{k: _json_value(v) for k, v in values.items()}}
-            self._jsonl.write(json.dumps(record, allow_nan=False, default=str) + "\n")
-            self._jsonl.flush()
+            try:
+                self._jsonl.write(json.dumps(record, allow_nan=False, default=str) + "\n")
+                self._jsonl.flush()
+            except OSError as err:  # a full disk: one line naming the file, not a traceback
+                raise_if_disk_full(err, f"metrics of step {step}", self.log_dir / "metrics.jsonl")
+                raise
         if self._tb is not None:
             for key, value in values.items():
                 if _is_number(value):

@@ -183,3 +183,30 @@ def test_omegaconf_config_is_resolved_into_config_json(tmp_path):
     cfg = omegaconf.OmegaConf.create({"a": 2, "b": "${a}", "nested": {"lr": 1e-6}})
     Tracking("proj", "exp", [], cfg, tmp_path).close()
     assert json.loads((tmp_path / "config.json").read_text()) == {"a": 2, "b": 2, "nested": {"lr": 1e-6}}
+
+
+def test_a_full_disk_while_writing_metrics_is_one_line_naming_the_file(tmp_path):
+    import errno
+
+    from mopd.errors import CheckpointError
+
+    class FullFile:
+        def write(self, _text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    tracker = Tracking("proj", "exp", ["jsonl"], None, str(tmp_path))
+    tracker._jsonl.close()
+    tracker._jsonl = FullFile()  # a stand-in filesystem error: the write is what fails on a full disk
+    with pytest.raises(CheckpointError) as err:
+        tracker.log({"a": 1.0}, step=3)
+    message = str(err.value)
+    assert "metrics of step 3" in message and str(tmp_path / "metrics.jsonl") in message
+    assert "no space left" in message and "\n" not in message
+    tracker._jsonl = None
+    tracker.close()
