@@ -75,6 +75,8 @@ def resolve_aliases(cfg: DictConfig) -> None:
     """The release's names that set a neutral key: ``self_distillation.success_reward_threshold`` (by default
     an interpolation of ``reward.success_threshold``), when given a value, sets ``reward.success_threshold``
     too, so peers and every method's success metrics agree."""
+    if not isinstance(cfg, DictConfig):
+        return  # a plain dict is already resolved: the alias has nothing left to interpolate
     sd = OmegaConf.select(cfg, CONFIG_PREFIX)
     if sd is None or "success_reward_threshold" not in sd or OmegaConf.is_interpolation(sd, "success_reward_threshold"):
         return

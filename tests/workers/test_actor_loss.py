@@ -75,8 +75,11 @@ def make_mini_batch(vocab: int, seed: int = 0) -> dict:
     }
 
 
-def actor_cfg(loss_mode: str, agg_mode: str = "token-mean") -> dict:
+def actor_cfg(loss_mode: str, agg_mode: str = "token-mean", kl_loss_type: str | None = None) -> dict:
     return {
+        "use_kl_loss": kl_loss_type is not None,
+        "kl_loss_coef": 0.5,
+        "kl_loss_type": kl_loss_type or "low_var_kl",
         "loss_agg_mode": agg_mode,
         "clip_ratio_low": 0.2,
         "clip_ratio_high": 0.28,
@@ -166,6 +169,47 @@ def test_mini_batch_loss_and_gradient_do_not_depend_on_micro_batching(models, ca
         assert loss == pytest.approx(ref_loss, rel=1e-9, abs=1e-12), sizes
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-12, msg=lambda m: f"micro-batches {sizes}: {m}")
+
+
+@pytest.mark.parametrize(
+    "kind,agg_mode", [("low_var_kl", "token-mean"), ("mse", "seq-mean-token-mean"), ("kl", "token-mean")]
+)
+def test_kl_loss_adds_coef_times_the_direct_kl_and_does_not_depend_on_micro_batching(models, kind, agg_mode):
+    """actor.use_kl_loss: the loss grows by kl_loss_coef x agg(kl_penalty(pi_theta, pi_ref)), the policy's
+    log-probs taken from a plain [B, R, V] forward (independent of the fused head), in float64; and the
+    micro-batched loss and gradient equal the whole mini-batch's."""
+    from mopd import losses
+    from mopd.kl import kl_penalty
+
+    student = models[0]
+    batch = make_mini_batch(student.config.vocab_size)
+    g = torch.Generator().manual_seed(11)
+    batch["ref_log_probs"] = -3.0 + torch.randn(batch["responses"].shape, generator=g, dtype=torch.float64)
+    case = ("grpo", agg_mode, None, True, 0.0)
+    plain_kwargs = _loss_kwargs(case, models, batch)
+    kl_kwargs = dict(plain_kwargs, actor_cfg=actor_cfg("grpo", agg_mode, kind))
+    without, _, _ = _run(student, [batch], None, plain_kwargs)
+    with_kl, ref_grads, metrics = _run(student, [batch], None, kl_kwargs)
+    with torch.no_grad():
+        logits = _plain_logits(
+            student,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["position_ids"],
+            RESPONSE_WIDTH,
+            batch["meta"]["temperature"],
+        ).double()
+        log_probs = torch.log_softmax(logits, -1).gather(-1, batch["responses"].unsqueeze(-1)).squeeze(-1)
+        mask = batch["response_mask"].double()
+        direct = losses.agg_loss(kl_penalty(log_probs, batch["ref_log_probs"], kind), mask, agg_mode)
+    assert with_kl - without == pytest.approx(0.5 * direct.item(), rel=1e-6, abs=1e-9)
+    assert metrics["actor/kl_coef"] == [0.5] and metrics["actor/kl_loss"][0] != 0.0
+    counts = loss_normalizer_counts(batch, "grpo", kl_kwargs["actor_cfg"])
+    normalizers = Normalizers(*(max(c, 1.0) for c in counts))
+    loss, grads, _ = _run(student, _cut(batch, [1, 2, 4, 5]), normalizers, kl_kwargs)
+    assert loss == pytest.approx(with_kl, rel=1e-9, abs=1e-12)
+    for grad, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref, rtol=1e-8, atol=1e-12)
 
 
 def test_without_global_normalisation_each_micro_batch_is_a_mean(models):
