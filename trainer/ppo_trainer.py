@@ -10,23 +10,32 @@ from __future__ import annotations
 import random
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mopd.config import SelfDistillationConfig
-from mopd.errors import ConfigError, PreemptedError, RewardError, WorkerDiedError
-from mopd.loss_modes import DISTILLATION_MODES, PREFERENCE_MODES
+from mopd.errors import PreemptedError, RewardError, WorkerDiedError
+from mopd.loss_modes import DISTILLATION_MODES
 from mopd.losses import rollout_is_weights
-from mopd.models import EMBEDDED_DIR, load_tokenizer, resolve_model_path
+from mopd.models import load_tokenizer, resolve_model_path
 from mopd.peers import Rollout, UidSuccessTracker, select_peers
 from mopd.reprompt import build_teacher_inputs, compute_step_ids
 from mopd.rewards import summarize_health
 from trainer import rollout_io
 from trainer.advantage_stage import AdvantageStage, needs_reference_log_probs
-from trainer.balance import BatchBalancer
+from trainer.fit_helpers import (
+    data_files,
+    due,
+    make_balancer,
+    make_group,
+    pad_to_multiple,
+    peak_memory_metrics,
+    reduce_worker_metrics,
+    timer,
+    valid_tokens,
+)
 from trainer.preemption import PreemptionHandler, stop_in
 from trainer.update_guard import SkippedUpdateGuard
 from workers.batch import truncate_batch
@@ -61,7 +70,7 @@ class Trainer:
         # Summaries on: every training prompt asks the policy for a <summary> (validation prompts do not).
         instruction = self.sd_cfg.summary_instruction if self.sd_cfg.summarize_solutions else None
         self.train_set = PromptDataset(
-            _data_files(data["train_files"], "train"),
+            data_files(data["train_files"], "train"),
             self.tokenizer,
             max_samples=data.get("max_samples"),
             key="data.train_files",
@@ -69,7 +78,7 @@ class Trainer:
             **dataset_args,
         )
         self.val_set = (
-            PromptDataset(_data_files(data["val_files"], "test"), self.tokenizer, key="data.val_files", **dataset_args)
+            PromptDataset(data_files(data["val_files"], "test"), self.tokenizer, key="data.val_files", **dataset_args)
             if data.get("val_files")
             else None
         )
@@ -100,8 +109,8 @@ class Trainer:
             str(self.output_dir),
             total_steps=self.total_steps,
         )
-        self.group = _make_group(cfg)
-        self.balancer = _make_balancer(cfg, self.loss_mode, self.group.world_size)
+        self.group = make_group(cfg)
+        self.balancer = make_balancer(cfg, self.loss_mode, self.group.world_size)
         info = self.group.init_model(self.total_steps * updates_per_step)  # the LR schedule's horizon
         print(
             f"[mopd] {len(self.train_set)} training prompts ({self.train_set.num_filtered} filtered), "
@@ -166,40 +175,40 @@ class Trainer:
             self.global_step += 1
             step = self.global_step
             metrics, timing = {}, {}
-            with _timer("step", timing):
+            with timer("step", timing):
                 items = next(batches)
                 self.group.peak_memory_gb()  # reset: the next reading covers generation only
-                with _timer("gen", timing):
+                with timer("gen", timing):
                     batch = self._generate(items, step, timing=timing)
-                metrics.update(_peak_memory_metrics("gen", self.group.peak_memory_gb()))
-                with _timer("reward", timing):
+                metrics.update(peak_memory_metrics("gen", self.group.peak_memory_gb()))
+                with timer("reward", timing):
                     self._score(batch, items, metrics)
-                with _timer("old_log_prob", timing):
+                with timer("old_log_prob", timing):
                     self._maybe_old_log_probs(batch)
                 if self.needs_ref:
-                    with _timer("ref", timing):
+                    with timer("ref", timing):
                         batch.update(self.balancer.call(self.group.compute_ref_log_prob, batch))
-                with _timer("peers", timing):
+                with timer("peers", timing):
                     self._maybe_teacher_inputs(batch, items, metrics)
-                with _timer("adv", timing):
+                with timer("adv", timing):
                     metrics.update(self.advantage(batch))
                     if not self.off_policy:
                         batch.pop("old_log_probs", None)  # one on-policy update: pi_old is pi_theta itself
-                with _timer("update_actor", timing):
+                with timer("update_actor", timing):
                     update = self.balancer.call(self.group.update_actor, batch, metrics)
-                    metrics.update(_reduce_worker_metrics(update["metrics"]))
+                    metrics.update(reduce_worker_metrics(update["metrics"]))
                 self.update_guard.after_update(step, update["skipped_updates"])
-                metrics.update(_peak_memory_metrics("update", self.group.peak_memory_gb()))
-                with _timer("teacher", timing):
+                metrics.update(peak_memory_metrics("update", self.group.peak_memory_gb()))
+                with timer("teacher", timing):
                     self.group.update_teacher()
             is_last = step == self.total_steps
-            if self.val_set is not None and _due(trainer["test_freq"], step, is_last):
-                with _timer("testing", timing):
+            if self.val_set is not None and due(trainer["test_freq"], step, is_last):
+                with timer("testing", timing):
                     last_val = self._validate()
                 metrics.update(last_val)
-            saved = _due(trainer["save_freq"], step, is_last) and self.update_guard.may_save(step)
+            saved = due(trainer["save_freq"], step, is_last) and self.update_guard.may_save(step)
             if saved:
-                with _timer("save_checkpoint", timing):
+                with timer("save_checkpoint", timing):
                     self._save_checkpoint(step)
             if trainer.get("rollout_data_dir"):
                 rollout_io.dump_rollouts(
@@ -269,7 +278,7 @@ class Trainer:
 
     def _generate(self, items: dict, step: int, validate: bool = False, timing: dict | None = None) -> dict:
         sampling = self._sampling(validate)
-        with _timer("weight_sync", timing if timing is not None else {}):  # part of timing_s/gen
+        with timer("weight_sync", timing if timing is not None else {}):  # part of timing_s/gen
             self.group.sync_rollout_weights()
         out = self.group.generate(
             {
@@ -293,7 +302,7 @@ class Trainer:
 
     def _score(self, batch: dict, items: dict, metrics: dict | None, n: int | None = None) -> list[dict]:
         n = n or self.config["actor_rollout_ref"]["rollout"]["n"]
-        texts = self.tokenizer.batch_decode(_valid_tokens(batch), skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(valid_tokens(batch), skip_special_tokens=True)
         batch["response_text"] = texts
         requests = []
         for i, text in enumerate(texts):
@@ -423,7 +432,7 @@ class Trainer:
                 [self.val_set[i] for i in range(start, min(start + size, len(self.val_set)))],
                 self.tokenizer.pad_token_id,
             )
-            batch = self._generate(_pad_to_multiple(items, self.group.world_size), self.global_step, validate=True)
+            batch = self._generate(pad_to_multiple(items, self.group.world_size), self.global_step, validate=True)
             keep = len(items["uid"]) * val_n
             batch = truncate_batch(batch, keep)
             results = self._score(batch, items, None, n=val_n)
@@ -499,97 +508,3 @@ class Trainer:
         self.advantage.load_state_dict(state.get("advantage"))
         print(f"[mopd] resumed from {path} at step {state['global_step']}", flush=True)
         return int(state["global_step"])
-
-
-# ----------------------------------------------------------------------------------------------
-def _make_group(cfg: dict):
-    from trainer.worker_group import LocalWorkerGroup, RayWorkerGroup
-    from workers.fsdp_worker import ActorRolloutRefWorker
-
-    trainer = cfg["trainer"]
-    backend = trainer["backend"]
-    if backend == "auto":
-        try:
-            import ray  # noqa: F401
-
-            backend = "ray"
-        except ImportError:
-            backend = "local"
-    world = trainer["n_gpus_per_node"] * trainer["nnodes"]
-    if backend == "local":
-        if world != 1:
-            raise ConfigError(
-                f"trainer.backend=local runs one worker; set trainer.n_gpus_per_node=1 (got {world} "
-                "workers) or use trainer.backend=ray"
-            )
-        return LocalWorkerGroup(ActorRolloutRefWorker, cfg)
-    use_gpu = trainer["device"] == "cuda" or (trainer["device"] == "auto" and torch.cuda.is_available())
-    return RayWorkerGroup(ActorRolloutRefWorker, cfg, world, use_gpu=use_gpu)
-
-
-def _make_balancer(cfg: dict, loss_mode: str, world: int) -> BatchBalancer:
-    """Balance within each mini-batch; whole prompt groups where pairs (DPO/SimPO) or the teacher's shared
-    prefixes need a prompt's rollouts together on one rank."""
-    n = cfg["actor_rollout_ref"]["rollout"]["n"]
-    window = cfg["actor_rollout_ref"]["actor"]["ppo_mini_batch_size"] * n
-    keep_groups = loss_mode in PREFERENCE_MODES or (
-        loss_mode in DISTILLATION_MODES and cfg["actor_rollout_ref"]["ref"]["shared_prefix"]
-    )
-    return BatchBalancer(world, window, n if keep_groups else 1, cfg["trainer"]["balance_batch"])
-
-
-def _data_files(files, split: str):
-    if files == "embedded":
-        return str(EMBEDDED_DIR / f"{split}.parquet")
-    return files
-
-
-def _valid_tokens(batch: dict) -> list[list[int]]:
-    return [row[mask.bool()].tolist() for row, mask in zip(batch["responses"], batch["response_mask"])]
-
-
-def _due(freq: int | None, step: int, is_last: bool) -> bool:
-    return bool(freq) and freq > 0 and (step % freq == 0 or is_last)
-
-
-def _reduce_worker_metrics(per_rank: list[dict]) -> dict:
-    """Means over ranks, mini- and micro-batches; counts of work done (``perf/*_tokens_run``) are summed."""
-    merged: dict[str, list[float]] = {}
-    for rank_metrics in per_rank:
-        for key, values in rank_metrics.items():
-            merged.setdefault(key, []).extend(values)
-    return {
-        key: float(np.sum(values) if key.endswith("_tokens_run") else np.mean(values))
-        for key, values in merged.items()
-        if values
-    }
-
-
-def _peak_memory_metrics(stage: str, per_rank: list[dict]) -> dict:
-    """The largest rank's peak (GB) for a stage: torch-allocated device memory, or RSS on CPU."""
-    out = {}
-    for kind in per_rank[0]:
-        out[f"perf/{stage}_peak_{kind}_gb"] = max(r[kind] for r in per_rank)
-    return out
-
-
-def _pad_to_multiple(items: dict, parts: int) -> dict:
-    """Repeat the last prompt so a validation batch splits evenly over the workers."""
-    size = items["input_ids"].shape[0]
-    extra = (-size) % parts
-    if not extra:
-        return items
-    out = dict(items)
-    for key in ("input_ids", "attention_mask", "position_ids"):
-        out[key] = torch.cat([items[key], items[key][-1:].repeat(extra, 1)])
-    out["uid"] = list(items["uid"]) + [items["uid"][-1]] * extra
-    return out
-
-
-@contextmanager
-def _timer(name: str, timing: dict):
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timing[name] = timing.get(name, 0.0) + time.perf_counter() - start

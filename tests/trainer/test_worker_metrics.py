@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.ppo_trainer import _reduce_worker_metrics
+from trainer.fit_helpers import reduce_worker_metrics as _reduce_worker_metrics
 
 
 def test_counts_of_work_are_summed_and_everything_else_averaged():

@@ -1,0 +1,108 @@
+"""The fit loop's small parts (``trainer/ppo_trainer.py``): building the worker group and the batch balancer,
+the data files, metric reductions over ranks, validation padding and the stage timer."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from mopd.errors import ConfigError
+from mopd.loss_modes import DISTILLATION_MODES, PREFERENCE_MODES
+from mopd.models import EMBEDDED_DIR
+from trainer.balance import BatchBalancer
+
+
+def make_group(cfg: dict):
+    from trainer.worker_group import LocalWorkerGroup, RayWorkerGroup
+    from workers.fsdp_worker import ActorRolloutRefWorker
+
+    trainer = cfg["trainer"]
+    backend = trainer["backend"]
+    if backend == "auto":
+        try:
+            import ray  # noqa: F401
+
+            backend = "ray"
+        except ImportError:
+            backend = "local"
+    world = trainer["n_gpus_per_node"] * trainer["nnodes"]
+    if backend == "local":
+        if world != 1:
+            raise ConfigError(
+                f"trainer.backend=local runs one worker; set trainer.n_gpus_per_node=1 (got {world} "
+                "workers) or use trainer.backend=ray"
+            )
+        return LocalWorkerGroup(ActorRolloutRefWorker, cfg)
+    use_gpu = trainer["device"] == "cuda" or (trainer["device"] == "auto" and torch.cuda.is_available())
+    return RayWorkerGroup(ActorRolloutRefWorker, cfg, world, use_gpu=use_gpu)
+
+
+def make_balancer(cfg: dict, loss_mode: str, world: int) -> BatchBalancer:
+    """Balance within each mini-batch; whole prompt groups where pairs (DPO/SimPO) or the teacher's shared
+    prefixes need a prompt's rollouts together on one rank."""
+    n = cfg["actor_rollout_ref"]["rollout"]["n"]
+    window = cfg["actor_rollout_ref"]["actor"]["ppo_mini_batch_size"] * n
+    keep_groups = loss_mode in PREFERENCE_MODES or (
+        loss_mode in DISTILLATION_MODES and cfg["actor_rollout_ref"]["ref"]["shared_prefix"]
+    )
+    return BatchBalancer(world, window, n if keep_groups else 1, cfg["trainer"]["balance_batch"])
+
+
+def data_files(files, split: str):
+    if files == "embedded":
+        return str(EMBEDDED_DIR / f"{split}.parquet")
+    return files
+
+
+def valid_tokens(batch: dict) -> list[list[int]]:
+    return [row[mask.bool()].tolist() for row, mask in zip(batch["responses"], batch["response_mask"])]
+
+
+def due(freq: int | None, step: int, is_last: bool) -> bool:
+    return bool(freq) and freq > 0 and (step % freq == 0 or is_last)
+
+
+def reduce_worker_metrics(per_rank: list[dict]) -> dict:
+    """Means over ranks, mini- and micro-batches; counts of work done (``perf/*_tokens_run``) are summed."""
+    merged: dict[str, list[float]] = {}
+    for rank_metrics in per_rank:
+        for key, values in rank_metrics.items():
+            merged.setdefault(key, []).extend(values)
+    return {
+        key: float(np.sum(values) if key.endswith("_tokens_run") else np.mean(values))
+        for key, values in merged.items()
+        if values
+    }
+
+
+def peak_memory_metrics(stage: str, per_rank: list[dict]) -> dict:
+    """The largest rank's peak (GB) for a stage: torch-allocated device memory, or RSS on CPU."""
+    out = {}
+    for kind in per_rank[0]:
+        out[f"perf/{stage}_peak_{kind}_gb"] = max(r[kind] for r in per_rank)
+    return out
+
+
+def pad_to_multiple(items: dict, parts: int) -> dict:
+    """Repeat the last prompt so a validation batch splits evenly over the workers."""
+    size = items["input_ids"].shape[0]
+    extra = (-size) % parts
+    if not extra:
+        return items
+    out = dict(items)
+    for key in ("input_ids", "attention_mask", "position_ids"):
+        out[key] = torch.cat([items[key], items[key][-1:].repeat(extra, 1)])
+    out["uid"] = list(items["uid"]) + [items["uid"][-1]] * extra
+    return out
+
+
+@contextmanager
+def timer(name: str, timing: dict):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
