@@ -68,6 +68,12 @@ class AdaptiveKLController(FixedKLController):
         self.value *= 1.0 + error * n_steps / self.horizon
 
 
+def uses_reference_kl(config: dict) -> bool:
+    """Whether a trainer config asks for a KL penalty to the frozen reference (as a loss or in the reward): the
+    one rule for loading the reference, computing its log-probs and planning its memory."""
+    return bool(config["actor_rollout_ref"]["actor"]["use_kl_loss"] or config["algorithm"]["use_kl_in_reward"])
+
+
 def make_kl_controller(cfg: dict) -> FixedKLController:
     """From ``algorithm.kl_ctrl`` ({type, kl_coef, target_kl, horizon})."""
     if cfg["type"] == "fixed":

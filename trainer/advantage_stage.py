@@ -48,7 +48,3 @@ class AdvantageStage:
     def load_state_dict(self, state: dict | None) -> None:
         if self.kl_controller is not None and state and "kl_controller" in state:
             self.kl_controller.load_state_dict(state["kl_controller"])
-
-
-def needs_reference_log_probs(config: dict) -> bool:
-    return bool(config["actor_rollout_ref"]["actor"]["use_kl_loss"] or config["algorithm"]["use_kl_in_reward"])

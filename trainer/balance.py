@@ -53,8 +53,8 @@ def _split_window(workloads, start: int, window: int, world: int, unit: int) -> 
     units = [list(range(u, u + unit)) for u in range(start, start + window, unit)]
     capacity = len(units) // world
     loads, parts = [0.0] * world, [[] for _ in range(world)]
-    heaviest_first = sorted(units, key=lambda u: (-sum(workloads[i] for i in u), u[0]))
     weight = {u[0]: sum(workloads[i] for i in u) for u in units}
+    heaviest_first = sorted(units, key=lambda u: (-weight[u[0]], u[0]))
     for u in heaviest_first:
         rank = min((r for r in range(world) if len(parts[r]) < capacity), key=lambda r: (loads[r], r))
         parts[rank].append(u)

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass, field
 
 from mopd.errors import ConfigError, UserError
+from mopd.kl import uses_reference_kl
 from mopd.loss_modes import DISTILLATION_MODES
 from trainer.memory_model import DTYPE_BYTES, ModelShape, read_model_shape
 
@@ -230,7 +231,7 @@ class _Settings:
         self.n, self.loss_mode = rollout["n"], actor["policy_loss"]["loss_mode"]
         self.distillation = self.loss_mode in DISTILLATION_MODES
         # a KL penalty's reference is the same frozen model as a teacher (counted under the teacher's rows)
-        self.uses_kl = bool(actor["use_kl_loss"] or cfg["algorithm"]["use_kl_in_reward"])
+        self.uses_kl = uses_reference_kl(cfg)
         self.has_teacher = self.distillation or self.loss_mode == "dpo" or self.uses_kl
         self.teacher_len = actor["self_distillation"]["max_reprompt_len"] + self.response_len
         self.rollout = rollout["name"]

@@ -17,6 +17,7 @@ import torch
 
 from mopd.config import SelfDistillationConfig
 from mopd.errors import PreemptedError, RewardError, WorkerDiedError
+from mopd.kl import uses_reference_kl
 from mopd.loss_modes import DISTILLATION_MODES
 from mopd.losses import rollout_is_weights
 from mopd.models import load_tokenizer, resolve_model_path
@@ -24,7 +25,7 @@ from mopd.peers import Rollout, UidSuccessTracker, select_peers
 from mopd.reprompt import build_teacher_inputs, compute_step_ids
 from mopd.rewards import summarize_health
 from trainer import rollout_io
-from trainer.advantage_stage import AdvantageStage, needs_reference_log_probs
+from trainer.advantage_stage import AdvantageStage
 from trainer.fit_helpers import (
     data_files,
     due,
@@ -89,7 +90,7 @@ class Trainer:
         self.total_steps = trainer.get("total_training_steps") or per_epoch * trainer["total_epochs"]
         updates_per_step = data["train_batch_size"] // actor["ppo_mini_batch_size"] * actor["ppo_epochs"]
         self.off_policy = updates_per_step > 1
-        self.needs_ref = needs_reference_log_probs(cfg)
+        self.needs_ref = uses_reference_kl(cfg)
         self.advantage = AdvantageStage(cfg["algorithm"])
         self.success_threshold = cfg["reward"]["success_threshold"]
         rc = cfg["algorithm"]["rollout_correction"]

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from mopd.config import SelfDistillationConfig
 from mopd.errors import ConfigError
+from mopd.kl import uses_reference_kl
 from mopd.teacher import ema_update_
 from workers import memory, model_utils, packed_attention, sharded_load, shared_prefix, update_health
 from workers.actor import (
@@ -147,8 +148,7 @@ class ActorRolloutRefWorker:
         self.teacher_module, self.teacher, self.ref_module = None, None, None
         ref_path = model_utils.resolve_model_path(cfg["actor_rollout_ref"]["ref"]["model"]["path"])
         # The frozen initial model: the teacher (MOPD/SDPO), DPO's reference, or the reference of a KL penalty.
-        self.uses_kl = actor_cfg["use_kl_loss"] or cfg["algorithm"]["use_kl_in_reward"]
-        if self.sd_cfg is not None or self.loss_mode == "dpo" or self.uses_kl:
+        if self.sd_cfg is not None or self.loss_mode == "dpo" or uses_reference_kl(cfg):
             frozen = sharded_load.build_sharded(
                 ref_path or path,
                 frozen=True,

@@ -294,7 +294,7 @@ class VLLMRollout:
         width = params.max_new_tokens
         responses = torch.full((rows, width), self.pad_id, dtype=torch.long)
         response_mask = torch.zeros((rows, width), dtype=torch.long)
-        log_probs = torch.zeros((rows, width), dtype=torch.float32)
+        log_probs = torch.zeros((rows, width), dtype=torch.float32) if self.calculate_log_probs else None
         for i, request in enumerate(outputs):
             completion = request.outputs[0]
             tokens = list(completion.token_ids)[:width]

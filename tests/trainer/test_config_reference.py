@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from test_config_keys_read import _leaves
 
 from trainer import config_reference
 from trainer.main import CONFIG_DIR
-
-
-def _leaves(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}"
 
 
 def test_docs_config_md_is_current():
