@@ -22,7 +22,7 @@ setup(
     packages=find_packages(include=["mopd", "mopd.*", "workers", "trainer"]),
     # the sandbox harness is a standalone script folder (not a package), the Hydra configs are YAML
     package_data={
-        "mopd": ["assets/tiny_tokenizer/*", "rewards/sandbox/harness/*.py"],
+        "mopd": ["embedded/assets/tiny_tokenizer/*", "rewards/sandbox/harness/*.py"],
         "trainer": ["config/*.yaml", "config/*/*.yaml"],
     },
     include_package_data=True,
@@ -43,7 +43,7 @@ setup(
             "mopd-plot-teacher-metrics=mopd.analysis.cli:plot_teacher_metrics_main",
             "mopd-diversity-metrics=mopd.diversity.cli:compute_metrics_main",
             "mopd-diversity-plots=mopd.diversity.cli:plot_metrics_main",
-            "mopd-make-embedded-default=mopd.embedded_recipe.cli:main",
+            "mopd-make-embedded-default=mopd.embedded.recipe.cli:main",
         ]
     },
     extras_require={

@@ -3,10 +3,10 @@
 The naive way is what the release does: a float32 log-softmax over sequence x vocabulary for the student
 and for the teacher, top-k on the student, gather, divergence, backward. Two pairs are compared:
 
-- from logits: ``naive`` vs ``chunked`` (``mopd.losses.topk_divergence``), gradient w.r.t. the student
+- from logits: ``naive`` vs ``chunked`` (``mopd.core.losses.topk_divergence``), gradient w.r.t. the student
   logits;
 - from hidden states (what training does): ``naive_head`` (logits = hidden @ W.T for student and
-  teacher, the entropy the actor logs, then ``naive``) vs ``fused`` (``mopd.fused_head``: no logits at
+  teacher, the entropy the actor logs, then ``naive``) vs ``fused`` (``mopd.core.fused_head``: no logits at
   all; it also returns token log-probs and entropies), gradient w.r.t. the student's hidden states and
   head weight.
 
@@ -71,8 +71,8 @@ def _rss_bytes() -> int:
 
 
 def child(args) -> dict:
-    from mopd.fused_head import fused_head
-    from mopd.losses import topk_divergence
+    from mopd.core.fused_head import fused_head
+    from mopd.core.losses import topk_divergence
 
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -24,7 +24,7 @@ def prompts(count: int, tokenizer):
     """``count`` train prompts of the embedded task, chat-templated and left-padded as the trainer does."""
     import torch
 
-    from mopd import embedded_task
+    from mopd.embedded import embedded_task
 
     texts = [
         tokenizer.apply_chat_template(embedded_task.prompt_messages(p), tokenize=False, add_generation_prompt=True)

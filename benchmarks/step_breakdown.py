@@ -91,7 +91,7 @@ def write_tokenizer(out: Path, vocab_size: int = VOCAB_SIZE):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from mopd.tiny_tokenizer import CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS
+    from mopd.embedded.tiny_tokenizer import CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS
 
     unk = "<unk>"
     specials = SPECIAL_TOKENS + [unk]

@@ -74,7 +74,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    from mopd.fused_head import fused_head
+    from mopd.core.fused_head import fused_head
     from workers import forward, model_utils, prefix_plan, shared_prefix
 
     batch = capture(args.steps)

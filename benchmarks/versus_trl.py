@@ -72,7 +72,7 @@ def trl_child(steps: int, threads: int | None, out: str) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from datasets import Dataset
-    from mopd import embedded_task
+    from mopd.embedded import embedded_task
     from workers.model_utils import load_tokenizer, resolve_model_path
 
     if threads:

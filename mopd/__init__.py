@@ -1,9 +1,16 @@
-"""MOPD algorithm core: peer selection, teacher inputs and losses (pure Python + torch).
+"""MOPD: Multi-Rollout On-Policy Distillation. The library the trainer and the tools are built on.
 
-See docs/algorithm_core.md for the exact rules. ``mopd`` never imports ``workers`` or ``trainer``.
+Sub-packages, each holding one kind of thing:
+
+- ``mopd.core``: the algorithm (peer selection, teacher inputs, losses, advantages, KL), pure Python + torch;
+  docs/algorithm_core.md gives the exact rules.
+- ``mopd.common``: what every part shares (error types, atomic file I/O, model loading, the RL parquet schema).
+- ``mopd.rewards``: the verifiers, with the sandbox that runs untrusted code in subprocesses.
+- ``mopd.dataprep``, ``mopd.analysis``, ``mopd.diversity``: the pipeline tools behind ``data/``,
+  ``analysis/`` and ``diversity/`` (and the ``mopd-*`` console scripts).
+- ``mopd.embedded``: the embedded default task, the tiny tokenizer, the demo and the recipe of the base model.
+
+``mopd`` never imports ``workers`` or ``trainer``.
 """
 
-from mopd.config import ConfigError, SelfDistillationConfig
-
-__all__ = ["ConfigError", "SelfDistillationConfig"]
 __version__ = "0.1.0"

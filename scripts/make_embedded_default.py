@@ -5,10 +5,10 @@
     python scripts/make_embedded_default.py --init-model PREVIOUS_BASE --out-dir /tmp/emb   # phase 3 only
 
 The same as ``mopd-make-embedded-default``. The recipe (its phases, how the shipped base was made, what it
-measures) is ``mopd/embedded_recipe/``: one module per step, documented in its ``__init__``.
+measures) is ``mopd/embedded/recipe/``: one module per step, documented in its ``__init__``.
 """
 
-from mopd.embedded_recipe.cli import main
+from mopd.embedded.recipe.cli import main
 
 if __name__ == "__main__":
     main()

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from mopd.advantages import compute_advantages, token_level_scores
-from mopd.kl import apply_kl_in_reward, make_kl_controller
+from mopd.core.advantages import compute_advantages, token_level_scores
+from mopd.core.kl import apply_kl_in_reward, make_kl_controller
 
 
 class AdvantageStage:

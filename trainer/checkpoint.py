@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mopd.errors import CheckpointError, ConfigError
-from mopd.io import atomic_write, atomic_write_text, fsync_dir, fsync_path
+from mopd.common.errors import CheckpointError, ConfigError
+from mopd.common.io import atomic_write, atomic_write_text, fsync_dir, fsync_path
 from trainer.checkpoint_verify import CheckpointCorrupt, verify, write_manifest
 
 __all__ = [

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mopd.errors import CheckpointError, UserError
+from mopd.common.errors import CheckpointError, UserError
 from trainer.checkpoint import CheckpointManager
 from trainer.checkpoint_verify import CheckpointCorrupt, manifest_total_bytes
 from trainer.disk_space import disk_full_error, free_bytes, is_disk_full, mb

@@ -17,7 +17,7 @@ import os
 import zlib
 from pathlib import Path
 
-from mopd.io import atomic_write_text
+from mopd.common.io import atomic_write_text
 
 __all__ = ["MANIFEST_FILE", "CheckpointCorrupt", "manifest_total_bytes", "verify", "write_manifest"]
 

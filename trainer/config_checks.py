@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mopd.config import ConfigError
+from mopd.core.config import ConfigError
 
 _ABSENT = object()
 

@@ -1,7 +1,7 @@
 """Validation of the composed trainer config (``trainer/config/*.yaml`` + command-line overrides).
 
 ``validate_config(cfg)`` runs right after Hydra composes the config. Each mistake raises
-:class:`mopd.config.ConfigError` with one line that names the full key(s), what was given and what to
+:class:`mopd.core.config.ConfigError` with one line that names the full key(s), what was given and what to
 change. The field meanings live in the YAML comments; this module only states the rules:
 
 - types, enums and ranges of single keys;
@@ -12,7 +12,7 @@ change. The field meanings live in the YAML comments; this module only states th
   pair within a micro-batch; rollout IS weights need the rollout's log-probs; ...);
 - optional packages a setting needs (vllm, flash-attn, ray, wandb, tensorboard) are installed.
 
-The ``self_distillation`` block is validated by :class:`mopd.config.SelfDistillationConfig` itself.
+The ``self_distillation`` block is validated by :class:`mopd.core.config.SelfDistillationConfig` itself.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mopd.advantages import ADV_ESTIMATORS, REFUSED_ESTIMATORS
-from mopd.config import CONFIG_PREFIX, ConfigError, SelfDistillationConfig
-from mopd.kl import KL_CONTROLLERS, KL_TYPES
-from mopd.loss_modes import DISTILLATION_MODES, GROUP_MODES, LOSS_MODES, PPO_MODES, PREFERENCE_MODES
-from mopd.losses import LOSS_AGG_MODES
+from mopd.core.advantages import ADV_ESTIMATORS, REFUSED_ESTIMATORS
+from mopd.core.config import CONFIG_PREFIX, ConfigError, SelfDistillationConfig
+from mopd.core.kl import KL_CONTROLLERS, KL_TYPES
+from mopd.core.loss_modes import DISTILLATION_MODES, GROUP_MODES, LOSS_MODES, PPO_MODES, PREFERENCE_MODES
+from mopd.core.losses import LOSS_AGG_MODES
 from trainer.config_checks import (
     boolean,
     choice,

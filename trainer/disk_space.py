@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mopd.errors import CheckpointError, exception_chain
+from mopd.common.errors import CheckpointError, exception_chain
 
 __all__ = ["disk_full_error", "estimate_checkpoint_bytes", "free_bytes", "is_disk_full", "mb", "raise_if_disk_full"]
 

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from mopd.errors import ConfigError
-from mopd.loss_modes import DISTILLATION_MODES, PREFERENCE_MODES
-from mopd.models import EMBEDDED_DIR
+from mopd.common.errors import ConfigError
+from mopd.common.models import EMBEDDED_DIR
+from mopd.core.loss_modes import DISTILLATION_MODES, PREFERENCE_MODES
 from trainer.balance import BatchBalancer
 
 

@@ -11,7 +11,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "config")
 def run(cfg) -> dict:
     from omegaconf import OmegaConf
 
-    from mopd.errors import UserError
+    from mopd.common.errors import UserError
     from trainer.config_schema import resolve_aliases, validate_config
     from trainer.memory_plan import check_before_start
     from trainer.ppo_trainer import Trainer

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mopd.errors import ConfigError, MissingFileError
+from mopd.common.errors import ConfigError, MissingFileError
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -105,7 +105,7 @@ def shape_from_config(config: dict, source: str) -> ModelShape:
 
 def read_model_shape(path: str, flag: str = "actor_rollout_ref.model.path") -> ModelShape:
     """The shape of the model at ``path`` (a local folder, or a hub id whose ``config.json`` is fetched alone)."""
-    from mopd.models import resolve_model_path
+    from mopd.common.models import resolve_model_path
 
     resolved = resolve_model_path(path, flag)
     local = Path(resolved)

@@ -21,16 +21,16 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from mopd.errors import ConfigError, UserError
-from mopd.kl import uses_reference_kl
-from mopd.loss_modes import DISTILLATION_MODES
+from mopd.common.errors import ConfigError, UserError
+from mopd.core.kl import uses_reference_kl
+from mopd.core.loss_modes import DISTILLATION_MODES
 from trainer.memory_model import DTYPE_BYTES, ModelShape, read_model_shape
 
 GB = 1e9
 # CUDA context, NCCL's buffers and cuBLAS workspaces: device memory outside torch's allocator.
 RUNTIME_RESERVE_BYTES = 2.0 * GB
 WARN_FRACTION = 0.9  # a phase above this share of the usable memory is reported as tight
-# mopd/fused_head.py: one chunk x V float32 temporary is 256 MB on CUDA; forward/backward hold a few.
+# mopd/core/fused_head.py: one chunk x V float32 temporary is 256 MB on CUDA; forward/backward hold a few.
 FUSED_HEAD_CHUNK_BYTES = 256 * 1024 * 1024
 FUSED_HEAD_TEMPORARIES = 4
 PHASES = ("load", "generation", "log_prob", "update", "checkpoint")

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mopd.errors import ConfigError
+from mopd.common.errors import ConfigError
 
 NODE_ID_LABEL = "ray.io/node-id"
 SHORT_ID = 8  # node ids are 56 hex digits; 8 tell the nodes of a cluster apart in a log line

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mopd.config import SelfDistillationConfig
-from mopd.errors import PreemptedError, RewardError, WorkerDiedError
-from mopd.kl import uses_reference_kl
-from mopd.loss_modes import DISTILLATION_MODES
-from mopd.losses import rollout_is_weights
-from mopd.models import load_tokenizer, resolve_model_path
-from mopd.peers import Rollout, UidSuccessTracker, select_peers
-from mopd.reprompt import build_teacher_inputs, compute_step_ids
+from mopd.common.errors import PreemptedError, RewardError, WorkerDiedError
+from mopd.common.models import load_tokenizer, resolve_model_path
+from mopd.core.config import SelfDistillationConfig
+from mopd.core.kl import uses_reference_kl
+from mopd.core.loss_modes import DISTILLATION_MODES
+from mopd.core.losses import rollout_is_weights
+from mopd.core.peers import Rollout, UidSuccessTracker, select_peers
+from mopd.core.reprompt import build_teacher_inputs, compute_step_ids
 from mopd.rewards import summarize_health
 from trainer import rollout_io
 from trainer.advantage_stage import AdvantageStage

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from mopd.errors import EXIT_PREEMPTED, exception_chain
+from mopd.common.errors import EXIT_PREEMPTED, exception_chain
 
 __all__ = ["EXIT_PREEMPTED", "PREEMPTION_SIGNALS", "PreemptionHandler", "StopNow", "stop_in"]
 

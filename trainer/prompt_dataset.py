@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mopd.errors import DataError
-from mopd.reprompt import append_summary_instruction
-from mopd.rl_parquet import read_rl_parquet
+from mopd.common.errors import DataError
+from mopd.common.rl_parquet import read_rl_parquet
+from mopd.core.reprompt import append_summary_instruction
 
 
 class PromptDataset:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 
-from mopd.errors import ConfigError
+from mopd.common.errors import ConfigError
 
 PROBE_TIMEOUT_S = 10.0
 

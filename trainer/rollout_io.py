@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mopd.io import write_jsonl
+from mopd.common.io import write_jsonl
 from trainer.disk_space import raise_if_disk_full
 
 

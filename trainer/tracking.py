@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mopd.io import atomic_write_text
+from mopd.common.io import atomic_write_text
 from trainer.disk_space import raise_if_disk_full
 
 __all__ = ["ALLOWED_LOGGERS", "Tracking", "wandb_mode", "format_console_line"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from mopd.errors import TrainingDivergedError
+from mopd.common.errors import TrainingDivergedError
 
 __all__ = ["SkippedUpdateGuard"]
 

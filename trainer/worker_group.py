@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import time
 
-from mopd.errors import WorkerDiedError
+from mopd.common.errors import WorkerDiedError
 from workers.batch import concat_batches, split_batch
 from workers.dispatch import Dispatch, dispatch_mode
 

@@ -2,7 +2,7 @@
 
 Inputs are the rank's micro-batch (student sequences ``[prompt | response]``, teacher sequences
 ``[teacher prompt | response]``, masks, advantages, ...) and the student/teacher modules; the output is
-the scalar to backpropagate and its metrics. The maths lives in ``mopd.losses`` and ``mopd.fused_head``
+the scalar to backpropagate and its metrics. The maths lives in ``mopd.core.losses`` and ``mopd.core.fused_head``
 (the LM head fused with the per-token quantities: no ``[B, T, V]`` logits, ``workers.forward``).
 """
 
@@ -14,11 +14,11 @@ from functools import partial
 
 import torch
 
-from mopd import losses, sequence_losses
-from mopd.config import SelfDistillationConfig
-from mopd.fused_head import fused_head
-from mopd.kl import kl_penalty
-from mopd.loss_modes import DISTILLATION_MODES, PPO_MODES, PREFERENCE_MODES
+from mopd.core import losses, sequence_losses
+from mopd.core.config import SelfDistillationConfig
+from mopd.core.fused_head import fused_head
+from mopd.core.kl import kl_penalty
+from mopd.core.loss_modes import DISTILLATION_MODES, PPO_MODES, PREFERENCE_MODES
 from workers import forward, model_utils, prefix_plan, shared_prefix
 from workers.batch import to_device
 
@@ -26,7 +26,7 @@ from workers.batch import to_device
 class TeacherForward:
     """The teacher's head inputs on its own (peer-context) sequences, per ``teacher_regularization``:
     final hidden states at the valid response positions ``[M, H]`` and the head weight ``[V, H]``, so
-    that its logits are ``hidden @ weight.T`` (``mopd.fused_head`` never materialises them).
+    that its logits are ``hidden @ weight.T`` (``mopd.core.fused_head`` never materialises them).
 
     ``trust-region``: logits (1 - r)·z_ref + r·z_student are one linear map of the concatenated hidden
     states ``[(1 - r)·h_ref, r·h_student]`` and heads ``[W_ref, W_student]``.

@@ -4,7 +4,7 @@
 embedding / LM-head weight and the gradient flows back through them as usual) with its output head
 temporarily replaced by ``fn(hidden, weight)``: ``hidden`` are the final hidden states at the valid
 response positions ``[M, H]``, ``weight`` the (unsharded) head weight ``[V, H]``, and ``fn`` returns
-``[M, K]`` per-position values (``mopd.fused_head``), never ``[B, T, V]`` logits.
+``[M, K]`` per-position values (``mopd.core.fused_head``), never ``[B, T, V]`` logits.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-from mopd.fused_head import fused_head
+from mopd.core.fused_head import fused_head
 from workers import packed_attention
 
 
@@ -42,7 +42,7 @@ def output_head(module) -> tuple[str, torch.nn.Module]:
     if head.bias is not None or getattr(module.config, "final_logit_softcapping", None):
         raise ValueError(
             f"{type(module).__name__}: an LM head with a bias or a logit soft-cap is not supported by "
-            "the fused loss (mopd.fused_head computes hidden @ weight.T)"
+            "the fused loss (mopd.core.fused_head computes hidden @ weight.T)"
         )
     return name, head
 

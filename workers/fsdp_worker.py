@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mopd.config import SelfDistillationConfig
-from mopd.errors import ConfigError
-from mopd.kl import uses_reference_kl
-from mopd.teacher import ema_update_
+from mopd.common.errors import ConfigError
+from mopd.core.config import SelfDistillationConfig
+from mopd.core.kl import uses_reference_kl
+from mopd.core.teacher import ema_update_
 from workers import memory, model_utils, packed_attention, sharded_load, shared_prefix, update_health
 from workers.actor import (
     DISTILLATION_MODES,

@@ -1,4 +1,4 @@
-"""Model building on one rank: the process group, FSDP2 wrapping, full weights (loading: ``mopd.models``)."""
+"""Model building on one rank: the process group, FSDP2 wrapping, full weights (loading: ``mopd.common.models``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 # HF loading is shared with the analysis tools (mopd must not import workers); the worker reaches it here.
-from mopd.models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, resolve_model_path  # noqa: F401
+from mopd.common.models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, resolve_model_path  # noqa: F401
 
 
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, device: torch.device) -> None:

@@ -197,7 +197,7 @@ def _on_meta(path: str, dtype: torch.dtype, attn_implementation: str | None, tru
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        from mopd.models import _cannot_load
+        from mopd.common.models import _cannot_load
 
         raise _cannot_load("model config", path, flag, exc) from None
     extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}

@@ -12,9 +12,9 @@ from collections import Counter
 from pathlib import Path
 
 from mopd.analysis.metrics import DEFAULT_SAMPLE_SET, SAMPLE_SETS
-from mopd.config import ConfigError
-from mopd.io import atomic_write_text as write_text
-from mopd.io import read_jsonl, write_json, write_jsonl
+from mopd.common.io import atomic_write_text as write_text
+from mopd.common.io import read_jsonl, write_json, write_jsonl
+from mopd.core.config import ConfigError
 
 
 def prepare_rollout_dataset_main(argv=None) -> int:

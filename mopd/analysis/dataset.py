@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mopd.peers import extract_summary, strip_thinking
+from mopd.core.peers import extract_summary, strip_thinking
 
 CHATML_MESSAGE = re.compile(r"<\|im_start\|>([^\n]*)\n(.*?)<\|im_end\|>", re.DOTALL)
 CHATML_GENERATION = "<|im_start|>assistant\n"
@@ -399,7 +399,7 @@ def prepare_dataset(
     summary_tag: str = "summary",
 ) -> dict:
     """Write the three dataset files to ``output_dir``; returns the summary."""
-    from mopd.io import write_json, write_jsonl
+    from mopd.common.io import write_json, write_jsonl
 
     paths = resolve_input_paths(input_spec)
     if not paths:

@@ -4,7 +4,7 @@ Two input formats:
 
 - ``chat`` (default) — what the trainer's teacher sees: ``tokenizer.apply_chat_template(messages,
   tokenize=False, add_generation_prompt=True, **chat_template_kwargs)`` encoded with
-  ``add_special_tokens=False`` (as ``mopd.reprompt.build_teacher_inputs`` does), followed by the response
+  ``add_special_tokens=False`` (as ``mopd.core.reprompt.build_teacher_inputs`` does), followed by the response
   as the trainer holds it: ``tokenizer(response_text, add_special_tokens=False)`` + ``eos`` (the generated
   end-of-turn token the decoded text no longer shows; left out for a response that hit the generation
   limit — marked ``response_truncated`` or ``max_response_length`` tokens long — or with
@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mopd import models
 from mopd.analysis.variants import pieces_from_spans
-from mopd.reprompt import truncate_context
+from mopd.common import models
+from mopd.core.reprompt import truncate_context
 
 
 # ----------------------------------------------------------------------------------------------------
-# Model (loading lives in mopd.models, shared with the trainer's workers)
+# Model (loading lives in mopd.common.models, shared with the trainer's workers)
 # ----------------------------------------------------------------------------------------------------
 def pick_device(name: str) -> torch.device:
     return models.pick_device(name, flag="--device")

@@ -1,8 +1,8 @@
 """Teacher contexts for the teacher-signal study: one row per (condition, candidate response).
 
-Every context is rendered exactly as training renders a teacher prompt: a :class:`mopd.peers.PeerContext`
-(which peers, which summaries, feedback or not) goes through :func:`mopd.reprompt.render_teacher_messages`
-with a :class:`mopd.config.SelfDistillationConfig` (the training templates unless the variant config gives
+Every context is rendered exactly as training renders a teacher prompt: a :class:`mopd.core.peers.PeerContext`
+(which peers, which summaries, feedback or not) goes through :func:`mopd.core.reprompt.render_teacher_messages`
+with a :class:`mopd.core.config.SelfDistillationConfig` (the training templates unless the variant config gives
 others), so the messages are the system prompt verbatim + the reprompt user message.
 
 Peers come from the candidate's own prompt group, in ``response_index`` order (numeric ``_r{k}``), never
@@ -45,9 +45,9 @@ from mopd.analysis.conditions import (  # noqa: F401  (re-exported)
     SECTION_KEYS,
     TWO_S_ONE_F,
 )
-from mopd.config import SelfDistillationConfig
-from mopd.peers import ControlBlock, PeerContext, Rollout, context_slots, peer_candidates
-from mopd.reprompt import TeacherSections, render_teacher_messages
+from mopd.core.config import SelfDistillationConfig
+from mopd.core.peers import ControlBlock, PeerContext, Rollout, context_slots, peer_candidates
+from mopd.core.reprompt import TeacherSections, render_teacher_messages
 
 __all__ = [
     "CONDITION_NAMES",
@@ -165,7 +165,7 @@ def seeded_rng(*parts: str) -> random.Random:
 # Peer choice (indices into the prompt's group, ordered by response_index)
 # ----------------------------------------------------------------------------------------------------
 def _two_s_one_f_slots(successes: Sequence[int], failures: Sequence[int]) -> tuple[int, int]:
-    """(success slots, failure slots) of the 2S1F budget, by the trainer's rule (mopd.peers.context_slots)."""
+    """(success slots, failure slots) of the 2S1F budget, by the trainer's rule (mopd.core.peers.context_slots)."""
     slots = context_slots(successes, failures, primary=True, another=True, failure=True, failure_always=True)
     return sum(label == "success" for label, _ in slots), sum(label == "failure" for label, _ in slots)
 

@@ -27,6 +27,7 @@ and exit with status 2 (1 for a failure to reach the hub). Every output is writt
 beside it and moved into place with ``os.replace``: a failed run leaves no half-written file.
 """
 
+from mopd.common.errors import DataError
 from mopd.dataprep.cli import ArgumentParser, run_cli
 from mopd.dataprep.evalplus import EVALPLUS_DATASETS, convert_evalplus
 from mopd.dataprep.formatters import (
@@ -80,7 +81,6 @@ from mopd.dataprep.loaders import (
 from mopd.dataprep.schema import DESCRIPTION_SUFFIX, RECORD_COLUMNS, read_records, write_records
 from mopd.dataprep.splits import KEEP_SHARE, split_tasks, split_tests
 from mopd.dataprep.to_rl_parquet import preprocess, records_to_rl_rows, write_rl_parquet
-from mopd.errors import DataError
 
 __all__ = [
     "DataError",

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from mopd.errors import DataError
+from mopd.common.errors import DataError
 
 # ---------------------------------------------------------------------------------------------------
 # CLI plumbing

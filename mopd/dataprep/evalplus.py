@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from mopd.common.errors import DataError
 from mopd.dataprep.formatters import format_hmmt_row, format_humaneval_row, format_mbppplus_row
 from mopd.dataprep.schema import DESCRIPTION_SUFFIX, read_records
 from mopd.dataprep.to_rl_parquet import records_to_rl_rows, write_rl_parquet
-from mopd.errors import DataError
 
 # ---------------------------------------------------------------------------------------------------
 # EvalPlus-style test-only sets -> parquet

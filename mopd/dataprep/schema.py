@@ -10,8 +10,8 @@ import json
 import os
 from collections.abc import Sequence
 
-from mopd.errors import DataError
-from mopd.io import atomic_write_text, dumps_jsonl
+from mopd.common.errors import DataError
+from mopd.common.io import atomic_write_text, dumps_jsonl
 
 RECORD_COLUMNS = ("idx", "kind", "dataset", "answer", "elo", "prompt", "description", "tests", "embedding", "system")
 DESCRIPTION_SUFFIX = " The solution will be evaluated in a {kind} environment."

@@ -7,9 +7,9 @@ import math
 import os
 import random
 
+from mopd.common.errors import DataError
+from mopd.common.io import atomic_write_many
 from mopd.dataprep.schema import _jsonl_text, read_records
-from mopd.errors import DataError
-from mopd.io import atomic_write_many
 
 # ---------------------------------------------------------------------------------------------------
 # Splits

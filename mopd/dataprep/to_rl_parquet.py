@@ -1,4 +1,4 @@
-"""Records -> RL parquet (verl's schema, read back by ``mopd.rl_parquet``): ``preprocess`` turns a folder's
+"""Records -> RL parquet (verl's schema, read back by ``mopd.common.rl_parquet``): ``preprocess`` turns a folder's
 ``train.json``/``test.json`` into ``train.parquet``/``test.parquet``.
 """
 
@@ -9,9 +9,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from mopd.common.errors import DataError
+from mopd.common.io import atomic_output_path
 from mopd.dataprep.schema import read_records
-from mopd.errors import DataError
-from mopd.io import atomic_output_path
 
 # ---------------------------------------------------------------------------------------------------
 # Records -> RL parquet

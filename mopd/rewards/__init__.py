@@ -1,6 +1,6 @@
 """Rewards: verifiers dispatched on ``data_source`` (``registry``) and the process pool that runs them
 (``scorer``). The verifiers themselves: ``code`` (with its ``sandbox``), ``math``, ``mcq``, ``tooluse``,
-``reasoning_gym_scorer``; the embedded task's lives in ``mopd.embedded_task``.
+``reasoning_gym_scorer``; the embedded task's lives in ``mopd.embedded.embedded_task``.
 
 This package's public names are re-exported here, so callers write ``from mopd.rewards import compute_score``.
 """

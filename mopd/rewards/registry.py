@@ -51,7 +51,7 @@ def registered_data_sources() -> list[str]:
 
 
 def _embedded_arith(solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> dict:
-    from mopd import embedded_task
+    from mopd.embedded import embedded_task
 
     return embedded_task.compute_score(solution_str, ground_truth)
 
@@ -119,7 +119,7 @@ _PREFIXES: dict[str, VerifierFn] = {}
 
 def _builtin() -> None:
     """Register the built-in verifiers (code/math/mcq/tooluse join here as they are written)."""
-    register_reward("embedded_arith", _embedded_arith)  # == mopd.embedded_task.DATA_SOURCE
+    register_reward("embedded_arith", _embedded_arith)  # == mopd.embedded.embedded_task.DATA_SOURCE
     register_reward(["code", "livecodebench", "humanevalplus", "mbppplus", "humaneval"], _code)
     register_reward(["math", "math500", "dapo_math", "gsm8k"], _math)
     register_reward(["aime24", "aime25", "aime2024", "aime2025", "amc23", "hmmt25"], _math_competition)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from mopd.analysis import variants as V
-from mopd.config import SelfDistillationConfig
-from mopd.peers import Rollout, select_peers
-from mopd.reprompt import render_teacher_messages
+from mopd.core.config import SelfDistillationConfig
+from mopd.core.peers import Rollout, select_peers
+from mopd.core.reprompt import render_teacher_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM = {"role": "system", "content": "Answer with a number."}

@@ -14,7 +14,7 @@ QUESTION = "What is 12+30?"
 def model_and_tokenizer(tmp_path_factory):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from mopd.tiny_tokenizer import load_tiny_tokenizer
+    from mopd.embedded.tiny_tokenizer import load_tiny_tokenizer
 
     tok = load_tiny_tokenizer()
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mopd import dataprep as mds
-from mopd.rl_parquet import read_rl_parquet
+from mopd.common.rl_parquet import read_rl_parquet
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable

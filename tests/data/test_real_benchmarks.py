@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mopd.common.rl_parquet import read_rl_parquet
 from mopd.rewards import compute_score
-from mopd.rl_parquet import read_rl_parquet
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "datasets"  # the shared/ folder beside the checkout

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mopd.rl_parquet import read_rl_parquet
+from mopd.common.rl_parquet import read_rl_parquet
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "datasets" / "sciknoweval"

@@ -58,7 +58,7 @@ def compose(*overrides: str) -> dict:
 
 def request(count: int) -> dict:
     """The first ``count`` embedded training prompts, left-padded as the trainer batches them; 2 samples each."""
-    from mopd.models import EMBEDDED_DIR
+    from mopd.common.models import EMBEDDED_DIR
     from trainer.prompt_dataset import PromptDataset, collate_prompts
     from workers import model_utils
 

@@ -24,8 +24,8 @@ def fixture_dir(tmp_path_factory):
     import pandas as pd
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from mopd import embedded_task
-    from mopd.tiny_tokenizer import load_tiny_tokenizer
+    from mopd.embedded import embedded_task
+    from mopd.embedded.tiny_tokenizer import load_tiny_tokenizer
 
     out = tmp_path_factory.mktemp("e2e")
     tok = load_tiny_tokenizer()

@@ -37,7 +37,7 @@ def test_the_varlen_check_runs_at_init_not_in_the_first_forward(device):
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_packed_sdpa_log_probs_and_gradients_equal_padded_on_the_device(device, checkpointing):
-    from mopd.fused_head import fused_head
+    from mopd.core.fused_head import fused_head
     from workers import forward, model_utils, packed_attention
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

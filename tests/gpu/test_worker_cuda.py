@@ -50,7 +50,7 @@ def _local(p):
 
 
 def test_bf16_compute_keeps_float32_master_weights_through_an_update(worker, device):
-    from mopd.models import EMBEDDED_DIR
+    from mopd.common.models import EMBEDDED_DIR
     from trainer.prompt_dataset import PromptDataset, collate_prompts
 
     assert all(_local(p).dtype == torch.float32 for p in worker.actor.parameters())

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mopd.advantages import (
+from mopd.core.advantages import (
     ADV_ESTIMATORS,
     compute_advantages,
     discounted_returns,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mopd.config import CONFIG_PREFIX, ConfigError, SelfDistillationConfig
+from mopd.core.config import CONFIG_PREFIX, ConfigError, SelfDistillationConfig
 
 RELEASE_FIELDS = [
     "include_primary_solution",

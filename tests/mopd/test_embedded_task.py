@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mopd.embedded_task import (
+from mopd.embedded.embedded_task import (
     DATA_SOURCE,
     compute_score,
     make_problems,
@@ -183,20 +183,20 @@ def test_embedded_stats_report_the_target_difficulty():
 def test_shipped_base_model_solves_some_and_reads_peer_evidence():
     """Re-measured here, not read from the stats file: sampled (T=1) accuracy on 64 held-out problems
     without context is in the target band, and far higher when the teacher prompt (rendered by
-    mopd.peers + mopd.reprompt, as in training) shows correct peers and a failed one."""
+    mopd.core.peers + mopd.core.reprompt, as in training) shows correct peers and a failed one."""
     import random
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mopd.embedded_recipe.contexts import (
+    from mopd.embedded.embedded_task import prompt_messages
+    from mopd.embedded.recipe.contexts import (
         chat_prompt,
         eval_context_messages,
         eval_group_messages,
         method_configs,
         peer_config,
     )
-    from mopd.embedded_recipe.evaluation import accuracy, generate_answers
-    from mopd.embedded_task import prompt_messages
+    from mopd.embedded.recipe.evaluation import accuracy, generate_answers
 
     tok = AutoTokenizer.from_pretrained(str(BASE_MODEL))
     model = AutoModelForCausalLM.from_pretrained(str(BASE_MODEL))

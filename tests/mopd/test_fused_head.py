@@ -1,18 +1,18 @@
-"""mopd.fused_head: equal to the plain head + ``mopd.losses`` in float64, values and gradients."""
+"""mopd.core.fused_head: equal to the plain head + ``mopd.core.losses`` in float64, values and gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mopd import losses
-from mopd.fused_head import fused_head
+from mopd.core import losses
+from mopd.core.fused_head import fused_head
 
 V, H, N = 37, 8, 11
 
 
 def plain(hidden, weight, labels, teacher_hidden, teacher_weight, temperature, alpha, topk, add_tail):
-    """The independent reference: materialise the logits, then today's mopd.losses."""
+    """The independent reference: materialise the logits, then today's mopd.core.losses."""
     logits = hidden @ weight.t() / temperature
     log_probs = losses.token_log_probs(logits, labels)
     log_softmax = torch.log_softmax(logits, dim=-1)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mopd.kl import (
+from mopd.core.kl import (
     KL_TYPES,
     AdaptiveKLController,
     FixedKLController,

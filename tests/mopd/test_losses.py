@@ -1,4 +1,4 @@
-"""Independent reference tests for ``mopd.losses`` (divergences, log-probs, aggregation, self-distillation).
+"""Independent reference tests for ``mopd.core.losses`` (divergences, log-probs, aggregation, self-distillation).
 
 Every reference below is written from ``docs/algorithm_core.md`` §4 in float64 by brute force: dense
 formulas over the whole vocabulary, plain loops over rows / steps, ordinary autograd (no chunking, no
@@ -13,8 +13,8 @@ import re
 import pytest
 import torch
 
-from mopd.config import SelfDistillationConfig
-from mopd.losses import (
+from mopd.core.config import SelfDistillationConfig
+from mopd.core.losses import (
     agg_loss,
     entropy_from_logits,
     self_distillation_loss,

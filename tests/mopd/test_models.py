@@ -1,12 +1,12 @@
-"""mopd.models: the shared HF loading helpers name the flag a bad value came from."""
+"""mopd.common.models: the shared HF loading helpers name the flag a bad value came from."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mopd import models
-from mopd.errors import ConfigError, MissingFileError
+from mopd.common import models
+from mopd.common.errors import ConfigError, MissingFileError
 
 
 def test_embedded_resolves_and_loads_with_left_padding():

@@ -1,4 +1,4 @@
-"""Table-driven tests for ``mopd.peers`` (peer selection), written from ``docs/algorithm_core.md`` §1-§2.
+"""Table-driven tests for ``mopd.core.peers`` (peer selection), written from ``docs/algorithm_core.md`` §1-§2.
 
 Every expectation below is derived by hand from the written contract (definitions of ``S_i`` / ``F_i``,
 the normal-mode rules 1-5, the peer-control budget rules, the metric names).  Where §2 is silent on a
@@ -14,8 +14,8 @@ import random
 
 import pytest
 
-from mopd.config import SelfDistillationConfig
-from mopd.peers import (
+from mopd.core.config import SelfDistillationConfig
+from mopd.core.peers import (
     Rollout,
     UidSuccessTracker,
     extract_summary,
@@ -1328,7 +1328,7 @@ def test_uid_success_tracker_checkpoint(split):
 
 
 def test_peer_slot_rules_are_public_and_match_the_2s1f_budget():
-    from mopd.peers import context_slots, peer_candidates
+    from mopd.core.peers import context_slots, peer_candidates
 
     succeeded = [True, False, True, True, False]
     assert peer_candidates(range(5), succeeded, 2, exclude_self=True) == ([0, 3], [1, 4])

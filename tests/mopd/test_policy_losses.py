@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mopd.advantages import grpo_advantages
-from mopd.losses import ppo_policy_loss
-from mopd.sequence_losses import dpo_loss, preference_pairs, simpo_loss, verified_sft_loss
+from mopd.core.advantages import grpo_advantages
+from mopd.core.losses import ppo_policy_loss
+from mopd.core.sequence_losses import dpo_loss, preference_pairs, simpo_loss, verified_sft_loss
 
 AGG_MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 

@@ -5,15 +5,15 @@ import random
 import pytest
 import torch
 
-from mopd.config import SelfDistillationConfig
-from mopd.peers import ControlBlock, PeerContext, PeerSelection, Rollout, select_peers
-from mopd.reprompt import (
+from mopd.core.config import SelfDistillationConfig
+from mopd.core.peers import ControlBlock, PeerContext, PeerSelection, Rollout, select_peers
+from mopd.core.reprompt import (
     append_summary_instruction,
     build_teacher_inputs,
     compute_step_ids,
     render_teacher_messages,
 )
-from mopd.tiny_tokenizer import load_tiny_tokenizer
+from mopd.embedded.tiny_tokenizer import load_tiny_tokenizer
 
 SYSTEM = {"role": "system", "content": "Answer briefly."}
 QUESTION = "What is 12+30?"
@@ -285,8 +285,8 @@ def test_training_prompts_carry_the_instruction_and_its_tokens(tmp_path):
     the same rows are untouched (validation)."""
     import pandas as pd
 
-    from mopd import embedded_task
-    from mopd.tiny_tokenizer import load_tiny_tokenizer
+    from mopd.embedded import embedded_task
+    from mopd.embedded.tiny_tokenizer import load_tiny_tokenizer
     from trainer.prompt_dataset import PromptDataset
 
     tok = load_tiny_tokenizer()

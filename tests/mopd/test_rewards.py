@@ -256,10 +256,10 @@ def test_embedded_adapter_calls_the_task_lazily(monkeypatch):
     import sys
     import types
 
-    import mopd
+    import mopd.embedded
 
     calls = []
-    fake = types.ModuleType("mopd.embedded_task")
+    fake = types.ModuleType("mopd.embedded.embedded_task")
     fake.DATA_SOURCE = "embedded_arith"
     fake.compute_score = lambda solution_str, ground_truth: (
         calls.append((solution_str, ground_truth))
@@ -271,8 +271,8 @@ def test_embedded_adapter_calls_the_task_lazily(monkeypatch):
             "feedback": "",
         }
     )
-    monkeypatch.setitem(sys.modules, "mopd.embedded_task", fake)
-    monkeypatch.setattr(mopd, "embedded_task", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "mopd.embedded.embedded_task", fake)
+    monkeypatch.setattr(mopd.embedded, "embedded_task", fake, raising=False)
     assert compute_score("embedded_arith", "The answer is 7", "7", {"index": 3})["pred"] == "7"
     assert calls == [("The answer is 7", "7")]
 

@@ -1,10 +1,10 @@
-"""mopd.rl_parquet: the RL parquet schema and its error messages."""
+"""mopd.common.rl_parquet: the RL parquet schema and its error messages."""
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mopd.rl_parquet import REQUIRED_COLUMNS, read_rl_parquet
+from mopd.common.rl_parquet import REQUIRED_COLUMNS, read_rl_parquet
 
 
 def _row(i, **overrides):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from mopd.losses import rollout_is_weights
-from mopd.teacher import ema_update_, trust_region_logits
+from mopd.core.losses import rollout_is_weights
+from mopd.core.teacher import ema_update_, trust_region_logits
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.05, 1.0])

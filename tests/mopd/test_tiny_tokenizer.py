@@ -2,7 +2,7 @@
 
 import json
 
-from mopd.tiny_tokenizer import TOKENIZER_DIR, load_tiny_tokenizer, write_tiny_tokenizer
+from mopd.embedded.tiny_tokenizer import TOKENIZER_DIR, load_tiny_tokenizer, write_tiny_tokenizer
 
 
 def test_shipped_files_match_a_fresh_build(tmp_path):

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from mopd.io import atomic_write_bytes, atomic_write_text
+from mopd.common.io import atomic_write_bytes, atomic_write_text
 from trainer.checkpoint import (
     COMPLETE_MARKER,
     TRACKER_FILE,

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from mopd.errors import CheckpointError, TrainingDivergedError
+from mopd.common.errors import CheckpointError, TrainingDivergedError
 from trainer import checkpoint_verify
 from trainer.checkpoint import CheckpointManager
 from trainer.checkpoint_save import CheckpointWriter

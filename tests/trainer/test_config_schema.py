@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
-from mopd.config import ConfigError, SelfDistillationConfig
-from mopd.losses import LOSS_AGG_MODES
+from mopd.core.config import ConfigError, SelfDistillationConfig
+from mopd.core.losses import LOSS_AGG_MODES
 from trainer import config_schema
 from trainer.config_schema import self_distillation_config, validate_config
 

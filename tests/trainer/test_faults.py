@@ -187,7 +187,7 @@ def test_killed_ray_worker_ends_the_run_with_one_line_and_resume_advice(tmp_path
 
 @pytest.mark.parametrize("error,code", [("data", 2), ("reward", 1)])
 def test_main_prints_user_errors_as_one_line(monkeypatch, capsys, error, code):
-    from mopd.errors import DataError, RewardError
+    from mopd.common.errors import DataError, RewardError
     from trainer import config_schema, main
 
     exc = (

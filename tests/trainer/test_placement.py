@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import pytest
 
-from mopd.errors import ConfigError
+from mopd.common.errors import ConfigError
 from trainer import placement, ray_cluster
 from workers.dispatch import Dispatch, register
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mopd.errors import EXIT_PREEMPTED
+from mopd.common.errors import EXIT_PREEMPTED
 from tests.trainer.test_faults import ROOT, command, env, train
 from trainer.checkpoint import CheckpointManager
 from trainer.checkpoint_verify import verify

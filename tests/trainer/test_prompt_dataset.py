@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mopd.tiny_tokenizer import load_tiny_tokenizer
+from mopd.embedded.tiny_tokenizer import load_tiny_tokenizer
 from trainer.prompt_dataset import PromptDataset, StatefulSampler, collate_prompts
 
 

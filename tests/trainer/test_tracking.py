@@ -188,7 +188,7 @@ def test_omegaconf_config_is_resolved_into_config_json(tmp_path):
 def test_a_full_disk_while_writing_metrics_is_one_line_naming_the_file(tmp_path):
     import errno
 
-    from mopd.errors import CheckpointError
+    from mopd.common.errors import CheckpointError
 
     class FullFile:
         def write(self, _text):

@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 
-from mopd.config import SelfDistillationConfig
+from mopd.core.config import SelfDistillationConfig
 from workers import model_utils
 from workers.actor import Normalizers, TeacherForward, backward_mini_batch, loss_normalizer_counts
 from workers.batch import index_batch, slice_batch
@@ -178,8 +178,8 @@ def test_kl_loss_adds_coef_times_the_direct_kl_and_does_not_depend_on_micro_batc
     """actor.use_kl_loss: the loss grows by kl_loss_coef x agg(kl_penalty(pi_theta, pi_ref)), the policy's
     log-probs taken from a plain [B, R, V] forward (independent of the fused head), in float64; and the
     micro-batched loss and gradient equal the whole mini-batch's."""
-    from mopd import losses
-    from mopd.kl import kl_penalty
+    from mopd.core import losses
+    from mopd.core.kl import kl_penalty
 
     student = models[0]
     batch = make_mini_batch(student.config.vocab_size)
@@ -248,9 +248,9 @@ def _plain_logits(module, ids, mask, pos, width, temperature):
 
 
 def plain_loss(case, models, batch, kwargs):
-    """The independent reference: [B, R, V] logits from the model's own head, then mopd.losses."""
-    from mopd import losses, sequence_losses
-    from mopd.teacher import trust_region_logits
+    """The independent reference: [B, R, V] logits from the model's own head, then mopd.core.losses."""
+    from mopd.core import losses, sequence_losses
+    from mopd.core.teacher import trust_region_logits
 
     student, other = models
     loss_mode, agg_mode = case[0], case[1]
@@ -320,7 +320,7 @@ def plain_loss(case, models, batch, kwargs):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-entropy{c[4]}")
 def test_fused_head_loss_equals_the_plain_logits_loss(models, case, remove_padding):
     """The actor's loss path (fused LM head, no [B, T, V] logits; packed rows or padded) against padded
-    logits + mopd.losses."""
+    logits + mopd.core.losses."""
     student = models[0]
     batch = make_mini_batch(student.config.vocab_size)
     kwargs = _loss_kwargs(case, models, batch, remove_padding)

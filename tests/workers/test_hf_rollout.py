@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mopd import embedded_task
-from mopd.models import load_causal_lm, load_tokenizer, resolve_model_path
+from mopd.common.models import load_causal_lm, load_tokenizer, resolve_model_path
+from mopd.embedded import embedded_task
 from workers.hf_rollout import HFRollout, SamplingParams
 
 MAX_NEW = 10

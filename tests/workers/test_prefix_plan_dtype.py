@@ -8,7 +8,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from mopd.models import load_causal_lm, resolve_model_path
+from mopd.common.models import load_causal_lm, resolve_model_path
 from workers import model_utils, prefix_plan
 
 

@@ -92,7 +92,7 @@ def test_packed_log_probs_and_gradients_equal_padded(attn, checkpointing):
         labels = responses[response_mask.bool()]
 
         def fn(hidden, weight):
-            from mopd.fused_head import fused_head
+            from mopd.core.fused_head import fused_head
 
             return fused_head(hidden, weight, labels, temperature=0.8)[0].unsqueeze(-1)
 

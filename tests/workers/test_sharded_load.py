@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from mopd.models import load_causal_lm, resolve_model_path
+from mopd.common.models import load_causal_lm, resolve_model_path
 from workers import model_utils, sharded_load
 
 EMBEDDED = resolve_model_path("embedded")

@@ -53,7 +53,7 @@ def compose(*overrides: str) -> dict:
 
 def prompts(count: int, split: str = "test"):
     """The first ``count`` embedded-task prompts of a split, left-padded as the trainer batches them."""
-    from mopd.models import EMBEDDED_DIR
+    from mopd.common.models import EMBEDDED_DIR
     from trainer.prompt_dataset import PromptDataset, collate_prompts
     from workers import model_utils
 
@@ -174,7 +174,7 @@ def test_sampled_log_probs_match_the_actor_after_a_training_step(worker):
     old = worker.compute_log_prob(batch)["old_log_probs"]
 
     # One step of plain SFT on the sampled responses (a real FSDP2 backward + AdamW step).
-    from mopd.losses import token_log_probs
+    from mopd.core.losses import token_log_probs
 
     worker.actor.train()
     worker.optimizer.zero_grad(set_to_none=True)

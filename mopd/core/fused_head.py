@@ -1,7 +1,7 @@
 """The LM head fused with the per-token quantities the losses need, chunk by chunk over positions.
 
 ``fused_head(hidden, weight, labels, ...)`` returns, for every position, the label's log-probability,
-the entropy and (with a teacher) the top-k divergence of ``mopd.losses.topk_divergence`` — the same
+the entropy and (with a teacher) the top-k divergence of ``mopd.core.losses.topk_divergence`` — the same
 formulas, the same tail bucket, every ``alpha`` — computed from the final hidden states ``[N, H]`` and
 the LM-head weight ``[V, H]`` without ever holding ``[N, V]`` logits. Forward runs the head on a chunk of
 positions, reduces it to the per-position values and drops it; backward recomputes each chunk's logits,
@@ -11,7 +11,7 @@ which every method must return. The teacher's small top-k support ``[N, k]`` is 
 its head is not recomputed in backward (except for a full-vocabulary divergence, ``topk=None``).
 
 Logits are ``hidden @ weight.T / temperature`` in float32 (float64 for float64 inputs): the rule
-``mopd.losses`` applies to logits handed to it. Positions are the rows of ``hidden``: callers pass only
+``mopd.core.losses`` applies to logits handed to it. Positions are the rows of ``hidden``: callers pass only
 the valid (unmasked) response positions.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from mopd.losses import _buckets, bucket_divergence  # one home for the divergence maths
+from mopd.core.losses import _buckets, bucket_divergence  # one home for the divergence maths
 
 # Bytes of one chunk x V float32 temporary: small on CPU (caches), larger on GPU (matmul efficiency).
 # Larger chunks reuse each read of the [V, H] weight over more positions (the matmuls are memory-bound
@@ -191,7 +191,7 @@ def fused_head(
     ``weight`` ``[V, H]`` is the LM head (the embedding when tied); gradients flow to ``hidden`` and
     ``weight`` from all three outputs. The teacher's ``teacher_hidden`` ``[N, H_t]`` and
     ``teacher_weight`` ``[V, H_t]`` (no gradient) score the same labels; the divergence is
-    ``mopd.losses.topk_divergence`` of the two heads' logits (alpha 0 = KL(teacher||student),
+    ``mopd.core.losses.topk_divergence`` of the two heads' logits (alpha 0 = KL(teacher||student),
     1 = KL(student||teacher), between: generalized JSD; ``topk=None``: the full vocabulary).
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:

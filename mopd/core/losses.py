@@ -1,5 +1,5 @@
 """Losses: top-k distillation divergences, the self-distillation loss, PPO-clip (preference and SFT
-losses: ``mopd.sequence_losses``).
+losses: ``mopd.core.sequence_losses``).
 
 All tensors are at response positions: ``[B, T]`` per token, ``[B, T, V]`` logits already divided by the
 rollout temperature. The exact formulas are in ``docs/algorithm_core.md`` §4.
@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from mopd.config import SelfDistillationConfig
+from mopd.core.config import SelfDistillationConfig
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
@@ -104,7 +104,7 @@ def _scale_grad_buffer(ctx, grad_out: torch.Tensor) -> torch.Tensor | None:
     """
     if getattr(ctx, "consumed", False):
         raise RuntimeError(
-            "mopd.losses: this loss reuses its gradient buffer in place, so its graph can be "
+            "mopd.core.losses: this loss reuses its gradient buffer in place, so its graph can be "
             "differentiated only once; recompute the loss to differentiate again"
         )
     ctx.consumed = True
@@ -411,7 +411,7 @@ def self_distillation_loss_from_tokens(
     normalizer: float | None = None,
     horizon: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``self_distillation_loss`` from per-token inputs ``[B, T]`` (what ``mopd.fused_head`` computes
+    """``self_distillation_loss`` from per-token inputs ``[B, T]`` (what ``mopd.core.fused_head`` computes
     without logits): the divergence (full-logit mode) or the teacher's token log-probs (estimator mode),
     and the student's token log-probs (differentiable in estimator mode; for IS weights otherwise)."""
     mask = response_mask.to(torch.float32) * distillation_mask.to(torch.float32).reshape(-1, 1)
@@ -438,7 +438,7 @@ def self_distillation_loss_from_tokens(
         weighted = weighted * rollout_is_weights.detach().to(weighted.dtype)
     if config.step_level_kl:
         if step_ids is None:
-            raise ValueError("step_level_kl=true needs step_ids (mopd.reprompt.compute_step_ids)")
+            raise ValueError("step_level_kl=true needs step_ids (mopd.core.reprompt.compute_step_ids)")
         weighted = step_level_values(weighted, mask, step_ids)
         rows = mask.sum(-1) > 0
         steps_per_row = [

@@ -1,8 +1,8 @@
 """Simulated rollout groups -> teacher prompts (phases 1-3 of the warm start and the held-out evaluation).
 
 A group of ``GROUP_SIZE`` simulated rollouts (the correct answer or a plausible wrong one) goes through
-``mopd.peers.select_peers`` and ``mopd.reprompt.render_teacher_messages`` exactly as training renders it;
-the methods' contexts are the configurations their YAML/launch flags give ``mopd.peers``.
+``mopd.core.peers.select_peers`` and ``mopd.core.reprompt.render_teacher_messages`` exactly as training renders it;
+the methods' contexts are the configurations their YAML/launch flags give ``mopd.core.peers``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import random
 
 import torch
 
-from mopd.config import SelfDistillationConfig
-from mopd.embedded_task import compute_score, prompt_messages
-from mopd.peers import Rollout, select_peers
-from mopd.reprompt import render_teacher_messages
+from mopd.core.config import SelfDistillationConfig
+from mopd.core.peers import Rollout, select_peers
+from mopd.core.reprompt import render_teacher_messages
+from mopd.embedded.embedded_task import compute_score, prompt_messages
 
 GROUP_SIZE = 8
 
@@ -26,7 +26,7 @@ def peer_config() -> SelfDistillationConfig:
     )
 
 
-# The teacher contexts the methods render, as their YAML/launch flags configure mopd.peers: SDPO
+# The teacher contexts the methods render, as their YAML/launch flags configure mopd.core.peers: SDPO
 # (sdpo.yaml: one success; the rollout's own feedback when no success is shown), MOPD 2S1F (mopd.yaml) and
 # positive-only (mopd.yaml with INCLUDE_FAILURE_SOLUTION=False). The SFT mixture draws from all three, plus
 # failure-only prompts (a failed peer, no feedback), so the base reads every context a method shows it.

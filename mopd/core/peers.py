@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mopd.config import SelfDistillationConfig
+from mopd.core.config import SelfDistillationConfig
 
 METRIC_PREFIX = "self_distillation/"
 _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)

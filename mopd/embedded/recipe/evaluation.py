@@ -10,8 +10,9 @@ import random
 
 import torch
 
-from mopd.config import SelfDistillationConfig
-from mopd.embedded_recipe.contexts import (
+from mopd.core.config import SelfDistillationConfig
+from mopd.embedded.embedded_task import compute_score, prompt_messages
+from mopd.embedded.recipe.contexts import (
     EVAL_CONTEXTS,
     chat_prompt,
     context_messages,
@@ -19,7 +20,6 @@ from mopd.embedded_recipe.contexts import (
     eval_group_messages,
     method_configs,
 )
-from mopd.embedded_task import compute_score, prompt_messages
 
 EVAL_SEED = 777
 MAX_NEW_TOKENS = 6

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from mopd.losses import agg_loss
+from mopd.core.losses import agg_loss
 
 
 def preference_pairs(uids: Sequence, rewards: Sequence[float]) -> list[tuple[int, int]]:

@@ -12,10 +12,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from mopd.embedded_recipe.contexts import EVAL_CONTEXTS
-from mopd.embedded_recipe.evaluation import MAX_NEW_TOKENS, Evaluator
-from mopd.embedded_task import DATA_SOURCE
-from mopd.io import write_json
+from mopd.common.io import write_json
+from mopd.embedded.embedded_task import DATA_SOURCE
+from mopd.embedded.recipe.contexts import EVAL_CONTEXTS
+from mopd.embedded.recipe.evaluation import MAX_NEW_TOKENS, Evaluator
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from mopd.errors import ConfigError, MissingFileError
+from mopd.common.errors import ConfigError, MissingFileError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_DIR = PROJECT_ROOT / "datasets" / "embedded"
 EMBEDDED_MODEL = EMBEDDED_DIR / "base_model"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

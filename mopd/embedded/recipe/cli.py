@@ -1,5 +1,5 @@
 """``python scripts/make_embedded_default.py`` / ``mopd-make-embedded-default``: the recipe's command line and
-the order of its steps (data, warm start phases 1-3, save + re-measure); see ``mopd.embedded_recipe``.
+the order of its steps (data, warm start phases 1-3, save + re-measure); see ``mopd.embedded.recipe``.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from pathlib import Path
 
 import torch
 
-from mopd.embedded_recipe.context_phase import train_phase_3
-from mopd.embedded_recipe.contexts import chat_prompt, peer_config
-from mopd.embedded_recipe.data_phase import write_task_splits
-from mopd.embedded_recipe.evaluation import Evaluator
-from mopd.embedded_recipe.save_phase import save_and_measure
-from mopd.embedded_recipe.sft_phases import TORCH_SEED, Progress, build_base_model, train_phases_1_2
-from mopd.embedded_task import make_problem, problem_space, prompt_messages
-from mopd.models import EMBEDDED_DIR
-from mopd.tiny_tokenizer import load_tiny_tokenizer
+from mopd.common.models import EMBEDDED_DIR
+from mopd.embedded.embedded_task import make_problem, problem_space, prompt_messages
+from mopd.embedded.recipe.context_phase import train_phase_3
+from mopd.embedded.recipe.contexts import chat_prompt, peer_config
+from mopd.embedded.recipe.data_phase import write_task_splits
+from mopd.embedded.recipe.evaluation import Evaluator
+from mopd.embedded.recipe.save_phase import save_and_measure
+from mopd.embedded.recipe.sft_phases import TORCH_SEED, Progress, build_base_model, train_phases_1_2
+from mopd.embedded.tiny_tokenizer import load_tiny_tokenizer
 
 OUT_DIR = EMBEDDED_DIR  # datasets/embedded of the checkout
 THREADS = int(os.environ.get("EMBEDDED_THREADS", "2"))  # 2: the numbers in the README

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from mopd.config import SelfDistillationConfig
-from mopd.peers import PeerContext, PeerSelection, Rollout, strip_thinking
+from mopd.core.config import SelfDistillationConfig
+from mopd.core.peers import PeerContext, PeerSelection, Rollout, strip_thinking
 
 Message = Mapping[str, Any]
 

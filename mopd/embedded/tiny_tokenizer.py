@@ -2,7 +2,7 @@
 
 Every string round-trips exactly (any UTF-8 text is a sequence of byte tokens), so it works on real
 benchmark text as well as on the embedded task, and it needs nothing from a model hub. The files in
-``mopd/assets/tiny_tokenizer`` are produced by ``python -m mopd.tiny_tokenizer`` (deterministic; a test
+``mopd/embedded/assets/tiny_tokenizer`` are produced by ``python -m mopd.embedded.tiny_tokenizer`` (deterministic; a test
 checks the shipped files against a fresh build).
 """
 

@@ -1,5 +1,5 @@
 """Step 2 of the recipe: a ~1 M parameter Qwen3 from a config (random init, the project's tokenizer), then
-supervised fine-tuning phases 1-2 (see ``mopd.embedded_recipe``): phase 1 on MOPD (2S1F) teacher prompts
+supervised fine-tuning phases 1-2 (see ``mopd.embedded.recipe``): phase 1 on MOPD (2S1F) teacher prompts
 until the model copies a shown correct answer, phase 2 with plain questions until the sampled no-context
 accuracy reaches the target band. Loss on the answer tokens + ``<|im_end|>`` only.
 
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mopd.config import SelfDistillationConfig
-from mopd.embedded_recipe.contexts import chat_prompt, context_messages, encode_examples
-from mopd.embedded_recipe.evaluation import EVAL_SEED, Evaluator
+from mopd.core.config import SelfDistillationConfig
+from mopd.embedded.recipe.contexts import chat_prompt, context_messages, encode_examples
+from mopd.embedded.recipe.evaluation import EVAL_SEED, Evaluator
 
 TORCH_SEED = 1234
 SFT_SEED = 4321

@@ -1,13 +1,13 @@
 """Step 1 of the recipe: the embedded task's parquet splits (``train.parquet`` 2000 / ``test.parquet`` 256
-problems from ``mopd.embedded_task``, seeded), each written atomically.
+problems from ``mopd.embedded.embedded_task``, seeded), each written atomically.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mopd.embedded_task import DATA_SOURCE, make_problems, to_verl_row
-from mopd.io import atomic_output_path
+from mopd.common.io import atomic_output_path
+from mopd.embedded.embedded_task import DATA_SOURCE, make_problems, to_verl_row
 
 N_TRAIN, N_TEST = 2000, 256
 DATA_SEED_TRAIN, DATA_SEED_TEST = 1, 2

@@ -4,7 +4,7 @@ One prompt, eight rollouts of a student answering it (some right, some wrong), s
 verifier; MOPD's 2-success-1-failure peer contexts are selected, rendered into teacher prompts and
 tokenized with the student's exact response ids appended; then a tiny Qwen3 student (random init, built
 from a config) takes a few optimizer steps on the top-k JSD self-distillation loss against a frozen
-copy of itself that reads the peer contexts. Run: ``python -m mopd.demo``.
+copy of itself that reads the peer contexts. Run: ``python -m mopd.embedded.demo``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from mopd.config import SelfDistillationConfig
-from mopd.losses import self_distillation_loss
-from mopd.peers import Rollout, select_peers
-from mopd.reprompt import build_teacher_inputs
-from mopd.tiny_tokenizer import load_tiny_tokenizer
+from mopd.core.config import SelfDistillationConfig
+from mopd.core.losses import self_distillation_loss
+from mopd.core.peers import Rollout, select_peers
+from mopd.core.reprompt import build_teacher_inputs
+from mopd.embedded.tiny_tokenizer import load_tiny_tokenizer
 
 QUESTION = "What is 47 + 38? Answer with the number only."
 ANSWER = 85

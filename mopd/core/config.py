@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mopd.errors import ConfigError  # noqa: F401  (re-exported: the schema and callers import it from here)
+from mopd.common.errors import ConfigError  # noqa: F401  (re-exported: the schema and callers import it from here)
 
 CONFIG_PREFIX = "actor_rollout_ref.actor.self_distillation"
 

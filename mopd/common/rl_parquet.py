@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mopd.errors import DataError, MissingFileError
+from mopd.common.errors import DataError, MissingFileError
 
 REQUIRED_COLUMNS = ("data_source", "prompt", "reward_model")
 

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from mopd.embedded_recipe.contexts import chat_prompt, encode_examples, mixture_context_example
-from mopd.embedded_recipe.evaluation import EVAL_SEED, Evaluator, generate_answers
-from mopd.embedded_recipe.sft_phases import Progress, lm_loss_sum
-from mopd.embedded_task import compute_score
+from mopd.embedded.embedded_task import compute_score
+from mopd.embedded.recipe.contexts import chat_prompt, encode_examples, mixture_context_example
+from mopd.embedded.recipe.evaluation import EVAL_SEED, Evaluator, generate_answers
+from mopd.embedded.recipe.sft_phases import Progress, lm_loss_sum
 
 PHASE3_SEED = 8765
 

@@ -9,11 +9,11 @@ The shipped base (2026-11-28, second rework) is ``EMBEDDED_THREADS=1 python scri
 
 CPU-only, seeded, deterministic torch algorithms, 2 threads; ~10 minutes on 2 idle cores. Steps:
 
-1. ``datasets/embedded/{train,test}.parquet`` from ``mopd.embedded_task`` (2000 / 256 problems).
+1. ``datasets/embedded/{train,test}.parquet`` from ``mopd.embedded.embedded_task`` (2000 / 256 problems).
 2. A ~1 M parameter Qwen3 (random init, the project's byte-level tokenizer) trained by supervised
    fine-tuning on chat-templated examples, loss on the answer tokens + ``<|im_end|>`` only. The examples
    are (a) plain questions and (b) teacher prompts: simulated groups of 8 rollouts (some correct, some
-   plausible wrong answers) go through ``mopd.peers.select_peers`` and ``mopd.reprompt.render_teacher_messages``
+   plausible wrong answers) go through ``mopd.core.peers.select_peers`` and ``mopd.core.reprompt.render_teacher_messages``
    exactly as training renders them; the target is always the correct answer, so the model learns to read
    peer evidence the way a pretrained LLM reads demonstrations.
    Phase 1 trains on MOPD (2S1F) teacher prompts only, until the model copies a shown correct answer
