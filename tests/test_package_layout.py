@@ -1,5 +1,5 @@
 """The packages hold what their docstrings say: the algorithm core imports nothing of the project but
-``mopd.core`` and the error types, and no part of ``mopd`` imports the trainer or the workers."""
+``mopd.core``, the error types and the typed-config base, and no part of ``mopd`` imports the trainer or the workers."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def _files(package: str) -> list[Path]:
     return files
 
 
-def test_the_core_imports_only_itself_and_the_error_types():
-    allowed = ("mopd.core", "mopd.common.errors")
+def test_the_core_imports_only_itself_the_error_types_and_the_config_base():
+    allowed = ("mopd.core", "mopd.common.errors", "mopd.common.typed_config")
     bad = {
         f"{path.relative_to(REPO)}: {name}"
         for path in _files("mopd/core")

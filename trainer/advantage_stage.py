@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from mopd.core.advantages import compute_advantages, token_level_scores
 from mopd.core.kl import apply_kl_in_reward, make_kl_controller
+from trainer.config_sections import AlgorithmConfig
 
 
 class AdvantageStage:
-    def __init__(self, algorithm: dict):
-        self.estimator = algorithm["adv_estimator"]
-        self.norm_by_std = algorithm["norm_adv_by_std_in_grpo"]
-        self.gamma = algorithm["gamma"]
-        self.kl_in_reward = algorithm["use_kl_in_reward"]
-        self.kl_kind = algorithm["kl_penalty"]
-        self.kl_controller = make_kl_controller(algorithm["kl_ctrl"]) if self.kl_in_reward else None
+    def __init__(self, algorithm: AlgorithmConfig):
+        self.estimator = algorithm.adv_estimator
+        self.norm_by_std = algorithm.norm_adv_by_std_in_grpo
+        self.gamma = algorithm.gamma
+        self.kl_in_reward = algorithm.use_kl_in_reward
+        self.kl_kind = algorithm.kl_penalty
+        self.kl_controller = make_kl_controller(algorithm.kl_ctrl) if self.kl_in_reward else None
 
     def __call__(self, batch: dict) -> dict[str, float]:
         """Set ``batch["advantages"]`` (and ``token_level_rewards``); return the stage's metrics."""

@@ -1,26 +1,28 @@
-"""docs/config.md: every config key with its default and its one-line doc, made from the YAML files.
+"""docs/config.md: every config key with its type, default, allowed values and one-line doc, made from the
+typed sections (``trainer/config_sections.py``, ``workers/config.py``, ``mopd/core/config.py``: the one home
+of those facts), then the keys each preset changes (read from its YAML file).
 
     python -m trainer.config_reference           # rewrite docs/config.md
     python -m trainer.config_reference --check   # exit 1 if docs/config.md is not current (CI runs the test)
-
-The base files (``ppo_trainer.yaml``, ``actor/actor.yaml`` mounted at ``actor_rollout_ref.actor``) hold every
-key once, each with its comment; the experiment configs and the ``release`` preset are listed as the keys
-they override. Hydra's own ``defaults``/``hydra`` blocks are not config keys and are left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
 
+from mopd.common.typed_config import describe
+from trainer.config_sections import MOPDConfig
+
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "config.md"
-BASE_FILES = (("ppo_trainer.yaml", ""), ("actor/actor.yaml", "actor_rollout_ref.actor."))
 PRESETS = ("mopd.yaml", "sdpo.yaml", "grpo.yaml", "release/gpu.yaml")
 SKIPPED_SECTIONS = ("defaults", "hydra")
 _LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][A-Za-z0-9_]*):(?P<rest>.*)$")
+_PLAIN = re.compile(r"^[A-Za-z0-9_.${}/@:+-]+$")
 
 
 def _split_comment(rest: str) -> tuple[str, str]:
@@ -58,37 +60,56 @@ def yaml_keys(path: Path, prefix: str = "") -> list[tuple[str, str, str]]:
     return rows
 
 
+def yaml_value(value) -> str:
+    """A default as it would be written in YAML (and on the command line)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if _PLAIN.match(value) else json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "&#124;")
+
+
 def render() -> str:
     out = [
         "# Config reference",
         "",
-        "Made by `python -m trainer.config_reference` from `trainer/config/` (the YAML comments are the docs);",
-        "`tests/trainer/test_config_reference.py` fails when this file is not current. Defaults are the embedded",
-        "CPU default; the launch scripts and `release=gpu` change some of them (below). Override any key on the",
-        "command line: `python -m trainer.main --config-name mopd key=value`.",
-        "",
+        "Made by `python -m trainer.config_reference` from the typed sections (`trainer/config_sections.py`,",
+        "`workers/config.py`, `mopd/core/config.py`), where each key is declared once; `tests/trainer/test_config_reference.py`",
+        "fails when this file is not current. Defaults are the embedded CPU default; the experiment configs and",
+        "`release=gpu` change some of them (below), the launch scripts a few more. Override any key on the command",
+        "line: `python -m trainer.main --config-name mopd key=value`.",
     ]
-    for name, prefix in BASE_FILES:
-        out += [
-            f"## `{name}`" + (f" (at `{prefix[:-1]}`)" if prefix else ""),
-            "",
-            "| key | default | meaning |",
-            "|---|---|---|",
-        ]
-        for key, value, comment in yaml_keys(CONFIG_DIR / name, prefix):
-            out.append(f"| `{key}` | `{value.replace('|', '&#124;')}` | {comment.replace('|', '&#124;')} |")
-        out.append("")
-    out += ["## Experiment configs and presets (what they override)", ""]
+    section = None
+    for key, type_text, default, doc, choices in describe(MOPDConfig):
+        parts = key.split(".")
+        heading = ".".join(parts[:2] if parts[0] == "actor_rollout_ref" and len(parts) > 2 else parts[:1])
+        if heading != section:
+            section = heading
+            out += ["", f"## `{heading}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        allowed = f"One of: {', '.join(yaml_value(c) for c in choices)}." if choices else ""
+        meaning = f"{doc.rstrip('.')}. {allowed}" if doc and allowed else doc or allowed
+        out.append(f"| `{key}` | {_cell(type_text)} | `{_cell(yaml_value(default))}` | {_cell(meaning)} |")
+    out += ["", "## Experiment configs and presets (what they override)", ""]
     for name in PRESETS:
         out += [f"### `{name}`", "", "| key | value |", "|---|---|"]
         for key, value, _ in yaml_keys(CONFIG_DIR / name):
-            out.append(f"| `{key}` | `{value.replace('|', '&#124;')}` |")
+            out.append(f"| `{key}` | `{_cell(value)}` |")
         out.append("")
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write (or --check) docs/config.md from trainer/config/.")
+    parser = argparse.ArgumentParser(description="Write (or --check) docs/config.md from the typed config sections.")
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/config.md is not current")
     args = parser.parse_args(argv)
     text = render()

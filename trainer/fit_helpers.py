@@ -9,18 +9,20 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from mopd.common.errors import ConfigError
 from mopd.common.models import EMBEDDED_DIR
 from mopd.core.loss_modes import DISTILLATION_MODES, PREFERENCE_MODES
 from trainer.balance import BatchBalancer
+from trainer.config_sections import MOPDConfig
 
 
-def make_group(cfg: dict):
+def make_group(cfg: MOPDConfig):
+    """The worker group: one rank per device, each built with its typed section (``WorkerConfig``)."""
     from trainer.worker_group import LocalWorkerGroup, RayWorkerGroup
+    from workers.config import WorkerConfig
     from workers.fsdp_worker import ActorRolloutRefWorker
 
-    trainer = cfg["trainer"]
-    backend = trainer["backend"]
+    trainer = cfg.trainer
+    backend = trainer.backend
     if backend == "auto":
         try:
             import ray  # noqa: F401
@@ -28,27 +30,32 @@ def make_group(cfg: dict):
             backend = "ray"
         except ImportError:
             backend = "local"
-    world = trainer["n_gpus_per_node"] * trainer["nnodes"]
+    trainer.check_backend(backend)
+    worker_config = WorkerConfig.of(cfg)
     if backend == "local":
-        if world != 1:
-            raise ConfigError(
-                f"trainer.backend=local runs one worker; set trainer.n_gpus_per_node=1 (got {world} "
-                "workers) or use trainer.backend=ray"
-            )
-        return LocalWorkerGroup(ActorRolloutRefWorker, cfg)
-    use_gpu = trainer["device"] == "cuda" or (trainer["device"] == "auto" and torch.cuda.is_available())
-    return RayWorkerGroup(ActorRolloutRefWorker, cfg, world, use_gpu=use_gpu)
+        return LocalWorkerGroup(ActorRolloutRefWorker, worker_config)
+    use_gpu = trainer.device == "cuda" or (trainer.device == "auto" and torch.cuda.is_available())
+    return RayWorkerGroup(
+        ActorRolloutRefWorker,
+        worker_config,
+        trainer.world_size,
+        use_gpu=use_gpu,
+        nnodes=trainer.nnodes,
+        placement_timeout_s=trainer.placement_timeout_s,
+        runtime_env=trainer.runtime_env,
+        output_dir=trainer.default_local_dir,
+    )
 
 
-def make_balancer(cfg: dict, loss_mode: str, world: int) -> BatchBalancer:
+def make_balancer(cfg: MOPDConfig, loss_mode: str, world: int) -> BatchBalancer:
     """Balance within each mini-batch; whole prompt groups where pairs (DPO/SimPO) or the teacher's shared
     prefixes need a prompt's rollouts together on one rank."""
-    n = cfg["actor_rollout_ref"]["rollout"]["n"]
-    window = cfg["actor_rollout_ref"]["actor"]["ppo_mini_batch_size"] * n
+    n = cfg.actor_rollout_ref.rollout.n
+    window = cfg.actor_rollout_ref.actor.ppo_mini_batch_size * n
     keep_groups = loss_mode in PREFERENCE_MODES or (
-        loss_mode in DISTILLATION_MODES and cfg["actor_rollout_ref"]["ref"]["shared_prefix"]
+        loss_mode in DISTILLATION_MODES and cfg.actor_rollout_ref.ref.shared_prefix
     )
-    return BatchBalancer(world, window, n if keep_groups else 1, cfg["trainer"]["balance_batch"])
+    return BatchBalancer(world, window, n if keep_groups else 1, cfg.trainer.balance_batch)
 
 
 def data_files(files, split: str):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import trainer.config_sections  # noqa: F401  (registers the typed defaults ppo_trainer.yaml starts from)
+
 CONFIG_DIR = str(Path(__file__).resolve().parent / "config")
 
 
 def run(cfg) -> dict:
-    from omegaconf import OmegaConf
-
     from mopd.common.errors import UserError
     from trainer.config_schema import resolve_aliases, validate_config
     from trainer.memory_plan import check_before_start
@@ -18,10 +18,9 @@ def run(cfg) -> dict:
 
     try:
         resolve_aliases(cfg)
-        validate_config(cfg)
-        container = OmegaConf.to_container(cfg, resolve=True)
-        check_before_start(container)  # every phase fits the GPU, before any worker starts
-        trainer = Trainer(container)
+        config = validate_config(cfg)  # the typed tree (trainer/config_sections.py)
+        check_before_start(config.to_dict())  # every phase fits the GPU, before any worker starts
+        trainer = Trainer(config)
         try:
             return trainer.fit()
         finally:

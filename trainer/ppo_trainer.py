@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,6 @@ import torch
 
 from mopd.common.errors import PreemptedError, RewardError, WorkerDiedError
 from mopd.common.models import load_tokenizer, resolve_model_path
-from mopd.core.config import SelfDistillationConfig
 from mopd.core.kl import uses_reference_kl
 from mopd.core.loss_modes import DISTILLATION_MODES
 from mopd.core.losses import rollout_is_weights
@@ -26,6 +26,8 @@ from mopd.core.reprompt import build_teacher_inputs, compute_step_ids
 from mopd.rewards import summarize_health
 from trainer import rollout_io
 from trainer.advantage_stage import AdvantageStage
+from trainer.config_sections import MOPDConfig
+from trainer.config_sections import load as load_config
 from trainer.fit_helpers import (
     data_files,
     due,
@@ -43,7 +45,7 @@ from workers.batch import truncate_batch
 
 
 class Trainer:
-    def __init__(self, config: dict):
+    def __init__(self, config: MOPDConfig | Mapping):
         from mopd.rewards import RewardScorer, load_reward_fn
         from trainer.checkpoint import CheckpointManager
         from trainer.checkpoint_save import CheckpointWriter
@@ -51,62 +53,60 @@ class Trainer:
         from trainer.prompt_dataset import PromptDataset, StatefulSampler
         from trainer.tracking import Tracking
 
-        self.config = cfg = config
-        data, trainer = cfg["data"], cfg["trainer"]
-        actor = cfg["actor_rollout_ref"]["actor"]
-        self.loss_mode = actor["policy_loss"]["loss_mode"]
-        self.sd_cfg = SelfDistillationConfig.from_dict(actor["self_distillation"])
-        model_path = resolve_model_path(cfg["actor_rollout_ref"]["model"]["path"])
+        self.config = cfg = load_config(config)  # the typed tree (trainer/config_sections.py)
+        data, trainer = cfg.data, cfg.trainer
+        actor = cfg.actor_rollout_ref.actor
+        self.loss_mode = actor.policy_loss.loss_mode
+        self.sd_cfg = actor.self_distillation
+        model_path = resolve_model_path(cfg.actor_rollout_ref.model.path)
         self.tokenizer = load_tokenizer(
-            cfg["actor_rollout_ref"]["model"].get("tokenizer_path") or model_path,
-            cfg["actor_rollout_ref"]["model"]["trust_remote_code"],
+            cfg.actor_rollout_ref.model.tokenizer_path or model_path,
+            cfg.actor_rollout_ref.model.trust_remote_code,
         )
-        chat_kwargs = dict(data.get("apply_chat_template_kwargs") or {})
+        chat_kwargs = dict(data.apply_chat_template_kwargs)
         self.chat_kwargs = chat_kwargs
         dataset_args = dict(
-            max_prompt_length=data["max_prompt_length"],
-            filter_overlong_prompts=data["filter_overlong_prompts"],
+            max_prompt_length=data.max_prompt_length,
+            filter_overlong_prompts=data.filter_overlong_prompts,
             apply_chat_template_kwargs=chat_kwargs,
         )
         # Summaries on: every training prompt asks the policy for a <summary> (validation prompts do not).
         instruction = self.sd_cfg.summary_instruction if self.sd_cfg.summarize_solutions else None
         self.train_set = PromptDataset(
-            data_files(data["train_files"], "train"),
+            data_files(data.train_files, "train"),
             self.tokenizer,
-            max_samples=data.get("max_samples"),
+            max_samples=data.max_samples,
             key="data.train_files",
             instruction=instruction,
             **dataset_args,
         )
         self.val_set = (
-            PromptDataset(data_files(data["val_files"], "test"), self.tokenizer, key="data.val_files", **dataset_args)
-            if data.get("val_files")
+            PromptDataset(data_files(data.val_files, "test"), self.tokenizer, key="data.val_files", **dataset_args)
+            if data.val_files
             else None
         )
-        self.sampler = StatefulSampler(
-            len(self.train_set), data["train_batch_size"], shuffle=data["shuffle"], seed=data["seed"]
-        )
+        self.sampler = StatefulSampler(len(self.train_set), data.train_batch_size, shuffle=data.shuffle, seed=data.seed)
         per_epoch = self.sampler.batches_per_epoch
-        self.total_steps = trainer.get("total_training_steps") or per_epoch * trainer["total_epochs"]
-        updates_per_step = data["train_batch_size"] // actor["ppo_mini_batch_size"] * actor["ppo_epochs"]
+        self.total_steps = trainer.total_training_steps or per_epoch * trainer.total_epochs
+        updates_per_step = data.train_batch_size // actor.ppo_mini_batch_size * actor.ppo_epochs
         self.off_policy = updates_per_step > 1
         self.needs_ref = uses_reference_kl(cfg)
-        self.advantage = AdvantageStage(cfg["algorithm"])
-        self.success_threshold = cfg["reward"]["success_threshold"]
-        rc = cfg["algorithm"]["rollout_correction"]
-        self.rollout_is = rc.get("rollout_is")
-        self.reward_fn = load_reward_fn(cfg["custom_reward_function"]["path"], cfg["custom_reward_function"]["name"])
-        self.scorer = RewardScorer(self.reward_fn, num_workers=cfg["reward"]["num_workers"])
+        self.advantage = AdvantageStage(cfg.algorithm)
+        self.success_threshold = cfg.reward.success_threshold
+        rc = cfg.algorithm.rollout_correction
+        self.rollout_is = rc.rollout_is
+        self.reward_fn = load_reward_fn(cfg.custom_reward_function.path, cfg.custom_reward_function.name)
+        self.scorer = RewardScorer(self.reward_fn, num_workers=cfg.reward.num_workers)
         self._reported = {"error": False, "nonfinite": False}  # bad rewards: the first of each printed once
-        self.peer_rng = random.Random(trainer["seed"])
+        self.peer_rng = random.Random(trainer.seed)
         self.uid_tracker = UidSuccessTracker()
-        self.output_dir = Path(trainer["default_local_dir"])
-        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", trainer["max_actor_ckpt_to_keep"])
+        self.output_dir = Path(trainer.default_local_dir)
+        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", trainer.max_actor_ckpt_to_keep)
         self.tracker = Tracking(
-            trainer["project_name"],
-            trainer["experiment_name"],
-            trainer["logger"],
-            cfg,
+            trainer.project_name,
+            trainer.experiment_name,
+            trainer.logger,
+            cfg.to_dict(),
             str(self.output_dir),
             total_steps=self.total_steps,
         )
@@ -121,13 +121,13 @@ class Trainer:
         )
         self.global_step = 0
         # Faults of a long run (docs/faults.md): preemption signals, a full disk, a model that has died.
-        self.preemption = PreemptionHandler(trainer.get("preemption_grace_s"))
+        self.preemption = PreemptionHandler(trainer.preemption_grace_s)
         self.ckpt_writer = CheckpointWriter(
             self.checkpoints,
             estimate_checkpoint_bytes(info[0]["params"], self.loss_mode in DISTILLATION_MODES),
             critical=self.preemption.critical,
         )
-        self.update_guard = SkippedUpdateGuard(trainer.get("max_consecutive_skipped_updates"), actor["optim"]["lr"])
+        self.update_guard = SkippedUpdateGuard(trainer.max_consecutive_skipped_updates, actor.optim.lr)
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -162,12 +162,12 @@ class Trainer:
         )
 
     def _fit(self) -> dict:
-        trainer = self.config["trainer"]
+        trainer = self.config.trainer
         self.global_step = self._load_checkpoint()
         last_val: dict = {}
         first_val: tuple[int, dict] | None = None
         started = time.perf_counter()
-        if self.val_set is not None and trainer["val_before_train"] and self.global_step == 0:
+        if self.val_set is not None and trainer.val_before_train and self.global_step == 0:
             last_val = self._validate()
             first_val = (0, last_val)
             self.tracker.log(last_val, step=0)
@@ -203,22 +203,22 @@ class Trainer:
                 with timer("teacher", timing):
                     self.group.update_teacher()
             is_last = step == self.total_steps
-            if self.val_set is not None and due(trainer["test_freq"], step, is_last):
+            if self.val_set is not None and due(trainer.test_freq, step, is_last):
                 with timer("testing", timing):
                     last_val = self._validate()
                 metrics.update(last_val)
-            saved = due(trainer["save_freq"], step, is_last) and self.update_guard.may_save(step)
+            saved = due(trainer.save_freq, step, is_last) and self.update_guard.may_save(step)
             if saved:
                 with timer("save_checkpoint", timing):
                     self._save_checkpoint(step)
-            if trainer.get("rollout_data_dir"):
+            if trainer.rollout_data_dir:
                 rollout_io.dump_rollouts(
-                    Path(trainer["rollout_data_dir"]) / f"{step}.jsonl",
+                    Path(trainer.rollout_data_dir) / f"{step}.jsonl",
                     batch,
                     items,
                     self.tokenizer,
                     step,
-                    self.config["actor_rollout_ref"]["rollout"]["n"],
+                    self.config.actor_rollout_ref.rollout.n,
                 )
             metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
             tokens = int(batch["attention_mask"].sum().item())
@@ -244,12 +244,12 @@ class Trainer:
         for key in sorted(k for k in last_val if k.startswith("val-core/")):
             before = f"{first_val[1][key]:.4f} (step {first_val[0]}) -> " if first_val and key in first_val[1] else ""
             print(f"[mopd]   {key}: {before}{last_val[key]:.4f} (step {self.global_step})", flush=True)
-        trainer = self.config["trainer"]
-        where = [str(self.output_dir / "metrics.jsonl")] if "jsonl" in trainer["logger"] else []
+        trainer = self.config.trainer
+        where = [str(self.output_dir / "metrics.jsonl")] if "jsonl" in trainer.logger else []
         for key in ("rollout_data_dir", "validation_data_dir"):
-            if trainer.get(key):
-                where.append(f"{trainer[key]}/<step>.jsonl")
-        if trainer["save_freq"] > 0:
+            if getattr(trainer, key):
+                where.append(f"{getattr(trainer, key)}/<step>.jsonl")
+        if trainer.save_freq > 0:
             where.append(str(self.output_dir / "checkpoints"))
         print(f"[mopd] results: {', '.join(where)}", flush=True)
 
@@ -266,15 +266,15 @@ class Trainer:
                 yield collate_prompts([self.train_set[i] for i in indices], self.tokenizer.pad_token_id)
 
     def _sampling(self, validate: bool) -> dict:
-        rollout = self.config["actor_rollout_ref"]["rollout"]
-        src = rollout["val_kwargs"] if validate else rollout
+        rollout = self.config.actor_rollout_ref.rollout
+        src = rollout.val_kwargs if validate else rollout
         return dict(
             n=src["n"],
             temperature=src["temperature"],
             top_p=src["top_p"],
             top_k=src["top_k"],
             do_sample=src["do_sample"],
-            max_new_tokens=self.config["data"]["max_response_length"],
+            max_new_tokens=self.config.data.max_response_length,
         )
 
     def _generate(self, items: dict, step: int, validate: bool = False, timing: dict | None = None) -> dict:
@@ -302,7 +302,7 @@ class Trainer:
         return batch
 
     def _score(self, batch: dict, items: dict, metrics: dict | None, n: int | None = None) -> list[dict]:
-        n = n or self.config["actor_rollout_ref"]["rollout"]["n"]
+        n = n or self.config.actor_rollout_ref.rollout.n
         texts = self.tokenizer.batch_decode(valid_tokens(batch), skip_special_tokens=True)
         batch["response_text"] = texts
         requests = []
@@ -338,7 +338,7 @@ class Trainer:
     def _check_reward_health(self, results: list[dict], where: str) -> dict:
         """Make bad rewards loud: the first error/non-finite score printed once per run, a stop when all errored."""
         health = summarize_health(results)
-        source = self.config["custom_reward_function"]["path"] or "the built-in verifiers"
+        source = self.config.custom_reward_function.path or "the built-in verifiers"
         first = health["first_error"]
         if first is not None and not self._reported["error"]:
             self._reported["error"] = True
@@ -372,19 +372,19 @@ class Trainer:
             return  # on-policy single update: pi_old is pi_theta itself (IS weight exactly 1)
         batch.update(self.balancer.call(self.group.compute_log_prob, batch))
         if self.rollout_is:
-            rc = self.config["algorithm"]["rollout_correction"]
+            rc = self.config.algorithm.rollout_correction
             batch["rollout_is_weights"] = rollout_is_weights(
                 batch["old_log_probs"],
                 batch["rollout_log_probs"],
                 batch["response_mask"],
                 level=self.rollout_is,
-                threshold=rc["rollout_is_threshold"],
+                threshold=rc.rollout_is_threshold,
             )
 
     def _maybe_teacher_inputs(self, batch: dict, items: dict, metrics: dict) -> None:
         if self.loss_mode not in DISTILLATION_MODES:
             return
-        n = self.config["actor_rollout_ref"]["rollout"]["n"]
+        n = self.config.actor_rollout_ref.rollout.n
         lengths = batch["response_mask"].sum(-1).tolist()
         rollouts = [
             Rollout(
@@ -424,8 +424,8 @@ class Trainer:
     def _validate(self) -> dict:
         from trainer.prompt_dataset import collate_prompts
 
-        val_n = self.config["actor_rollout_ref"]["rollout"]["val_kwargs"]["n"]
-        size = self.config["data"].get("val_batch_size") or len(self.val_set)
+        val_n = self.config.actor_rollout_ref.rollout.val_kwargs.n
+        size = self.config.data.val_batch_size or len(self.val_set)
         scores: dict[str, dict[str, list[float]]] = {}
         lengths, dumps = [], []
         for start in range(0, len(self.val_set), size):
@@ -451,7 +451,7 @@ class Trainer:
                 np.mean([max(v) >= self.success_threshold for v in values])
             )
         metrics["val/response_length/mean"] = float(np.mean(lengths)) if lengths else 0.0
-        out_dir = self.config["trainer"].get("validation_data_dir")
+        out_dir = self.config.trainer.validation_data_dir
         if out_dir:
             rollout_io.dump_rollouts_multi(
                 Path(out_dir) / f"{self.global_step}.jsonl", dumps, self.tokenizer, self.global_step, val_n
@@ -492,13 +492,13 @@ class Trainer:
             )
         raise PreemptedError(
             self.preemption.stopped_message(
-                step, str(self.checkpoints.step_dir(step)), self.config["trainer"]["resume_mode"] == "auto"
+                step, str(self.checkpoints.step_dir(step)), self.config.trainer.resume_mode == "auto"
             )
         )
 
     def _load_checkpoint(self) -> int:
-        trainer = self.config["trainer"]
-        path = self.checkpoints.resolve_resume(trainer["resume_mode"], trainer.get("resume_from_path"))
+        trainer = self.config.trainer
+        path = self.checkpoints.resolve_resume(trainer.resume_mode, trainer.resume_from_path)
         if path is None:
             return 0
         self.group.load_checkpoint(str(path))

@@ -48,7 +48,7 @@ class _Group:
 
 
 class LocalWorkerGroup(_Group):
-    def __init__(self, worker_cls, config: dict):
+    def __init__(self, worker_cls, config):
         self.worker_cls = worker_cls
         self.world_size = 1
         self.worker = worker_cls(config, 0, 1)
@@ -64,22 +64,35 @@ class LocalWorkerGroup(_Group):
 class RayWorkerGroup(_Group):
     """One Ray actor per rank, placed by ``trainer.placement`` (one placement group, packed node by node)."""
 
-    def __init__(self, worker_cls, config: dict, world_size: int, *, use_gpu: bool, timeout_s: float = 3600.0):
+    def __init__(
+        self,
+        worker_cls,
+        config,
+        world_size: int,
+        *,
+        use_gpu: bool,
+        nnodes: int = 1,
+        placement_timeout_s: float = 300.0,
+        runtime_env: dict | None = None,
+        output_dir: str | None = None,
+        timeout_s: float = 3600.0,
+    ):
+        """``config`` goes to every rank's constructor; the placement follows ``trainer.nnodes``,
+        ``trainer.placement_timeout_s`` and ``trainer.runtime_env``, and is written to
+        ``output_dir/placement.json`` (``trainer.default_local_dir``)."""
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from trainer import placement, ray_cluster
         from workers.rank_placement import RankPlacementMixin
 
-        trainer = config.get("trainer", {})
-        nnodes = int(trainer.get("nnodes", 1))
         per_node = world_size // nnodes
         self.worker_cls = worker_cls
         self.world_size = world_size
         self.timeout_s = timeout_s
         self._ray = ray
         self.placement_group = None
-        runtime_env = dict(trainer.get("runtime_env") or {})
+        runtime_env = dict(runtime_env or {})
         if use_gpu:  # every GPU of the node visible to each rank (NCCL peer access); the rank picks its own
             runtime_env["env_vars"] = {
                 "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
@@ -89,9 +102,7 @@ class RayWorkerGroup(_Group):
         try:
             driver_node = ray.get_runtime_context().get_node_id()
             chosen = placement.choose_nodes(ray.nodes(), nnodes, per_node, use_gpu, driver_node)
-            self.placement_group = placement.reserve(
-                ray, chosen, per_node, use_gpu, float(trainer.get("placement_timeout_s") or 300)
-            )
+            self.placement_group = placement.reserve(ray, chosen, per_node, use_gpu, float(placement_timeout_s))
             # The worker class keeps its name (``ray::ActorRolloutRefWorker`` in ps) and gains the probe.
             placed_cls = type(worker_cls.__name__, (worker_cls, RankPlacementMixin), {})
             remote_cls = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(placed_cls)
@@ -120,8 +131,8 @@ class RayWorkerGroup(_Group):
             raise
         for line in placement.node_lines(self.placement):
             print(line, flush=True)
-        if trainer.get("default_local_dir"):
-            placement.write_placement(trainer["default_local_dir"], self.placement, per_node)
+        if output_dir:
+            placement.write_placement(output_dir, self.placement, per_node)
         # The process group's rendezvous is rank 0's node (on a multi-node cluster, not the driver's).
         master = ray.get(self.workers[0].free_address.remote(), timeout=timeout_s)
         ray.get([w.set_master.remote(*master) for w in self.workers], timeout=timeout_s)

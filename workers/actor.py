@@ -21,6 +21,7 @@ from mopd.core.kl import kl_penalty
 from mopd.core.loss_modes import DISTILLATION_MODES, PPO_MODES, PREFERENCE_MODES
 from workers import forward, model_utils, prefix_plan, shared_prefix
 from workers.batch import to_device
+from workers.config import ActorConfig
 
 
 class TeacherForward:
@@ -162,7 +163,7 @@ def micro_batch_loss(
     student_module,
     *,
     loss_mode: str,
-    actor_cfg: dict,
+    actor_cfg: ActorConfig,
     sd_cfg: SelfDistillationConfig | None,
     teacher: TeacherForward | None,
     ref_module,
@@ -184,7 +185,7 @@ def micro_batch_loss(
     responses = batch["responses"]
     response_mask = batch["response_mask"].float()
     labels = responses[response_mask.bool()]
-    agg_mode = actor_cfg["loss_agg_mode"]
+    agg_mode = actor_cfg.loss_agg_mode
     metrics: dict[str, float] = {}
 
     head_kwargs: dict = {"temperature": temperature}
@@ -255,21 +256,21 @@ def micro_batch_loss(
             old if old is not None else log_probs.detach(),
             batch["advantages"],
             response_mask,
-            clip_ratio_low=actor_cfg["clip_ratio_low"],
-            clip_ratio_high=actor_cfg["clip_ratio_high"],
-            clip_ratio_c=actor_cfg["clip_ratio_c"],
+            clip_ratio_low=actor_cfg.clip_ratio_low,
+            clip_ratio_high=actor_cfg.clip_ratio_high,
+            clip_ratio_c=actor_cfg.clip_ratio_c,
             loss_agg_mode=agg_mode,
             rollout_is_weights=batch.get("rollout_is_weights"),
             normalizer=normalizer,
             horizon=horizon,
         )
         metrics.update(ppo_metrics)
-        if actor_cfg["use_kl_loss"]:  # KL to the frozen initial model, aggregated like the policy loss
-            kl = kl_penalty(log_probs, batch["ref_log_probs"], actor_cfg["kl_loss_type"])
+        if actor_cfg.use_kl_loss:  # KL to the frozen initial model, aggregated like the policy loss
+            kl = kl_penalty(log_probs, batch["ref_log_probs"], actor_cfg.kl_loss_type)
             kl_loss = losses.agg_loss(kl, response_mask, agg_mode, normalizer=normalizer, horizon=horizon)
-            loss = loss + actor_cfg["kl_loss_coef"] * kl_loss
+            loss = loss + actor_cfg.kl_loss_coef * kl_loss
             metrics["actor/kl_loss"] = _masked_mean(kl.detach(), response_mask)
-            metrics["actor/kl_coef"] = float(actor_cfg["kl_loss_coef"])
+            metrics["actor/kl_coef"] = float(actor_cfg.kl_loss_coef)
     elif loss_mode in PREFERENCE_MODES or loss_mode == "verified_sft":
         loss, pref_metrics = _sequence_level_loss(
             batch,
@@ -307,15 +308,15 @@ def _sequence_level_loss(
     remove_padding,
     share: bool,
 ):
-    policy = actor_cfg["policy_loss"]
+    policy = actor_cfg.policy_loss
     rewards = batch["scores"].tolist()
     if loss_mode == "verified_sft":
         return sequence_losses.verified_sft_loss(
             token_lp,
             response_mask,
             rewards,
-            success_threshold=policy["sft_success_threshold"],
-            length_normalize=policy["sft_length_normalize"],
+            success_threshold=policy.sft_success_threshold,
+            length_normalize=policy.sft_length_normalize,
             normalizer=normalizer,
         )
     seq_lp = (token_lp * response_mask).sum(-1)
@@ -337,8 +338,8 @@ def _sequence_level_loss(
             ref_lp.sum(-1),
             uids,
             rewards,
-            beta=policy["dpo_beta"],
-            label_smoothing=policy["pref_label_smoothing"],
+            beta=policy.dpo_beta,
+            label_smoothing=policy.pref_label_smoothing,
             normalizer=normalizer,
         )
     return sequence_losses.simpo_loss(
@@ -346,28 +347,28 @@ def _sequence_level_loss(
         response_mask.sum(-1),
         uids,
         rewards,
-        beta=policy["simpo_beta"],
-        gamma=policy["simpo_gamma"],
-        label_smoothing=policy["pref_label_smoothing"],
+        beta=policy.simpo_beta,
+        gamma=policy.simpo_gamma,
+        label_smoothing=policy.pref_label_smoothing,
         normalizer=normalizer,
     )
 
 
-def loss_normalizer_counts(batch: dict, loss_mode: str, actor_cfg: dict) -> tuple[float, float]:
+def loss_normalizer_counts(batch: dict, loss_mode: str, actor_cfg: ActorConfig) -> tuple[float, float]:
     """This rank's share of the mini-batch normalisers (the caller sums them over ranks):
     (what the loss averages over, response tokens for the entropy bonus's token mean)."""
     mask = batch["response_mask"].float()
     tokens = float(mask.sum().item())
-    policy = actor_cfg["policy_loss"]
+    policy = actor_cfg.policy_loss
     if loss_mode in PREFERENCE_MODES:
         return float(sequence_losses.preference_pair_count(batch["uid"], batch["scores"].tolist())), tokens
     if loss_mode == "verified_sft":
         return float(
-            sequence_losses.verified_sft_count(mask, batch["scores"].tolist(), policy["sft_success_threshold"])
+            sequence_losses.verified_sft_count(mask, batch["scores"].tolist(), policy.sft_success_threshold)
         ), tokens
     if loss_mode in DISTILLATION_MODES:
         mask = mask * batch["distillation_mask"].float().unsqueeze(-1)
-    agg_mode = actor_cfg["loss_agg_mode"]
+    agg_mode = actor_cfg.loss_agg_mode
     if agg_mode == "token-mean":
         return float(mask.sum().item()), tokens
     if agg_mode in ("seq-mean-token-mean", "seq-mean-token-sum"):

@@ -14,8 +14,6 @@ import torch
 import torch.distributed as dist
 
 from mopd.common.errors import ConfigError
-from mopd.core.config import SelfDistillationConfig
-from mopd.core.kl import uses_reference_kl
 from mopd.core.teacher import ema_update_
 from workers import memory, model_utils, packed_attention, sharded_load, shared_prefix, update_health
 from workers.actor import (
@@ -27,13 +25,14 @@ from workers.actor import (
     loss_normalizer_counts,
 )
 from workers.batch import index_batch, sequence_lengths, slice_batch, to_device, token_budget_partition
+from workers.config import OptimConfig, WorkerConfig
 from workers.dispatch import Dispatch, register
 from workers.hf_rollout import HFRollout, SamplingParams
 
 
 class ActorRolloutRefWorker:
-    def __init__(self, config: dict, rank: int, world_size: int):
-        self.config = config
+    def __init__(self, config: WorkerConfig, rank: int, world_size: int):
+        self.config = config  # its typed section (workers/config.py)
         self.rank, self.world_size = rank, world_size
         self.master: tuple[str, int] | None = None
 
@@ -60,36 +59,29 @@ class ActorRolloutRefWorker:
     @register(Dispatch.ONE_TO_ALL)
     def init_model(self, total_optimizer_steps: int) -> dict:
         """Build the models; ``total_optimizer_steps`` (the driver's count of updates) is the LR schedule's horizon."""
-        cfg, trainer = self.config, self.config["trainer"]
-        model_cfg = cfg["actor_rollout_ref"]["model"]
-        actor_cfg = cfg["actor_rollout_ref"]["actor"]
-        self.device = model_utils.pick_device(trainer["device"], getattr(self, "device_index", self.rank))
+        arr, run = self.config.actor_rollout_ref, self.config.rank
+        model_cfg, actor_cfg = arr.model, arr.actor
+        self.device = model_utils.pick_device(run.device, getattr(self, "device_index", self.rank))
         if self.device.type == "cpu":
-            threads = trainer.get("num_threads") or max(1, (os.cpu_count() or 1) // self.world_size)
+            threads = run.num_threads or max(1, (os.cpu_count() or 1) // self.world_size)
             torch.set_num_threads(threads)
         model_utils.init_distributed(self.rank, self.world_size, *self.master, self.device)
-        _seed_everything(trainer["seed"])  # identical initial weights on every rank
-        self.dtype = model_utils.pick_dtype(model_cfg["dtype"], self.device)
-        path = model_utils.resolve_model_path(model_cfg["path"])
-        self.tokenizer = model_utils.load_tokenizer(
-            model_cfg.get("tokenizer_path") or path, model_cfg["trust_remote_code"]
-        )
-        self.remove_padding = model_cfg["use_remove_padding"]
+        _seed_everything(run.seed)  # identical initial weights on every rank
+        self.dtype = model_utils.pick_dtype(model_cfg.dtype, self.device)
+        path = model_utils.resolve_model_path(model_cfg.path)
+        self.tokenizer = model_utils.load_tokenizer(model_cfg.tokenizer_path or path, model_cfg.trust_remote_code)
+        self.remove_padding = model_cfg.use_remove_padding
         # Packing under sdpa: per-sequence attention instead of a [T, T] mask (workers/packed_attention.py).
-        attn = packed_attention.implementation(model_cfg["attn_implementation"], self.remove_padding)
+        attn = packed_attention.implementation(model_cfg.attn_implementation, self.remove_padding)
         if attn == packed_attention.PACKED_SDPA:  # the varlen kernel's self-check now, not in the first forward
             packed_attention.check_at_init(self.device, self.dtype)
-        self.loss_mode = actor_cfg["policy_loss"]["loss_mode"]
-        if actor_cfg["strategy"] != "fsdp2":  # the one sharding strategy here; FSDP1 ("fsdp") is not offered
-            raise ValueError(f"actor_rollout_ref.actor.strategy={actor_cfg['strategy']}: only fsdp2 is implemented")
-        self.sd_cfg = (
-            SelfDistillationConfig.from_dict(actor_cfg["self_distillation"])
-            if self.loss_mode in DISTILLATION_MODES
-            else None
-        )
+        self.loss_mode = actor_cfg.policy_loss.loss_mode
+        if actor_cfg.strategy != "fsdp2":  # the one sharding strategy here; FSDP1 ("fsdp") is not offered
+            raise ValueError(f"actor_rollout_ref.actor.strategy={actor_cfg.strategy}: only fsdp2 is implemented")
+        self.sd_cfg = actor_cfg.self_distillation if self.loss_mode in DISTILLATION_MODES else None
 
         self.student_shared_prefix = _student_shares_prefixes(
-            actor_cfg["shared_prefix"], self.world_size, model_cfg["enable_gradient_checkpointing"], self.rank
+            actor_cfg.shared_prefix, self.world_size, model_cfg.enable_gradient_checkpointing, self.rank
         )
         # Built on the meta device, sharded, each rank reading its rows of the safetensors files: never a full
         # float32 model on a device (workers/sharded_load.py).
@@ -99,12 +91,12 @@ class ActorRolloutRefWorker:
             world_size=self.world_size,
             compute_dtype=self.dtype,
             attn_implementation=attn,
-            trust_remote_code=model_cfg["trust_remote_code"],
+            trust_remote_code=model_cfg.trust_remote_code,
         )
         self.actor = sharded_load.build_sharded(
-            path, gradient_checkpointing=model_cfg["enable_gradient_checkpointing"], **shard
+            path, gradient_checkpointing=model_cfg.enable_gradient_checkpointing, **shard
         )
-        rollout_cfg = cfg["actor_rollout_ref"]["rollout"]
+        rollout_cfg = arr.rollout
         # hf: an unsharded copy in the compute dtype, the only full copy on the device, filled by the weight
         # sync before each generation (generation never packs: the requested attention); vllm builds its own.
         rollout_copy = (
@@ -112,43 +104,43 @@ class ActorRolloutRefWorker:
                 path,
                 dtype=self.dtype,
                 device=self.device,
-                attn_implementation=model_cfg["attn_implementation"],
-                trust_remote_code=model_cfg["trust_remote_code"],
+                attn_implementation=model_cfg.attn_implementation,
+                trust_remote_code=model_cfg.trust_remote_code,
             )
-            if rollout_cfg["name"] == "hf"
+            if rollout_cfg.name == "hf"
             else None
         )
-        self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg["optim"], total_optimizer_steps)
+        self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg.optim, total_optimizer_steps)
         self.model_path = path
-        if rollout_cfg["name"] == "vllm":
+        if rollout_cfg.name == "vllm":
             from workers.vllm_rollout import VLLMRollout
 
             self.rollout = VLLMRollout(
                 path,
                 self.tokenizer,
                 rollout_cfg,
-                tokenizer_path=model_cfg.get("tokenizer_path"),
+                tokenizer_path=model_cfg.tokenizer_path,
                 dtype=self.dtype,
                 device=self.device,
                 rank=self.rank,
                 world_size=self.world_size,
-                seed=trainer["seed"],
-                max_model_len=cfg["data"]["max_prompt_length"] + cfg["data"]["max_response_length"],
-                trust_remote_code=model_cfg["trust_remote_code"],
+                seed=run.seed,
+                max_model_len=run.max_prompt_length + run.max_response_length,
+                trust_remote_code=model_cfg.trust_remote_code,
             )
         else:
             self.rollout = HFRollout(
                 rollout_copy,
                 self.tokenizer,
-                rollout_cfg["micro_batch_size"],
-                calculate_log_probs=rollout_cfg["calculate_log_probs"],
-                max_token_len=rollout_cfg["generate_max_token_len_per_gpu"],
+                rollout_cfg.micro_batch_size,
+                calculate_log_probs=rollout_cfg.calculate_log_probs,
+                max_token_len=rollout_cfg.generate_max_token_len_per_gpu,
             )
 
         self.teacher_module, self.teacher, self.ref_module = None, None, None
-        ref_path = model_utils.resolve_model_path(cfg["actor_rollout_ref"]["ref"]["model"]["path"])
+        ref_path = model_utils.resolve_model_path(arr.ref.model.path)
         # The frozen initial model: the teacher (MOPD/SDPO), DPO's reference, or the reference of a KL penalty.
-        if self.sd_cfg is not None or self.loss_mode == "dpo" or uses_reference_kl(cfg):
+        if self.sd_cfg is not None or self.loss_mode == "dpo" or run.needs_reference:
             frozen = sharded_load.build_sharded(
                 ref_path or path,
                 frozen=True,
@@ -168,7 +160,7 @@ class ActorRolloutRefWorker:
                     self.sd_cfg.teacher_update_rate,
                     self.actor,
                     self.remove_padding,
-                    cfg["actor_rollout_ref"]["ref"]["shared_prefix"],
+                    arr.ref.shared_prefix,
                 )
         model_utils.release_cached_memory(self.device)  # the loading transients: free before the first wake
         n_params = sum(p.numel() for p in self.actor.parameters())
@@ -191,7 +183,7 @@ class ActorRolloutRefWorker:
         meta = batch["meta"]
         params = SamplingParams(**meta["sampling"])
         n = params.n
-        seed, tag = self.config["trainer"]["seed"], meta.get("tag", "gen")
+        seed, tag = self.config.rank.seed, meta.get("tag", "gen")
         # One seed per sample from (run seed, step, prompt uid, sample index): rank-independent.
         row_seeds = [_derive_seed(seed, meta["step"], j, f"{tag}:{uid}") for uid in batch["uid"] for j in range(n)]
         out = self.rollout.generate(batch["input_ids"], batch["attention_mask"], params, row_seeds)
@@ -222,7 +214,7 @@ class ActorRolloutRefWorker:
         temperature = batch["meta"]["temperature"]
         out = torch.zeros(batch["responses"].shape, dtype=torch.float32)
         head = functools.partial(shared_prefix.response_head, share=self.student_shared_prefix)
-        group = self.config["actor_rollout_ref"]["rollout"]["n"] if self.student_shared_prefix else 1
+        group = self.config.actor_rollout_ref.rollout.n if self.student_shared_prefix else 1
         for index in self._log_prob_parts(batch, "attention_mask", group):
             mb = to_device(index_batch(batch, index), self.device)
             out[index] = (
@@ -248,18 +240,16 @@ class ActorRolloutRefWorker:
     def update_actor(self, batch: dict) -> dict:
         """Mini-batches in order (shuffled if configured), micro-batches with gradient accumulation,
         one optimizer step per mini-batch, ``ppo_epochs`` passes. Returns per-step metric lists."""
-        cfg = self.config["actor_rollout_ref"]
-        actor_cfg = cfg["actor"]
+        cfg = self.config.actor_rollout_ref
+        actor_cfg = cfg.actor
         meta = batch["meta"]
-        n = cfg["rollout"]["n"]
+        n = cfg.rollout.n
         local = batch["responses"].shape[0]
-        mini = actor_cfg["ppo_mini_batch_size"] * n // self.world_size
-        micro = actor_cfg["ppo_micro_batch_size_per_gpu"]  # validated: divides the per-device mini-batch
+        mini = actor_cfg.ppo_mini_batch_size * n // self.world_size
+        micro = actor_cfg.ppo_micro_batch_size_per_gpu  # validated: divides the per-device mini-batch
         metrics: dict[str, list[float]] = {}
         self.actor.train()
-        generator = torch.Generator().manual_seed(
-            _derive_seed(self.config["trainer"]["seed"], meta["step"], 0, "shuffle")
-        )
+        generator = torch.Generator().manual_seed(_derive_seed(self.config.rank.seed, meta["step"], 0, "shuffle"))
         # DPO/SimPO pair the rollouts of one prompt within a micro-batch, and the shared-prefix forwards
         # run a prompt's rollouts together: shuffle and partition whole groups of n.
         shared = (
@@ -273,17 +263,17 @@ class ActorRolloutRefWorker:
             teacher=self.teacher,
             ref_module=self.ref_module,
             temperature=meta["temperature"],
-            horizon=self.config["data"]["max_response_length"],
-            entropy_coeff=actor_cfg["entropy_coeff"],
+            horizon=self.config.rank.max_response_length,
+            entropy_coeff=actor_cfg.entropy_coeff,
             remove_padding=self.remove_padding,
             student_shared_prefix=self.student_shared_prefix,
         )
         finite_steps, skipped = 0, []
-        offload = actor_cfg["fsdp_config"]["optimizer_offload"]
+        offload = actor_cfg.fsdp_config.optimizer_offload
         if offload:
             memory.move_optimizer_state(self.optimizer, self.device)
-        for _epoch in range(actor_cfg["ppo_epochs"]):
-            order = _shuffled(local, group, generator) if actor_cfg["shuffle"] else torch.arange(local)
+        for _epoch in range(actor_cfg.ppo_epochs):
+            order = _shuffled(local, group, generator) if actor_cfg.shuffle else torch.arange(local)
             for m_start in range(0, local, mini):
                 mini_batch = index_batch(batch, order[m_start : m_start + mini])
                 if self.teacher is not None:
@@ -293,7 +283,7 @@ class ActorRolloutRefWorker:
                         torch.cuda.synchronize(self.device)
                     metrics.setdefault("perf/teacher_pass_s", []).append(time.perf_counter() - start)
                     metrics.setdefault("perf/teacher_tokens_run", []).append(float(tokens_run))
-                normalizers = self._global_normalizers(mini_batch) if actor_cfg["global_token_normalization"] else None
+                normalizers = self._global_normalizers(mini_batch) if actor_cfg.global_token_normalization else None
                 self.optimizer.zero_grad(set_to_none=True)
                 micro_batches = self._micro_batches(mini_batch, micro, group)
                 mini_loss, mb_metrics = backward_mini_batch(
@@ -302,7 +292,7 @@ class ActorRolloutRefWorker:
                 for k, v in mb_metrics.items():
                     metrics.setdefault(k, []).extend(v)
                 metrics.setdefault("actor/loss", []).append(mini_loss)
-                grad_norm = self._clip_grad(actor_cfg["grad_clip"])
+                grad_norm = self._clip_grad(actor_cfg.grad_clip)
                 cause = update_health.skip_cause(mini_loss, grad_norm, self.device, self.world_size)
                 if cause is None:
                     self.optimizer.step()
@@ -350,24 +340,24 @@ class ActorRolloutRefWorker:
         """Row indices of each no-grad forward: ``rollout.log_prob_micro_batch_size_per_gpu`` sequences
         (rounded to whole groups of ``group``), or (``use_dynamic_bsz``) ``mask_key`` tokens within
         ``rollout.log_prob_max_token_len_per_gpu``, as many parts on every rank."""
-        rollout = self.config["actor_rollout_ref"]["rollout"]
-        if self.config["actor_rollout_ref"]["actor"]["use_dynamic_bsz"]:
+        rollout = self.config.actor_rollout_ref.rollout
+        if self.config.actor_rollout_ref.actor.use_dynamic_bsz:
             return self._token_budget_parts(
-                sequence_lengths(batch, mask_key), rollout["log_prob_max_token_len_per_gpu"], group
+                sequence_lengths(batch, mask_key), rollout.log_prob_max_token_len_per_gpu, group
             )
         rows = batch["responses"].shape[0]
-        size = max(rollout["log_prob_micro_batch_size_per_gpu"] // group, 1) * group
+        size = max(rollout.log_prob_micro_batch_size_per_gpu // group, 1) * group
         return [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
 
     def _micro_batches(self, mini_batch: dict, size: int, group: int) -> list[dict]:
         """Fixed-size slices, or (``use_dynamic_bsz``) token-budget groups: student and teacher tokens
         each within ``ppo_max_token_len_per_gpu``, the same number of micro-batches on every rank."""
-        actor_cfg = self.config["actor_rollout_ref"]["actor"]
+        actor_cfg = self.config.actor_rollout_ref.actor
         rows = mini_batch["responses"].shape[0]
-        if not actor_cfg["use_dynamic_bsz"]:
+        if not actor_cfg.use_dynamic_bsz:
             return [slice_batch(mini_batch, u, u + size) for u in range(0, rows, size)]
         lengths = sequence_lengths(mini_batch, "attention_mask", "teacher_attention_mask")
-        parts = self._token_budget_parts(lengths, actor_cfg["ppo_max_token_len_per_gpu"], group)
+        parts = self._token_budget_parts(lengths, actor_cfg.ppo_max_token_len_per_gpu, group)
         return [index_batch(mini_batch, index) for index in parts]
 
     def _token_budget_parts(self, lengths, budget: int, group: int) -> list[list[int]]:
@@ -379,7 +369,7 @@ class ActorRolloutRefWorker:
     def _global_normalizers(self, mini_batch: dict) -> Normalizers:
         """The mini-batch's loss and entropy counts summed over ranks (one collective)."""
         counts = model_utils.device_tensor(
-            loss_normalizer_counts(mini_batch, self.loss_mode, self.config["actor_rollout_ref"]["actor"]), self.device
+            loss_normalizer_counts(mini_batch, self.loss_mode, self.config.actor_rollout_ref.actor), self.device
         )
         dist.all_reduce(counts)
         # FSDP2 averages gradients over ranks, so each rank's loss is scaled by world size.
@@ -460,9 +450,7 @@ class ActorRolloutRefWorker:
         if self.rank == 0:
             # The architecture and config come from a weightless (meta) model of the same config: no second
             # float32 model loaded at each checkpoint; the weights written are the float32 masters (``state``).
-            holder = sharded_load.export_holder(
-                self.model_path, self.config["actor_rollout_ref"]["model"]["trust_remote_code"]
-            )
+            holder = sharded_load.export_holder(self.model_path, self.config.actor_rollout_ref.model.trust_remote_code)
             holder.save_pretrained(directory, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(directory)
         dist.barrier()
@@ -501,19 +489,19 @@ def _student_shares_prefixes(requested: bool, world_size: int, checkpointing: bo
     return requested and why is None
 
 
-def _build_optimizer(model, optim_cfg: dict, total_optimizer_steps: int):
+def _build_optimizer(model, optim_cfg: OptimConfig, total_optimizer_steps: int):
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
-        lr=optim_cfg["lr"],
-        betas=tuple(optim_cfg["betas"]),
-        eps=optim_cfg["eps"],
-        weight_decay=optim_cfg["weight_decay"],
+        lr=optim_cfg.lr,
+        betas=tuple(optim_cfg.betas),
+        eps=optim_cfg.eps,
+        weight_decay=optim_cfg.weight_decay,
     )
     total = max(1, int(total_optimizer_steps))
-    warmup = optim_cfg["lr_warmup_steps"]
+    warmup = optim_cfg.lr_warmup_steps
     if warmup is None or warmup < 0:
-        warmup = int(optim_cfg["lr_warmup_steps_ratio"] * total)
-    style, floor = optim_cfg["warmup_style"], optim_cfg["min_lr_ratio"]
+        warmup = int(optim_cfg.lr_warmup_steps_ratio * total)
+    style, floor = optim_cfg.warmup_style, optim_cfg.min_lr_ratio
 
     def factor(step: int) -> float:
         if warmup and step < warmup:

@@ -58,6 +58,7 @@ from collections.abc import Iterable
 
 import torch
 
+from workers.config import RolloutConfig
 from workers.hf_rollout import SamplingParams
 
 MIN_VLLM = (0, 20)
@@ -109,7 +110,7 @@ class VLLMRollout:
         self,
         model_path: str,
         tokenizer,
-        rollout_cfg: dict,
+        rollout_cfg: RolloutConfig,
         *,
         tokenizer_path: str | None = None,
         dtype: torch.dtype,
@@ -121,7 +122,7 @@ class VLLMRollout:
         trust_remote_code: bool = False,
     ):
         self.version = check_vllm_version()
-        tp = int(rollout_cfg["tensor_model_parallel_size"])
+        tp = int(rollout_cfg.tensor_model_parallel_size)
         if world_size % tp:
             raise ValueError(
                 f"{KEY}.tensor_model_parallel_size={tp} does not divide the {world_size} worker ranks "
@@ -131,8 +132,8 @@ class VLLMRollout:
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.eos_ids = _eos_ids(model_path, tokenizer, trust_remote_code)
-        self.free_cache_engine = bool(rollout_cfg["free_cache_engine"])
-        self.calculate_log_probs = bool(rollout_cfg["calculate_log_probs"])  # off: vLLM returns none, none kept
+        self.free_cache_engine = bool(rollout_cfg.free_cache_engine)
+        self.calculate_log_probs = bool(rollout_cfg.calculate_log_probs)  # off: vLLM returns none, none kept
         self.rank = rank
         self._weights_loaded = False  # dummy weights until the first sync
         self._asleep = False
@@ -171,9 +172,9 @@ class VLLMRollout:
                 seed=seed,
                 tensor_parallel_size=tp,
                 distributed_executor_backend="external_launcher",
-                gpu_memory_utilization=float(rollout_cfg["gpu_memory_utilization"]),
-                max_num_batched_tokens=rollout_cfg["max_num_batched_tokens"],
-                enforce_eager=bool(rollout_cfg["enforce_eager"]),
+                gpu_memory_utilization=float(rollout_cfg.gpu_memory_utilization),
+                max_num_batched_tokens=rollout_cfg.max_num_batched_tokens,
+                enforce_eager=bool(rollout_cfg.enforce_eager),
                 max_model_len=max_model_len,
                 enable_sleep_mode=self.free_cache_engine and self._native_sleep,
                 enable_prefix_caching=True,
@@ -184,7 +185,7 @@ class VLLMRollout:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(
                 f"{KEY}.name=vllm: the vLLM {self.version} engine did not start on rank {rank} "
-                f"({KEY}.gpu_memory_utilization={rollout_cfg['gpu_memory_utilization']}, "
+                f"({KEY}.gpu_memory_utilization={rollout_cfg.gpu_memory_utilization}, "
                 f"tensor_model_parallel_size={tp}): {type(err).__name__}: {first}"
             ) from err
         finally:
@@ -193,7 +194,7 @@ class VLLMRollout:
         self.start_seconds = time.perf_counter() - started
         print(
             f"[mopd] rank {rank}: vLLM {self.version} engine ready in {self.start_seconds:.1f} s "
-            f"(tp={tp}, gpu_memory_utilization={rollout_cfg['gpu_memory_utilization']})",
+            f"(tp={tp}, gpu_memory_utilization={rollout_cfg.gpu_memory_utilization})",
             flush=True,
         )
         if self.free_cache_engine:

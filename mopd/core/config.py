@@ -5,21 +5,23 @@ on, another/failure off, ``when_no_solution``, alpha 0.5, top-k 100, threshold 1
 fields the README is silent on take the release's YAML value, except ``reprompt_truncation`` whose
 release default (``right``) can cut the assistant header off the teacher prompt: ours is ``left``.
 
-``SelfDistillationConfig.from_dict`` is the one entry point used by the trainer (Hydra/OmegaConf
-node -> plain dict -> validated dataclass). A bad value raises :class:`ConfigError` with one line that
-names the full key and the allowed values.
+This dataclass is the one home of each field's default, type, allowed values and doc (docs/config.md is
+generated from it; Hydra composes over its defaults). It is built once, as part of the trainer's typed
+config (``trainer/config_sections.py``), and handed to the driver and the ranks; ``from_dict`` builds it
+alone (the analysis tools). A bad value raises :class:`ConfigError` with one line that names the full key
+and the allowed values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from mopd.common.errors import ConfigError  # noqa: F401  (re-exported: the schema and callers import it from here)
+from mopd.common.errors import ConfigError
+from mopd.common.typed_config import Section, option
 
 CONFIG_PREFIX = "actor_rollout_ref.actor.self_distillation"
 
@@ -58,95 +60,101 @@ TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
     "summary_item_template_failed": ("summary_text",),
 }
 
-CHOICES: dict[str, tuple[Any, ...]] = {
-    "failure_solution_condition": ("when_no_solution", "always"),
-    "teacher_regularization": ("ema", "trust-region"),
-    "reprompt_truncation": ("left", "right", "error"),
-    "summary_source": ("success", "all", "failure"),
-    "peer_control_mode": ("none", "random_peer", "unrelated_prompt", "success_only_matched"),
-    "peer_control_match": ("block", "token"),
-}
-
 
 @dataclass
-class SelfDistillationConfig:
+class SelfDistillationConfig(Section):
+    """``actor_rollout_ref.actor.self_distillation``: the MOPD / SDPO teacher context and divergence."""
+
+    PREFIX: ClassVar[str] = CONFIG_PREFIX
+    CHECK_FIELDS: ClassVar[bool] = False  # validate() below checks every field with this block's messages
+
     # --- which peers enter the teacher context -------------------------------------------------
-    include_primary_solution: bool = True  # first successful peer of the same prompt
-    include_another_solution: bool = False  # second successful peer
-    include_failure_solution: bool = False  # one failed peer, drawn with the seeded generator
-    failure_solution_condition: str = "when_no_solution"  # or "always" (MOPD's 2S1F context)
-    success_reward_threshold: float = 1.0  # sequence reward >= threshold is a success
-    dont_reprompt_on_self_success: bool = True  # never show a rollout its own response
-    remove_thinking_from_demonstration: bool = False  # strip <think>...</think> from success texts
+    include_primary_solution: bool = option(True, "show the first successful peer of the same prompt")
+    include_another_solution: bool = option(False, "show a second successful peer")
+    include_failure_solution: bool = option(
+        False, 'show one failed peer, drawn with the seeded generator ("avoid repeating this mistake")'
+    )
+    failure_solution_condition: str = option(
+        "when_no_solution",
+        "when the failed peer is shown: only when no success peer is (when_no_solution), or always (MOPD's 2S1F)",
+        choices=("when_no_solution", "always"),
+    )
+    success_reward_threshold: float = option(
+        1.0,
+        "sequence reward >= threshold is a success (the release's name: setting it sets reward.success_threshold)",
+        interpolation="${reward.success_threshold}",
+    )
+    dont_reprompt_on_self_success: bool = option(True, "never show a rollout its own response")
+    remove_thinking_from_demonstration: bool = option(
+        False, "strip <think>...</think> from success texts (not the failure)"
+    )
     # --- environment feedback (the sample's own verifier feedback) ------------------------------
-    include_environment_feedback: bool = True
-    environment_feedback_only_without_solution: bool = True
+    include_environment_feedback: bool = option(True, "add the rollout's own verifier feedback")
+    environment_feedback_only_without_solution: bool = option(True, "... only when no success is shown")
     # --- summaries of peers, written by the policy inside <summary> tags --------------------------
-    summarize_solutions: bool = False
-    summary_k: int = 1
-    summary_tag: str = "summary"
-    summary_source: str = "success"  # pool: success | all | failure
-    summary_from_all: bool = False  # shorthand for summary_source=all
-    summary_instruction: str = DEFAULT_SUMMARY_INSTRUCTION
-    summary_item_template: str = DEFAULT_SUMMARY_ITEM_TEMPLATE
-    summary_item_template_failed: str = DEFAULT_SUMMARY_ITEM_TEMPLATE_FAILED
-    summary_fallback_chars: int = 300  # a peer without a tag contributes its first N characters
+    summarize_solutions: bool = option(False, "ask the policy for a <summary> and show peers' summaries")
+    summary_k: int = option(1, "summaries per teacher prompt")
+    summary_tag: str = option("summary", "the tag the summaries are read from")
+    summary_source: str = option("success", "the pool summaries are drawn from", choices=("success", "all", "failure"))
+    summary_from_all: bool = option(False, "shorthand for summary_source=all")
+    summary_instruction: str = option(
+        DEFAULT_SUMMARY_INSTRUCTION, "appended to the last user message of every training prompt"
+    )
+    summary_item_template: str = option(DEFAULT_SUMMARY_ITEM_TEMPLATE, "one successful peer's summary")
+    summary_item_template_failed: str = option(DEFAULT_SUMMARY_ITEM_TEMPLATE_FAILED, "one failed peer's summary")
+    summary_fallback_chars: int = option(300, "a peer without a summary tag contributes its first N characters")
     # --- matched-budget peer-control ablations --------------------------------------------------
-    peer_control_mode: str = "none"
-    peer_control_match: str = "block"  # block: same number of blocks; token: same demo token budget
+    peer_control_mode: str = option(
+        "none",
+        "peer-control ablations (none: off)",
+        choices=("none", "random_peer", "unrelated_prompt", "success_only_matched"),
+    )
+    peer_control_match: str = option(
+        "block", "block: same number of blocks; token: same demo token budget", choices=("block", "token")
+    )
     # --- templates ------------------------------------------------------------------------------
-    reprompt_template: str = DEFAULT_REPROMPT_TEMPLATE
-    solution_template: str = DEFAULT_SOLUTION_TEMPLATE
-    another_solution_template: str = DEFAULT_ANOTHER_SOLUTION_TEMPLATE
-    failure_solution_template: str = DEFAULT_FAILURE_SOLUTION_TEMPLATE
-    feedback_template: str = DEFAULT_FEEDBACK_TEMPLATE
+    reprompt_template: str = option(DEFAULT_REPROMPT_TEMPLATE, "the teacher prompt around the sections")
+    solution_template: str = option(DEFAULT_SOLUTION_TEMPLATE, "the first successful peer")
+    another_solution_template: str = option(DEFAULT_ANOTHER_SOLUTION_TEMPLATE, "the second successful peer")
+    failure_solution_template: str = option(DEFAULT_FAILURE_SOLUTION_TEMPLATE, "the failed peer")
+    feedback_template: str = option(DEFAULT_FEEDBACK_TEMPLATE, "the rollout's own verifier feedback")
     # --- teacher prompt length ------------------------------------------------------------------
-    max_reprompt_len: int = 10240
-    reprompt_truncation: str = "left"  # left/right: drop peer context from that end; error: raise
+    max_reprompt_len: int = option(10240, "max teacher-prompt tokens (before the response)")
+    reprompt_truncation: str = option(
+        "left",
+        "drop peer context from the left or right end when too long; error: raise",
+        choices=("left", "right", "error"),
+    )
     # --- the divergence -------------------------------------------------------------------------
-    alpha: float = 0.5  # 0: KL(teacher||student), 1: KL(student||teacher), between: generalized JSD
-    distillation_topk: int | None = 100  # None: full vocabulary
-    distillation_add_tail: bool = True
-    full_logit_distillation: bool = True  # False: sampled-token reverse-KL estimator (alpha must be 1)
-    is_clip: float | None = 2.0  # cap on the detached pi_theta/pi_old weight; None disables
+    alpha: float = option(0.5, "0 KL(teacher||student), 1 KL(student||teacher), between: generalized JSD")
+    distillation_topk: int | None = option(100, "the student's top-k support; null = full vocabulary")
+    distillation_add_tail: bool = option(True, 'add a "rest of the vocabulary" bucket')
+    full_logit_distillation: bool = option(True, "false: sampled-token reverse-KL estimator (needs alpha=1)")
+    is_clip: float | None = option(2.0, "cap on the detached pi_theta/pi_old weight; null disables")
     # --- the teacher ----------------------------------------------------------------------------
-    teacher_regularization: str = "ema"
-    teacher_update_rate: float = 0.05
+    teacher_regularization: str = option(
+        "ema", "EMA copy of the student, or a trust-region logit mix", choices=("ema", "trust-region")
+    )
+    teacher_update_rate: float = option(0.05, "EMA rate / trust-region mix; 0 = frozen teacher")
     # --- step-level averaging -------------------------------------------------------------------
-    step_level_kl: bool = False
-    step_separator: str = "\n\n"
+    step_level_kl: bool = option(False, "weight reasoning steps equally")
+    step_separator: str = option("\n\n", "what ends a step")
 
     # ------------------------------------------------------------------------------------------
-    def __post_init__(self) -> None:
-        self.validate()
-
     @property
     def effective_summary_source(self) -> str:
         return "all" if self.summary_from_all else self.summary_source
 
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None, prefix: str = CONFIG_PREFIX) -> SelfDistillationConfig:
-        """Build from a plain mapping (e.g. ``OmegaConf.to_container``); unknown keys are errors."""
-        values = dict(values or {})
-        known = set(cls.field_names())
-        for key in values:
-            if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"{prefix}.{key} is not a known field.{hint}")
+        """Build from a plain mapping (e.g. ``OmegaConf.to_container``); unknown keys are errors. ``prefix``
+        names the block in messages when it sits elsewhere (the analysis tools' variant files)."""
         try:
-            return cls(**values)
+            return super().from_dict(values, prefix)
         except ConfigError as err:
             if prefix != CONFIG_PREFIX:
                 raise ConfigError(str(err).replace(CONFIG_PREFIX, prefix)) from None
             raise
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -160,9 +168,10 @@ class SelfDistillationConfig:
                 fail(f.name, "must be true or false")
             if expected == "str" and not isinstance(value, str):
                 fail(f.name, "must be a string")
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                fail(name, f"must be one of {list(allowed)}")
+        for f in dataclasses.fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed is not None and getattr(self, f.name) not in allowed:
+                fail(f.name, f"must be one of {list(allowed)}")
 
         for name in ("alpha", "teacher_update_rate", "success_reward_threshold"):
             value = getattr(self, name)
@@ -233,16 +242,4 @@ def _check_template(name: str, template: str, allowed: tuple[str, ...], required
         )
 
 
-def policy_loss_defaults() -> dict[str, Any]:
-    """Extra ``actor.policy_loss`` fields of the release's preference/SFT losses."""
-    return dict(
-        dpo_beta=0.1,
-        simpo_beta=2.0,
-        simpo_gamma=1.0,
-        pref_label_smoothing=0.0,
-        sft_success_threshold=1.0,
-        sft_length_normalize=True,
-    )
-
-
-__all__ = ["SelfDistillationConfig", "ConfigError", "CONFIG_PREFIX", "CHOICES", "policy_loss_defaults"]
+__all__ = ["SelfDistillationConfig", "ConfigError", "CONFIG_PREFIX"]

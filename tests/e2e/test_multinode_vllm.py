@@ -28,10 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ROLLOUT = "actor_rollout_ref.rollout"
 
 
-def compose(*overrides: str) -> dict:
+def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
 
     from trainer.config_schema import validate_config
 
@@ -52,8 +51,7 @@ def compose(*overrides: str) -> dict:
                 *overrides,
             ],
         )
-    validate_config(cfg)
-    return OmegaConf.to_container(cfg, resolve=True)
+    return validate_config(cfg)  # the typed config
 
 
 def request(count: int) -> dict:
@@ -74,11 +72,20 @@ def request(count: int) -> dict:
     }
 
 
-def rollouts(cfg: dict, world: int) -> tuple[dict, list]:
+def rollouts(cfg, world: int) -> tuple[dict, list]:
     from trainer.worker_group import RayWorkerGroup
+    from workers.config import WorkerConfig
     from workers.fsdp_worker import ActorRolloutRefWorker
 
-    group = RayWorkerGroup(ActorRolloutRefWorker, cfg, world, use_gpu=False, timeout_s=600)
+    group = RayWorkerGroup(
+        ActorRolloutRefWorker,
+        WorkerConfig.of(cfg),
+        world,
+        use_gpu=False,
+        nnodes=cfg.trainer.nnodes,
+        output_dir=cfg.trainer.default_local_dir,
+        timeout_s=600,
+    )
     try:
         group.init_model(10)
         group.sync_rollout_weights()

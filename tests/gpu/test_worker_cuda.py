@@ -11,9 +11,8 @@ from trainer.main import CONFIG_DIR
 pytestmark = pytest.mark.gpu
 
 
-def _config(device: str, *overrides: str) -> dict:
+def _config(device: str, *overrides: str):
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         cfg = compose(
@@ -30,7 +29,10 @@ def _config(device: str, *overrides: str) -> dict:
                 *overrides,
             ],
         )
-    return OmegaConf.to_container(cfg, resolve=True)
+    from trainer.config_sections import load
+    from workers.config import WorkerConfig
+
+    return WorkerConfig.of(load(cfg))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -15,8 +14,9 @@ from mopd.core.config import ConfigError, SelfDistillationConfig
 from mopd.core.losses import LOSS_AGG_MODES
 from trainer import config_schema
 from trainer.config_schema import self_distillation_config, validate_config
+from trainer.config_sections import DataConfig
+from trainer.main import CONFIG_DIR
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "trainer" / "config")
 SD = "actor_rollout_ref.actor.self_distillation"
 ACTOR = "actor_rollout_ref.actor"
 ROLLOUT = "actor_rollout_ref.rollout"
@@ -429,10 +429,18 @@ def test_resume_path_needs_a_path():
     assert "trainer.resume_from_path" in error_of(["trainer.resume_mode=resume_path"])
 
 
-def test_missing_key_and_bad_interpolation_are_config_errors():
+def test_absent_keys_take_their_defaults_and_unknown_keys_are_named():
     cfg = OmegaConf.to_container(load("mopd"), resolve=True)
     del cfg["data"]["max_prompt_length"]
-    with pytest.raises(ConfigError, match=r"^data\.max_prompt_length is missing from the config"):
+    assert validate_config(cfg).data.max_prompt_length == DataConfig().max_prompt_length
+    cfg["data"]["max_promt_length"] = 64
+    with pytest.raises(
+        ConfigError, match=r"^data\.max_promt_length is not a known field\. Did you mean 'max_prompt_length'\?$"
+    ):
+        validate_config(cfg)
+    cfg = OmegaConf.to_container(load("mopd"), resolve=True)
+    cfg["actor_rollout_ref"]["rollout"] = 8
+    with pytest.raises(ConfigError, match=r"^actor_rollout_ref\.rollout must be a mapping of keys, got 8$"):
         validate_config(cfg)
     assert "data.train_batch_size" in error_of(["data.train_batch_size=${nowhere}"])
 

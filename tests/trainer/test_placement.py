@@ -214,15 +214,17 @@ def test_ranks_are_packed_node_by_node_and_written_to_placement_json(two_nodes, 
     from trainer.worker_group import RayWorkerGroup
 
     cluster, nodes = two_nodes
-    config = {
-        "trainer": {
-            "nnodes": 2,
-            "default_local_dir": str(tmp_path),
-            "placement_timeout_s": 60,
-            "runtime_env": {"env_vars": {"MOPD_PLACEMENT_TEST": "from trainer.runtime_env"}},
-        }
-    }
-    group = RayWorkerGroup(EchoWorker, config, 4, use_gpu=False, timeout_s=120)
+    group = RayWorkerGroup(
+        EchoWorker,
+        {},
+        4,
+        use_gpu=False,
+        nnodes=2,
+        output_dir=str(tmp_path),
+        placement_timeout_s=60,
+        runtime_env={"env_vars": {"MOPD_PLACEMENT_TEST": "from trainer.runtime_env"}},
+        timeout_s=120,
+    )
     try:
         seen = group.where()
         out = capsys.readouterr().out
@@ -245,9 +247,9 @@ def test_ranks_are_packed_node_by_node_and_written_to_placement_json(two_nodes, 
 
         # A second group cannot get its bundles while the first holds every slot: refused after the timeout.
         with pytest.raises(ConfigError, match=r"did not grant 2 worker bundle\(s\).*placement_timeout_s=2 s"):
-            RayWorkerGroup(EchoWorker, {"trainer": {"nnodes": 2, "placement_timeout_s": 2}}, 2, use_gpu=False)
+            RayWorkerGroup(EchoWorker, {}, 2, use_gpu=False, nnodes=2, placement_timeout_s=2)
         # More nodes than the cluster has: refused at once, naming what is missing.
         with pytest.raises(ConfigError, match=r"needs 3 Ray node\(s\) with 1 CPU slots .* 2 such node\(s\): 1 missing"):
-            RayWorkerGroup(EchoWorker, {"trainer": {"nnodes": 3}}, 3, use_gpu=False)
+            RayWorkerGroup(EchoWorker, {}, 3, use_gpu=False, nnodes=3)
     finally:
         group.shutdown()

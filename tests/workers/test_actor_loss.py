@@ -16,6 +16,7 @@ from mopd.core.config import SelfDistillationConfig
 from workers import model_utils
 from workers.actor import Normalizers, TeacherForward, backward_mini_batch, loss_normalizer_counts
 from workers.batch import index_batch, slice_batch
+from workers.config import ActorConfig
 
 N = 3  # rollouts per prompt
 PROMPTS = 4
@@ -75,25 +76,27 @@ def make_mini_batch(vocab: int, seed: int = 0) -> dict:
     }
 
 
-def actor_cfg(loss_mode: str, agg_mode: str = "token-mean", kl_loss_type: str | None = None) -> dict:
-    return {
-        "use_kl_loss": kl_loss_type is not None,
-        "kl_loss_coef": 0.5,
-        "kl_loss_type": kl_loss_type or "low_var_kl",
-        "loss_agg_mode": agg_mode,
-        "clip_ratio_low": 0.2,
-        "clip_ratio_high": 0.28,
-        "clip_ratio_c": 3.0,
-        "policy_loss": {
-            "loss_mode": loss_mode,
-            "dpo_beta": 0.1,
-            "simpo_beta": 2.0,
-            "simpo_gamma": 0.5,
-            "pref_label_smoothing": 0.1,
-            "sft_success_threshold": 1.0,
-            "sft_length_normalize": True,
-        },
-    }
+def actor_cfg(loss_mode: str, agg_mode: str = "token-mean", kl_loss_type: str | None = None) -> ActorConfig:
+    return ActorConfig.from_dict(
+        {
+            "use_kl_loss": kl_loss_type is not None,
+            "kl_loss_coef": 0.5,
+            "kl_loss_type": kl_loss_type or "low_var_kl",
+            "loss_agg_mode": agg_mode,
+            "clip_ratio_low": 0.2,
+            "clip_ratio_high": 0.28,
+            "clip_ratio_c": 3.0,
+            "policy_loss": {
+                "loss_mode": loss_mode,
+                "dpo_beta": 0.1,
+                "simpo_beta": 2.0,
+                "simpo_gamma": 0.5,
+                "pref_label_smoothing": 0.1,
+                "sft_success_threshold": 1.0,
+                "sft_length_normalize": True,
+            },
+        }
+    )
 
 
 # (loss_mode, loss_agg_mode, self-distillation overrides, with pi_old, entropy_coeff)

@@ -8,6 +8,7 @@ import inspect
 import pytest
 import torch
 
+from workers.config import OptimConfig
 from workers.fsdp_worker import ActorRolloutRefWorker, _build_optimizer
 
 OPTIM = {
@@ -24,7 +25,7 @@ OPTIM = {
 
 def lrs(total: int, steps: int, **changes) -> list[float]:
     model = torch.nn.Linear(2, 2)
-    optimizer, scheduler = _build_optimizer(model, {**OPTIM, **changes}, total)
+    optimizer, scheduler = _build_optimizer(model, OptimConfig.from_dict({**OPTIM, **changes}), total)
     out = []
     for _ in range(steps):
         out.append(scheduler.get_last_lr()[0])

@@ -95,9 +95,8 @@ def _two_rank_teacher_pass(rank: int, port: int, out_dir: str, overrides: tuple 
         worker.shutdown()
 
 
-def _config(*overrides: str) -> dict:
+def _config(*overrides: str):
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         cfg = compose(
@@ -114,7 +113,10 @@ def _config(*overrides: str) -> dict:
                 *overrides,
             ],
         )
-    return OmegaConf.to_container(cfg, resolve=True)
+    from trainer.config_sections import load
+    from workers.config import WorkerConfig
+
+    return WorkerConfig.of(load(cfg))
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ start engines one after another.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -28,10 +29,9 @@ MEMORY = "0.1"  # of the node's RAM per engine on the CPU backend
 LOGPROB_ATOL = 1e-4
 
 
-def compose(*overrides: str) -> dict:
+def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
 
     from trainer.config_schema import validate_config
 
@@ -47,8 +47,7 @@ def compose(*overrides: str) -> dict:
                 *overrides,
             ],
         )
-    validate_config(cfg)
-    return OmegaConf.to_container(cfg, resolve=True)
+    return validate_config(cfg)  # the typed config
 
 
 def prompts(count: int, split: str = "test"):
@@ -90,11 +89,14 @@ def full_batch(request: dict, out: dict, temperature: float) -> dict:
 def worker():
     """One in-process worker (world size 1): FSDP2 actor + vLLM engine, as ``trainer.backend=local`` runs it."""
     from trainer.worker_group import LocalWorkerGroup
+    from workers.config import WorkerConfig
     from workers.fsdp_worker import ActorRolloutRefWorker
 
     group = LocalWorkerGroup(
         ActorRolloutRefWorker,
-        compose("trainer.backend=local", "trainer.num_threads=2", "actor_rollout_ref.model.dtype=float32"),
+        WorkerConfig.of(
+            compose("trainer.backend=local", "trainer.num_threads=2", "actor_rollout_ref.model.dtype=float32")
+        ),
     )
     group.init_model(10)  # the LR schedule's horizon (optimizer steps)
     yield group.worker
@@ -256,7 +258,9 @@ def test_bad_settings_stop_with_one_line(monkeypatch):
     cfg = compose()["actor_rollout_ref"]["rollout"]
     kwargs = dict(dtype=torch.float32, device=torch.device("cpu"), max_model_len=64, seed=0)
     with pytest.raises(ValueError) as info:
-        VLLMRollout("unused", tok, {**cfg, "tensor_model_parallel_size": 3}, rank=0, world_size=2, **kwargs)
+        VLLMRollout(
+            "unused", tok, dataclasses.replace(cfg, tensor_model_parallel_size=3), rank=0, world_size=2, **kwargs
+        )
     message = str(info.value)
     assert message.startswith(f"{ROLLOUT}.tensor_model_parallel_size=3 does not divide the 2 worker ranks")
     assert "\n" not in message
@@ -299,6 +303,7 @@ def test_one_and_two_workers_give_the_same_rollouts(tp):
     generate it (one seed per sample; one request per sample), with two independent engines (tp=1) or
     one engine over both ranks (tp=2)."""
     from trainer.worker_group import RayWorkerGroup
+    from workers.config import WorkerConfig
     from workers.fsdp_worker import ActorRolloutRefWorker
 
     items = prompts(8, "train")
@@ -312,7 +317,7 @@ def test_one_and_two_workers_give_the_same_rollouts(tp):
             "actor_rollout_ref.actor.ppo_mini_batch_size=8",
             f"{ROLLOUT}.tensor_model_parallel_size={tp if world == 2 else 1}",
         )
-        group = RayWorkerGroup(ActorRolloutRefWorker, cfg, world, use_gpu=False)
+        group = RayWorkerGroup(ActorRolloutRefWorker, WorkerConfig.of(cfg), world, use_gpu=False)
         try:
             group.init_model(10)
             group.sync_rollout_weights()
