@@ -98,7 +98,8 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from trainer.main import CONFIG_DIR
-    from trainer.memory_plan import GB, PHASE_TITLES, describe_overrides, plan_memory, suggest
+    from trainer.memory_advice import describe_overrides, suggest
+    from trainer.memory_plan import GB, PHASE_TITLES, plan_memory
 
     folder = Path(tempfile.mkdtemp())
     for name, fields in QWEN3.items():

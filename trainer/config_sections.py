@@ -21,13 +21,13 @@ from mopd.core.advantages import ADV_ESTIMATORS, REFUSED_ESTIMATORS
 from mopd.core.config import CONFIG_PREFIX
 from mopd.core.kl import KL_CONTROLLERS, KL_TYPES
 from mopd.core.loss_modes import DISTILLATION_MODES, GROUP_MODES, PPO_MODES, PREFERENCE_MODES
+from trainer.checkpoint import RESUME_MODES
+from trainer.tracking import ALLOWED_LOGGERS as LOGGERS
 from workers.config import ActorRolloutRefConfig
 
 BACKENDS = ("auto", "ray", "local")
 DEVICES = ("auto", "cpu", "cuda")
-RESUME_MODES = ("auto", "disable", "resume_path")
 ROLLOUT_IS_LEVELS = (None, "token", "sequence")
-LOGGERS = ("console", "jsonl", "tensorboard", "wandb")
 SCHEMA_NAME = "mopd_defaults"  # the ConfigStore node ppo_trainer.yaml starts from
 
 ACTOR = "actor_rollout_ref.actor"

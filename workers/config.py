@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from mopd.common.errors import ConfigError
+from mopd.common.models import DTYPES as MODEL_DTYPES
 from mopd.common.typed_config import Section, check_number, is_number, option, section
 from mopd.core.config import SelfDistillationConfig
 from mopd.core.kl import KL_TYPES
 from mopd.core.loss_modes import LOSS_MODES
 from mopd.core.losses import LOSS_AGG_MODES
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", *MODEL_DTYPES)  # auto: bfloat16 on GPU, float32 on CPU
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 ROLLOUT_NAMES = ("hf", "vllm")
 STRATEGIES = ("fsdp2",)

@@ -12,9 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 from mopd.analysis.metrics import DEFAULT_SAMPLE_SET, SAMPLE_SETS
+from mopd.common.errors import ConfigError
 from mopd.common.io import atomic_write_text as write_text
 from mopd.common.io import read_jsonl, write_json, write_jsonl
-from mopd.core.config import ConfigError
+from mopd.common.models import DTYPES
 
 
 def prepare_rollout_dataset_main(argv=None) -> int:
@@ -123,7 +124,7 @@ def score_teacher_contexts_main(argv=None) -> int:
     p.add_argument("--condition-filter", nargs="*", default=None, help="conditions to score (space/comma separated)")
     p.add_argument("--target-type-filter", nargs="*", default=None)
     p.add_argument("--max-model-len", type=int, default=8192, help="context + response tokens; the context is cut")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)

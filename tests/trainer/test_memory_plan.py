@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from trainer.main import CONFIG_DIR
+from trainer.memory_advice import suggest
 from trainer.memory_model import read_model_shape, shape_from_config
 from trainer.memory_plan import (
     GB,
@@ -22,7 +23,6 @@ from trainer.memory_plan import (
     MemoryPlanError,
     check_before_start,
     plan_memory,
-    suggest,
     verdict_line,
 )
 
