@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def capture(steps: int) -> dict:
+def capture(steps: int):
     """The teacher-pass input of the last of ``steps`` MOPD steps (one chunk of 128 rows)."""
     from trainer import main as trainer_main
     from workers import actor
