@@ -191,9 +191,8 @@ class Trainer:
                         batch.check("old_log_prob")
                 if self.needs_ref:
                     with timer("ref", timing):
-                        batch.ref_log_probs = self.balancer.call(self.group.compute_ref_log_prob, batch)[
-                            "ref_log_probs"
-                        ]
+                        out = self.balancer.call(self.group.compute_ref_log_prob, batch)
+                        batch.ref_log_probs = out["ref_log_probs"]
                     batch.check("ref")
                 with timer("peers", timing):
                     if self._maybe_teacher_inputs(batch, items, metrics):
