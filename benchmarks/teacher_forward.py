@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def capture(steps: int) -> dict:
+def capture(steps: int):
     """The teacher-pass input of the last of ``steps`` MOPD steps (one chunk of 128 rows)."""
     from trainer import main as trainer_main
     from workers import actor
@@ -83,14 +83,14 @@ def main() -> None:
         model_utils.resolve_model_path("embedded"), dtype=torch.float32, attn_implementation="sdpa"
     ).eval()
     teacher = (
-        batch["teacher_input_ids"],
-        batch["teacher_attention_mask"],
-        batch["teacher_position_ids"],
-        batch["response_mask"],
+        batch.teacher_input_ids,
+        batch.teacher_attention_mask,
+        batch.teacher_position_ids,
+        batch.response_mask,
     )
-    student = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["response_mask"])
+    student = (batch.input_ids, batch.attention_mask, batch.position_ids, batch.response_mask)
     plan = prefix_plan.plan(model, teacher[0], teacher[1], teacher[3])
-    labels = batch["responses"][batch["response_mask"].bool()]
+    labels = batch.responses[batch.response_mask.bool()]
 
     def student_update(share: bool) -> list:
         """The student's forward and backward of its token log-probs (actor.shared_prefix on or off)."""

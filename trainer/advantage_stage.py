@@ -6,6 +6,7 @@ from __future__ import annotations
 from mopd.core.advantages import compute_advantages, token_level_scores
 from mopd.core.kl import apply_kl_in_reward, make_kl_controller
 from trainer.config_sections import AlgorithmConfig
+from workers.rollout_batch import RolloutBatch
 
 
 class AdvantageStage:
@@ -17,20 +18,20 @@ class AdvantageStage:
         self.kl_kind = algorithm.kl_penalty
         self.kl_controller = make_kl_controller(algorithm.kl_ctrl) if self.kl_in_reward else None
 
-    def __call__(self, batch: dict) -> dict[str, float]:
-        """Set ``batch["advantages"]`` (and ``token_level_rewards``); return the stage's metrics."""
-        mask = batch["response_mask"]
-        rewards = token_level_scores(batch["scores"], mask)
+    def __call__(self, batch: RolloutBatch) -> dict[str, float]:
+        """Set ``batch.advantages`` (and ``token_level_rewards``); return the stage's metrics."""
+        mask = batch.response_mask
+        rewards = token_level_scores(batch.scores, mask)
         metrics: dict[str, float] = {}
         if self.kl_in_reward:
             rewards, metrics = apply_kl_in_reward(
-                rewards, batch["old_log_probs"], batch["ref_log_probs"], mask, self.kl_controller, self.kl_kind
+                rewards, batch.old_log_probs, batch.ref_log_probs, mask, self.kl_controller, self.kl_kind
             )
-        batch["token_level_rewards"] = rewards
+        batch.token_level_rewards = rewards
         advantages = compute_advantages(
-            self.estimator, rewards, mask, batch["uid"], norm_adv_by_std_in_grpo=self.norm_by_std, gamma=self.gamma
+            self.estimator, rewards, mask, batch.uid, norm_adv_by_std_in_grpo=self.norm_by_std, gamma=self.gamma
         )
-        batch["advantages"] = advantages
+        batch.advantages = advantages
         valid = advantages[mask.bool()]
         if valid.numel():
             metrics.update(

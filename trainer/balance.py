@@ -19,13 +19,14 @@ from collections.abc import Sequence
 import torch
 
 from workers.batch import index_batch
+from workers.rollout_batch import RolloutBatch
 
 
-def row_workloads(batch: dict) -> list[float]:
+def row_workloads(batch: RolloutBatch) -> list[float]:
     """Tokens each row costs the ranks: its prompt + response, plus its teacher prompt + response."""
-    work = batch["attention_mask"].sum(-1).to(torch.float64)
-    if "teacher_attention_mask" in batch:
-        work = work + batch["teacher_attention_mask"].sum(-1).to(torch.float64)
+    work = batch.attention_mask.sum(-1).to(torch.float64)
+    if batch.teacher_attention_mask is not None:
+        work = work + batch.teacher_attention_mask.sum(-1).to(torch.float64)
     return work.tolist()
 
 
@@ -105,7 +106,7 @@ class BatchBalancer:
         self.world, self.window, self.unit = world, window, unit
         self.enabled = enabled and world > 1
 
-    def order(self, batch: dict) -> tuple[list[int] | None, dict[str, float]]:
+    def order(self, batch: RolloutBatch) -> tuple[list[int] | None, dict[str, float]]:
         if not self.enabled:
             return None, {}
         work = row_workloads(batch)
@@ -116,7 +117,7 @@ class BatchBalancer:
             "perf/dp_token_imbalance/after": imbalance(work, order, self.world, self.window),
         }
 
-    def call(self, method, batch: dict, metrics: dict | None = None) -> dict:
+    def call(self, method, batch: RolloutBatch, metrics: dict | None = None) -> dict:
         """``method(batch)`` on the balanced batch; per-row tensors of the result come back in batch order."""
         order, stats = self.order(batch)
         if metrics is not None:

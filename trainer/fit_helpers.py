@@ -13,6 +13,7 @@ from mopd.common.models import EMBEDDED_DIR
 from mopd.core.loss_modes import DISTILLATION_MODES, PREFERENCE_MODES
 from trainer.balance import BatchBalancer
 from trainer.config_sections import MOPDConfig
+from workers.rollout_batch import RolloutBatch
 
 
 def make_group(cfg: MOPDConfig):
@@ -64,8 +65,8 @@ def data_files(files, split: str):
     return files
 
 
-def valid_tokens(batch: dict) -> list[list[int]]:
-    return [row[mask.bool()].tolist() for row, mask in zip(batch["responses"], batch["response_mask"])]
+def valid_tokens(batch: RolloutBatch) -> list[list[int]]:
+    return [row[mask.bool()].tolist() for row, mask in zip(batch.responses, batch.response_mask)]
 
 
 def due(freq: int | None, step: int, is_last: bool) -> bool:

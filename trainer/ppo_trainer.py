@@ -42,6 +42,7 @@ from trainer.fit_helpers import (
 from trainer.preemption import PreemptionHandler, stop_in
 from trainer.update_guard import SkippedUpdateGuard
 from workers.batch import truncate_batch
+from workers.rollout_batch import RolloutBatch, SamplingParams, StepMeta
 
 
 class Trainer:
@@ -184,17 +185,23 @@ class Trainer:
                 metrics.update(peak_memory_metrics("gen", self.group.peak_memory_gb()))
                 with timer("reward", timing):
                     self._score(batch, items, metrics)
+                batch.check("reward")
                 with timer("old_log_prob", timing):
-                    self._maybe_old_log_probs(batch)
+                    if self._maybe_old_log_probs(batch):
+                        batch.check("old_log_prob")
                 if self.needs_ref:
                     with timer("ref", timing):
-                        batch.update(self.balancer.call(self.group.compute_ref_log_prob, batch))
+                        out = self.balancer.call(self.group.compute_ref_log_prob, batch)
+                        batch.ref_log_probs = out["ref_log_probs"]
+                    batch.check("ref")
                 with timer("peers", timing):
-                    self._maybe_teacher_inputs(batch, items, metrics)
+                    if self._maybe_teacher_inputs(batch, items, metrics):
+                        batch.check("peers")
                 with timer("adv", timing):
                     metrics.update(self.advantage(batch))
                     if not self.off_policy:
-                        batch.pop("old_log_probs", None)  # one on-policy update: pi_old is pi_theta itself
+                        batch.old_log_probs = None  # one on-policy update: pi_old is pi_theta itself
+                batch.check("adv")
                 with timer("update_actor", timing):
                     update = self.balancer.call(self.group.update_actor, batch, metrics)
                     metrics.update(reduce_worker_metrics(update["metrics"]))
@@ -221,11 +228,11 @@ class Trainer:
                     self.config.actor_rollout_ref.rollout.n,
                 )
             metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
-            tokens = int(batch["attention_mask"].sum().item())
+            tokens = int(batch.attention_mask.sum().item())
             metrics["perf/total_num_tokens"] = tokens
-            metrics["perf/response_num_tokens"] = int(batch["response_mask"].sum().item())
-            if "teacher_attention_mask" in batch:
-                metrics["perf/teacher_num_tokens"] = int(batch["teacher_attention_mask"].sum().item())
+            metrics["perf/response_num_tokens"] = int(batch.response_mask.sum().item())
+            if batch.teacher_attention_mask is not None:
+                metrics["perf/teacher_num_tokens"] = int(batch.teacher_attention_mask.sum().item())
             metrics["perf/throughput"] = tokens / max(timing["step"], 1e-9)
             metrics["training/global_step"] = step
             metrics["training/epoch"] = self.sampler.state_dict()["epoch"]
@@ -265,65 +272,56 @@ class Trainer:
             for indices in self.sampler:
                 yield collate_prompts([self.train_set[i] for i in indices], self.tokenizer.pad_token_id)
 
-    def _sampling(self, validate: bool) -> dict:
+    def _sampling(self, validate: bool) -> SamplingParams:
         rollout = self.config.actor_rollout_ref.rollout
         src = rollout.val_kwargs if validate else rollout
-        return dict(
-            n=src["n"],
-            temperature=src["temperature"],
-            top_p=src["top_p"],
-            top_k=src["top_k"],
-            do_sample=src["do_sample"],
+        return SamplingParams(
+            n=src.n,
+            temperature=src.temperature,
+            top_p=src.top_p,
+            top_k=src.top_k,
+            do_sample=src.do_sample,
             max_new_tokens=self.config.data.max_response_length,
         )
 
-    def _generate(self, items: dict, step: int, validate: bool = False, timing: dict | None = None) -> dict:
-        sampling = self._sampling(validate)
+    def _generate(self, items: dict, step: int, validate: bool = False, timing: dict | None = None) -> RolloutBatch:
+        """The prompts' rollouts, as the workers' ``generate`` returns them (prompt + response joined)."""
         with timer("weight_sync", timing if timing is not None else {}):  # part of timing_s/gen
             self.group.sync_rollout_weights()
-        out = self.group.generate(
-            {
-                "input_ids": items["input_ids"],
-                "attention_mask": items["attention_mask"],
-                "uid": list(items["uid"]),
-                "meta": {"sampling": sampling, "step": step, "tag": "val" if validate else "gen"},
-            }
+        request = RolloutBatch(
+            meta=StepMeta(step=step, sampling=self._sampling(validate), tag="val" if validate else "gen"),
+            input_ids=items["input_ids"],
+            attention_mask=items["attention_mask"],
+            uid=list(items["uid"]),
         )
-        n = sampling["n"]
-        prompt_mask = out.pop("prompt_attention_mask")
-        batch = {
-            "input_ids": torch.cat([out.pop("prompt_input_ids"), out["responses"]], dim=1),
-            "attention_mask": torch.cat([prompt_mask, out["response_mask"]], dim=1),
-            **out,
-            "uid": [u for u in items["uid"] for _ in range(n)],
-            "meta": {"step": step, "temperature": sampling["temperature"] if sampling["do_sample"] else 1.0},
-        }
-        batch["position_ids"] = (batch["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
+        request.check("prompts")
+        batch = self.group.generate(request)
+        batch.check("generate")
         return batch
 
-    def _score(self, batch: dict, items: dict, metrics: dict | None, n: int | None = None) -> list[dict]:
+    def _score(self, batch: RolloutBatch, items: dict, metrics: dict | None, n: int | None = None) -> list[dict]:
         n = n or self.config.actor_rollout_ref.rollout.n
         texts = self.tokenizer.batch_decode(valid_tokens(batch), skip_special_tokens=True)
-        batch["response_text"] = texts
+        batch.response_text = texts
         requests = []
         for i, text in enumerate(texts):
             p = i // n
             extra = dict(items["extra_info"][p] or {})
-            extra["truncated"] = bool(batch["response_mask"][i].all().item())  # no EOS within the budget
+            extra["truncated"] = bool(batch.response_mask[i].all().item())  # no EOS within the budget
             requests.append((items["data_source"][p], text, items["ground_truth"][p], extra))
         results = self.scorer.score(requests)
         health = self._check_reward_health(results, "validation" if metrics is None else f"step {self.global_step}")
-        batch["scores"] = torch.tensor([float(r["score"]) for r in results], dtype=torch.float32)
-        batch["reward_extra"] = results
+        batch.scores = torch.tensor([float(r["score"]) for r in results], dtype=torch.float32)
+        batch.reward_extra = results
         if metrics is not None:
-            lengths = batch["response_mask"].sum(-1).float()
+            lengths = batch.response_mask.sum(-1).float()
             metrics.update(
                 {
                     "reward/error_fraction": health["error_fraction"],
                     "reward/nonfinite_fraction": health["nonfinite_fraction"],
-                    "critic/score/mean": batch["scores"].mean().item(),
-                    "critic/score/max": batch["scores"].max().item(),
-                    "critic/score/min": batch["scores"].min().item(),
+                    "critic/score/mean": batch.scores.mean().item(),
+                    "critic/score/max": batch.scores.max().item(),
+                    "critic/score/min": batch.scores.min().item(),
                     "response_length/mean": lengths.mean().item(),
                     "response_length/max": lengths.max().item(),
                     "response_length/clip_ratio": float(
@@ -331,8 +329,8 @@ class Trainer:
                     ),
                 }
             )
-            successes = (batch["scores"] >= self.success_threshold).tolist()
-            metrics.update(self.uid_tracker.update(batch["uid"], successes))
+            successes = (batch.scores >= self.success_threshold).tolist()
+            metrics.update(self.uid_tracker.update(batch.uid, successes))
         return results
 
     def _check_reward_health(self, results: list[dict], where: str) -> dict:
@@ -367,31 +365,34 @@ class Trainer:
             )
         return health
 
-    def _maybe_old_log_probs(self, batch: dict) -> None:
+    def _maybe_old_log_probs(self, batch: RolloutBatch) -> bool:
+        """Whether the stage ran (set ``old_log_probs``, and ``rollout_is_weights`` with ``rollout_is``)."""
         if not (self.off_policy or self.rollout_is or self.advantage.kl_in_reward):
-            return  # on-policy single update: pi_old is pi_theta itself (IS weight exactly 1)
-        batch.update(self.balancer.call(self.group.compute_log_prob, batch))
+            return False  # on-policy single update: pi_old is pi_theta itself (IS weight exactly 1)
+        batch.old_log_probs = self.balancer.call(self.group.compute_log_prob, batch)["old_log_probs"]
         if self.rollout_is:
             rc = self.config.algorithm.rollout_correction
-            batch["rollout_is_weights"] = rollout_is_weights(
-                batch["old_log_probs"],
-                batch["rollout_log_probs"],
-                batch["response_mask"],
+            batch.rollout_is_weights = rollout_is_weights(
+                batch.old_log_probs,
+                batch.rollout_log_probs,
+                batch.response_mask,
                 level=self.rollout_is,
                 threshold=rc.rollout_is_threshold,
             )
+        return True
 
-    def _maybe_teacher_inputs(self, batch: dict, items: dict, metrics: dict) -> None:
+    def _maybe_teacher_inputs(self, batch: RolloutBatch, items: dict, metrics: dict) -> bool:
+        """Whether the stage ran (distillation: the teacher's inputs, built from the peers chosen)."""
         if self.loss_mode not in DISTILLATION_MODES:
-            return
+            return False
         n = self.config.actor_rollout_ref.rollout.n
-        lengths = batch["response_mask"].sum(-1).tolist()
+        lengths = batch.response_mask.sum(-1).tolist()
         rollouts = [
             Rollout(
-                uid=batch["uid"][i],
-                reward=float(batch["scores"][i]),
-                text=batch["response_text"][i],
-                feedback=batch["reward_extra"][i].get("feedback") or None,
+                uid=batch.uid[i],
+                reward=float(batch.scores[i]),
+                text=batch.response_text[i],
+                feedback=batch.reward_extra[i].get("feedback") or None,
                 num_tokens=int(lengths[i]),
             )
             for i in range(len(lengths))
@@ -403,22 +404,23 @@ class Trainer:
             prompts,
             rollouts,
             selection,
-            batch["responses"],
-            batch["response_mask"],
+            batch.responses,
+            batch.response_mask,
             self.sd_cfg,
             chat_template_kwargs=self.chat_kwargs,
         )
-        batch["teacher_input_ids"] = teacher.input_ids
-        batch["teacher_attention_mask"] = teacher.attention_mask
-        batch["teacher_position_ids"] = teacher.position_ids
-        batch["distillation_mask"] = torch.tensor(selection.distillation_mask)
+        batch.teacher_input_ids = teacher.input_ids
+        batch.teacher_attention_mask = teacher.attention_mask
+        batch.teacher_position_ids = teacher.position_ids
+        batch.distillation_mask = torch.tensor(selection.distillation_mask)
         if self.sd_cfg.step_level_kl:
-            batch["step_ids"] = compute_step_ids(
-                batch["responses"], batch["response_mask"], self.tokenizer, self.sd_cfg.step_separator
+            batch.step_ids = compute_step_ids(
+                batch.responses, batch.response_mask, self.tokenizer, self.sd_cfg.step_separator
             )
-        batch["teacher_messages"] = teacher.messages
+        batch.teacher_messages = teacher.messages
         metrics.update(selection.metrics)
         metrics.update(teacher.metrics)
+        return True
 
     # ------------------------------------------------------------------------------------------
     def _validate(self) -> dict:
@@ -437,7 +439,7 @@ class Trainer:
             keep = len(items["uid"]) * val_n
             batch = truncate_batch(batch, keep)
             results = self._score(batch, items, None, n=val_n)
-            lengths += batch["response_mask"].sum(-1).tolist()
+            lengths += batch.response_mask.sum(-1).tolist()
             for i, result in enumerate(results):
                 p = i // val_n
                 group = scores.setdefault(items["data_source"][p], {})

@@ -12,31 +12,32 @@ from pathlib import Path
 
 from mopd.common.io import write_jsonl
 from trainer.disk_space import raise_if_disk_full
+from workers.rollout_batch import RolloutBatch
 
 
-def _rows(batch: dict, items: dict, tokenizer, step: int, n: int):
+def _rows(batch: RolloutBatch, items: dict, tokenizer, step: int, n: int):
     prompts = tokenizer.batch_decode(items["input_ids"], skip_special_tokens=False)
     pad = tokenizer.pad_token
-    for i, text in enumerate(batch["response_text"]):
+    for i, text in enumerate(batch.response_text):
         p = i // n
-        extra = batch["reward_extra"][i]
+        extra = batch.reward_extra[i]
         row = {
             "input": prompts[p].replace(pad, "") if pad else prompts[p],
             "output": text,
             "gts": items["ground_truth"][p],
-            "score": float(batch["scores"][i]),
+            "score": float(batch.scores[i]),
             "step": step,
-            "uid": batch["uid"][i],
+            "uid": batch.uid[i],
             "data_source": items["data_source"][p],
         }
         row.update({k: v for k, v in extra.items() if k not in row})
-        if "teacher_messages" in batch:
-            row["teacher_input"] = batch["teacher_messages"][i][-1]["content"]
-            row["distillation_mask"] = float(batch["distillation_mask"][i])
+        if batch.teacher_messages is not None:
+            row["teacher_input"] = batch.teacher_messages[i][-1]["content"]
+            row["distillation_mask"] = float(batch.distillation_mask[i])
         yield row
 
 
-def dump_rollouts(path: Path, batch: dict, items: dict, tokenizer, step: int, n: int) -> None:
+def dump_rollouts(path: Path, batch: RolloutBatch, items: dict, tokenizer, step: int, n: int) -> None:
     _write(path, _rows(batch, items, tokenizer, step, n))
 
 

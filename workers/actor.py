@@ -22,6 +22,7 @@ from mopd.core.loss_modes import DISTILLATION_MODES, PPO_MODES, PREFERENCE_MODES
 from workers import forward, model_utils, prefix_plan, shared_prefix
 from workers.batch import to_device
 from workers.config import ActorConfig
+from workers.rollout_batch import RolloutBatch
 
 
 class TeacherForward:
@@ -49,20 +50,20 @@ class TeacherForward:
         self.remove_padding = remove_padding
         self.shared_prefix = shared_prefix
 
-    def plan(self, batch: dict) -> prefix_plan.Plan | None:
+    def plan(self, batch: RolloutBatch) -> prefix_plan.Plan | None:
         """How the shared-prefix forward would run this batch (``None``: the plain forward)."""
         if not self.shared_prefix:
             return None
         return prefix_plan.plan(
-            self.teacher, batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["response_mask"]
+            self.teacher, batch.teacher_input_ids, batch.teacher_attention_mask, batch.response_mask
         )
 
-    def _hidden(self, module, batch: dict, batch_plan: prefix_plan.Plan | None) -> torch.Tensor:
+    def _hidden(self, module, batch: RolloutBatch, batch_plan: prefix_plan.Plan | None) -> torch.Tensor:
         args = (
-            batch["teacher_input_ids"],
-            batch["teacher_attention_mask"],
-            batch["teacher_position_ids"],
-            batch["response_mask"],
+            batch.teacher_input_ids,
+            batch.teacher_attention_mask,
+            batch.teacher_position_ids,
+            batch.response_mask,
         )
         if batch_plan is not None:
             return shared_prefix.shared_prefix_hidden(module, *args, batch_plan)
@@ -71,7 +72,7 @@ class TeacherForward:
     @torch.no_grad()
     def mini_batch_hidden(
         self,
-        chunks: list[dict],
+        chunks: list[RolloutBatch],
         rows: list[list[int]],
         size: int,
         device: torch.device,
@@ -92,9 +93,9 @@ class TeacherForward:
             out = self._mix(out, self._module_pass(self.student, chunks, plans, rows, size, device, calls))
         return out, self.tokens_run(chunks, plans)
 
-    def tokens_run(self, chunks: list[dict], plans: list[prefix_plan.Plan | None]) -> int:
+    def tokens_run(self, chunks: list[RolloutBatch], plans: list[prefix_plan.Plan | None]) -> int:
         """Tokens the pass over ``chunks`` runs, padding excluded (both modules' for trust-region)."""
-        tokens = sum(prefix_plan.tokens_run(p, c["teacher_attention_mask"]) for c, p in zip(chunks, plans))
+        tokens = sum(prefix_plan.tokens_run(p, c.teacher_attention_mask) for c, p in zip(chunks, plans))
         return tokens * (2 if self.mixes_student else 1)
 
     def _mix(self, teacher_hidden: torch.Tensor, student_hidden: torch.Tensor) -> torch.Tensor:
@@ -111,7 +112,7 @@ class TeacherForward:
             out = None
             for chunk, batch_plan, index in zip(chunks, plans, rows):
                 mb = to_device(chunk, device)
-                valid = mb["response_mask"].bool()
+                valid = mb.response_mask.bool()
                 hidden = self._hidden(module, mb, batch_plan)
                 if out is None:
                     out = torch.zeros((size, *valid.shape[1:], hidden.shape[-1]), dtype=hidden.dtype, device=device)
@@ -129,7 +130,7 @@ class TeacherForward:
         return self.mode == "trust-region" and self.rate > 0
 
     @torch.no_grad()
-    def hidden(self, batch: dict) -> torch.Tensor:
+    def hidden(self, batch: RolloutBatch) -> torch.Tensor:
         """The head inputs ``[M, H]`` (``[M, 2H]`` for trust-region) at the batch's valid response positions
         (one rank's view: ``mini_batch_hidden`` is the FSDP2-safe pass over a mini-batch)."""
         batch_plan = self.plan(batch)
@@ -139,11 +140,11 @@ class TeacherForward:
         return hidden
 
     @torch.no_grad()
-    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(head inputs, head weight); the head inputs come from ``batch["teacher_hidden"]`` (``[B, R, H]``,
+    def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(head inputs, head weight); the head inputs come from ``batch.teacher_hidden`` (``[B, R, H]``,
         the worker's teacher pass over the mini-batch) when present."""
-        if "teacher_hidden" in batch:
-            hidden = batch["teacher_hidden"][batch["response_mask"].bool()]
+        if batch.teacher_hidden is not None:
+            hidden = batch.teacher_hidden[batch.response_mask.bool()]
         else:
             hidden = self.hidden(batch)
         weight = forward.full_head_weight(self.teacher)
@@ -159,7 +160,7 @@ class TeacherForward:
 
 
 def micro_batch_loss(
-    batch: dict,
+    batch: RolloutBatch,
     student_module,
     *,
     loss_mode: str,
@@ -182,8 +183,8 @@ def micro_batch_loss(
     shares add up to the mini-batch loss whatever the micro-batching; without, each share is the
     micro-batch's own mean (the caller divides by the number of micro-batches).
     """
-    responses = batch["responses"]
-    response_mask = batch["response_mask"].float()
+    responses = batch.responses
+    response_mask = batch.response_mask.float()
     labels = responses[response_mask.bool()]
     agg_mode = actor_cfg.loss_agg_mode
     metrics: dict[str, float] = {}
@@ -219,9 +220,9 @@ def micro_batch_loss(
     tokens_run: list[int] = []
     values = shared_prefix.response_head(
         student_module,
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["position_ids"],
+        batch.input_ids,
+        batch.attention_mask,
+        batch.position_ids,
         response_mask,
         fn,
         remove_padding,
@@ -239,34 +240,34 @@ def micro_batch_loss(
             divergence,
             teacher_logp,
             response_mask,
-            batch["distillation_mask"],
+            batch.distillation_mask,
             sd_cfg,
-            old_log_probs=batch.get("old_log_probs"),
-            rollout_is_weights=batch.get("rollout_is_weights"),
-            step_ids=batch.get("step_ids"),
+            old_log_probs=batch.old_log_probs,
+            rollout_is_weights=batch.rollout_is_weights,
+            step_ids=batch.step_ids,
             loss_agg_mode=agg_mode,
             normalizer=normalizer,
             horizon=horizon,
         )
         metrics.update(sd_metrics)
     elif loss_mode in PPO_MODES:
-        old = batch.get("old_log_probs")
+        old = batch.old_log_probs
         loss, ppo_metrics = losses.ppo_policy_loss(
             log_probs,
             old if old is not None else log_probs.detach(),
-            batch["advantages"],
+            batch.advantages,
             response_mask,
             clip_ratio_low=actor_cfg.clip_ratio_low,
             clip_ratio_high=actor_cfg.clip_ratio_high,
             clip_ratio_c=actor_cfg.clip_ratio_c,
             loss_agg_mode=agg_mode,
-            rollout_is_weights=batch.get("rollout_is_weights"),
+            rollout_is_weights=batch.rollout_is_weights,
             normalizer=normalizer,
             horizon=horizon,
         )
         metrics.update(ppo_metrics)
         if actor_cfg.use_kl_loss:  # KL to the frozen initial model, aggregated like the policy loss
-            kl = kl_penalty(log_probs, batch["ref_log_probs"], actor_cfg.kl_loss_type)
+            kl = kl_penalty(log_probs, batch.ref_log_probs, actor_cfg.kl_loss_type)
             kl_loss = losses.agg_loss(kl, response_mask, agg_mode, normalizer=normalizer, horizon=horizon)
             loss = loss + actor_cfg.kl_loss_coef * kl_loss
             metrics["actor/kl_loss"] = _masked_mean(kl.detach(), response_mask)
@@ -309,7 +310,7 @@ def _sequence_level_loss(
     share: bool,
 ):
     policy = actor_cfg.policy_loss
-    rewards = batch["scores"].tolist()
+    rewards = batch.scores.tolist()
     if loss_mode == "verified_sft":
         return sequence_losses.verified_sft_loss(
             token_lp,
@@ -320,14 +321,14 @@ def _sequence_level_loss(
             normalizer=normalizer,
         )
     seq_lp = (token_lp * response_mask).sum(-1)
-    uids = batch["uid"]
+    uids = batch.uid
     if loss_mode == "dpo":
         ref_lp = forward.response_log_probs(
             ref_module,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["position_ids"],
-            batch["responses"],
+            batch.input_ids,
+            batch.attention_mask,
+            batch.position_ids,
+            batch.responses,
             response_mask,
             temperature,
             remove_padding,
@@ -354,20 +355,20 @@ def _sequence_level_loss(
     )
 
 
-def loss_normalizer_counts(batch: dict, loss_mode: str, actor_cfg: ActorConfig) -> tuple[float, float]:
+def loss_normalizer_counts(batch: RolloutBatch, loss_mode: str, actor_cfg: ActorConfig) -> tuple[float, float]:
     """This rank's share of the mini-batch normalisers (the caller sums them over ranks):
     (what the loss averages over, response tokens for the entropy bonus's token mean)."""
-    mask = batch["response_mask"].float()
+    mask = batch.response_mask.float()
     tokens = float(mask.sum().item())
     policy = actor_cfg.policy_loss
     if loss_mode in PREFERENCE_MODES:
-        return float(sequence_losses.preference_pair_count(batch["uid"], batch["scores"].tolist())), tokens
+        return float(sequence_losses.preference_pair_count(batch.uid, batch.scores.tolist())), tokens
     if loss_mode == "verified_sft":
         return float(
-            sequence_losses.verified_sft_count(mask, batch["scores"].tolist(), policy.sft_success_threshold)
+            sequence_losses.verified_sft_count(mask, batch.scores.tolist(), policy.sft_success_threshold)
         ), tokens
     if loss_mode in DISTILLATION_MODES:
-        mask = mask * batch["distillation_mask"].float().unsqueeze(-1)
+        mask = mask * batch.distillation_mask.float().unsqueeze(-1)
     agg_mode = actor_cfg.loss_agg_mode
     if agg_mode == "token-mean":
         return float(mask.sum().item()), tokens
@@ -386,7 +387,11 @@ class Normalizers:
 
 
 def backward_mini_batch(
-    micro_batches: Iterable[dict], student_module, normalizers: Normalizers | None, device: torch.device, **loss_kwargs
+    micro_batches: Iterable[RolloutBatch],
+    student_module,
+    normalizers: Normalizers | None,
+    device: torch.device,
+    **loss_kwargs,
 ) -> tuple[float, dict[str, list[float]]]:
     """Forward/backward every micro-batch of one mini-batch, accumulating gradients in the module.
 
@@ -416,10 +421,10 @@ def backward_mini_batch(
     return total, metrics
 
 
-def _check_groups_intact(micro_batches: list[dict]) -> None:
+def _check_groups_intact(micro_batches: list[RolloutBatch]) -> None:
     seen: dict = {}
     for i, mb in enumerate(micro_batches):
-        for uid in dict.fromkeys(mb["uid"]):
+        for uid in dict.fromkeys(mb.uid):
             if seen.setdefault(uid, i) != i:
                 raise ValueError(
                     f"DPO/SimPO pair the rollouts of one prompt within a micro-batch, but prompt uid={uid!r} is split "

@@ -1,9 +1,10 @@
-"""The batch dict and the helpers that cut it (one home for the ``"meta"`` rule).
+"""The helpers that cut a batch (one home for the ``meta`` rule), for the driver, the worker group and the workers.
 
-A *batch* is a plain dict: tensors with the batch on dim 0, lists with one entry per sample, and
-anything else (scalars; the dict under the key ``"meta"``, e.g. the step and sampling settings) passed
-along unchanged. Every helper here applies that rule, so the driver, the worker group and the workers
-cut batches the same way.
+They take a ``RolloutBatch`` (``workers/rollout_batch.py``: the batch's schema) or a plain dict (a worker's
+result, e.g. ``{"old_log_probs": ...}``, or a test's) and return the same kind. Tensors with the samples
+on dim 0 and lists with one entry per sample are cut with the batch; everything else (``meta``, the
+``"meta"`` key of a dict, scalars) is passed along unchanged. A ``RolloutBatch`` field that is ``None``
+stays ``None``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import torch
 
+from workers.rollout_batch import RolloutBatch
+
 META = "meta"
 
 
@@ -21,39 +24,50 @@ def is_per_sample(key: str, value: Any) -> bool:
     return key != META and isinstance(value, (torch.Tensor, list, tuple))
 
 
-def batch_size(batch: dict) -> int:
-    for key, value in batch.items():
+def _entries(batch) -> dict:
+    return batch.present() if isinstance(batch, RolloutBatch) else batch
+
+
+def _like(batch, values: dict):
+    """A batch of ``batch``'s kind holding ``values`` (for a ``RolloutBatch``: its other fields unset)."""
+    if isinstance(batch, RolloutBatch):
+        return RolloutBatch(**values)
+    return values
+
+
+def batch_size(batch) -> int:
+    for key, value in _entries(batch).items():
         if is_per_sample(key, value):
             return value.shape[0] if isinstance(value, torch.Tensor) else len(value)
     raise ValueError("batch has no per-sample field")
 
 
-def slice_batch(batch: dict, start: int, stop: int) -> dict:
+def slice_batch(batch, start: int, stop: int):
     """Samples ``start:stop``; ``meta`` and scalars unchanged."""
-    return {k: (v[start:stop] if is_per_sample(k, v) else v) for k, v in batch.items()}
+    return _like(batch, {k: (v[start:stop] if is_per_sample(k, v) else v) for k, v in _entries(batch).items()})
 
 
-def truncate_batch(batch: dict, size: int) -> dict:
+def truncate_batch(batch, size: int):
     """The first ``size`` samples (drops the padding rows added to fill every rank)."""
     return slice_batch(batch, 0, size)
 
 
-def index_batch(batch: dict, index: torch.Tensor | Sequence[int]) -> dict:
+def index_batch(batch, index: torch.Tensor | Sequence[int]):
     """Samples ``index`` in that order (a permutation, or any selection)."""
     index = torch.as_tensor(index, dtype=torch.long)
     rows = index.tolist()
     out = {}
-    for key, value in batch.items():
+    for key, value in _entries(batch).items():
         if not is_per_sample(key, value):
             out[key] = value
         elif isinstance(value, torch.Tensor):
             out[key] = value[index.to(value.device)]
         else:
             out[key] = type(value)(value[i] for i in rows) if isinstance(value, tuple) else [value[i] for i in rows]
-    return out
+    return _like(batch, out)
 
 
-def split_batch(batch: dict, parts: int) -> list[dict]:
+def split_batch(batch, parts: int) -> list:
     """``parts`` contiguous equal shards; the batch size must be a multiple of ``parts`` (config
     validation says which numbers to change)."""
     size = batch_size(batch)
@@ -63,23 +77,23 @@ def split_batch(batch: dict, parts: int) -> list[dict]:
     return [slice_batch(batch, r * step, (r + 1) * step) for r in range(parts)]
 
 
-def concat_batches(parts: Sequence[dict]) -> dict:
+def concat_batches(parts: Sequence):
     """Inverse of ``split_batch`` for per-sample fields; ``meta`` and scalars come from the first part."""
     if not parts:
         return {}
     out: dict[str, Any] = {}
-    for key, first in parts[0].items():
+    for key, first in _entries(parts[0]).items():
         if isinstance(first, torch.Tensor) and key != META:
-            out[key] = _cat_padded([p[key] for p in parts])
+            out[key] = _cat_padded([_entries(p)[key] for p in parts])
         elif is_per_sample(key, first):
-            out[key] = [x for p in parts for x in p[key]]
+            out[key] = [x for p in parts for x in _entries(p)[key]]
         else:
             out[key] = first
-    return out
+    return _like(parts[0], out)
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+def to_device(batch, device: torch.device):
+    return _like(batch, {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in _entries(batch).items()})
 
 
 def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -137,7 +151,8 @@ def token_budget_partition(
     return [sorted(i for u in b for i in units[u]) for b in bins if b]
 
 
-def sequence_lengths(batch: dict, *keys: str) -> list[tuple[int, ...]]:
+def sequence_lengths(batch, *keys: str) -> list[tuple[int, ...]]:
     """Valid tokens per row of each attention mask in ``keys`` (those present in the batch)."""
-    columns = [batch[k].sum(-1).tolist() for k in keys if k in batch]
+    entries = _entries(batch)
+    columns = [entries[k].sum(-1).tolist() for k in keys if k in entries]
     return list(zip(*columns))

@@ -4,7 +4,7 @@ A worker class marks each remotely callable method with ``@register(Dispatch.X)`
 or local) reads the mark and does the splitting and gathering, so the driver calls
 ``group.update_actor(batch)`` as if there were one worker.
 
-The batch format and the helpers that shard and gather it live in ``workers.batch``.
+The batch format lives in ``workers.rollout_batch``; the helpers that shard and gather it in ``workers.batch``.
 """
 
 from __future__ import annotations

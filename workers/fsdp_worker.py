@@ -27,7 +27,8 @@ from workers.actor import (
 from workers.batch import index_batch, sequence_lengths, slice_batch, to_device, token_budget_partition
 from workers.config import OptimConfig, WorkerConfig
 from workers.dispatch import Dispatch, register
-from workers.hf_rollout import HFRollout, SamplingParams
+from workers.hf_rollout import HFRollout
+from workers.rollout_batch import RolloutBatch, joined
 
 
 class ActorRolloutRefWorker:
@@ -179,28 +180,30 @@ class ActorRolloutRefWorker:
         self.rollout.load_weights(iter_full_parameters(self.actor, self.dtype))
 
     @register(Dispatch.DP_COMPUTE)
-    def generate(self, batch: dict) -> dict:
-        meta = batch["meta"]
-        params = SamplingParams(**meta["sampling"])
-        n = params.n
-        seed, tag = self.config.rank.seed, meta.get("tag", "gen")
+    def generate(self, batch: RolloutBatch) -> RolloutBatch:
+        """The prompts' ``n`` samples each, as the next stages use them: prompt + response joined, with
+        their positions (``workers.rollout_batch.joined``)."""
+        batch.check("prompts")
+        meta = batch.meta
+        params = meta.sampling
+        seed = self.config.rank.seed
         # One seed per sample from (run seed, step, prompt uid, sample index): rank-independent.
-        row_seeds = [_derive_seed(seed, meta["step"], j, f"{tag}:{uid}") for uid in batch["uid"] for j in range(n)]
-        out = self.rollout.generate(batch["input_ids"], batch["attention_mask"], params, row_seeds)
+        row_seeds = [
+            _derive_seed(seed, meta.step, j, f"{meta.tag}:{uid}") for uid in batch.uid for j in range(params.n)
+        ]
+        out = self.rollout.generate(batch.input_ids, batch.attention_mask, params, row_seeds)
         model_utils.release_cached_memory(self.device)  # the KV cache's blocks, before the training phases
-        out["prompt_input_ids"] = batch["input_ids"].repeat_interleave(n, dim=0)
-        out["prompt_attention_mask"] = batch["attention_mask"].repeat_interleave(n, dim=0)
-        return out
+        return joined(batch, out)
 
     @register(Dispatch.DP_COMPUTE)
     @torch.no_grad()
-    def compute_log_prob(self, batch: dict) -> dict:
+    def compute_log_prob(self, batch: RolloutBatch) -> dict:
         """π_old: the actor's log-probs of its responses before this step's updates."""
         return {"old_log_probs": self._response_log_probs(self.actor, batch)}
 
     @register(Dispatch.DP_COMPUTE)
     @torch.no_grad()
-    def compute_ref_log_prob(self, batch: dict) -> dict:
+    def compute_ref_log_prob(self, batch: RolloutBatch) -> dict:
         """The frozen reference's log-probs of the responses (the KL penalty's ``ref``)."""
         if self.ref_module is None:
             raise RuntimeError(
@@ -208,11 +211,11 @@ class ActorRolloutRefWorker:
             )
         return {"ref_log_probs": self._response_log_probs(self.ref_module, batch)}
 
-    def _response_log_probs(self, module, batch: dict) -> torch.Tensor:
+    def _response_log_probs(self, module, batch: RolloutBatch) -> torch.Tensor:
         from workers.forward import response_log_probs
 
-        temperature = batch["meta"]["temperature"]
-        out = torch.zeros(batch["responses"].shape, dtype=torch.float32)
+        temperature = batch.meta.temperature
+        out = torch.zeros(batch.responses.shape, dtype=torch.float32)
         head = functools.partial(shared_prefix.response_head, share=self.student_shared_prefix)
         group = self.config.actor_rollout_ref.rollout.n if self.student_shared_prefix else 1
         for index in self._log_prob_parts(batch, "attention_mask", group):
@@ -220,11 +223,11 @@ class ActorRolloutRefWorker:
             out[index] = (
                 response_log_probs(
                     module,
-                    mb["input_ids"],
-                    mb["attention_mask"],
-                    mb["position_ids"],
-                    mb["responses"],
-                    mb["response_mask"],
+                    mb.input_ids,
+                    mb.attention_mask,
+                    mb.position_ids,
+                    mb.responses,
+                    mb.response_mask,
                     temperature,
                     self.remove_padding,
                     head,
@@ -237,19 +240,20 @@ class ActorRolloutRefWorker:
 
     # ------------------------------------------------------------------------------------------
     @register(Dispatch.DP_COMPUTE)
-    def update_actor(self, batch: dict) -> dict:
+    def update_actor(self, batch: RolloutBatch) -> dict:
         """Mini-batches in order (shuffled if configured), micro-batches with gradient accumulation,
         one optimizer step per mini-batch, ``ppo_epochs`` passes. Returns per-step metric lists."""
         cfg = self.config.actor_rollout_ref
         actor_cfg = cfg.actor
-        meta = batch["meta"]
+        batch.check("generate")  # what every loss reads, and every field's shape (the driver checked the rest)
+        meta = batch.meta
         n = cfg.rollout.n
-        local = batch["responses"].shape[0]
+        local = batch.responses.shape[0]
         mini = actor_cfg.ppo_mini_batch_size * n // self.world_size
         micro = actor_cfg.ppo_micro_batch_size_per_gpu  # validated: divides the per-device mini-batch
         metrics: dict[str, list[float]] = {}
         self.actor.train()
-        generator = torch.Generator().manual_seed(_derive_seed(self.config.rank.seed, meta["step"], 0, "shuffle"))
+        generator = torch.Generator().manual_seed(_derive_seed(self.config.rank.seed, meta.step, 0, "shuffle"))
         # DPO/SimPO pair the rollouts of one prompt within a micro-batch, and the shared-prefix forwards
         # run a prompt's rollouts together: shuffle and partition whole groups of n.
         shared = (
@@ -262,7 +266,7 @@ class ActorRolloutRefWorker:
             sd_cfg=self.sd_cfg,
             teacher=self.teacher,
             ref_module=self.ref_module,
-            temperature=meta["temperature"],
+            temperature=meta.temperature,
             horizon=self.config.rank.max_response_length,
             entropy_coeff=actor_cfg.entropy_coeff,
             remove_padding=self.remove_padding,
@@ -278,7 +282,7 @@ class ActorRolloutRefWorker:
                 mini_batch = index_batch(batch, order[m_start : m_start + mini])
                 if self.teacher is not None:
                     start = time.perf_counter()
-                    mini_batch["teacher_hidden"], tokens_run = self._teacher_pass(mini_batch, group)
+                    mini_batch.teacher_hidden, tokens_run = self._teacher_pass(mini_batch, group)
                     if self.device.type == "cuda":  # the pass is queued, not done, until the device syncs
                         torch.cuda.synchronize(self.device)
                     metrics.setdefault("perf/teacher_pass_s", []).append(time.perf_counter() - start)
@@ -316,13 +320,13 @@ class ActorRolloutRefWorker:
         return {"metrics": [metrics], "skipped_updates": [skipped]}
 
     @torch.no_grad()
-    def _teacher_pass(self, mini_batch: dict, group: int) -> tuple[torch.Tensor, int]:
+    def _teacher_pass(self, mini_batch: RolloutBatch, group: int) -> tuple[torch.Tensor, int]:
         """The teacher's head inputs for a mini-batch ``[rows, R, H]`` on the device, and the tokens it ran; in
         chunks of ``rollout.log_prob_micro_batch_size_per_gpu`` sequences (``use_dynamic_bsz``: teacher tokens within
         ``log_prob_max_token_len_per_gpu``), whole prompt groups together. One pass before the micro-batches:
         fewer, larger forwards than one per micro-batch, and more rows to share prompt prefixes between.
         The student's weights do not change within a mini-batch, so trust-region mixing is the same."""
-        rows = mini_batch["responses"].shape[0]
+        rows = mini_batch.responses.shape[0]
         parts = self._log_prob_parts(mini_batch, "teacher_attention_mask", group)
 
         def most_over_ranks(calls: int) -> int:
@@ -336,7 +340,7 @@ class ActorRolloutRefWorker:
             [index_batch(mini_batch, index) for index in parts], parts, rows, self.device, most_over_ranks
         )
 
-    def _log_prob_parts(self, batch: dict, mask_key: str, group: int) -> list[list[int]]:
+    def _log_prob_parts(self, batch: RolloutBatch, mask_key: str, group: int) -> list[list[int]]:
         """Row indices of each no-grad forward: ``rollout.log_prob_micro_batch_size_per_gpu`` sequences
         (rounded to whole groups of ``group``), or (``use_dynamic_bsz``) ``mask_key`` tokens within
         ``rollout.log_prob_max_token_len_per_gpu``, as many parts on every rank."""
@@ -345,15 +349,15 @@ class ActorRolloutRefWorker:
             return self._token_budget_parts(
                 sequence_lengths(batch, mask_key), rollout.log_prob_max_token_len_per_gpu, group
             )
-        rows = batch["responses"].shape[0]
+        rows = batch.responses.shape[0]
         size = max(rollout.log_prob_micro_batch_size_per_gpu // group, 1) * group
         return [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
 
-    def _micro_batches(self, mini_batch: dict, size: int, group: int) -> list[dict]:
+    def _micro_batches(self, mini_batch: RolloutBatch, size: int, group: int) -> list[RolloutBatch]:
         """Fixed-size slices, or (``use_dynamic_bsz``) token-budget groups: student and teacher tokens
         each within ``ppo_max_token_len_per_gpu``, the same number of micro-batches on every rank."""
         actor_cfg = self.config.actor_rollout_ref.actor
-        rows = mini_batch["responses"].shape[0]
+        rows = mini_batch.responses.shape[0]
         if not actor_cfg.use_dynamic_bsz:
             return [slice_batch(mini_batch, u, u + size) for u in range(0, rows, size)]
         lengths = sequence_lengths(mini_batch, "attention_mask", "teacher_attention_mask")
@@ -366,7 +370,7 @@ class ActorRolloutRefWorker:
         dist.all_reduce(count, op=dist.ReduceOp.MAX)  # every rank runs as many forwards (FSDP2 collectives)
         return token_budget_partition(lengths, budget, group=group, parts=int(count.item()))
 
-    def _global_normalizers(self, mini_batch: dict) -> Normalizers:
+    def _global_normalizers(self, mini_batch: RolloutBatch) -> Normalizers:
         """The mini-batch's loss and entropy counts summed over ranks (one collective)."""
         counts = model_utils.device_tensor(
             loss_normalizer_counts(mini_batch, self.loss_mode, self.config.actor_rollout_ref.actor), self.device

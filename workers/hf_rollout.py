@@ -13,22 +13,14 @@ vocabulary).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from workers import model_utils
+from workers.rollout_batch import SamplingParams
 
-
-@dataclass
-class SamplingParams:
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    do_sample: bool = True
-    max_new_tokens: int = 16
+__all__ = ["HFRollout", "SamplingParams", "SeededSampler"]
 
 
 class HFRollout:

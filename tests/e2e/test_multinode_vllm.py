@@ -54,25 +54,26 @@ def compose(*overrides: str):
     return validate_config(cfg)  # the typed config
 
 
-def request(count: int) -> dict:
+def request(count: int):
     """The first ``count`` embedded training prompts, left-padded as the trainer batches them; 2 samples each."""
     from mopd.common.models import EMBEDDED_DIR
     from trainer.prompt_dataset import PromptDataset, collate_prompts
     from workers import model_utils
+    from workers.rollout_batch import RolloutBatch, SamplingParams, StepMeta
 
     tok = model_utils.load_tokenizer(model_utils.resolve_model_path("embedded"))
     data = PromptDataset(str(EMBEDDED_DIR / "train.parquet"), tok, max_prompt_length=256, max_samples=count)
     items = collate_prompts([data[i] for i in range(count)], tok.pad_token_id)
-    sampling = dict(n=2, temperature=1.0, top_p=1.0, top_k=-1, do_sample=True, max_new_tokens=16)
-    return {
-        "input_ids": items["input_ids"],
-        "attention_mask": items["attention_mask"],
-        "uid": list(items["uid"]),
-        "meta": {"sampling": sampling, "step": 3, "tag": "gen"},
-    }
+    sampling = SamplingParams(n=2, temperature=1.0, top_p=1.0, top_k=-1, do_sample=True, max_new_tokens=16)
+    return RolloutBatch(
+        meta=StepMeta(step=3, sampling=sampling, tag="gen"),
+        input_ids=items["input_ids"],
+        attention_mask=items["attention_mask"],
+        uid=list(items["uid"]),
+    )
 
 
-def rollouts(cfg, world: int) -> tuple[dict, list]:
+def rollouts(cfg: dict, world: int) -> tuple:
     from trainer.worker_group import RayWorkerGroup
     from workers.config import WorkerConfig
     from workers.fsdp_worker import ActorRolloutRefWorker
@@ -117,9 +118,9 @@ def test_tensor_parallel_engines_stay_on_one_node_and_sample_as_on_one_node(tmp_
         ray.shutdown()
         # Engines are ranks {0,1} and {2,3} (consecutive ranks): each on one node, the two on different nodes.
         assert placed[0].node_id == placed[1].node_id != placed[2].node_id == placed[3].node_id
-        assert torch.equal(one["responses"], two["responses"])
-        assert torch.equal(one["response_mask"], two["response_mask"])
-        torch.testing.assert_close(one["rollout_log_probs"], two["rollout_log_probs"], atol=1e-4, rtol=0)
+        assert torch.equal(one.responses, two.responses)
+        assert torch.equal(one.response_mask, two.response_mask)
+        torch.testing.assert_close(one.rollout_log_probs, two.rollout_log_probs, atol=1e-4, rtol=0)
     finally:
         if cluster is not None:
             cluster.shutdown()

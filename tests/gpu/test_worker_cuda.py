@@ -60,29 +60,22 @@ def test_bf16_compute_keeps_float32_master_weights_through_an_update(worker, dev
     data = PromptDataset(str(EMBEDDED_DIR / "train.parquet"), worker.tokenizer, max_prompt_length=256, max_samples=2)
     items = collate_prompts([data[0], data[1]], worker.tokenizer.pad_token_id)
     worker.sync_rollout_weights()
-    out = worker.generate(
-        {
-            "input_ids": items["input_ids"],
-            "attention_mask": items["attention_mask"],
-            "uid": list(items["uid"]),
-            "meta": {"sampling": dict(n=4, max_new_tokens=8), "step": 1},
-        }
-    )
+    from workers.rollout_batch import RolloutBatch, SamplingParams, StepMeta
+
     n = 4
-    attention = torch.cat([out["prompt_attention_mask"], out["response_mask"]], 1)
-    batch = {
-        "input_ids": torch.cat([out["prompt_input_ids"], out["responses"]], 1),
-        "attention_mask": attention,
-        "position_ids": (attention.cumsum(1) - 1).clamp(min=0),
-        "responses": out["responses"],
-        "response_mask": out["response_mask"],
-        "advantages": torch.linspace(-1, 1, 2 * n).unsqueeze(1).repeat(1, 8),
-        "scores": torch.zeros(2 * n),
-        "uid": [u for u in items["uid"] for _ in range(n)],
-        "meta": {"step": 1, "temperature": 1.0},
-    }
+    batch = worker.generate(
+        RolloutBatch(
+            meta=StepMeta(step=1, sampling=SamplingParams(n=n, max_new_tokens=8)),
+            input_ids=items["input_ids"],
+            attention_mask=items["attention_mask"],
+            uid=list(items["uid"]),
+        )
+    )
+    batch.advantages = torch.linspace(-1, 1, 2 * n).unsqueeze(1).repeat(1, 8)
+    batch.scores = torch.zeros(2 * n)
+    attention = batch.attention_mask
     with torch.no_grad():
-        logits = worker.actor(input_ids=batch["input_ids"].to(device), attention_mask=attention.to(device)).logits
+        logits = worker.actor(input_ids=batch.input_ids.to(device), attention_mask=attention.to(device)).logits
     if device == "cuda":
         assert logits.dtype == torch.bfloat16  # FSDP2's MixedPrecisionPolicy casts for compute
     before = [_local(p).detach().clone() for p in worker.actor.parameters()]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trainer.balance import BatchBalancer, balanced_order, imbalance
+from workers.rollout_batch import RolloutBatch, StepMeta
 
 
 def shards(order, world):
@@ -55,18 +56,18 @@ def test_balancer_puts_per_row_outputs_back_in_batch_order():
     mask = torch.zeros(8, 10, dtype=torch.long)
     for i, length in enumerate([9, 1, 8, 2, 7, 3, 6, 4]):
         mask[i, :length] = 1
-    batch = {"attention_mask": mask, "uid": list("aabbccdd"), "meta": {"step": 1}}
+    batch = RolloutBatch(attention_mask=mask, uid=list("aabbccdd"), meta=StepMeta(step=1))
     seen = {}
 
     def method(b):
-        seen["uid"] = b["uid"]
-        return {"row_id": b["attention_mask"].sum(-1), "metrics": [1]}
+        seen["uid"] = b.uid
+        return {"row_id": b.attention_mask.sum(-1), "metrics": [1]}
 
     metrics = {}
     out = BatchBalancer(world=2, window=8, unit=1, enabled=True).call(method, batch, metrics)
     torch.testing.assert_close(out["row_id"], mask.sum(-1))
-    assert seen["uid"] != batch["uid"] and sorted(seen["uid"]) == sorted(batch["uid"])
+    assert seen["uid"] != batch.uid and sorted(seen["uid"]) == sorted(batch.uid)
     assert metrics["perf/dp_token_imbalance/after"] <= metrics["perf/dp_token_imbalance/before"]
     off = {}
     BatchBalancer(world=1, window=8, unit=1, enabled=True).call(method, batch, off)
-    assert off == {} and seen["uid"] == batch["uid"]
+    assert off == {} and seen["uid"] == batch.uid

@@ -8,6 +8,7 @@ bonus; and the sum of the micro-batch shares must equal the plain mean over the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from workers import model_utils
 from workers.actor import Normalizers, TeacherForward, backward_mini_batch, loss_normalizer_counts
 from workers.batch import index_batch, slice_batch
 from workers.config import ActorConfig
+from workers.rollout_batch import RolloutBatch, SamplingParams, StepMeta
 
 N = 3  # rollouts per prompt
 PROMPTS = 4
@@ -40,7 +42,7 @@ def _left_padded(lengths, width, generator, vocab):
     return ids, mask
 
 
-def make_mini_batch(vocab: int, seed: int = 0) -> dict:
+def make_mini_batch(vocab: int, seed: int = 0) -> RolloutBatch:
     g = torch.Generator().manual_seed(seed)
     b = PROMPTS * N
     prompt, prompt_mask = _left_padded(
@@ -59,21 +61,21 @@ def make_mini_batch(vocab: int, seed: int = 0) -> dict:
     teacher_attention = torch.cat([teacher_mask, response_mask], 1)
     # Scores: mixed groups (pairs), one all-failed group (no pairs), one all-successful group.
     scores = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.5])
-    return {
-        "input_ids": torch.cat([prompt, responses], 1),
-        "attention_mask": attention_mask,
-        "position_ids": (attention_mask.cumsum(1) - 1).clamp(min=0),
-        "responses": responses,
-        "response_mask": response_mask,
-        "teacher_input_ids": torch.cat([teacher, responses], 1),
-        "teacher_attention_mask": teacher_attention,
-        "teacher_position_ids": (teacher_attention.cumsum(1) - 1).clamp(min=0),
-        "distillation_mask": torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1], dtype=torch.bool),
-        "advantages": torch.randn(b, 1, generator=g).expand(b, RESPONSE_WIDTH).contiguous(),
-        "scores": scores,
-        "uid": [f"p{i // N}" for i in range(b)],
-        "meta": {"step": 0, "temperature": 0.9},
-    }
+    return RolloutBatch(
+        input_ids=torch.cat([prompt, responses], 1),
+        attention_mask=attention_mask,
+        position_ids=(attention_mask.cumsum(1) - 1).clamp(min=0),
+        responses=responses,
+        response_mask=response_mask,
+        teacher_input_ids=torch.cat([teacher, responses], 1),
+        teacher_attention_mask=teacher_attention,
+        teacher_position_ids=(teacher_attention.cumsum(1) - 1).clamp(min=0),
+        distillation_mask=torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1], dtype=torch.bool),
+        advantages=torch.randn(b, 1, generator=g).expand(b, RESPONSE_WIDTH).contiguous(),
+        scores=scores,
+        uid=[f"p{i // N}" for i in range(b)],
+        meta=StepMeta(step=0, sampling=SamplingParams(temperature=0.9)),
+    )
 
 
 def actor_cfg(loss_mode: str, agg_mode: str = "token-mean", kl_loss_type: str | None = None) -> ActorConfig:
@@ -128,14 +130,14 @@ def _loss_kwargs(case, models, batch, remove_padding=False):
         teacher = TeacherForward(other, sd_cfg.teacher_regularization, 0.3, student, remove_padding)
     if with_old:
         g = torch.Generator().manual_seed(5)
-        batch["old_log_probs"] = -2.0 + 0.5 * torch.randn(batch["responses"].shape, generator=g, dtype=torch.float64)
+        batch.old_log_probs = -2.0 + 0.5 * torch.randn(batch.responses.shape, generator=g, dtype=torch.float64)
     return dict(
         loss_mode=loss_mode,
         actor_cfg=actor_cfg(loss_mode, agg_mode),
         sd_cfg=sd_cfg,
         teacher=teacher,
         ref_module=other,
-        temperature=batch["meta"]["temperature"],
+        temperature=batch.meta.temperature,
         horizon=RESPONSE_WIDTH + 2,
         entropy_coeff=entropy_coeff,
         remove_padding=remove_padding,
@@ -149,7 +151,7 @@ def _run(student, micro_batches, normalizers, kwargs):
     return loss, grads, metrics
 
 
-def _cut(batch: dict, sizes: list[int]) -> list[dict]:
+def _cut(batch: RolloutBatch, sizes: list[int]) -> list[RolloutBatch]:
     bounds = torch.tensor([0] + sizes).cumsum(0).tolist()
     assert bounds[-1] == PROMPTS * N
     return [slice_batch(batch, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -187,7 +189,7 @@ def test_kl_loss_adds_coef_times_the_direct_kl_and_does_not_depend_on_micro_batc
     student = models[0]
     batch = make_mini_batch(student.config.vocab_size)
     g = torch.Generator().manual_seed(11)
-    batch["ref_log_probs"] = -3.0 + torch.randn(batch["responses"].shape, generator=g, dtype=torch.float64)
+    batch.ref_log_probs = -3.0 + torch.randn(batch.responses.shape, generator=g, dtype=torch.float64)
     case = ("grpo", agg_mode, None, True, 0.0)
     plain_kwargs = _loss_kwargs(case, models, batch)
     kl_kwargs = dict(plain_kwargs, actor_cfg=actor_cfg("grpo", agg_mode, kind))
@@ -196,15 +198,15 @@ def test_kl_loss_adds_coef_times_the_direct_kl_and_does_not_depend_on_micro_batc
     with torch.no_grad():
         logits = _plain_logits(
             student,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["position_ids"],
+            batch.input_ids,
+            batch.attention_mask,
+            batch.position_ids,
             RESPONSE_WIDTH,
-            batch["meta"]["temperature"],
+            batch.meta.temperature,
         ).double()
-        log_probs = torch.log_softmax(logits, -1).gather(-1, batch["responses"].unsqueeze(-1)).squeeze(-1)
-        mask = batch["response_mask"].double()
-        direct = losses.agg_loss(kl_penalty(log_probs, batch["ref_log_probs"], kind), mask, agg_mode)
+        log_probs = torch.log_softmax(logits, -1).gather(-1, batch.responses.unsqueeze(-1)).squeeze(-1)
+        mask = batch.response_mask.double()
+        direct = losses.agg_loss(kl_penalty(log_probs, batch.ref_log_probs, kind), mask, agg_mode)
     assert with_kl - without == pytest.approx(0.5 * direct.item(), rel=1e-6, abs=1e-9)
     assert metrics["actor/kl_coef"] == [0.5] and metrics["actor/kl_loss"][0] != 0.0
     counts = loss_normalizer_counts(batch, "grpo", kl_kwargs["actor_cfg"])
@@ -241,7 +243,7 @@ def test_group_shuffle_keeps_each_prompts_rollouts_together():
     assert sorted(order.tolist()) == list(range(PROMPTS * N))
     assert order.tolist() != list(range(PROMPTS * N))
     batch = index_batch(make_mini_batch(264), order)
-    groups = [batch["uid"][i : i + N] for i in range(0, PROMPTS * N, N)]
+    groups = [batch.uid[i : i + N] for i in range(0, PROMPTS * N, N)]
     assert all(len(set(g)) == 1 for g in groups) and len({g[0] for g in groups}) == PROMPTS
 
 
@@ -258,11 +260,11 @@ def plain_loss(case, models, batch, kwargs):
     student, other = models
     loss_mode, agg_mode = case[0], case[1]
     cfg, t, width = kwargs["actor_cfg"], kwargs["temperature"], RESPONSE_WIDTH
-    mask = batch["response_mask"].double()
-    logits = _plain_logits(student, batch["input_ids"], batch["attention_mask"], batch["position_ids"], width, t)
+    mask = batch.response_mask.double()
+    logits = _plain_logits(student, batch.input_ids, batch.attention_mask, batch.position_ids, width, t)
     if loss_mode in ("mopd", "sdpo"):
         sd = kwargs["sd_cfg"]
-        targs = (batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_position_ids"], width, t)
+        targs = (batch.teacher_input_ids, batch.teacher_attention_mask, batch.teacher_position_ids, width, t)
         with torch.no_grad():
             teacher_logits = _plain_logits(other, *targs)
             if sd.teacher_regularization == "trust-region":
@@ -270,35 +272,35 @@ def plain_loss(case, models, batch, kwargs):
         loss, _ = losses.self_distillation_loss(
             logits,
             teacher_logits,
-            batch["responses"],
+            batch.responses,
             mask,
-            batch["distillation_mask"],
+            batch.distillation_mask,
             sd,
-            old_log_probs=batch.get("old_log_probs"),
+            old_log_probs=batch.old_log_probs,
             loss_agg_mode=agg_mode,
             horizon=kwargs["horizon"],
         )
     elif loss_mode in ("grpo", "vanilla"):
-        lp = losses.token_log_probs(logits, batch["responses"])
+        lp = losses.token_log_probs(logits, batch.responses)
         loss, _ = losses.ppo_policy_loss(
-            lp, batch["old_log_probs"], batch["advantages"], mask, loss_agg_mode=agg_mode, horizon=kwargs["horizon"]
+            lp, batch.old_log_probs, batch.advantages, mask, loss_agg_mode=agg_mode, horizon=kwargs["horizon"]
         )
     else:
-        lp = losses.token_log_probs(logits, batch["responses"])
-        rewards, policy = batch["scores"].tolist(), cfg["policy_loss"]
+        lp = losses.token_log_probs(logits, batch.responses)
+        rewards, policy = batch.scores.tolist(), cfg["policy_loss"]
         seq = (lp * mask).sum(-1)
         if loss_mode == "verified_sft":
             loss, _ = sequence_losses.verified_sft_loss(lp, mask, rewards)
         elif loss_mode == "dpo":
             with torch.no_grad():
                 ref = losses.token_log_probs(
-                    _plain_logits(other, batch["input_ids"], batch["attention_mask"], batch["position_ids"], width, t),
-                    batch["responses"],
+                    _plain_logits(other, batch.input_ids, batch.attention_mask, batch.position_ids, width, t),
+                    batch.responses,
                 )
             loss, _ = sequence_losses.dpo_loss(
                 seq,
                 (ref * mask).sum(-1),
-                batch["uid"],
+                batch.uid,
                 rewards,
                 beta=policy["dpo_beta"],
                 label_smoothing=policy["pref_label_smoothing"],
@@ -307,7 +309,7 @@ def plain_loss(case, models, batch, kwargs):
             loss, _ = sequence_losses.simpo_loss(
                 seq,
                 mask.sum(-1),
-                batch["uid"],
+                batch.uid,
                 rewards,
                 beta=policy["simpo_beta"],
                 gamma=policy["simpo_gamma"],
@@ -488,10 +490,10 @@ def test_token_budget_grouping_does_not_change_loss_or_gradient(models, case):
         torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-12)
 
 
-def _with_shared_teacher_prefixes(batch: dict) -> dict:
+def _with_shared_teacher_prefixes(batch: RolloutBatch) -> RolloutBatch:
     """The teacher prompts of a prompt's rollouts made to begin alike (as the question and peers make them):
     each member's first tokens copied from the group's first member, up to the shortest prompt less one."""
-    ids, mask = batch["teacher_input_ids"].clone(), batch["teacher_attention_mask"]
+    ids, mask = batch.teacher_input_ids.clone(), batch.teacher_attention_mask
     width = TEACHER_WIDTH
     lengths = mask[:, :width].sum(-1)
     for first in range(0, PROMPTS * N, N):
@@ -501,7 +503,7 @@ def _with_shared_teacher_prefixes(batch: dict) -> dict:
             ids[r, width - int(lengths[r]) : width - int(lengths[r]) + k] = ids[first, width - int(lengths[first]) :][
                 :k
             ]
-    return {**batch, "teacher_input_ids": ids}
+    return dataclasses.replace(batch, teacher_input_ids=ids)
 
 
 def _record_shared_runs(monkeypatch) -> list:
@@ -540,25 +542,26 @@ def test_shared_prefix_teacher_gives_the_plain_teachers_loss_and_gradient(models
     assert any(c is not None for c in shared_calls) and any(copies)
 
 
-def _with_identical_responses(batch: dict) -> dict:
+def _with_identical_responses(batch: RolloutBatch) -> RolloutBatch:
     """In each group, the second rollout answers exactly as the first and the third as the first but for its
     last token (rollouts of a prompt often answer alike): the shared-prefix forward runs such a row once
     for both (``prefix_plan._identical_rows``), while each keeps its own advantages, teacher and labels."""
-    batch = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-    width = batch["responses"].shape[1]
+    batch = RolloutBatch(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in batch.present().items()})
+    width = batch.responses.shape[1]
     for first in range(0, PROMPTS * N, N):
         for twin, keep_last in ((first + 1, False), (first + 2, True)):
-            response, mask = batch["responses"][first].clone(), batch["response_mask"][first]
+            response, mask = batch.responses[first].clone(), batch.response_mask[first]
             if keep_last:  # the copy's own last token: not an input, so the hidden states are the same
                 last = int(mask.sum()) - 1
-                response[last] = batch["responses"][twin][min(last, width - 1)] % 250 + 3
-            batch["responses"][twin], batch["response_mask"][twin] = response, mask
-            batch["teacher_input_ids"][twin] = batch["teacher_input_ids"][first]  # the same peers shown
-            batch["teacher_attention_mask"][twin] = batch["teacher_attention_mask"][first]
+                response[last] = batch.responses[twin][min(last, width - 1)] % 250 + 3
+            batch.responses[twin], batch.response_mask[twin] = response, mask
+            batch.teacher_input_ids[twin] = batch.teacher_input_ids[first]  # the same peers shown
+            batch.teacher_attention_mask[twin] = batch.teacher_attention_mask[first]
             for prefix in ("", "teacher_"):
-                batch[f"{prefix}input_ids"][twin, -width:] = response
-                batch[f"{prefix}attention_mask"][twin, -width:] = mask
-                batch[f"{prefix}position_ids"] = (batch[f"{prefix}attention_mask"].cumsum(1) - 1).clamp(min=0)
+                getattr(batch, f"{prefix}input_ids")[twin, -width:] = response
+                getattr(batch, f"{prefix}attention_mask")[twin, -width:] = mask
+                positions = (getattr(batch, f"{prefix}attention_mask").cumsum(1) - 1).clamp(min=0)
+                setattr(batch, f"{prefix}position_ids", positions)
     return batch
 
 
@@ -578,13 +581,13 @@ def _record_identical_rows(monkeypatch) -> list[int]:
     return copies
 
 
-def _with_shared_student_prompts(batch: dict) -> dict:
+def _with_shared_student_prompts(batch: RolloutBatch) -> RolloutBatch:
     """Every rollout of a prompt carries that prompt (as the rollout makes them): each group's prompt
     columns copied from its first member."""
-    ids = batch["input_ids"].clone()
+    ids = batch.input_ids.clone()
     for first in range(0, PROMPTS * N, N):
         ids[first : first + N, :PROMPT_WIDTH] = ids[first, :PROMPT_WIDTH]
-    return {**batch, "input_ids": ids}
+    return dataclasses.replace(batch, input_ids=ids)
 
 
 def _float64_norm(self, hidden):

@@ -16,6 +16,7 @@ from tests.workers.test_actor_loss import (
     make_mini_batch,
 )
 from trainer.main import CONFIG_DIR
+from workers.batch import slice_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,13 +49,13 @@ def test_teacher_pass_equals_the_per_micro_batch_teacher(overrides, monkeypatch)
             p.data.add_(0.01 * torch.randn_like(p))
         batch = _with_shared_teacher_prefixes(make_mini_batch(worker.actor.config.vocab_size))
         stored, tokens_run = worker._teacher_pass(batch, N)
-        assert stored.shape[:2] == batch["response_mask"].shape
+        assert stored.shape[:2] == batch.response_mask.shape
         # the tokens its forwards ran (MFU's count): all valid ones plain, fewer shared; twice for trust-region
-        plain_tokens = int(batch["teacher_attention_mask"].sum()) * (2 if worker.teacher.mixes_student else 1)
+        plain_tokens = int(batch.teacher_attention_mask.sum()) * (2 if worker.teacher.mixes_student else 1)
         assert 0 < tokens_run <= plain_tokens and (tokens_run < plain_tokens) == worker.teacher.shared_prefix
         for start in range(0, PROMPTS * N, 2):  # other cuts than the pass's chunks
-            part = {k: (v[start : start + 2] if k != "meta" else v) for k, v in batch.items()}
-            valid = part["response_mask"].bool()
+            part = slice_batch(batch, start, start + 2)
+            valid = part.response_mask.bool()
             torch.testing.assert_close(stored[start : start + 2][valid], worker.teacher.hidden(part), rtol=0, atol=2e-5)
             assert not stored[start : start + 2][~valid].any()
         assert any(r is not None for r in shared_runs) == worker.teacher.shared_prefix  # the shared path ran

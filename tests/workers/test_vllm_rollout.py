@@ -61,28 +61,18 @@ def prompts(count: int, split: str = "test"):
     return collate_prompts([data[i] for i in range(count)], tok.pad_token_id)
 
 
-def gen_request(items, step: int, **sampling) -> dict:
+def gen_request(items, step: int, **sampling):
+    """The trainer's request to ``generate`` (``trainer.ppo_trainer._generate``)."""
+    from workers.rollout_batch import RolloutBatch, SamplingParams, StepMeta
+
     params = dict(n=2, temperature=1.0, top_p=1.0, top_k=-1, do_sample=True, max_new_tokens=16)
     params.update(sampling)
-    return {
-        "input_ids": items["input_ids"],
-        "attention_mask": items["attention_mask"],
-        "uid": list(items["uid"]),
-        "meta": {"sampling": params, "step": step, "tag": "gen"},
-    }
-
-
-def full_batch(request: dict, out: dict, temperature: float) -> dict:
-    """What the trainer builds from a generation (``trainer.ppo_trainer._generate``)."""
-    mask = torch.cat([out["prompt_attention_mask"], out["response_mask"]], dim=1)
-    return {
-        "input_ids": torch.cat([out["prompt_input_ids"], out["responses"]], dim=1),
-        "attention_mask": mask,
-        "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0),
-        "responses": out["responses"],
-        "response_mask": out["response_mask"],
-        "meta": {"temperature": temperature},
-    }
+    return RolloutBatch(
+        meta=StepMeta(step=step, sampling=SamplingParams(**params), tag="gen"),
+        input_ids=items["input_ids"],
+        attention_mask=items["attention_mask"],
+        uid=list(items["uid"]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +161,7 @@ def test_sampled_log_probs_match_the_actor_after_a_training_step(worker):
     the engine's log-probs of its sampled tokens equal the actor's recomputed ones."""
     items = prompts(16, "train")
     worker.sync_rollout_weights()
-    before = worker.generate(gen_request(items, step=1, temperature=0.7))
-    batch = full_batch(before, before, 0.7)
+    batch = before = worker.generate(gen_request(items, step=1, temperature=0.7))  # prompt + response joined
     old = worker.compute_log_prob(batch)["old_log_probs"]
 
     # One step of plain SFT on the sampled responses (a real FSDP2 backward + AdamW step).
@@ -180,30 +169,29 @@ def test_sampled_log_probs_match_the_actor_after_a_training_step(worker):
 
     worker.actor.train()
     worker.optimizer.zero_grad(set_to_none=True)
-    width = batch["responses"].shape[1]
+    width = batch.responses.shape[1]
     logits = (
         worker.actor(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
             use_cache=False,
         ).logits[:, -width - 1 : -1]
         / 0.7
     )
-    loss = -(token_log_probs(logits, batch["responses"]) * batch["response_mask"]).sum() / batch["response_mask"].sum()
+    loss = -(token_log_probs(logits, batch.responses) * batch.response_mask).sum() / batch.response_mask.sum()
     loss.backward()
     worker.optimizer.step()
 
     worker.sync_rollout_weights()
-    out = worker.generate(gen_request(items, step=2, temperature=0.7))
-    batch = full_batch(out, out, 0.7)
-    actor = worker.compute_log_prob(batch)["old_log_probs"] * batch["response_mask"]
-    mask = batch["response_mask"].bool()
-    diff = (out["rollout_log_probs"] - actor)[mask].abs()
+    batch = out = worker.generate(gen_request(items, step=2, temperature=0.7))
+    actor = worker.compute_log_prob(batch)["old_log_probs"] * batch.response_mask
+    mask = batch.response_mask.bool()
+    diff = (out.rollout_log_probs - actor)[mask].abs()
     assert diff.max().item() < LOGPROB_ATOL, f"max |engine - actor| = {diff.max().item():.2e}"
     # The step changed the model enough that a stale engine would fail the check above.
-    stale = worker.compute_log_prob(full_batch(before, before, 0.7))["old_log_probs"]
-    moved = (stale - old)[before["response_mask"].bool()].abs().max().item()
+    stale = worker.compute_log_prob(before)["old_log_probs"]
+    moved = (stale - old)[before.response_mask.bool()].abs().max().item()
     assert moved > 10 * LOGPROB_ATOL, f"the training step moved log-probs by only {moved:.2e}"
 
 
@@ -325,11 +313,11 @@ def test_one_and_two_workers_give_the_same_rollouts(tp):
         finally:
             group.shutdown()
     one, two = results
-    assert torch.equal(one["responses"], two["responses"])
-    assert torch.equal(one["response_mask"], two["response_mask"])
-    torch.testing.assert_close(one["rollout_log_probs"], two["rollout_log_probs"], atol=LOGPROB_ATOL, rtol=0)
+    assert torch.equal(one.responses, two.responses)
+    assert torch.equal(one.response_mask, two.response_mask)
+    torch.testing.assert_close(one.rollout_log_probs, two.rollout_log_probs, atol=LOGPROB_ATOL, rtol=0)
     # Samples of one prompt differ somewhere (each has its own seed), so equality above is not trivial.
-    groups = one["responses"].view(8, 4, -1)
+    groups = one.responses.view(8, 4, -1)
     assert any(not torch.equal(g[0], g[j]) for g in groups for j in range(1, 4))
 
 
