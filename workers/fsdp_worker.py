@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
-import random
 import time
-import zlib
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -25,10 +21,12 @@ from workers.actor import (
     loss_normalizer_counts,
 )
 from workers.batch import index_batch, sequence_lengths, slice_batch, to_device, token_budget_partition
-from workers.config import OptimConfig, WorkerConfig
+from workers.config import WorkerConfig
 from workers.dispatch import Dispatch, register
 from workers.hf_rollout import HFRollout
+from workers.optimizer import build_optimizer
 from workers.rollout_batch import RolloutBatch, joined
+from workers.seeding import derive_seed, rng_state, seed_everything, set_rng_state, shuffled_groups
 
 
 class ActorRolloutRefWorker:
@@ -67,7 +65,7 @@ class ActorRolloutRefWorker:
             threads = run.num_threads or max(1, (os.cpu_count() or 1) // self.world_size)
             torch.set_num_threads(threads)
         model_utils.init_distributed(self.rank, self.world_size, *self.master, self.device)
-        _seed_everything(run.seed)  # identical initial weights on every rank
+        seed_everything(run.seed)  # identical initial weights on every rank
         self.dtype = model_utils.pick_dtype(model_cfg.dtype, self.device)
         path = model_utils.resolve_model_path(model_cfg.path)
         self.tokenizer = model_utils.load_tokenizer(model_cfg.tokenizer_path or path, model_cfg.trust_remote_code)
@@ -111,7 +109,7 @@ class ActorRolloutRefWorker:
             if rollout_cfg.name == "hf"
             else None
         )
-        self.optimizer, self.scheduler = _build_optimizer(self.actor, actor_cfg.optim, total_optimizer_steps)
+        self.optimizer, self.scheduler = build_optimizer(self.actor, actor_cfg.optim, total_optimizer_steps)
         self.model_path = path
         if rollout_cfg.name == "vllm":
             from workers.vllm_rollout import VLLMRollout
@@ -188,9 +186,7 @@ class ActorRolloutRefWorker:
         params = meta.sampling
         seed = self.config.rank.seed
         # One seed per sample from (run seed, step, prompt uid, sample index): rank-independent.
-        row_seeds = [
-            _derive_seed(seed, meta.step, j, f"{meta.tag}:{uid}") for uid in batch.uid for j in range(params.n)
-        ]
+        row_seeds = [derive_seed(seed, meta.step, j, f"{meta.tag}:{uid}") for uid in batch.uid for j in range(params.n)]
         out = self.rollout.generate(batch.input_ids, batch.attention_mask, params, row_seeds)
         model_utils.release_cached_memory(self.device)  # the KV cache's blocks, before the training phases
         return joined(batch, out)
@@ -253,7 +249,7 @@ class ActorRolloutRefWorker:
         micro = actor_cfg.ppo_micro_batch_size_per_gpu  # validated: divides the per-device mini-batch
         metrics: dict[str, list[float]] = {}
         self.actor.train()
-        generator = torch.Generator().manual_seed(_derive_seed(self.config.rank.seed, meta.step, 0, "shuffle"))
+        generator = torch.Generator().manual_seed(derive_seed(self.config.rank.seed, meta.step, 0, "shuffle"))
         # DPO/SimPO pair the rollouts of one prompt within a micro-batch, and the shared-prefix forwards
         # run a prompt's rollouts together: shuffle and partition whole groups of n.
         shared = (
@@ -277,7 +273,7 @@ class ActorRolloutRefWorker:
         if offload:
             memory.move_optimizer_state(self.optimizer, self.device)
         for _epoch in range(actor_cfg.ppo_epochs):
-            order = _shuffled(local, group, generator) if actor_cfg.shuffle else torch.arange(local)
+            order = shuffled_groups(local, group, generator) if actor_cfg.shuffle else torch.arange(local)
             for m_start in range(0, local, mini):
                 mini_batch = index_batch(batch, order[m_start : m_start + mini])
                 if self.teacher is not None:
@@ -427,7 +423,7 @@ class ActorRolloutRefWorker:
         state = self._sharded_state()
         dcp.save(state, checkpoint_id=os.path.join(directory, "sharded"))
         torch.save(
-            {"scheduler": self.scheduler.state_dict(), "rng": _rng_state()},
+            {"scheduler": self.scheduler.state_dict(), "rng": rng_state()},
             os.path.join(directory, f"extra_rank{self.rank}.pt"),
         )
         dist.barrier()
@@ -444,7 +440,7 @@ class ActorRolloutRefWorker:
             self.teacher_module.load_state_dict(state["teacher"])
         extra = torch.load(os.path.join(directory, f"extra_rank{self.rank}.pt"), weights_only=False)
         self.scheduler.load_state_dict(extra["scheduler"])
-        _set_rng_state(extra["rng"])
+        set_rng_state(extra["rng"])
         dist.barrier()
 
     @register(Dispatch.ONE_TO_ALL)
@@ -493,31 +489,6 @@ def _student_shares_prefixes(requested: bool, world_size: int, checkpointing: bo
     return requested and why is None
 
 
-def _build_optimizer(model, optim_cfg: OptimConfig, total_optimizer_steps: int):
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=optim_cfg.lr,
-        betas=tuple(optim_cfg.betas),
-        eps=optim_cfg.eps,
-        weight_decay=optim_cfg.weight_decay,
-    )
-    total = max(1, int(total_optimizer_steps))
-    warmup = optim_cfg.lr_warmup_steps
-    if warmup is None or warmup < 0:
-        warmup = int(optim_cfg.lr_warmup_steps_ratio * total)
-    style, floor = optim_cfg.warmup_style, optim_cfg.min_lr_ratio
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if style == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def _check_same_vocabulary(teacher, student, teacher_path, student_path, tokenizer) -> None:
     from transformers import AutoTokenizer
 
@@ -529,35 +500,3 @@ def _check_same_vocabulary(teacher, student, teacher_path, student_path, tokeniz
             f"{len(teacher_tok)} tokens) differs from the student's {student_path} ({s_vocab} logits, "
             f"{len(tokenizer)} tokens); distillation needs the same tokenizer and vocabulary"
         )
-
-
-def _derive_seed(seed: int, step: int, index: int, tag: str) -> int:
-    """A seed that depends only on (run seed, step, index, purpose): reproducible and resumable."""
-    return int(np.random.SeedSequence([seed, step, index, zlib.crc32(tag.encode())]).generate_state(1)[0])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _shuffled(size: int, group: int, generator: torch.Generator) -> torch.Tensor:
-    """A random order of ``size`` rows that keeps each run of ``group`` consecutive rows together."""
-    blocks = torch.randperm(size // group, generator=generator)
-    return (blocks.unsqueeze(1) * group + torch.arange(group)).reshape(-1)

@@ -237,9 +237,9 @@ def test_preference_modes_refuse_a_prompt_split_over_micro_batches(models):
 
 
 def test_group_shuffle_keeps_each_prompts_rollouts_together():
-    from workers.fsdp_worker import _shuffled
+    from workers.seeding import shuffled_groups
 
-    order = _shuffled(PROMPTS * N, N, torch.Generator().manual_seed(0))
+    order = shuffled_groups(PROMPTS * N, N, torch.Generator().manual_seed(0))
     assert sorted(order.tolist()) == list(range(PROMPTS * N))
     assert order.tolist() != list(range(PROMPTS * N))
     batch = index_batch(make_mini_batch(264), order)

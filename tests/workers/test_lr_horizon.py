@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from workers.config import OptimConfig
-from workers.fsdp_worker import ActorRolloutRefWorker, _build_optimizer
+from workers.fsdp_worker import ActorRolloutRefWorker
+from workers.optimizer import build_optimizer
 
 OPTIM = {
     "lr": 1.0,
@@ -25,7 +26,7 @@ OPTIM = {
 
 def lrs(total: int, steps: int, **changes) -> list[float]:
     model = torch.nn.Linear(2, 2)
-    optimizer, scheduler = _build_optimizer(model, OptimConfig.from_dict({**OPTIM, **changes}), total)
+    optimizer, scheduler = build_optimizer(model, OptimConfig.from_dict({**OPTIM, **changes}), total)
     out = []
     for _ in range(steps):
         out.append(scheduler.get_last_lr()[0])

@@ -155,7 +155,8 @@ def test_generate_returns_the_joined_batch_the_driver_used_to_build():
     from trainer.config_sections import load
     from trainer.worker_group import LocalWorkerGroup
     from workers.config import WorkerConfig
-    from workers.fsdp_worker import ActorRolloutRefWorker, _derive_seed
+    from workers.fsdp_worker import ActorRolloutRefWorker
+    from workers.seeding import derive_seed
 
     cfg = load(_config())
     group = LocalWorkerGroup(ActorRolloutRefWorker, WorkerConfig.of(cfg))
@@ -176,7 +177,7 @@ def test_generate_returns_the_joined_batch_the_driver_used_to_build():
         batch.check("generate")
         assert set(batch.present()) == set(STAGES["prompts"] + STAGES["generate"] + OPTIONAL["generate"])
         # What the engine returns for the same seeds, and the driver's former rebuild from it.
-        seeds = [_derive_seed(cfg.trainer.seed, 5, j, f"gen:{u}") for u in items["uid"] for j in range(n)]
+        seeds = [derive_seed(cfg.trainer.seed, 5, j, f"gen:{u}") for u in items["uid"] for j in range(n)]
         out = worker.rollout.generate(items["input_ids"], items["attention_mask"], sampling, seeds)
         prompt_mask = items["attention_mask"].repeat_interleave(n, dim=0)
         old_mask = torch.cat([prompt_mask, out["response_mask"]], dim=1)
