@@ -8,7 +8,6 @@ selection (with a seeded generator) and the tokenized teacher inputs.
 from __future__ import annotations
 
 import random
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mopd.common.errors import PreemptedError, RewardError, WorkerDiedError
+from mopd.common.errors import PreemptedError, WorkerDiedError
 from mopd.common.models import load_tokenizer, resolve_model_path
 from mopd.core.kl import uses_reference_kl
 from mopd.core.loss_modes import DISTILLATION_MODES
 from mopd.core.losses import rollout_is_weights
 from mopd.core.peers import Rollout, UidSuccessTracker, select_peers
 from mopd.core.reprompt import build_teacher_inputs, compute_step_ids
-from mopd.rewards import summarize_health
 from trainer import rollout_io
 from trainer.advantage_stage import AdvantageStage
 from trainer.config_sections import MOPDConfig
@@ -40,6 +38,7 @@ from trainer.fit_helpers import (
     valid_tokens,
 )
 from trainer.preemption import PreemptionHandler, stop_in
+from trainer.reward_health import RewardHealth
 from trainer.update_guard import SkippedUpdateGuard
 from workers.batch import truncate_batch
 from workers.rollout_batch import RolloutBatch, SamplingParams, StepMeta
@@ -98,7 +97,7 @@ class Trainer:
         self.rollout_is = rc.rollout_is
         self.reward_fn = load_reward_fn(cfg.custom_reward_function.path, cfg.custom_reward_function.name)
         self.scorer = RewardScorer(self.reward_fn, num_workers=cfg.reward.num_workers)
-        self._reported = {"error": False, "nonfinite": False}  # bad rewards: the first of each printed once
+        self.reward_health = RewardHealth(cfg.custom_reward_function.path or "the built-in verifiers")
         self.peer_rng = random.Random(trainer.seed)
         self.uid_tracker = UidSuccessTracker()
         self.output_dir = Path(trainer.default_local_dir)
@@ -310,7 +309,7 @@ class Trainer:
             extra["truncated"] = bool(batch.response_mask[i].all().item())  # no EOS within the budget
             requests.append((items["data_source"][p], text, items["ground_truth"][p], extra))
         results = self.scorer.score(requests)
-        health = self._check_reward_health(results, "validation" if metrics is None else f"step {self.global_step}")
+        health = self.reward_health.check(results, "validation" if metrics is None else f"step {self.global_step}")
         batch.scores = torch.tensor([float(r["score"]) for r in results], dtype=torch.float32)
         batch.reward_extra = results
         if metrics is not None:
@@ -332,38 +331,6 @@ class Trainer:
             successes = (batch.scores >= self.success_threshold).tolist()
             metrics.update(self.uid_tracker.update(batch.uid, successes))
         return results
-
-    def _check_reward_health(self, results: list[dict], where: str) -> dict:
-        """Make bad rewards loud: the first error/non-finite score printed once per run, a stop when all errored."""
-        health = summarize_health(results)
-        source = self.config.custom_reward_function.path or "the built-in verifiers"
-        first = health["first_error"]
-        if first is not None and not self._reported["error"]:
-            self._reported["error"] = True
-            print(
-                f"[mopd] reward error ({where}, {health['num_errors']}/{len(results)} rollouts, scored 0; "
-                f"counted as reward/error_fraction; shown once per run) from {source}: "
-                f"{first['verifier_error']}\n{first.get('verifier_traceback', '').rstrip()}",
-                file=sys.stderr,
-                flush=True,
-            )
-        if health["first_nonfinite"] is not None and not self._reported["nonfinite"]:
-            self._reported["nonfinite"] = True
-            print(
-                f"[mopd] non-finite reward ({where}, {health['num_nonfinite']}/{len(results)} rollouts, score "
-                f"{health['first_nonfinite']['nonfinite_score']}) from {source}: treated as a failure with "
-                "score 0 (docs/verifiers.md); counted as reward/nonfinite_fraction; shown once per run",
-                file=sys.stderr,
-                flush=True,
-            )
-        if results and health["num_errors"] == len(results):
-            first_line = (first["verifier_error"].splitlines() or [""])[0]  # the stop is one line
-            raise RewardError(
-                f"every reward of {where} errored ({len(results)}/{len(results)} rollouts) in "
-                f"{source}; first: {first_line}. Fix the verifier (the traceback is printed "
-                "above) or custom_reward_function.path/name"
-            )
-        return health
 
     def _maybe_old_log_probs(self, batch: RolloutBatch) -> bool:
         """Whether the stage ran (set ``old_log_probs``, and ``rollout_is_weights`` with ``rollout_is``)."""
