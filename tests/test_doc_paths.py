@@ -4,7 +4,7 @@ A citation is an inline code span or a Markdown link whose first word is a path 
 top-level folder of tracked files other than the data folders ``datasets/`` and ``outputs/``, which
 docs name as things a command *makes*), or any tracked-looking file name with an extension. Fenced
 code blocks are commands, not citations, and are skipped; so are spans with placeholders (``<dir>``,
-``$VAR``, ``*``). A short relative path (``actor/actor.yaml``) counts when some tracked path ends with it.
+``$VAR``, ``*``). A short relative path (``release/gpu.yaml``) counts when some tracked path ends with it.
 """
 
 from __future__ import annotations

@@ -209,7 +209,7 @@ class TrainerConfig(Section):
 
     backend: str = option(
         "auto",
-        "auto (ray if installed) | ray | local (one process, one worker: n_gpus_per_node=nnodes=1)",
+        "auto: ray if installed, else local; local: one process, one worker (n_gpus_per_node=nnodes=1)",
         choices=BACKENDS,
     )
     project_name: str = option("mopd", "the run's project (output directory, trackers)")
