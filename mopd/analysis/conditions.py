@@ -6,48 +6,57 @@ from typing import Any
 
 SECTION_KEYS = ("solution", "another_solution", "failure_solution", "feedback", "summary")
 
-# The release's conditions, in its order. Keys: include_solution / include_another_solution /
-# include_failure_solution / include_feedback / include_summary (+ summary_from_all, summary_k,
+# The release's conditions, in its order. Keys: include_primary_solution / include_another_solution /
+# include_failure_solution / include_environment_feedback / summarize_solutions (+ summary_from_all, summary_k,
 # summary_control), peer_control (random | score_ordered), force_reprompt, score_format (raw).
 DEFAULT_VARIANTS: list[dict[str, Any]] = [
     {"name": "base"},
     {"name": "base_raw", "score_format": "raw"},
     {"name": "base_reprompt", "force_reprompt": True},
-    {"name": "solution", "include_solution": True},
+    {"name": "solution", "include_primary_solution": True},
     {"name": "another_solution", "include_another_solution": True},
-    {"name": "solution+another_solution", "include_solution": True, "include_another_solution": True},
-    {"name": "all_solutions", "include_solution": True, "include_another_solution": True},
+    {"name": "solution+another_solution", "include_primary_solution": True, "include_another_solution": True},
+    {"name": "all_solutions", "include_primary_solution": True, "include_another_solution": True},
     {"name": "failure_solution", "include_failure_solution": True},
-    {"name": "solution+failure_solution", "include_solution": True, "include_failure_solution": True},
+    {"name": "solution+failure_solution", "include_primary_solution": True, "include_failure_solution": True},
     {
         "name": "solution+another_solution+failure_solution",
-        "include_solution": True,
+        "include_primary_solution": True,
         "include_another_solution": True,
         "include_failure_solution": True,
     },
-    {"name": "feedback", "include_feedback": True},
-    {"name": "summary_success_k2", "include_summary": True, "summary_k": 2},
-    {"name": "solution+feedback", "include_solution": True, "include_feedback": True},
-    {"name": "solution+summary_success_k2", "include_solution": True, "include_summary": True, "summary_k": 2},
+    {"name": "feedback", "include_environment_feedback": True},
+    {"name": "summary_success_k2", "summarize_solutions": True, "summary_k": 2},
+    {"name": "solution+feedback", "include_primary_solution": True, "include_environment_feedback": True},
+    {
+        "name": "solution+summary_success_k2",
+        "include_primary_solution": True,
+        "summarize_solutions": True,
+        "summary_k": 2,
+    },
     {
         "name": "solution+feedback+summary_all_k2",
-        "include_solution": True,
-        "include_feedback": True,
-        "include_summary": True,
+        "include_primary_solution": True,
+        "include_environment_feedback": True,
+        "summarize_solutions": True,
         "summary_from_all": True,
         "summary_k": 2,
     },
     {"name": "failure_only", "include_failure_solution": True},
     {
         "name": "random_summary_control",
-        "include_summary": True,
+        "summarize_solutions": True,
         "summary_control": "random_other_prompt",
         "summary_k": 2,
     },
     {"name": "random_peer", "peer_control": "random"},
     {"name": "verifier_score_ordered", "peer_control": "score_ordered"},
 ]
-DEFAULT_GLOBAL = {"dont_reprompt_on_self_success": True, "feedback_only_without_solution": False, "summary_k": 2}
+DEFAULT_GLOBAL = {
+    "dont_reprompt_on_self_success": True,
+    "environment_feedback_only_without_solution": False,
+    "summary_k": 2,
+}
 CONDITION_NAMES = [v["name"] for v in DEFAULT_VARIANTS]
 TWO_S_ONE_F = "solution+another_solution+failure_solution"
 

@@ -14,7 +14,7 @@ the candidate itself (the study's deterministic version of the training rules, a
   without the primary; used only when the candidate has a primary (as in the release). Text = the peer's
   first ``<summary>`` or its first 300 characters; the failed-item template for a failed peer.
 - feedback: the candidate's **own** verifier feedback (``include_environment_feedback``); the
-  ``feedback_only_without_solution`` switch (off by default, as in the release) follows the training rule.
+  ``environment_feedback_only_without_solution`` switch (off by default, as in the release) follows the training rule.
 - ``random_summary_control``: k summaries of *other* prompts' successes, drawn with a generator seeded by
   sha1(condition|prompt_id|response_id) (gated on a primary like the matched summary conditions).
 - ``random_peer``: the 2S1F slot structure of this candidate (#success slots = primary + another present,
@@ -69,11 +69,11 @@ __all__ = [
 
 _KNOWN_KEYS = {
     "name",
-    "include_solution",
+    "include_primary_solution",
     "include_another_solution",
     "include_failure_solution",
-    "include_feedback",
-    "include_summary",
+    "include_environment_feedback",
+    "summarize_solutions",
     "summary_from_all",
     "summary_k",
     "summary_control",
@@ -83,16 +83,16 @@ _KNOWN_KEYS = {
     "score_format",
     "required_sections",
     "dont_reprompt_on_self_success",
-    "feedback_only_without_solution",
+    "environment_feedback_only_without_solution",
 }
 
-# The release's analysis keys are the canonical ones here; a variant may also use the training config's
-# names for the same sections (actor_rollout_ref.actor.self_distillation.*).
-_TRAINER_NAMES = {
-    "include_primary_solution": "include_solution",
-    "include_environment_feedback": "include_feedback",
-    "summarize_solutions": "include_summary",
-    "environment_feedback_only_without_solution": "feedback_only_without_solution",
+# The training config's names (actor_rollout_ref.actor.self_distillation.*) are the canonical ones here; a
+# variant file in the release's analysis format may use its own names for the same sections.
+_RELEASE_NAMES = {
+    "include_solution": "include_primary_solution",
+    "include_feedback": "include_environment_feedback",
+    "include_summary": "summarize_solutions",
+    "feedback_only_without_solution": "environment_feedback_only_without_solution",
 }
 
 
@@ -124,7 +124,7 @@ def load_variant_config(path: str | Path | None) -> dict[str, Any]:
             if variant not in known:
                 raise ValueError(f"--variant-config {path}: unknown condition {variant!r}; built-in: {CONDITION_NAMES}")
             config["variants"][i] = variant = dict(known[variant])
-        for alias, key in _TRAINER_NAMES.items():  # the trainer config's names for the same sections
+        for alias, key in _RELEASE_NAMES.items():  # the release's analysis names for the same sections
             if alias in variant:
                 value = variant.pop(alias)
                 if key in variant and variant[key] != value:
@@ -180,7 +180,9 @@ def build_context(
     name = variant["name"]
     exclude_self = bool(variant.get("dont_reprompt_on_self_success", glob.get("dont_reprompt_on_self_success", True)))
     fb_only_without = bool(
-        variant.get("feedback_only_without_solution", glob.get("feedback_only_without_solution", False))
+        variant.get(
+            "environment_feedback_only_without_solution", glob.get("environment_feedback_only_without_solution", False)
+        )
     )
     k = int(variant.get("summary_k", glob.get("summary_k", 2)))
     candidate = group[i]
@@ -211,7 +213,7 @@ def build_context(
             blocks = [b for b in blocks if b.label == "success"] + [b for b in blocks if b.label == "failure"]
         return PeerContext(control_blocks=tuple(blocks)), extra, info
 
-    primary = primary_candidate if variant.get("include_solution") else None
+    primary = primary_candidate if variant.get("include_primary_solution") else None
     another = None
     if variant.get("include_another_solution"):
         rest = [j for j in successes if j != primary_candidate]
@@ -220,7 +222,7 @@ def build_context(
 
     summaries: tuple[int, ...] = ()
     texts: tuple[str, ...] = ()
-    if variant.get("include_summary") and primary_candidate is not None:
+    if variant.get("summarize_solutions") and primary_candidate is not None:
         if variant.get("summary_control") == "random_other_prompt":
             rng = seeded_rng(name, candidate["prompt_id"], candidate["response_id"])
             extra = [dict(row) for row in _sample_other_prompts(all_successes, candidate["prompt_id"], k, rng)]
@@ -249,7 +251,7 @@ def build_context(
         ]
 
     use_feedback = False
-    if variant.get("include_feedback") and candidate.get("has_feedback"):
+    if variant.get("include_environment_feedback") and candidate.get("has_feedback"):
         shows_success = primary is not None or another is not None
         use_feedback = not fb_only_without or not shows_success
     ctx = PeerContext(
@@ -420,11 +422,11 @@ def _implied_sections(variant: dict) -> tuple[str, ...]:
     if variant.get("peer_control"):
         return ("solution",)
     flags = [
-        ("include_solution", "solution"),
+        ("include_primary_solution", "solution"),
         ("include_another_solution", "another_solution"),
         ("include_failure_solution", "failure_solution"),
-        ("include_feedback", "feedback"),
-        ("include_summary", "summary"),
+        ("include_environment_feedback", "feedback"),
+        ("summarize_solutions", "summary"),
     ]
     return tuple(section for key, section in flags if variant.get(key))
 
@@ -454,11 +456,11 @@ def pieces_from_spans(content: str, spans: Sequence[Sequence[int]]) -> list[tupl
 
 def _spec(variant: dict, glob: dict) -> dict:
     flags = (
-        "include_solution",
+        "include_primary_solution",
         "include_another_solution",
         "include_failure_solution",
-        "include_feedback",
-        "include_summary",
+        "include_environment_feedback",
+        "summarize_solutions",
         "summary_from_all",
         "force_reprompt",
         "force_raw_prompt",
@@ -472,7 +474,10 @@ def _spec(variant: dict, glob: dict) -> dict:
         "dont_reprompt_on_self_success": bool(
             variant.get("dont_reprompt_on_self_success", glob.get("dont_reprompt_on_self_success", True))
         ),
-        "feedback_only_without_solution": bool(
-            variant.get("feedback_only_without_solution", glob.get("feedback_only_without_solution", False))
+        "environment_feedback_only_without_solution": bool(
+            variant.get(
+                "environment_feedback_only_without_solution",
+                glob.get("environment_feedback_only_without_solution", False),
+            )
         ),
     }

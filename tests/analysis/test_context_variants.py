@@ -155,7 +155,7 @@ def test_feedback_is_the_candidates_own(candidates):
     )
     assert row["evidence_ids"] == ["a_r1::feedback"] and row["effective"]
     assert not rows_by(rows, "feedback", "a_r0")["effective"]  # successes have no feedback
-    both = rows_by(rows, "solution+feedback", "a_r1")  # feedback_only_without_solution is off (release)
+    both = rows_by(rows, "solution+feedback", "a_r1")  # environment_feedback_only_without_solution is off (release)
     assert both["sections_used"]["solution"] and both["sections_used"]["feedback"]
 
 
@@ -245,8 +245,9 @@ def test_variant_config_templates_and_subset(tmp_path, candidates):
         V.build_variant_rows(candidates, V.load_variant_config(bad))
 
 
-def test_variant_config_takes_the_training_config_names(tmp_path, candidates):
-    """include_primary_solution (the trainer's name) means include_solution; both given differently is an error."""
+def test_variant_config_takes_the_release_analysis_names_too(tmp_path, candidates):
+    """include_solution (the release analysis' name) means include_primary_solution (the training config's);
+    both given differently is an error."""
     config = tmp_path / "variants.json"
     config.write_text(
         json.dumps(
@@ -264,7 +265,7 @@ def test_variant_config_takes_the_training_config_names(tmp_path, candidates):
     config.write_text(
         json.dumps({"variants": [{"name": "x", "include_primary_solution": True, "include_solution": False}]})
     )
-    with pytest.raises(ValueError, match="include_primary_solution and include_solution"):
+    with pytest.raises(ValueError, match="include_solution and include_primary_solution"):
         V.load_variant_config(config)
 
 
