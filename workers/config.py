@@ -79,8 +79,10 @@ class SamplingConfig(Section):
 
     GREEDY_ALLOWED: ClassVar[bool] = False  # validation may decode greedily (temperature 0 with do_sample off)
 
-    n: int = option(8, "samples per prompt", positive=True)
-    temperature: float = option(1.0, "sampling temperature (the training rollout's divides the logits in training)")
+    n: int = option(8, "samples per prompt (validation: mean@n and pass@n)", positive=True)
+    temperature: float = option(
+        1.0, "sampling temperature; > 0 (training divides the logits by it), 0 only for greedy validation"
+    )
     top_p: float = option(1.0, "nucleus sampling mass", low=0.0, low_open=True, high=1.0)
     top_k: int = option(-1, "-1 = off")
     do_sample: bool = option(True, "false: greedy decoding")
