@@ -94,19 +94,6 @@ def peak_memory_metrics(stage: str, per_rank: list[dict]) -> dict:
     return out
 
 
-def pad_to_multiple(items: dict, parts: int) -> dict:
-    """Repeat the last prompt so a validation batch splits evenly over the workers."""
-    size = items["input_ids"].shape[0]
-    extra = (-size) % parts
-    if not extra:
-        return items
-    out = dict(items)
-    for key in ("input_ids", "attention_mask", "position_ids"):
-        out[key] = torch.cat([items[key], items[key][-1:].repeat(extra, 1)])
-    out["uid"] = list(items["uid"]) + [items["uid"][-1]] * extra
-    return out
-
-
 @contextmanager
 def timer(name: str, timing: dict):
     start = time.perf_counter()

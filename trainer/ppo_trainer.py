@@ -31,13 +31,13 @@ from trainer.fit_helpers import (
     due,
     make_balancer,
     make_group,
-    pad_to_multiple,
     peak_memory_metrics,
     reduce_worker_metrics,
     timer,
     valid_tokens,
 )
 from trainer.preemption import PreemptionHandler, stop_in
+from trainer.prompt_dataset import PromptBatch
 from trainer.reward_health import RewardHealth
 from trainer.update_guard import SkippedUpdateGuard
 from workers.batch import truncate_batch
@@ -283,31 +283,33 @@ class Trainer:
             max_new_tokens=self.config.data.max_response_length,
         )
 
-    def _generate(self, items: dict, step: int, validate: bool = False, timing: dict | None = None) -> RolloutBatch:
+    def _generate(
+        self, items: PromptBatch, step: int, validate: bool = False, timing: dict | None = None
+    ) -> RolloutBatch:
         """The prompts' rollouts, as the workers' ``generate`` returns them (prompt + response joined)."""
         with timer("weight_sync", timing if timing is not None else {}):  # part of timing_s/gen
             self.group.sync_rollout_weights()
         request = RolloutBatch(
             meta=StepMeta(step=step, sampling=self._sampling(validate), tag="val" if validate else "gen"),
-            input_ids=items["input_ids"],
-            attention_mask=items["attention_mask"],
-            uid=list(items["uid"]),
+            input_ids=items.input_ids,
+            attention_mask=items.attention_mask,
+            uid=list(items.uid),
         )
         request.check("prompts")
         batch = self.group.generate(request)
         batch.check("generate")
         return batch
 
-    def _score(self, batch: RolloutBatch, items: dict, metrics: dict | None, n: int | None = None) -> list[dict]:
+    def _score(self, batch: RolloutBatch, items: PromptBatch, metrics: dict | None, n: int | None = None) -> list[dict]:
         n = n or self.config.actor_rollout_ref.rollout.n
         texts = self.tokenizer.batch_decode(valid_tokens(batch), skip_special_tokens=True)
         batch.response_text = texts
         requests = []
         for i, text in enumerate(texts):
             p = i // n
-            extra = dict(items["extra_info"][p] or {})
+            extra = dict(items.extra_info[p] or {})
             extra["truncated"] = bool(batch.response_mask[i].all().item())  # no EOS within the budget
-            requests.append((items["data_source"][p], text, items["ground_truth"][p], extra))
+            requests.append((items.data_source[p], text, items.ground_truth[p], extra))
         results = self.scorer.score(requests)
         health = self.reward_health.check(results, "validation" if metrics is None else f"step {self.global_step}")
         batch.scores = torch.tensor([float(r["score"]) for r in results], dtype=torch.float32)
@@ -348,7 +350,7 @@ class Trainer:
             )
         return True
 
-    def _maybe_teacher_inputs(self, batch: RolloutBatch, items: dict, metrics: dict) -> bool:
+    def _maybe_teacher_inputs(self, batch: RolloutBatch, items: PromptBatch, metrics: dict) -> bool:
         """Whether the stage ran (distillation: the teacher's inputs, built from the peers chosen)."""
         if self.loss_mode not in DISTILLATION_MODES:
             return False
@@ -365,7 +367,7 @@ class Trainer:
             for i in range(len(lengths))
         ]
         selection = select_peers(rollouts, self.sd_cfg, self.peer_rng)
-        prompts = [items["messages"][i // n] for i in range(len(rollouts))]
+        prompts = [items.messages[i // n] for i in range(len(rollouts))]
         teacher = build_teacher_inputs(
             self.tokenizer,
             prompts,
@@ -402,15 +404,15 @@ class Trainer:
                 [self.val_set[i] for i in range(start, min(start + size, len(self.val_set)))],
                 self.tokenizer.pad_token_id,
             )
-            batch = self._generate(pad_to_multiple(items, self.group.world_size), self.global_step, validate=True)
-            keep = len(items["uid"]) * val_n
+            batch = self._generate(items.padded_to(self.group.world_size), self.global_step, validate=True)
+            keep = len(items.uid) * val_n
             batch = truncate_batch(batch, keep)
             results = self._score(batch, items, None, n=val_n)
             lengths += batch.response_mask.sum(-1).tolist()
             for i, result in enumerate(results):
                 p = i // val_n
-                group = scores.setdefault(items["data_source"][p], {})
-                group.setdefault(items["uid"][p], []).append(float(result["score"]))
+                group = scores.setdefault(items.data_source[p], {})
+                group.setdefault(items.uid[p], []).append(float(result["score"]))
             dumps.append((batch, items))
         metrics = {}
         for source, groups in scores.items():

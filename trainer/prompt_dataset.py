@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -203,7 +204,43 @@ class StatefulSampler:
         self.epoch, self.position = epoch, position
 
 
-def collate_prompts(items: Sequence[dict], pad_token_id: int) -> dict[str, Any]:
+@dataclass
+class PromptBatch:
+    """B prompts of the dataset, left-padded (generation continues from the right edge): what the driver
+    turns into the workers' request (``workers.rollout_batch.RolloutBatch``) and scores against."""
+
+    input_ids: torch.Tensor  # long [B, P], left-padded with the pad id
+    attention_mask: torch.Tensor  # long [B, P]
+    position_ids: torch.Tensor  # long [B, P]: cumsum(attention_mask) - 1, clamped at 0
+    uid: list  # B prompt ids (the group key of a prompt's rollouts)
+    index: list  # B row indices in the dataset
+    messages: list  # B chats as sent (the teacher prompt is built from them)
+    data_source: list  # B names picking the verifier
+    ground_truth: list  # B ground truths
+    extra_info: list  # B dicts (or None) passed to the verifier
+
+    def __len__(self) -> int:
+        return len(self.uid)
+
+    def padded_to(self, parts: int) -> PromptBatch:
+        """The batch with its last prompt repeated until it splits evenly over ``parts`` workers (validation)."""
+        extra = (-len(self)) % parts
+        if not extra:
+            return self
+
+        def grow(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, x[-1:].repeat(extra, 1)])
+
+        return dataclasses.replace(
+            self,
+            input_ids=grow(self.input_ids),
+            attention_mask=grow(self.attention_mask),
+            position_ids=grow(self.position_ids),
+            uid=list(self.uid) + [self.uid[-1]] * extra,
+        )
+
+
+def collate_prompts(items: Sequence[dict], pad_token_id: int) -> PromptBatch:
     """Left-pad the prompts of ``items`` (so generation continues from the right edge) into one batch."""
     if not items:
         raise DataError("collate_prompts: no items")
@@ -218,7 +255,8 @@ def collate_prompts(items: Sequence[dict], pad_token_id: int) -> dict[str, Any]:
             input_ids[row, width - len(ids) :] = torch.as_tensor(ids, dtype=torch.long)
             attention_mask[row, width - len(ids) :] = 1
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-    batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-    for field in ("uid", "index", "messages", "data_source", "ground_truth", "extra_info"):
-        batch[field] = [item[field] for item in items]
-    return batch
+    lists = {
+        name: [item[name] for item in items]
+        for name in ("uid", "index", "messages", "data_source", "ground_truth", "extra_info")
+    }
+    return PromptBatch(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **lists)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from mopd.common.io import write_jsonl
 from trainer.disk_space import raise_if_disk_full
+from trainer.prompt_dataset import PromptBatch
 from workers.rollout_batch import RolloutBatch
 
 
-def _rows(batch: RolloutBatch, items: dict, tokenizer, step: int, n: int):
-    prompts = tokenizer.batch_decode(items["input_ids"], skip_special_tokens=False)
+def _rows(batch: RolloutBatch, items: PromptBatch, tokenizer, step: int, n: int):
+    prompts = tokenizer.batch_decode(items.input_ids, skip_special_tokens=False)
     pad = tokenizer.pad_token
     for i, text in enumerate(batch.response_text):
         p = i // n
@@ -24,11 +25,11 @@ def _rows(batch: RolloutBatch, items: dict, tokenizer, step: int, n: int):
         row = {
             "input": prompts[p].replace(pad, "") if pad else prompts[p],
             "output": text,
-            "gts": items["ground_truth"][p],
+            "gts": items.ground_truth[p],
             "score": float(batch.scores[i]),
             "step": step,
             "uid": batch.uid[i],
-            "data_source": items["data_source"][p],
+            "data_source": items.data_source[p],
         }
         row.update({k: v for k, v in extra.items() if k not in row})
         if batch.teacher_messages is not None:
@@ -37,7 +38,7 @@ def _rows(batch: RolloutBatch, items: dict, tokenizer, step: int, n: int):
         yield row
 
 
-def dump_rollouts(path: Path, batch: RolloutBatch, items: dict, tokenizer, step: int, n: int) -> None:
+def dump_rollouts(path: Path, batch: RolloutBatch, items: PromptBatch, tokenizer, step: int, n: int) -> None:
     _write(path, _rows(batch, items, tokenizer, step, n))
 
 

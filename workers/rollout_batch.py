@@ -13,9 +13,8 @@ and carried unchanged (frozen); every other field is per-sample (rows on dim 0, 
 helpers of ``workers/batch.py`` cut, permute, pad and concatenate it, and it crosses Ray as itself
 (a dataclass pickles like a dict).
 
-The driver-only prompt dict of ``trainer/prompt_dataset.py`` (``collate_prompts``: ``input_ids``,
-``attention_mask``, ``position_ids`` [B, P]; lists of B ``uid``, ``index``, ``messages``,
-``data_source``, ``ground_truth``, ``extra_info``) stays a dict: the workers never see it, only the
+The prompts as the driver loads them are ``trainer.prompt_dataset.PromptBatch`` (``collate_prompts``:
+the tensors [B, P] and B messages, data sources, ground truths, ...): the workers never see it, only the
 request made from it.
 """
 

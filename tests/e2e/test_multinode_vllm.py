@@ -67,9 +67,9 @@ def request(count: int):
     sampling = SamplingParams(n=2, temperature=1.0, top_p=1.0, top_k=-1, do_sample=True, max_new_tokens=16)
     return RolloutBatch(
         meta=StepMeta(step=3, sampling=sampling, tag="gen"),
-        input_ids=items["input_ids"],
-        attention_mask=items["attention_mask"],
-        uid=list(items["uid"]),
+        input_ids=items.input_ids,
+        attention_mask=items.attention_mask,
+        uid=list(items.uid),
     )
 
 

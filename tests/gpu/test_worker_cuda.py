@@ -66,9 +66,9 @@ def test_bf16_compute_keeps_float32_master_weights_through_an_update(worker, dev
     batch = worker.generate(
         RolloutBatch(
             meta=StepMeta(step=1, sampling=SamplingParams(n=n, max_new_tokens=8)),
-            input_ids=items["input_ids"],
-            attention_mask=items["attention_mask"],
-            uid=list(items["uid"]),
+            input_ids=items.input_ids,
+            attention_mask=items.attention_mask,
+            uid=list(items.uid),
         )
     )
     batch.advantages = torch.linspace(-1, 1, 2 * n).unsqueeze(1).repeat(1, 8)

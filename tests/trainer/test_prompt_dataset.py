@@ -216,15 +216,22 @@ def test_collate_left_pads(tmp_path, tok):
     batch = collate_prompts(items, pad)
     lengths = [len(it["prompt_ids"]) for it in items]
     width = max(lengths)
-    assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == (3, width)
+    assert batch.input_ids.dtype == torch.long and batch.input_ids.shape == (3, width)
     for row, n in enumerate(lengths):
-        assert batch["input_ids"][row, width - n :].tolist() == items[row]["prompt_ids"]
-        assert (batch["input_ids"][row, : width - n] == pad).all()
-        assert batch["attention_mask"][row].tolist() == [0] * (width - n) + [1] * n
-        assert batch["position_ids"][row].tolist() == [0] * (width - n) + list(range(n))
-    assert batch["uid"] == ["100", "101", "102"] and batch["index"] == [0, 1, 2]
-    assert batch["ground_truth"] == ["0", "2", "4"] and batch["data_source"] == ["test_exact"] * 3
-    assert batch["messages"][2] == [{"role": "user", "content": "hi"}]
-    assert batch["extra_info"][0]["index"] == 100
+        assert batch.input_ids[row, width - n :].tolist() == items[row]["prompt_ids"]
+        assert (batch.input_ids[row, : width - n] == pad).all()
+        assert batch.attention_mask[row].tolist() == [0] * (width - n) + [1] * n
+        assert batch.position_ids[row].tolist() == [0] * (width - n) + list(range(n))
+    assert batch.uid == ["100", "101", "102"] and batch.index == [0, 1, 2]
+    assert batch.ground_truth == ["0", "2", "4"] and batch.data_source == ["test_exact"] * 3
+    assert batch.messages[2] == [{"role": "user", "content": "hi"}]
+    assert batch.extra_info[0]["index"] == 100
     with pytest.raises(ValueError):
         collate_prompts([], pad)
+    # Validation over 2 workers: the last prompt repeated; the scoring fields stay the real prompts'.
+    assert batch.padded_to(3) is batch
+    even = batch.padded_to(2)
+    assert len(even) == 4 and even.uid == ["100", "101", "102", "102"] and even.ground_truth == batch.ground_truth
+    for name in ("input_ids", "attention_mask", "position_ids"):
+        assert torch.equal(getattr(even, name)[:3], getattr(batch, name))
+        assert torch.equal(getattr(even, name)[3], getattr(batch, name)[2])

@@ -169,27 +169,27 @@ def test_generate_returns_the_joined_batch_the_driver_used_to_build():
         sampling = SamplingParams(n=n, temperature=1.0, max_new_tokens=8)
         request = RolloutBatch(
             meta=StepMeta(step=5, sampling=sampling),
-            input_ids=items["input_ids"],
-            attention_mask=items["attention_mask"],
-            uid=list(items["uid"]),
+            input_ids=items.input_ids,
+            attention_mask=items.attention_mask,
+            uid=list(items.uid),
         )
         batch = worker.generate(request)
         batch.check("generate")
         assert set(batch.present()) == set(STAGES["prompts"] + STAGES["generate"] + OPTIONAL["generate"])
         # What the engine returns for the same seeds, and the driver's former rebuild from it.
-        seeds = [derive_seed(cfg.trainer.seed, 5, j, f"gen:{u}") for u in items["uid"] for j in range(n)]
-        out = worker.rollout.generate(items["input_ids"], items["attention_mask"], sampling, seeds)
-        prompt_mask = items["attention_mask"].repeat_interleave(n, dim=0)
+        seeds = [derive_seed(cfg.trainer.seed, 5, j, f"gen:{u}") for u in items.uid for j in range(n)]
+        out = worker.rollout.generate(items.input_ids, items.attention_mask, sampling, seeds)
+        prompt_mask = items.attention_mask.repeat_interleave(n, dim=0)
         old_mask = torch.cat([prompt_mask, out["response_mask"]], dim=1)
         assert torch.equal(batch.responses, out["responses"])
         assert torch.equal(batch.response_mask, out["response_mask"])
         assert torch.equal(batch.rollout_log_probs, out["rollout_log_probs"])
         assert torch.equal(
-            batch.input_ids, torch.cat([items["input_ids"].repeat_interleave(n, dim=0), out["responses"]], dim=1)
+            batch.input_ids, torch.cat([items.input_ids.repeat_interleave(n, dim=0), out["responses"]], dim=1)
         )
         assert torch.equal(batch.attention_mask, old_mask)
         assert torch.equal(batch.position_ids, (old_mask.cumsum(dim=1) - 1).clamp(min=0))
-        assert batch.uid == [u for u in items["uid"] for _ in range(n)] and batch.meta is request.meta
+        assert batch.uid == [u for u in items.uid for _ in range(n)] and batch.meta is request.meta
         # Shards generated apart and concatenated (the dispatch of two ranks) give the same batch: the same
         # tokens and positions; log-probs to float32 rounding (another batch shape, other kernels).
         parts = concat_batches([worker.generate(s) for s in split_batch(request, 2)])

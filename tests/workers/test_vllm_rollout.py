@@ -69,9 +69,9 @@ def gen_request(items, step: int, **sampling):
     params.update(sampling)
     return RolloutBatch(
         meta=StepMeta(step=step, sampling=SamplingParams(**params), tag="gen"),
-        input_ids=items["input_ids"],
-        attention_mask=items["attention_mask"],
-        uid=list(items["uid"]),
+        input_ids=items.input_ids,
+        attention_mask=items.attention_mask,
+        uid=list(items.uid),
     )
 
 
@@ -119,7 +119,7 @@ def test_engine_refuses_to_generate_before_the_first_sync(worker):
 
     items = prompts(2)
     with pytest.raises(RuntimeError, match="before load_weights"):
-        worker.rollout.generate(items["input_ids"], items["attention_mask"], SamplingParams(n=1), [0, 1])
+        worker.rollout.generate(items.input_ids, items.attention_mask, SamplingParams(n=1), [0, 1])
 
 
 def test_greedy_rollouts_equal_hf(worker):
@@ -129,8 +129,8 @@ def test_greedy_rollouts_equal_hf(worker):
     worker.sync_rollout_weights()
     params = SamplingParams(n=1, do_sample=False, max_new_tokens=16)
     seeds = list(range(24))
-    ours = worker.rollout.generate(items["input_ids"], items["attention_mask"], params, seeds)
-    ref = hf_engine(worker).generate(items["input_ids"], items["attention_mask"], params, seeds)
+    ours = worker.rollout.generate(items.input_ids, items.attention_mask, params, seeds)
+    ref = hf_engine(worker).generate(items.input_ids, items.attention_mask, params, seeds)
     assert torch.equal(ours["responses"], ref["responses"])
     assert torch.equal(ours["response_mask"], ref["response_mask"])
     assert (ours["response_mask"].sum(1) < 16).any(), "some responses must stop at EOS"
@@ -145,11 +145,11 @@ def test_calculate_log_probs_false_returns_none_and_the_same_rollouts(worker):
     params = SamplingParams(n=2, do_sample=True, temperature=1.0, max_new_tokens=16)
     seeds = list(range(12))
     worker.sync_rollout_weights()
-    with_lp = worker.rollout.generate(items["input_ids"], items["attention_mask"], params, seeds)
+    with_lp = worker.rollout.generate(items.input_ids, items.attention_mask, params, seeds)
     worker.rollout.calculate_log_probs = False
     try:
         worker.sync_rollout_weights()
-        without = worker.rollout.generate(items["input_ids"], items["attention_mask"], params, seeds)
+        without = worker.rollout.generate(items.input_ids, items.attention_mask, params, seeds)
     finally:
         worker.rollout.calculate_log_probs = True
     assert "rollout_log_probs" in with_lp and "rollout_log_probs" not in without
@@ -204,13 +204,13 @@ def test_sleep_wake_sync_generate_gives_the_synced_model(worker):
     params = SamplingParams(n=1, do_sample=False, max_new_tokens=16)
     worker.sync_rollout_weights()
     assert engine.kv_cache_bytes() > 0
-    engine.generate(items["input_ids"], items["attention_mask"], params, list(range(8)))
+    engine.generate(items.input_ids, items.attention_mask, params, list(range(8)))
     # Asleep after generating: the KV cache's memory is released (CPU: by us; CUDA: vLLM's sleep) ...
     if not engine._native_sleep:
         assert engine.kv_cache_bytes() == 0
     # ... and its weights count as released (level-2 sleep): generating now is refused, not garbage.
     with pytest.raises(RuntimeError, match="before load_weights"):
-        engine.generate(items["input_ids"], items["attention_mask"], params, list(range(8)))
+        engine.generate(items.input_ids, items.attention_mask, params, list(range(8)))
     # Change the actor (scale one projection), wake through a sync, generate: the synced model's outputs.
     with torch.no_grad():
         for name, p in worker.actor.named_parameters():
@@ -218,8 +218,8 @@ def test_sleep_wake_sync_generate_gives_the_synced_model(worker):
                 p.mul_(3.0)
     worker.sync_rollout_weights()
     assert engine.kv_cache_bytes() > 0
-    ours = engine.generate(items["input_ids"], items["attention_mask"], params, list(range(8)))
-    ref = hf_engine(worker).generate(items["input_ids"], items["attention_mask"], params, list(range(8)))
+    ours = engine.generate(items.input_ids, items.attention_mask, params, list(range(8)))
+    ref = hf_engine(worker).generate(items.input_ids, items.attention_mask, params, list(range(8)))
     assert torch.equal(ours["responses"], ref["responses"])
     torch.testing.assert_close(ours["rollout_log_probs"], ref["rollout_log_probs"], atol=LOGPROB_ATOL, rtol=0)
 
@@ -331,13 +331,13 @@ def test_waking_from_level_2_without_reload_is_garbage_on_cuda(worker):
     items = prompts(8)
     params = SamplingParams(n=1, do_sample=False, max_new_tokens=16)
     worker.sync_rollout_weights()
-    good = engine.generate(items["input_ids"], items["attention_mask"], params, list(range(8)))
+    good = engine.generate(items.input_ids, items.attention_mask, params, list(range(8)))
     engine.llm.wake_up(tags=["weights"])  # bypass the sync on purpose
     engine._wake_kv_cache()
     engine.llm.reset_prefix_cache()
     engine._weights_loaded = True
-    garbage = engine.generate(items["input_ids"], items["attention_mask"], params, list(range(8)))
+    garbage = engine.generate(items.input_ids, items.attention_mask, params, list(range(8)))
     assert not torch.equal(good["responses"], garbage["responses"])
     worker.sync_rollout_weights()
-    again = engine.generate(items["input_ids"], items["attention_mask"], params, list(range(8)))
+    again = engine.generate(items.input_ids, items.attention_mask, params, list(range(8)))
     assert torch.equal(good["responses"], again["responses"])
