@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from mopd.common.errors import ConfigError
-from mopd.common.typed_config import Section, defaults_tree, is_int, is_number, option, section
+from mopd.common.typed_config import Section, defaults_tree, is_number, option, section
 from mopd.core.advantages import ADV_ESTIMATORS, REFUSED_ESTIMATORS
 from mopd.core.config import CONFIG_PREFIX
 from mopd.core.kl import KL_CONTROLLERS, KL_TYPES
@@ -338,7 +338,7 @@ class MOPDConfig(Section):
     def _check_placement(self) -> None:
         rollout, trainer = self.actor_rollout_ref.rollout, self.trainer
         tp, per_node = rollout.tensor_model_parallel_size, trainer.n_gpus_per_node
-        if rollout.name == "vllm" and trainer.nnodes > 1 and is_int(tp) and per_node % tp:
+        if rollout.name == "vllm" and trainer.nnodes > 1 and per_node % tp:
             raise ConfigError(
                 f"{ROLLOUT}.tensor_model_parallel_size ({tp}) must divide trainer.n_gpus_per_node "
                 f"({per_node}) on a multi-node run: a vLLM engine's ranks stay on one node"

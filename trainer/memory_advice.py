@@ -110,14 +110,10 @@ def suggest(cfg: dict, capacity_bytes: float, **shapes) -> dict | None:
 
 def _fits(cfg: dict, capacity_bytes: float, shapes: dict) -> bool:
     try:
-        _batch_rules_hold(cfg)
+        load(cfg)  # the candidate is a valid config: batch arithmetic and every other rule
     except ConfigError:
         return False
     return plan_memory(cfg, capacity_bytes, **shapes).fits
-
-
-def _batch_rules_hold(cfg: dict) -> None:
-    load(cfg)  # the candidate is a valid config: batch arithmetic and every other rule
 
 
 def describe_overrides(change: dict) -> str:

@@ -13,7 +13,7 @@ import torch
 
 from mopd.common.errors import DataError
 from mopd.common.rl_parquet import read_rl_parquet
-from mopd.core.reprompt import append_summary_instruction
+from mopd.core.reprompt import append_summary_instruction, position_ids_of
 
 
 class PromptDataset:
@@ -254,7 +254,7 @@ def collate_prompts(items: Sequence[dict], pad_token_id: int) -> PromptBatch:
         if ids:
             input_ids[row, width - len(ids) :] = torch.as_tensor(ids, dtype=torch.long)
             attention_mask[row, width - len(ids) :] = 1
-    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    position_ids = position_ids_of(attention_mask)
     lists = {
         name: [item[name] for item in items]
         for name in ("uid", "index", "messages", "data_source", "ground_truth", "extra_info")

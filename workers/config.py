@@ -8,7 +8,6 @@ docs/config.md is generated from both (``python -m trainer.config_reference``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -16,7 +15,7 @@ from mopd.common.errors import ConfigError
 from mopd.common.models import DTYPES as MODEL_DTYPES
 from mopd.common.typed_config import Section, check_number, is_number, option, section
 from mopd.core.config import SelfDistillationConfig
-from mopd.core.kl import KL_TYPES
+from mopd.core.kl import KL_TYPES, uses_reference_kl
 from mopd.core.loss_modes import LOSS_MODES
 from mopd.core.losses import LOSS_AGG_MODES
 
@@ -338,19 +337,17 @@ class WorkerConfig:
     rank: RankConfig
 
     @classmethod
-    def of(cls, config: Mapping) -> WorkerConfig:
+    def of(cls, config) -> WorkerConfig:
         """From the run's typed config (``trainer.config_sections.MOPDConfig``)."""
-        from mopd.core.kl import uses_reference_kl
-
-        trainer, data = config["trainer"], config["data"]
+        trainer, data = config.trainer, config.data
         return cls(
-            actor_rollout_ref=config["actor_rollout_ref"],
+            actor_rollout_ref=config.actor_rollout_ref,
             rank=RankConfig(
-                seed=trainer["seed"],
-                device=trainer["device"],
-                num_threads=trainer["num_threads"],
-                max_prompt_length=data["max_prompt_length"],
-                max_response_length=data["max_response_length"],
+                seed=trainer.seed,
+                device=trainer.device,
+                num_threads=trainer.num_threads,
+                max_prompt_length=data.max_prompt_length,
+                max_response_length=data.max_response_length,
                 needs_reference=uses_reference_kl(config),
             ),
         )

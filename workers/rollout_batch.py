@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from mopd.core.reprompt import position_ids_of
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -182,11 +184,6 @@ _SAME_SHAPE = (
     ),
     ("teacher_input_ids", 2, ("teacher_attention_mask", "teacher_position_ids")),
 )
-
-
-def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions of left-padded rows: 0 at the first real token (padding before it also 0)."""
-    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
 def joined(request: RolloutBatch, out: dict) -> RolloutBatch:

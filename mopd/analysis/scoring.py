@@ -34,7 +34,7 @@ import torch
 
 from mopd.analysis.variants import pieces_from_spans
 from mopd.common import models
-from mopd.core.reprompt import truncate_context
+from mopd.core.reprompt import position_ids_of, truncate_context
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def response_log_probs(model, batch: Sequence[Example], pad_id: int, device: tor
     for row, (e, n) in enumerate(zip(batch, lengths)):
         ids[row, width - n :] = torch.tensor(e.context_ids + e.response_ids, dtype=torch.long)
         mask[row, width - n :] = 1
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    position_ids = position_ids_of(mask)
     max_r = max(len(e.response_ids) for e in batch)
     keep = min(max_r + 1, width)
     kwargs = {}

@@ -168,14 +168,14 @@ class Section(Mapping):
         hints = _hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            kind, nullable = _kind(hints[f.name])
-            if isinstance(kind, type) and issubclass(kind, Section):
-                if isinstance(value, Mapping) and not isinstance(value, Section):
-                    setattr(self, f.name, kind.from_dict(value))  # a plain mapping given for a sub-section
-                continue
-            if not self.CHECK_FIELDS:
-                continue
-            _check_field(self.key(f.name), value, kind, nullable, f.metadata)
+            sub = _section_of(hints[f.name])
+            if sub is not None:  # a plain mapping (or null: the defaults) given for a sub-section
+                if value is None or (isinstance(value, Mapping) and not isinstance(value, Section)):
+                    setattr(self, f.name, sub.from_dict(value))
+                elif not isinstance(value, Section):
+                    raise ConfigError(f"{sub.PREFIX} must be a mapping of keys, got {value!r}")
+            elif self.CHECK_FIELDS:
+                _check_field(self.key(f.name), value, *_kind(hints[f.name]), f.metadata)
         self.validate()
 
     CHECK_FIELDS: ClassVar[bool] = True  # False: the section's validate() checks its own fields
@@ -203,14 +203,7 @@ class Section(Mapping):
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 where = f"{prefix if prefix is not None else cls.PREFIX}.{name}".lstrip(".")
                 raise ConfigError(f"{where} is not a known field.{hint}")
-        hints = _hints(cls)
-        for name, value in values.items():
-            kind, _ = _kind(hints[name])
-            if isinstance(kind, type) and issubclass(kind, Section) and not isinstance(value, Section):
-                if value is not None and not isinstance(value, Mapping):
-                    raise ConfigError(f"{kind.PREFIX} must be a mapping of keys, got {value!r}")
-                values[name] = kind.from_dict(value)
-        return cls(**values)
+        return cls(**values)  # sub-sections given as mappings are built by __post_init__
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -238,22 +231,26 @@ def _hints(cls: type) -> dict[str, Any]:
     return cached
 
 
+def _section_of(annotation: Any) -> type[Section] | None:
+    kind, _ = _kind(annotation)
+    return kind if isinstance(kind, type) and issubclass(kind, Section) else None
+
+
+def _composed_default(f: dataclasses.Field) -> Any:
+    """A leaf's default as Hydra composes it: its interpolation if it declares one."""
+    if f.metadata.get("interpolation"):
+        return f.metadata["interpolation"]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def defaults_tree(cls: type[Section]) -> dict[str, Any]:
     """The defaults as a plain nested dict (interpolations where a field declares one): the node Hydra
     composes the presets over."""
-    tree = {}
     hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        kind, _ = _kind(hints[f.name])
-        if isinstance(kind, type) and issubclass(kind, Section):
-            tree[f.name] = defaults_tree(kind)
-        elif f.metadata.get("interpolation"):
-            tree[f.name] = f.metadata["interpolation"]
-        elif f.default is not dataclasses.MISSING:
-            tree[f.name] = f.default
-        else:
-            tree[f.name] = f.default_factory()
-    return tree
+    return {
+        f.name: defaults_tree(sub) if (sub := _section_of(hints[f.name])) is not None else _composed_default(f)
+        for f in dataclasses.fields(cls)
+    }
 
 
 def describe(cls: type[Section], prefix: str = "") -> Iterator[tuple[str, str, Any, str, tuple | None]]:
@@ -261,14 +258,12 @@ def describe(cls: type[Section], prefix: str = "") -> Iterator[tuple[str, str, A
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
-        kind, nullable = _kind(hints[f.name])
-        if isinstance(kind, type) and issubclass(kind, Section):
-            yield from describe(kind, key + ".")
-            continue
-        default = f.metadata.get("interpolation") or (
-            f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        )
-        yield key, type_text(hints[f.name]), default, f.metadata.get("doc", ""), f.metadata.get("choices")
+        sub = _section_of(hints[f.name])
+        if sub is not None:
+            yield from describe(sub, key + ".")
+        else:
+            meta = f.metadata
+            yield key, type_text(hints[f.name]), _composed_default(f), meta.get("doc", ""), meta.get("choices")
 
 
 def type_text(annotation: Any) -> str:

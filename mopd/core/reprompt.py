@@ -36,6 +36,12 @@ class TeacherSections:
     feedback: str = ""
 
 
+def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions of left-padded rows (the last dim): 0 at the first real token, padding before it also 0.
+    The one rule for every sequence the models see (prompts, joined rollouts, teacher inputs)."""
+    return (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+
+
 def render_sections(
     ctx: PeerContext, rollouts: Sequence[Rollout], own_feedback: str | None, config: SelfDistillationConfig
 ) -> TeacherSections:
@@ -239,7 +245,7 @@ def build_teacher_inputs(
             prompt_mask[i, width - len(ids) :] = 1
     input_ids = torch.cat([prompt_tensor, responses.to(torch.long).cpu()], dim=1)
     attention_mask = torch.cat([prompt_mask, response_mask.to(torch.long).cpu()], dim=1)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    position_ids = position_ids_of(attention_mask)
     lengths = [len(ids) for ids in prompt_ids]
     metrics = {
         "self_distillation/teacher_prompt_length/mean": sum(lengths) / max(batch, 1),

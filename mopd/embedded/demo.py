@@ -18,7 +18,7 @@ import torch
 from mopd.core.config import SelfDistillationConfig
 from mopd.core.losses import self_distillation_loss
 from mopd.core.peers import Rollout, select_peers
-from mopd.core.reprompt import build_teacher_inputs
+from mopd.core.reprompt import build_teacher_inputs, position_ids_of
 from mopd.embedded.tiny_tokenizer import load_tiny_tokenizer
 
 QUESTION = "What is 47 + 38? Answer with the number only."
@@ -89,7 +89,7 @@ def main() -> None:
         response_mask[i, : len(ids)] = 1
     student_ids = torch.cat([torch.tensor([prompt_ids] * len(rollouts)), responses], dim=1)
     student_mask = torch.cat([torch.ones(len(rollouts), len(prompt_ids), dtype=torch.long), response_mask], dim=1)
-    student_pos = (student_mask.cumsum(1) - 1).clamp(min=0)
+    student_pos = position_ids_of(student_mask)
 
     teacher = build_teacher_inputs(
         tokenizer, [prompt] * len(rollouts), rollouts, selection, responses, response_mask, config
